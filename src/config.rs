@@ -1,0 +1,176 @@
+//! A node's configuration, with the defaults and the checks made before anything starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::membership::GossipConfig;
+use crate::ring::DEFAULT_VNODES;
+
+/// Default replication factor N.
+pub const DEFAULT_REPLICAS: usize = 3;
+/// Default read quorum R.
+pub const DEFAULT_READ_QUORUM: usize = 2;
+/// Default write quorum W.
+pub const DEFAULT_WRITE_QUORUM: usize = 2;
+/// Default largest value accepted: 8 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 8 * 1024 * 1024;
+/// Default time a replica has to answer one RPC. A healthy loopback replica answers in well
+/// under a millisecond; this bounds how long a hung (not yet detected dead) peer can hold a
+/// client request.
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default cluster id. Nodes only talk to nodes with the same one.
+pub const DEFAULT_CLUSTER_ID: &str = "ringkv";
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's stable id (`--id`).
+    pub id: String,
+    /// Nodes with another cluster id are refused at the RPC handshake and by gossip.
+    pub cluster_id: String,
+    /// HTTP listen address; port 0 picks a free port.
+    pub http: SocketAddr,
+    /// RPC listen address; port 0 picks a free port.
+    pub rpc: SocketAddr,
+    /// Gossip (UDP) listen address; port 0 picks a free port.
+    pub gossip: SocketAddr,
+    /// Gossip addresses of other nodes (may include this node or nodes not yet up).
+    pub seeds: Vec<String>,
+    /// N: replicas per key.
+    pub replicas: usize,
+    /// R: default replies a read waits for.
+    pub read_quorum: usize,
+    /// W: default acknowledgements a write waits for.
+    pub write_quorum: usize,
+    /// Largest value accepted, in bytes.
+    pub max_value_bytes: usize,
+    /// Virtual nodes per node on the ring.
+    pub vnodes: usize,
+    /// Time a replica has to answer one RPC.
+    pub rpc_timeout: Duration,
+    /// Gossip and failure-detector tunables.
+    pub gossip_config: GossipConfig,
+}
+
+impl Config {
+    /// A configuration with every default, listening on the given addresses.
+    pub fn new(
+        id: impl Into<String>,
+        http: SocketAddr,
+        rpc: SocketAddr,
+        gossip: SocketAddr,
+    ) -> Config {
+        Config {
+            id: id.into(),
+            cluster_id: DEFAULT_CLUSTER_ID.to_string(),
+            http,
+            rpc,
+            gossip,
+            seeds: Vec::new(),
+            replicas: DEFAULT_REPLICAS,
+            read_quorum: DEFAULT_READ_QUORUM,
+            write_quorum: DEFAULT_WRITE_QUORUM,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            vnodes: DEFAULT_VNODES,
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            gossip_config: GossipConfig::default(),
+        }
+    }
+
+    /// Checks the configuration; every message names the offending flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidInput(msg));
+        if self.id.is_empty() || self.id.len() > 255 {
+            return bad("--id must be 1 to 255 bytes".into());
+        }
+        if self.replicas == 0 {
+            return bad("--replicas must be at least 1".into());
+        }
+        if self.read_quorum == 0 || self.read_quorum > self.replicas {
+            return bad(format!(
+                "--read-quorum must be between 1 and --replicas ({}), got {}",
+                self.replicas, self.read_quorum
+            ));
+        }
+        if self.write_quorum == 0 || self.write_quorum > self.replicas {
+            return bad(format!(
+                "--write-quorum must be between 1 and --replicas ({}), got {}",
+                self.replicas, self.write_quorum
+            ));
+        }
+        if self.max_value_bytes == 0
+            || self.max_value_bytes > u32::MAX as usize - crate::codec::FRAME_OVERHEAD
+        {
+            return bad("--max-value-bytes must be between 1 and about 4 GiB".into());
+        }
+        if self.vnodes == 0 || self.vnodes > 4096 {
+            return bad("--vnodes must be between 1 and 4096".into());
+        }
+        if self.rpc_timeout.is_zero() {
+            return bad("--rpc-timeout-ms must be positive".into());
+        }
+        if self.gossip_config.interval.is_zero() {
+            return bad("--gossip-interval-ms must be positive".into());
+        }
+        if self.gossip_config.phi_threshold.is_nan() || self.gossip_config.phi_threshold <= 0.0 {
+            return bad("--phi-threshold must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Largest RPC frame payload: one value plus room for key and versions.
+    pub fn max_frame_payload(&self) -> usize {
+        self.max_value_bytes + crate::codec::FRAME_OVERHEAD
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let a: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        Config::new("n1", a, a, a)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        cfg().validate().unwrap();
+    }
+
+    #[test]
+    fn quorums_above_n_are_rejected() {
+        let mut c = cfg();
+        c.read_quorum = 4;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--read-quorum")
+        );
+        let mut c = cfg();
+        c.write_quorum = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--write-quorum")
+        );
+        let mut c = cfg();
+        c.replicas = 1;
+        assert!(c.validate().is_err(), "R=2 > N=1");
+        c.read_quorum = 1;
+        c.write_quorum = 1;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_id_is_rejected() {
+        let mut c = cfg();
+        c.id.clear();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,372 @@
+//! Membership and failure detection over chitchat gossip.
+//!
+//! Every node runs a chitchat instance. Its identity is a `ChitchatId` whose `node_id` is the
+//! node's `--id` and whose `generation_id` is the start time in milliseconds, new at every
+//! start: chitchat never re-gossips a node restarted with an old generation, and the version
+//! clocks use the same generation so a restarted node never reuses a counter.
+//!
+//! Gossip carries metadata only, as node-state keys: the node's HTTP address, RPC address and
+//! status. Data never goes through gossip (a value over ~64 KB would stall it).
+//!
+//! From chitchat's state this module derives a [`View`]: one [`Member`] per node id, where
+//! the highest generation wins (right after a restart both generations can look alive), each
+//! alive or dead according to chitchat's phi-accrual detector. The ring is rebuilt only when
+//! the *set of node ids* changes, never when a node merely goes down: a down node keeps its
+//! place in the ring (Dynamo), and the coordinator skips it.
+//!
+//! The view is published through a `watch` channel as an `Arc<View>`, so a request takes a
+//! consistent snapshot with one atomic reference-count increment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chitchat::transport::{ChannelTransport, Socket, Transport, UdpSocket};
+use chitchat::{
+    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
+    spawn_chitchat,
+};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::ring::{NodeId, Ring};
+
+/// Node-state key holding the node's HTTP address.
+pub const KEY_HTTP: &str = "http";
+/// Node-state key holding the node's RPC address.
+pub const KEY_RPC: &str = "rpc";
+/// Node-state key holding the node's status (`alive`, or `leaving` during a shutdown).
+pub const KEY_STATUS: &str = "status";
+
+/// How often the view is recomputed even without a change notification from chitchat. The
+/// notifications cover joins, deaths and key changes; this is a safety net, so it is slow.
+const VIEW_REFRESH: Duration = Duration::from_secs(1);
+
+/// Gossip and failure-detector tunables.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// How often each node gossips with a few peers.
+    pub interval: Duration,
+    /// Phi-accrual threshold above which a silent node is declared dead.
+    pub phi_threshold: f64,
+    /// Assumed heartbeat interval before enough samples exist. Short, so that a node killed
+    /// right after it joined is still detected within about two seconds.
+    pub initial_interval: Duration,
+    /// How long chitchat keeps a dead node's state before forgetting it; while it is kept,
+    /// the node keeps its place in the ring.
+    pub dead_node_grace: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        // Measured on loopback: a SIGKILLed node is marked dead in about 1 s with these.
+        GossipConfig {
+            interval: Duration::from_millis(200),
+            phi_threshold: 8.0,
+            initial_interval: Duration::from_millis(200),
+            dead_node_grace: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Which network gossip runs over.
+#[derive(Clone)]
+pub enum GossipTransport {
+    /// Real UDP, for `ringkv serve`.
+    Udp,
+    /// In-memory channels, for in-process test clusters; links can be cut.
+    Channel(ChannelTransport),
+}
+
+/// One node as seen through gossip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub generation: u64,
+    pub http: Option<SocketAddr>,
+    pub rpc: Option<SocketAddr>,
+    pub alive: bool,
+    /// What the node says of itself: `alive`, or `leaving` during a shutdown.
+    pub status: String,
+}
+
+/// A consistent snapshot of the cluster: members and the ring built from them.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub members: BTreeMap<NodeId, Member>,
+    pub ring: Arc<Ring>,
+}
+
+impl View {
+    /// True if gossip says `id` is up and not leaving.
+    pub fn is_alive(&self, id: &str) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|m| m.alive && m.status != "leaving")
+    }
+
+    /// The member with this id.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.get(id)
+    }
+}
+
+/// The running gossip of one node.
+pub struct Membership {
+    chitchat: ChitchatHandle,
+    view_rx: watch::Receiver<Arc<View>>,
+    gossip_addr: SocketAddr,
+}
+
+/// What [`Membership::start`] needs.
+pub struct MembershipConfig {
+    pub id: NodeId,
+    pub generation: u64,
+    pub cluster_id: String,
+    pub gossip_addr: SocketAddr,
+    pub seeds: Vec<String>,
+    pub http_addr: SocketAddr,
+    pub rpc_addr: SocketAddr,
+    pub vnodes: usize,
+    pub gossip: GossipConfig,
+}
+
+impl Membership {
+    /// Starts gossip and the task that keeps the view current.
+    pub async fn start(
+        cfg: MembershipConfig,
+        transport: GossipTransport,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Membership> {
+        // Bind before building the identity, so that port 0 advertises the real port.
+        let (transport, gossip_addr): (Box<dyn Transport>, SocketAddr) = match transport {
+            GossipTransport::Udp => {
+                let socket = UdpSocket::open(cfg.gossip_addr)
+                    .await
+                    .map_err(|e| Error::Io(Arc::new(std::io::Error::other(format!("{e:#}")))))?;
+                let addr = socket
+                    .local_addr()
+                    .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))?;
+                (
+                    Box::new(PreboundUdp(std::sync::Mutex::new(Some(socket)))),
+                    addr,
+                )
+            }
+            GossipTransport::Channel(t) => (Box::new(t), cfg.gossip_addr),
+        };
+        let chitchat_id = ChitchatId::new(cfg.id.to_string(), cfg.generation, gossip_addr);
+        let config = ChitchatConfig {
+            chitchat_id,
+            cluster_id: cfg.cluster_id,
+            gossip_interval: cfg.gossip.interval,
+            listen_addr: gossip_addr,
+            seed_nodes: cfg.seeds,
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: cfg.gossip.phi_threshold,
+                sampling_window_size: 1000,
+                max_interval: Duration::from_secs(10),
+                initial_interval: cfg.gossip.initial_interval,
+                dead_node_grace_period: cfg.gossip.dead_node_grace,
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: ProtocolVersion::V0,
+        };
+        let keys = vec![
+            (KEY_HTTP.to_string(), cfg.http_addr.to_string()),
+            (KEY_RPC.to_string(), cfg.rpc_addr.to_string()),
+            (KEY_STATUS.to_string(), "alive".to_string()),
+        ];
+        let chitchat = spawn_chitchat(config, keys, transport.as_ref())
+            .await
+            .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))?;
+
+        let cc = chitchat.chitchat();
+        let mut live_rx = cc.lock().await.live_nodes_watcher();
+        let first = compute_view(&*cc.lock().await, None, cfg.vnodes);
+        let (view_tx, view_rx) = watch::channel(Arc::new(first));
+        let vnodes = cfg.vnodes;
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(VIEW_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    res = live_rx.changed() => if res.is_err() { return },
+                    _ = tick.tick() => {}
+                }
+                let prev = view_tx.borrow().clone();
+                let next = compute_view(&*cc.lock().await, Some(&prev), vnodes);
+                if next.members != prev.members {
+                    log_changes(&prev, &next);
+                    let _ = view_tx.send(Arc::new(next));
+                }
+            }
+        });
+        Ok(Membership {
+            chitchat,
+            view_rx,
+            gossip_addr,
+        })
+    }
+
+    /// The current view.
+    pub fn view(&self) -> Arc<View> {
+        self.view_rx.borrow().clone()
+    }
+
+    /// A receiver that sees every new view.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<View>> {
+        self.view_rx.clone()
+    }
+
+    /// The gossip address actually bound.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    /// Sets one of this node's own gossiped keys.
+    pub async fn set_self_key(&self, key: &str, value: &str) {
+        self.chitchat
+            .chitchat()
+            .lock()
+            .await
+            .self_node_state()
+            .set(key, value);
+    }
+
+    /// Stops gossiping.
+    pub async fn shutdown(self) {
+        if let Err(err) = self.chitchat.shutdown().await {
+            warn!(%err, "gossip did not stop cleanly");
+        }
+    }
+}
+
+fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize) -> View {
+    let live: std::collections::HashSet<&ChitchatId> = cc.live_nodes().collect();
+    let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
+    for (cid, state) in cc.node_states() {
+        let id: NodeId = NodeId::from(&*cid.node_id);
+        if members
+            .get(&id)
+            .is_some_and(|m| m.generation >= cid.generation_id)
+        {
+            continue; // an older generation of a node we already have
+        }
+        let addr = |key: &str| state.get(key).and_then(|v| v.parse().ok());
+        members.insert(
+            id.clone(),
+            Member {
+                id,
+                generation: cid.generation_id,
+                http: addr(KEY_HTTP),
+                rpc: addr(KEY_RPC),
+                alive: live.contains(cid),
+                status: state.get(KEY_STATUS).unwrap_or("alive").to_string(),
+            },
+        );
+    }
+    // Rebuild the ring only when the set of ids changed; otherwise share the old one.
+    let ring = match prev {
+        Some(p) if p.members.keys().eq(members.keys()) => p.ring.clone(),
+        _ => Arc::new(Ring::new(members.keys().cloned(), vnodes)),
+    };
+    View { members, ring }
+}
+
+fn log_changes(prev: &View, next: &View) {
+    for (id, m) in &next.members {
+        match prev.members.get(id) {
+            None => info!(node = %id, generation = m.generation, alive = m.alive, "member joined"),
+            Some(p) if p.alive != m.alive || p.generation != m.generation => {
+                info!(node = %id, generation = m.generation, alive = m.alive, "member changed")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// UDP gossip whose socket is bound before chitchat starts, so that port 0 works and the
+/// advertised address is the real one.
+struct PreboundUdp(std::sync::Mutex<Option<UdpSocket>>);
+
+#[async_trait]
+impl Transport for PreboundUdp {
+    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+        let socket = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("gossip socket already opened"))?;
+        Ok(Box::new(socket))
+    }
+}
+
+/// Counts gossip datagrams that chitchat could not decode.
+///
+/// chitchat decodes datagrams inside its UDP socket, where ringkv cannot reach (the envelope
+/// codec is private to the crate); it drops a bad one and logs a `invalid-chitchat-payload`
+/// warning. This tracing layer counts those events, so the count exists even when the log
+/// level hides them. It is process-wide: one `ringkv serve` process is one node.
+pub mod garbage {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Metadata, Subscriber};
+    use tracing_subscriber::layer::{Context, Layer};
+
+    static REJECTED: AtomicU64 = AtomicU64::new(0);
+
+    /// Undecodable gossip datagrams seen by this process so far.
+    pub fn rejected() -> u64 {
+        REJECTED.load(Ordering::Relaxed)
+    }
+
+    /// The counting layer; add it to the process's subscriber.
+    pub struct CountLayer;
+
+    fn is_chitchat_udp(meta: &Metadata<'_>) -> bool {
+        meta.target().starts_with("chitchat::transport::udp")
+    }
+
+    impl<S: Subscriber> Layer<S> for CountLayer {
+        fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+            if is_chitchat_udp(meta) && meta.is_event() {
+                Interest::always()
+            } else {
+                Interest::never()
+            }
+        }
+
+        fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
+            is_chitchat_udp(meta)
+        }
+
+        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+            let mut visitor = MessageIs(false);
+            event.record(&mut visitor);
+            if visitor.0 {
+                REJECTED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    struct MessageIs(bool);
+
+    impl tracing::field::Visit for MessageIs {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" && format!("{value:?}") == "invalid-chitchat-payload" {
+                self.0 = true;
+            }
+        }
+    }
+}

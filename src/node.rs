@@ -1,0 +1,276 @@
+//! A running ringkv node: its listeners, gossip, store and background tasks.
+//!
+//! [`NodeHandle::start`] binds the HTTP and RPC listeners (port 0 allowed), starts gossip with
+//! the addresses it actually bound, and spawns the servers. Every task it spawns is tracked
+//! and watches one cancellation token, so [`NodeHandle::shutdown`] stops them all and waits
+//! for them: nothing outlives the handle. The shared state every task sees is [`Node`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::membership::{GossipTransport, Membership, MembershipConfig, View};
+use crate::ring::NodeId;
+use crate::rpc::client::{Pool, PoolConfig};
+use crate::rpc::server::ServerContext;
+use crate::rpc::{self, Hello, Request, Response, Service};
+use crate::stats::Stats;
+use crate::store::Store;
+use crate::version::Actor;
+
+/// The state shared by every task of one node.
+pub struct Node {
+    pub(crate) config: Config,
+    pub(crate) id: NodeId,
+    /// This process's writer identity: the node id and this start's generation.
+    pub(crate) actor: Actor,
+    pub(crate) store: Store,
+    pub(crate) pool: Pool,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) tracker: TaskTracker,
+    view_rx: watch::Receiver<Arc<View>>,
+}
+
+impl Node {
+    /// The current membership view.
+    pub fn view(&self) -> Arc<View> {
+        self.view_rx.borrow().clone()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// This node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This node's writer identity.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+impl Service for Node {
+    async fn call(self: Arc<Self>, req: Request) -> Result<Response> {
+        match req {
+            Request::Replicate { key, versions } => {
+                self.store.merge(&key, &versions);
+                Ok(Response::Replicated)
+            }
+            Request::Read { key } => {
+                Ok(Response::Versions(self.store.get(&key).unwrap_or_default()))
+            }
+            Request::Coordinate {
+                key,
+                value,
+                context,
+                w,
+            } => {
+                self.check_quorum(w, "w")?;
+                self.coordinate_write(key, value, context, w)
+                    .await
+                    .map(Response::Written)
+            }
+        }
+    }
+}
+
+/// A started node. Dropping it without [`NodeHandle::shutdown`] leaves its tasks running.
+pub struct NodeHandle {
+    node: Arc<Node>,
+    membership: Membership,
+    http_addr: SocketAddr,
+    rpc_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl NodeHandle {
+    /// Validates `config`, binds every listener and starts the node.
+    pub async fn start(config: Config, transport: GossipTransport) -> Result<NodeHandle> {
+        config.validate()?;
+        let http = TcpListener::bind(config.http).await?;
+        let rpc_listener = TcpListener::bind(config.rpc).await?;
+        let http_addr = http.local_addr()?;
+        let rpc_addr = rpc_listener.local_addr()?;
+
+        let generation = new_generation();
+        let id: NodeId = NodeId::from(config.id.as_str());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let stats = Arc::new(Stats::default());
+
+        let membership = Membership::start(
+            MembershipConfig {
+                id: id.clone(),
+                generation,
+                cluster_id: config.cluster_id.clone(),
+                gossip_addr: config.gossip,
+                seeds: config.seeds.clone(),
+                http_addr,
+                rpc_addr,
+                vnodes: config.vnodes,
+                gossip: config.gossip_config.clone(),
+            },
+            transport,
+            shutdown.clone(),
+            &tracker,
+        )
+        .await?;
+
+        let hello = Hello {
+            cluster_id: config.cluster_id.clone(),
+            protocol: rpc::PROTOCOL_VERSION,
+            node: config.id.clone(),
+        };
+        let pool = Pool::new(PoolConfig {
+            hello: hello.clone(),
+            max_payload: config.max_frame_payload(),
+            timeout: config.rpc_timeout,
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        let node = Arc::new(Node {
+            actor: Actor {
+                node: id.clone(),
+                generation,
+            },
+            id,
+            store: Store::new(),
+            pool,
+            stats: stats.clone(),
+            tracker: tracker.clone(),
+            view_rx: membership.subscribe(),
+            config,
+        });
+
+        let rpc_ctx = Arc::new(ServerContext {
+            service: node.clone(),
+            hello,
+            max_payload: node.config.max_frame_payload(),
+            stats,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
+        tracker.spawn(crate::api::serve(
+            http,
+            node.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+
+        info!(
+            id = %node.id,
+            generation,
+            http = %http_addr,
+            rpc = %rpc_addr,
+            gossip = %membership.gossip_addr(),
+            "ringkv node listening"
+        );
+        Ok(NodeHandle {
+            node,
+            membership,
+            http_addr,
+            rpc_addr,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// The shared node state.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The HTTP address actually bound.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The RPC address actually bound.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addr
+    }
+
+    /// The gossip address actually bound.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.membership.gossip_addr()
+    }
+
+    /// The current membership view.
+    pub fn view(&self) -> Arc<View> {
+        self.node.view()
+    }
+
+    /// Cuts or restores this node's RPC link to `rpc_addr` (in-process fault injection).
+    pub fn set_rpc_blocked(&self, rpc_addr: SocketAddr, blocked: bool) {
+        self.node.pool.set_blocked(rpc_addr, blocked);
+    }
+
+    /// Stops every listener and task and waits for them. Connections are dropped, not
+    /// drained: to peers this looks like the process died, which is what tests want from a
+    /// kill.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.membership.shutdown().await;
+        self.tracker.close();
+        self.tracker.wait().await;
+        info!(id = %self.node.id, "ringkv node stopped");
+    }
+}
+
+/// A generation new at every start: the wall clock in milliseconds, bumped past the last one
+/// handed out in this process so two nodes started in the same millisecond by one test still
+/// differ.
+fn new_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+impl Node {
+    /// Checks a per-request quorum value against N.
+    pub(crate) fn check_quorum(&self, q: usize, name: &str) -> Result<()> {
+        if q == 0 || q > self.config.replicas {
+            return Err(Error::InvalidInput(format!(
+                "{name} must be between 1 and {} (N)",
+                self.config.replicas
+            )));
+        }
+        Ok(())
+    }
+}

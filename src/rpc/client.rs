@@ -1,0 +1,229 @@
+//! Outbound RPC: one persistent, multiplexed connection per peer address.
+//!
+//! A call registers a one-shot reply slot under a fresh request id, queues the request on the
+//! peer's connection and waits for the slot with a timeout. The connection task writes queued
+//! requests in batches and routes each response to its slot by id.
+//!
+//! Connections are keyed by the peer's RPC *address*: a peer restarted on a new port simply
+//! gets a new connection, and the old one dies with its socket. A broken connection fails
+//! every call pending on it at once (they do not wait for their timeouts), and the next call
+//! opens a fresh one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::{Hello, Message, Request, Response, read_one, write_frames};
+use crate::codec::{self, FrameCodec};
+use crate::error::{Error, Result};
+use crate::stats::Stats;
+
+/// How long to wait for a TCP connect plus hello. Short: on loopback or a LAN a live peer
+/// answers in microseconds, and a dead one should not hold a client request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Requests queued per connection before callers wait.
+const REQUEST_QUEUE: usize = 1024;
+
+type Slot = oneshot::Sender<Result<Response>>;
+type Pending = Arc<Mutex<HashMap<u64, Slot>>>;
+
+struct Conn {
+    tx: mpsc::Sender<Message>,
+    pending: Pending,
+    next_id: AtomicU64,
+    dead: Arc<AtomicBool>,
+}
+
+/// The settings every connection shares.
+pub struct PoolConfig {
+    pub hello: Hello,
+    pub max_payload: usize,
+    pub timeout: Duration,
+    pub stats: Arc<Stats>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Connections to peers, opened on first use.
+pub struct Pool {
+    cfg: Arc<PoolConfig>,
+    conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    /// Addresses this node pretends it cannot reach: in-process tests cut links with it.
+    blocked: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(cfg: PoolConfig) -> Pool {
+        Pool {
+            cfg: Arc::new(cfg),
+            conns: Mutex::new(HashMap::new()),
+            blocked: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.cfg.timeout
+    }
+
+    /// Sends `req` to the peer at `addr` and waits for its answer, at most the pool timeout.
+    pub async fn call(&self, addr: SocketAddr, req: Request) -> Result<Response> {
+        self.call_with_timeout(addr, req, self.cfg.timeout).await
+    }
+
+    /// As [`Pool::call`] with an explicit timeout.
+    pub async fn call_with_timeout(
+        &self,
+        addr: SocketAddr,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<Response> {
+        if lock(&self.blocked).contains(&addr) {
+            return Err(Error::Unreachable(format!("link to {addr} is cut")));
+        }
+        let conn = self.conn(addr);
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let (slot_tx, slot_rx) = oneshot::channel();
+        lock(&conn.pending).insert(id, slot_tx);
+        // Register before sending: the connection task fails every registered slot when it
+        // dies, and closes its queue first, so a request is either answered, failed, or
+        // refused here; it is never left waiting for its timeout on a dead connection.
+        if conn
+            .tx
+            .send(Message::Request { id, body: req })
+            .await
+            .is_err()
+        {
+            lock(&conn.pending).remove(&id);
+            return Err(Error::Unreachable(format!("connection to {addr} closed")));
+        }
+        match tokio::time::timeout(timeout, slot_rx).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err(Error::Unreachable(format!("connection to {addr} closed"))),
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Cuts (or restores) this node's link to `addr`. A cut drops the open connection too.
+    pub fn set_blocked(&self, addr: SocketAddr, blocked: bool) {
+        if blocked {
+            lock(&self.blocked).insert(addr);
+            if let Some(conn) = lock(&self.conns).remove(&addr) {
+                conn.dead.store(true, Ordering::Release);
+                fail_all(&conn.pending);
+            }
+        } else {
+            lock(&self.blocked).remove(&addr);
+        }
+    }
+
+    fn conn(&self, addr: SocketAddr) -> Arc<Conn> {
+        let mut conns = lock(&self.conns);
+        if let Some(conn) = conns.get(&addr)
+            && !conn.dead.load(Ordering::Acquire)
+        {
+            return conn.clone();
+        }
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let conn = Arc::new(Conn {
+            tx,
+            pending: Arc::default(),
+            next_id: AtomicU64::new(1),
+            dead: Arc::default(),
+        });
+        conns.insert(addr, conn.clone());
+        let cfg = self.cfg.clone();
+        let pending = conn.pending.clone();
+        let dead = conn.dead.clone();
+        self.cfg.tracker.spawn(async move {
+            let mut rx = rx;
+            let res = tokio::select! {
+                _ = cfg.shutdown.cancelled() => Err(Error::Shutdown),
+                res = run(addr, &cfg, &mut rx, &pending) => res,
+            };
+            dead.store(true, Ordering::Release);
+            rx.close();
+            fail_all(&pending);
+            match res {
+                Err(err @ Error::Protocol(_)) => {
+                    Stats::incr(&cfg.stats.rpc_frames_rejected);
+                    warn!(%addr, %err, "closing rpc connection: bad frame from peer");
+                }
+                Err(err) => debug!(%addr, %err, "rpc connection ended"),
+                Ok(()) => {}
+            }
+        });
+        conn
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the map half-updated
+    // (every critical section is a single insert or remove), so poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fail_all(pending: &Pending) {
+    for (_, slot) in lock(pending).drain() {
+        let _ = slot.send(Err(Error::Unreachable("connection lost".into())));
+    }
+}
+
+/// Connects, says hello, then pumps requests out and responses in until something breaks.
+async fn run(
+    addr: SocketAddr,
+    cfg: &PoolConfig,
+    rx: &mut mpsc::Receiver<Message>,
+    pending: &Pending,
+) -> Result<()> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::Unreachable(format!("connect to {addr} timed out")))?
+        .map_err(|e| Error::Unreachable(format!("connect to {addr}: {e}")))?;
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, FrameCodec::new(cfg.max_payload));
+    let mut buf = bytes::BytesMut::new();
+    codec::encode(&cfg.hello, &mut buf)?;
+    tokio::io::AsyncWriteExt::write_all(&mut wr, &buf).await?;
+    let theirs: Hello = tokio::time::timeout(CONNECT_TIMEOUT, read_one(&mut reader))
+        .await
+        .map_err(|_| Error::Unreachable(format!("no hello from {addr}")))??;
+    theirs.check(&cfg.hello)?;
+
+    let writer = write_frames(wr, rx);
+    let reader_loop = async {
+        while let Some(frame) = reader.next().await {
+            match codec::decode_payload::<Message>(&frame?)? {
+                Message::Response { id, body } => {
+                    if let Some(slot) = lock(pending).remove(&id) {
+                        let _ = slot.send(body);
+                    }
+                }
+                Message::Request { .. } => {
+                    return Err(Error::Protocol("server sent a request".into()));
+                }
+            }
+        }
+        Err(Error::Unreachable(format!("{addr} closed the connection")))
+    };
+    tokio::select! {
+        res = writer => res,
+        res = reader_loop => res,
+    }
+}

@@ -1,0 +1,153 @@
+//! The node-to-node RPC protocol over TCP.
+//!
+//! Each node keeps one persistent connection to each peer it talks to ([`client::Pool`]).
+//! Many requests share it: every request carries an id and the response carries the same id,
+//! so responses may come back in any order and a slow request never blocks a fast one.
+//!
+//! A connection opens with a [`Hello`] from each side. It carries the cluster id and the
+//! protocol version, so that two rings that happen to share a network, or two incompatible
+//! releases, refuse each other instead of mixing data.
+//!
+//! Frames are length + CRC32 + MessagePack ([`crate::codec`]). Anything a peer sends that does
+//! not decode (bad checksum, oversized, unknown message) closes that one connection; it is
+//! counted in [`crate::stats::Stats::rpc_frames_rejected`] and logged, and the node keeps
+//! serving everything else. The requester sees its pending calls fail and reconnects on the
+//! next call.
+//!
+//! Messages are requests or responses, each a documented enum. Errors that cross the link keep
+//! their [`Error`] variant.
+
+pub mod client;
+pub mod server;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::version::{Context, VersionSet};
+
+/// Bumped on any incompatible change to [`Message`] or the framing.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame each side sends on a new connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    /// Nodes of different clusters never exchange data.
+    pub cluster_id: String,
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The sender's node id, for logs.
+    pub node: String,
+}
+
+impl Hello {
+    /// Checks a peer's hello against ours.
+    pub fn check(&self, ours: &Hello) -> Result<()> {
+        if self.protocol != ours.protocol {
+            return Err(Error::Protocol(format!(
+                "peer {} speaks protocol {}, we speak {}",
+                self.node, self.protocol, ours.protocol
+            )));
+        }
+        if self.cluster_id != ours.cluster_id {
+            return Err(Error::Protocol(format!(
+                "peer {} is in cluster {:?}, we are in {:?}",
+                self.node, self.cluster_id, ours.cluster_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Every frame after the hello.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Message {
+    /// A call; the peer answers with a `Response` of the same id.
+    Request { id: u64, body: Request },
+    /// The answer to the request with this id.
+    Response { id: u64, body: Result<Response> },
+}
+
+/// What one node asks of another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Merge these versions of a key into your store (replication and read repair).
+    Replicate { key: Bytes, versions: VersionSet },
+    /// Send me the versions of a key you store (empty if none).
+    Read { key: Bytes },
+    /// Coordinate this client write yourself: you are the key's first live replica in my view.
+    /// `value: None` is a delete. The receiver never forwards again, so views that disagree
+    /// for a moment cannot make a request bounce between nodes.
+    Coordinate {
+        key: Bytes,
+        value: Option<Bytes>,
+        context: Option<Context>,
+        w: usize,
+    },
+}
+
+/// Successful answers, one per [`Request`] kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// The versions were merged.
+    Replicated,
+    /// The replica's versions of the key.
+    Versions(VersionSet),
+    /// The coordinated write met its quorum; the context of the new version.
+    Written(Context),
+}
+
+/// What serves requests on the RPC port: the node.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request.
+    fn call(self: Arc<Self>, req: Request) -> impl Future<Output = Result<Response>> + Send;
+}
+
+/// Sends every message from `rx` to `wr` as frames, until `rx` closes or a write fails.
+///
+/// Frames waiting in the channel are coalesced into one buffer and one `write_all`, so under
+/// load many requests cost one syscall; when idle, a lone frame goes out at once.
+pub(crate) async fn write_frames<W>(
+    mut wr: W,
+    rx: &mut tokio::sync::mpsc::Receiver<Message>,
+) -> Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+
+    /// Stop coalescing past this many bytes, so one batch never holds many large values.
+    const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+    let mut buf = bytes::BytesMut::with_capacity(8 * 1024);
+    while let Some(msg) = rx.recv().await {
+        buf.clear();
+        crate::codec::encode(&msg, &mut buf)?;
+        while buf.len() < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(msg) => crate::codec::encode(&msg, &mut buf)?,
+                Err(_) => break,
+            }
+        }
+        wr.write_all(&buf).await?;
+    }
+    Ok(())
+}
+
+/// Reads one frame and decodes it as `T`, or fails if the stream ends first.
+pub(crate) async fn read_one<R, T>(
+    reader: &mut tokio_util::codec::FramedRead<R, crate::codec::FrameCodec>,
+) -> Result<T>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    use futures_util::StreamExt;
+    match reader.next().await {
+        Some(frame) => crate::codec::decode_payload(&frame?),
+        None => Err(Error::Unreachable("connection closed".into())),
+    }
+}

@@ -1,0 +1,126 @@
+//! The RPC listener: accepts peer connections and answers their requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::{Hello, Message, Request, Service, read_one, write_frames};
+use crate::codec::{self, FrameCodec};
+use crate::error::{Error, Result};
+use crate::stats::Stats;
+
+/// A peer must say hello within this time, so idle garbage connections do not pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most connections served at once. A ring of N nodes needs N-1 inbound connections; the rest
+/// is headroom for restarts, whose old connections linger until they error out.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Responses queued per connection before request handling waits for the socket.
+const RESPONSE_QUEUE: usize = 1024;
+
+/// Everything a connection handler needs, shared by all connections.
+pub struct ServerContext<S> {
+    pub service: Arc<S>,
+    pub hello: Hello,
+    pub max_payload: usize,
+    pub stats: Arc<Stats>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Accepts connections on `listener` until `ctx.shutdown` fires.
+pub async fn serve<S: Service>(listener: TcpListener, ctx: Arc<ServerContext<S>>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            res = listener.accept() => match res {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(%err, "rpc accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx2 = ctx.clone();
+        ctx.tracker.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = ctx2.shutdown.cancelled() => {}
+                res = connection(stream, &ctx2) => {
+                    if let Err(err) = res {
+                        if matches!(err, Error::Protocol(_)) {
+                            Stats::incr(&ctx2.stats.rpc_frames_rejected);
+                            warn!(%peer, %err, "closing rpc connection: bad frame from peer");
+                        } else {
+                            debug!(%peer, %err, "rpc connection closed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn connection<S: Service>(stream: TcpStream, ctx: &Arc<ServerContext<S>>) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, FrameCodec::new(ctx.max_payload));
+
+    let theirs: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_one(&mut reader))
+        .await
+        .map_err(|_| Error::Protocol("no hello within the handshake timeout".into()))??;
+    theirs.check(&ctx.hello)?;
+    let mut buf = bytes::BytesMut::new();
+    codec::encode(&ctx.hello, &mut buf)?;
+    tokio::io::AsyncWriteExt::write_all(&mut wr, &buf).await?;
+    debug!(peer = %theirs.node, "rpc peer connected");
+
+    let (resp_tx, mut resp_rx) = mpsc::channel(RESPONSE_QUEUE);
+    let writer = write_frames(wr, &mut resp_rx);
+    let reader_loop = async {
+        while let Some(frame) = reader.next().await {
+            let msg: Message = codec::decode_payload(&frame?)?;
+            let Message::Request { id, body } = msg else {
+                return Err(Error::Protocol("peer sent a response to a server".into()));
+            };
+            // Forwarded writes wait on other replicas: run them beside the reader so they do
+            // not hold up the requests behind them. Store reads and merges finish at once.
+            let inline = !matches!(body, Request::Coordinate { .. });
+            let service = ctx.service.clone();
+            let resp_tx = resp_tx.clone();
+            let work = async move {
+                let body = service.call(body).await;
+                // The connection may be gone; the peer then times out, nothing to do here.
+                let _ = resp_tx.send(Message::Response { id, body }).await;
+            };
+            if inline {
+                work.await;
+            } else {
+                ctx.tracker.spawn(work);
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    tokio::select! {
+        res = reader_loop => res,
+        res = writer => res,
+    }
+}

@@ -1,0 +1,59 @@
+//! Counters a node keeps about itself.
+//!
+//! Plain relaxed atomics: each is an independent tally read by `/admin/stats`-style endpoints
+//! and logs, so no ordering between them is needed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Per-node counters. Every field only ever grows.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// RPC frames dropped for a bad checksum, size, encoding or handshake.
+    pub rpc_frames_rejected: AtomicU64,
+    /// Replicas brought up to date by read repair.
+    pub read_repairs: AtomicU64,
+    /// Client requests answered 503 because the quorum was not met.
+    pub quorum_failures: AtomicU64,
+    /// Writes this node coordinated.
+    pub writes_coordinated: AtomicU64,
+    /// Reads this node coordinated.
+    pub reads_coordinated: AtomicU64,
+    /// Writes forwarded to the key's first live replica.
+    pub writes_forwarded: AtomicU64,
+}
+
+/// A point-in-time copy of [`Stats`], for JSON.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub rpc_frames_rejected: u64,
+    /// Process-wide: see [`crate::membership::garbage`].
+    pub gossip_datagrams_rejected: u64,
+    pub read_repairs: u64,
+    pub quorum_failures: u64,
+    pub writes_coordinated: u64,
+    pub reads_coordinated: u64,
+    pub writes_forwarded: u64,
+}
+
+impl Stats {
+    /// Adds one to `counter`.
+    pub fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            rpc_frames_rejected: get(&self.rpc_frames_rejected),
+            gossip_datagrams_rejected: crate::membership::garbage::rejected(),
+            read_repairs: get(&self.read_repairs),
+            quorum_failures: get(&self.quorum_failures),
+            writes_coordinated: get(&self.writes_coordinated),
+            reads_coordinated: get(&self.reads_coordinated),
+            writes_forwarded: get(&self.writes_forwarded),
+        }
+    }
+}

@@ -1,0 +1,1774 @@
+//! Dotted version vectors: how ringkv tracks causality between writes to one key.
+//!
+//! # What this module owns
+//!
+//! Everything that decides whether two writes are ordered or concurrent: writer identities
+//! ([`Actor`]), individual write events ([`Dot`]), causal contexts ([`Context`], including the
+//! opaque string clients carry between a read and the following write), single writes
+//! ([`Version`]) and the per-key state a replica stores ([`VersionSet`]). It is pure and
+//! synchronous: no I/O, no clocks, no knowledge of the ring or of quorums.
+//!
+//! # The model
+//!
+//! Every write is named by a *dot* `(actor, counter)`, and carries its *history*: the exact set
+//! of dots it causally follows, including its own. A version `v` is superseded by `w` iff `w`'s
+//! history contains `v`'s dot. A replica keeps exactly the versions nobody supersedes; when more
+//! than one survives they are *siblings* and the client resolves them on the next write by
+//! passing back the context it read.
+//!
+//! Contexts are exact dot *sets*, not version vectors. A plain version vector (`actor -> max`)
+//! claims every counter up to `max`, so a client that read only dot 3 of an actor would
+//! also "see" a concurrent dot 2 it never read and silently overwrite it: this is the sibling
+//! explosion / lost update problem of classic Dynamo and early Riak. Storing, per actor,
+//! "everything in `1..=max` except `missing`" keeps the set exact while staying as small as a
+//! version vector in the common case (`missing` empty).
+//!
+//! # Why the coordinator must be a replica that stores the write locally
+//!
+//! [`VersionSet::write`] makes the new version's history claim *every* dot of the coordinating
+//! actor up to the new counter, except the live siblings the client has not seen. That is only
+//! sound because of this invariant:
+//!
+//! > Every dot of actor `a` for a key was created by the replica running as `a`, and was stored
+//! > there first. A replica only drops a version when a version whose history contains its dot
+//! > arrives, and histories are causally closed (see below).
+//!
+//! So an `a`-dot that is not live on `a`'s own replica has already been superseded by something,
+//! and claiming it loses nothing. This bounds `missing` by the number of concurrent siblings
+//! (the DVVSet insight) instead of letting it grow with every concurrent write ever seen. The
+//! corollary for the rest of ringkv: the node that runs `write` for actor `a` must be the replica
+//! holding `a`'s data for that key and must apply the result locally before replicating it.
+//! Proxying a write to a node that does not store the key, or coordinating from a node whose
+//! local copy was lost, breaks the argument.
+//!
+//! # Causal closure
+//!
+//! Histories must be causally closed: if `w`'s history contains `x`'s dot, it contains all of
+//! `x`'s history. That is what makes "superseded" transitive, and transitivity is what makes
+//! [`VersionSet::merge`] associative when replicas exchange *partial* state (a single new version,
+//! a lagging peer's copy). Claiming a superseded `a`-dot `x` without its past breaks it: with
+//! `y <- x <- u` and a stale write `w` that claims `x` but not `y`, merging `{x}` with `{w}`
+//! drops `x` and forgets `y`, so a later `{y}` is resurrected, while merging in the other order
+//! drops `y`. So the new history is the client's context, plus everything this replica knows
+//! (the union of its live versions' histories) *minus the live siblings the client has not seen*:
+//! every other dot there is superseded by a live version, so claiming it loses nothing, and the
+//! result is closed because both inputs are.
+//!
+//! An actor is a node id *plus a generation* (the start time of that node's process). A node
+//! that restarts with an empty disk gets a new generation, so it can never reissue a counter
+//! that already names a different write elsewhere in the cluster (Riak's kv679 data loss bug:
+//! a reused dot looks "already seen" and the new write is discarded).
+//!
+//! # Caveats
+//!
+//! * Client contexts are integrity-checked (CRC32, to catch truncation and accidental corruption),
+//!   not authenticated. A client that forges a context can make its own writes supersede
+//!   versions it never read, or, by claiming dots that do not exist yet, make later writes
+//!   disappear on arrival. The damage is confined to keys that client writes, which it could
+//!   overwrite or delete anyway; counters saturate rather than overflow, so forgery never panics.
+//! * Actors accumulate: each restart with a fresh generation adds one more context entry for keys
+//!   it writes, and nothing here prunes them. [`MAX_CONTEXT_BYTES`] bounds what a client can hand
+//!   us; a key whose context outgrows it would need actor pruning (not implemented).
+//! * [`Context::dots`] enumerates every dot and is `O(max)`; it is meant for tests and debugging,
+//!   not for hot paths or untrusted counters.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest encoded (base64) context string [`Context::decode`] accepts: 64 KiB.
+///
+/// Contexts arrive in client requests, so their size must be bounded before any decoding work.
+/// Legitimate contexts hold one small entry per actor that wrote the key, which is far below this.
+pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+
+/// First byte of every encoded context. Bumped if the framing or payload layout ever changes,
+/// so old clients' contexts are rejected explicitly rather than misread.
+const CONTEXT_FORMAT_VERSION: u8 = 1;
+
+/// Length of the little-endian CRC32 trailer of an encoded context.
+const CRC_LEN: usize = 4;
+
+/// Why a context (from a client or a peer) was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextError(pub &'static str);
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid causal context: {}", self.0)
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+/// A writer identity: node id plus the generation (start time) of that node's process.
+/// A node restarted empty has a new generation and therefore never reuses a counter (Riak kv679).
+///
+/// Serialized compactly as the 2-tuple `(node, generation)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Actor {
+    pub node: Arc<str>,
+    pub generation: u64,
+}
+
+impl Actor {
+    pub fn new(node: impl Into<Arc<str>>, generation: u64) -> Self {
+        Actor {
+            node: node.into(),
+            generation,
+        }
+    }
+}
+
+// Hand-written rather than derived: the tuple form is compact in every format, and going through
+// `&str`/`String` avoids needing serde's `rc` feature for `Arc<str>`.
+impl Serialize for Actor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&*self.node, self.generation).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Actor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (node, generation) = <(String, u64)>::deserialize(d)?;
+        Ok(Actor::new(node, generation))
+    }
+}
+
+/// One write event: the `counter`-th write coordinated by `actor` (counters start at 1).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Dot {
+    pub actor: Actor,
+    pub counter: u64,
+}
+
+/// A causal context: an exact *set of dots*, stored per actor as "all counters 1..=max except `missing`".
+///
+/// Invariants (checked by [`Context::decode`] and on deserialization): entries sorted by actor,
+/// no duplicate actors, no entry with `max == 0`, `missing` strictly ascending with every element
+/// in `1..max` (`max` itself is always included). Because the representation is canonical, two
+/// contexts are `==` exactly when they hold the same dots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    entries: Vec<ContextEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ContextEntry {
+    actor: Actor,
+    max: u64,
+    missing: Vec<u64>,
+}
+
+impl ContextEntry {
+    fn contains(&self, counter: u64) -> bool {
+        counter >= 1 && counter <= self.max && self.missing.binary_search(&counter).is_err()
+    }
+
+    /// Exact union of two entries for the same actor.
+    ///
+    /// Counters above the smaller max are covered only by the larger entry, so they are missing
+    /// iff missing there; counters at or below it are missing iff missing in both. Either way a
+    /// missing counter of the union is a missing counter of the larger entry, which is why only
+    /// its list needs scanning.
+    fn union(a: &ContextEntry, b: &ContextEntry) -> ContextEntry {
+        let (big, small) = if a.max >= b.max { (a, b) } else { (b, a) };
+        let missing = big
+            .missing
+            .iter()
+            .copied()
+            .filter(|&i| i > small.max || small.missing.binary_search(&i).is_ok())
+            .collect();
+        ContextEntry {
+            actor: big.actor.clone(),
+            max: big.max,
+            missing,
+        }
+    }
+
+    /// Whether every dot of `self` is in `other` (same actor assumed).
+    fn le(&self, other: &ContextEntry) -> bool {
+        // `self` always holds its own max. Beyond that, anything `other` lacks at or below
+        // `self.max` must be lacking in `self` too.
+        self.max <= other.max
+            && other
+                .missing
+                .iter()
+                .take_while(|&&i| i <= self.max)
+                .all(|i| self.missing.binary_search(i).is_ok())
+    }
+}
+
+// Tuples rather than structs so the per-actor overhead on the wire is just the values.
+impl Serialize for ContextEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.actor, self.max, &self.missing).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContextEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (actor, max, missing) = <(Actor, u64, Vec<u64>)>::deserialize(d)?;
+        Ok(ContextEntry {
+            actor,
+            max,
+            missing,
+        })
+    }
+}
+
+impl Serialize for Context {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.entries.serialize(s)
+    }
+}
+
+// Deserialization validates: contexts arrive from clients and peers, and every method here
+// relies on the invariants (binary searches, sorted merges). Rejecting at the boundary means no
+// caller can forget to.
+impl<'de> Deserialize<'de> for Context {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ctx = Context {
+            entries: Vec::deserialize(d)?,
+        };
+        ctx.validate().map_err(D::Error::custom)?;
+        Ok(ctx)
+    }
+}
+
+impl Context {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn entry(&self, actor: &Actor) -> Option<&ContextEntry> {
+        self.entries
+            .binary_search_by(|e| e.actor.cmp(actor))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    pub fn contains(&self, dot: &Dot) -> bool {
+        self.entry(&dot.actor)
+            .is_some_and(|e| e.contains(dot.counter))
+    }
+
+    /// Highest counter of `actor` in this context (0 if none).
+    pub fn max_counter(&self, actor: &Actor) -> u64 {
+        self.entry(actor).map_or(0, |e| e.max)
+    }
+
+    /// Exact set union.
+    pub fn union(&self, other: &Context) -> Context {
+        let mut out = self.clone();
+        out.union_with(other);
+        out
+    }
+
+    /// Exact set union, in place.
+    pub fn union_with(&mut self, other: &Context) {
+        if other.entries.is_empty() {
+            return;
+        }
+        let mine = std::mem::take(&mut self.entries);
+        let mut merged = Vec::with_capacity(mine.len().max(other.entries.len()));
+        let mut a = mine.into_iter().peekable();
+        let mut b = other.entries.iter().peekable();
+        loop {
+            let ord = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.actor.cmp(&y.actor),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
+            };
+            match ord {
+                Ordering::Less => merged.extend(a.next()),
+                Ordering::Greater => merged.extend(b.next().cloned()),
+                Ordering::Equal => {
+                    if let (Some(x), Some(y)) = (a.next(), b.next()) {
+                        merged.push(ContextEntry::union(&x, y));
+                    }
+                }
+            }
+        }
+        self.entries = merged;
+    }
+
+    /// Subset: every dot of `self` is in `other`.
+    pub fn le(&self, other: &Context) -> bool {
+        self.entries
+            .iter()
+            .all(|e| other.entry(&e.actor).is_some_and(|o| e.le(o)))
+    }
+
+    /// Per actor: `(actor, max, missing)`, meaning counters `1..=max` except `missing`.
+    pub fn entries(&self) -> impl Iterator<Item = (&Actor, u64, &[u64])> {
+        self.entries
+            .iter()
+            .map(|e| (&e.actor, e.max, e.missing.as_slice()))
+    }
+
+    /// Every dot, in `(actor, counter)` order. `O(max)` per actor: for tests and debugging.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> {
+        self.entries.iter().flat_map(|e| {
+            (1..=e.max)
+                .filter(move |c| e.missing.binary_search(c).is_err())
+                .map(move |counter| Dot {
+                    actor: e.actor.clone(),
+                    counter,
+                })
+        })
+    }
+
+    /// Replaces `actor`'s entry with "1..=max except `missing`" (removes it if `max == 0`).
+    /// `missing` is normalized (sorted, deduplicated, clipped to `1..max`) so the invariants hold
+    /// whatever the caller passes.
+    pub(crate) fn set_entry(&mut self, actor: &Actor, max: u64, mut missing: Vec<u64>) {
+        missing.sort_unstable();
+        missing.dedup();
+        missing.retain(|&m| m >= 1 && m < max);
+        match self.entries.binary_search_by(|e| e.actor.cmp(actor)) {
+            Ok(i) if max == 0 => {
+                self.entries.remove(i);
+            }
+            Ok(i) => {
+                self.entries[i].max = max;
+                self.entries[i].missing = missing;
+            }
+            Err(_) if max == 0 => {}
+            Err(i) => self.entries.insert(
+                i,
+                ContextEntry {
+                    actor: actor.clone(),
+                    max,
+                    missing,
+                },
+            ),
+        }
+    }
+
+    /// Removes one dot, keeping the representation canonical.
+    fn remove(&mut self, dot: &Dot) {
+        let Ok(i) = self.entries.binary_search_by(|e| e.actor.cmp(&dot.actor)) else {
+            return;
+        };
+        let e = &mut self.entries[i];
+        if !e.contains(dot.counter) {
+            return;
+        }
+        if dot.counter < e.max {
+            if let Err(pos) = e.missing.binary_search(&dot.counter) {
+                e.missing.insert(pos, dot.counter);
+            }
+            return;
+        }
+        // Removing the max: the new max is the highest counter still present, and missing
+        // counters above it are no longer worth listing. Missing counters are >= 1, so `max`
+        // only decrements after a pop and cannot underflow.
+        let mut max = e.max - 1;
+        while e.missing.last() == Some(&max) {
+            e.missing.pop();
+            max -= 1;
+        }
+        if max == 0 {
+            self.entries.remove(i);
+        } else {
+            e.max = max;
+        }
+    }
+
+    /// Checks the representation invariants (see [`Context`]).
+    pub(crate) fn validate(&self) -> Result<(), ContextError> {
+        if self.entries.windows(2).any(|w| w[0].actor >= w[1].actor) {
+            return Err(ContextError("actors not strictly ascending"));
+        }
+        for e in &self.entries {
+            if e.max == 0 {
+                return Err(ContextError("entry with max 0"));
+            }
+            let mut prev = 0;
+            for &m in &e.missing {
+                // `prev` starts at 0, so this also rejects a missing counter of 0.
+                if m <= prev {
+                    return Err(ContextError(
+                        "missing counters not strictly ascending from 1",
+                    ));
+                }
+                if m >= e.max {
+                    return Err(ContextError("missing counter not below max"));
+                }
+                prev = m;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opaque, URL-safe string for clients:
+    /// base64url(no pad) of `[format version] ++ msgpack(self) ++ crc32_le(everything before)`.
+    pub fn encode(&self) -> String {
+        let mut buf = vec![CONTEXT_FORMAT_VERSION];
+        rmp_serde::encode::write(&mut buf, self)
+            .expect("msgpack-encoding strings, integers and sequences into a Vec cannot fail");
+        let crc = crc32fast::hash(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    /// Inverse of [`Context::encode`]. Rejects (never panics on) anything that is not exactly an
+    /// encoding of a valid context.
+    pub fn decode(s: &str) -> Result<Context, ContextError> {
+        if s.is_empty() {
+            return Err(ContextError("empty"));
+        }
+        // Checked before decoding so hostile input costs nothing beyond this comparison.
+        if s.len() > MAX_CONTEXT_BYTES {
+            return Err(ContextError("too long"));
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| ContextError("not base64url"))?;
+        let (framed, crc) = raw
+            .split_last_chunk::<CRC_LEN>()
+            .ok_or(ContextError("too short"))?;
+        let (&version, payload) = framed.split_first().ok_or(ContextError("too short"))?;
+        if version != CONTEXT_FORMAT_VERSION {
+            return Err(ContextError("unsupported format version"));
+        }
+        if crc32fast::hash(framed) != u32::from_le_bytes(*crc) {
+            return Err(ContextError("checksum mismatch"));
+        }
+        // Deserialize the raw entries (not `Context`, whose validation would bury the precise
+        // reason inside an rmp error), then insist the payload was consumed exactly.
+        let mut de = rmp_serde::Deserializer::new(payload);
+        let entries = Vec::<ContextEntry>::deserialize(&mut de)
+            .map_err(|_| ContextError("malformed payload"))?;
+        if !de.get_ref().is_empty() {
+            return Err(ContextError("trailing bytes"));
+        }
+        let ctx = Context { entries };
+        ctx.validate()?;
+        Ok(ctx)
+    }
+}
+
+/// One write: its own dot, its full causal history (which contains `dot`), and the value (None = tombstone).
+///
+/// Deserialization rejects a version whose history does not contain its own dot: such a version
+/// could never be superseded through [`VersionSet::context`] and would linger as a sibling forever.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawVersion")]
+pub struct Version {
+    pub dot: Dot,
+    pub history: Context,
+    pub value: Option<Bytes>,
+}
+
+/// Unvalidated wire form of [`Version`] (same shape as its derived `Serialize`).
+#[derive(Deserialize)]
+struct RawVersion {
+    dot: Dot,
+    history: Context,
+    value: Option<Bytes>,
+}
+
+impl TryFrom<RawVersion> for Version {
+    type Error = ContextError;
+
+    fn try_from(raw: RawVersion) -> Result<Self, ContextError> {
+        if !raw.history.contains(&raw.dot) {
+            return Err(ContextError("version history does not contain its own dot"));
+        }
+        Ok(Version {
+            dot: raw.dot,
+            history: raw.history,
+            value: raw.value,
+        })
+    }
+}
+
+impl Version {
+    fn superseded_by(&self, other: &Version) -> bool {
+        self.dot != other.dot && other.history.contains(&self.dot)
+    }
+}
+
+/// What a replica stores for a key: the versions no other version supersedes.
+///
+/// Invariant: sorted by dot, no duplicate dots, and no version's dot is contained in another
+/// version's history. Deserialization re-establishes it (via [`VersionSet::from_versions`]), so
+/// a peer cannot hand us a set that violates it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionSet {
+    versions: Vec<Version>,
+}
+
+impl Serialize for VersionSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.versions.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(VersionSet::from_versions(Vec::deserialize(d)?))
+    }
+}
+
+/// Keeps exactly the versions no other version in `vs` supersedes. `vs` must have unique dots.
+/// Quadratic, but `vs` is a key's sibling set (a handful in practice).
+fn keep_flags(vs: &[&Version]) -> Vec<bool> {
+    vs.iter()
+        .map(|v| !vs.iter().any(|w| v.superseded_by(w)))
+        .collect()
+}
+
+impl VersionSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    pub fn versions(&self) -> &[Version] {
+        &self.versions
+    }
+
+    /// Normalizes arbitrary versions into a set: dedupe by dot (first wins: a dot names one
+    /// write, so duplicates are copies), drop superseded versions, sort.
+    pub fn from_versions(mut vs: Vec<Version>) -> VersionSet {
+        vs.sort_by(|a, b| a.dot.cmp(&b.dot));
+        vs.dedup_by(|later, earlier| later.dot == earlier.dot);
+        let keep = keep_flags(&vs.iter().collect::<Vec<_>>());
+        let versions = vs
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(v, k)| k.then_some(v))
+            .collect();
+        VersionSet { versions }
+    }
+
+    /// Union of all versions' histories: everything a reader of this set has seen.
+    pub fn context(&self) -> Context {
+        let mut ctx = Context::new();
+        for v in &self.versions {
+            ctx.union_with(&v.history);
+        }
+        ctx
+    }
+
+    /// Highest counter of `actor` in any version's history (0 if none).
+    pub fn max_counter(&self, actor: &Actor) -> u64 {
+        self.versions
+            .iter()
+            .map(|v| v.history.max_counter(actor))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Merges `other` into `self`; returns whether `self` changed.
+    ///
+    /// Union by dot (keeping `self`'s copy: equal dots name the same write), then drop superseded
+    /// versions. Commutative, associative and idempotent as long as dots are never reused (actor
+    /// generations guarantee that) and histories are causally closed (`write` guarantees that).
+    pub fn merge(&mut self, other: &VersionSet) -> bool {
+        if other.versions.is_empty() {
+            return false;
+        }
+        let mine = std::mem::take(&mut self.versions);
+        let original_len = mine.len();
+        // (version, came from self)
+        let mut union: Vec<(Version, bool)> =
+            Vec::with_capacity(original_len + other.versions.len());
+        let mut a = mine.into_iter().peekable();
+        let mut b = other.versions.iter().peekable();
+        loop {
+            let ord = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => x.dot.cmp(&y.dot),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
+            };
+            match ord {
+                Ordering::Less => union.extend(a.next().map(|v| (v, true))),
+                Ordering::Greater => union.extend(b.next().map(|v| (v.clone(), false))),
+                Ordering::Equal => {
+                    union.extend(a.next().map(|v| (v, true)));
+                    b.next();
+                }
+            }
+        }
+        let keep = keep_flags(&union.iter().map(|(v, _)| v).collect::<Vec<_>>());
+        let mut added = false;
+        let mut kept_own = 0;
+        self.versions = union
+            .into_iter()
+            .zip(keep)
+            .filter(|&(_, k)| k)
+            .map(|((v, own), _)| {
+                if own {
+                    kept_own += 1;
+                } else {
+                    added = true;
+                }
+                v
+            })
+            .collect();
+        added || kept_own != original_len
+    }
+
+    /// Coordinator-side write by `actor` (which must be the replica storing this set; see the
+    /// module docs). `ctx` is what the client has seen; `None` means "everything this replica
+    /// has", so context-free writes coordinated by one replica never create siblings.
+    ///
+    /// The new version supersedes exactly the live versions whose dots are in `ctx`; every other
+    /// live version stays as a sibling. Returns the new version's history, which is the context
+    /// to hand back to the client.
+    pub fn write(&mut self, actor: &Actor, ctx: Option<&Context>, value: Option<Bytes>) -> Context {
+        let local = self.context();
+        let seen = ctx.unwrap_or(&local);
+        // Saturating: only a forged context can get near u64::MAX (see module caveats).
+        let n = self
+            .max_counter(actor)
+            .max(seen.max_counter(actor))
+            .saturating_add(1);
+        // Live siblings the writer has not seen. They (and only they) must stay out of the new
+        // history. Versions are sorted by dot, so `actor`'s counters come out ascending.
+        let unseen: Vec<&Dot> = self
+            .versions
+            .iter()
+            .map(|v| &v.dot)
+            .filter(|d| !seen.contains(d))
+            .collect();
+        // Everything else this replica knows of is superseded by some live version, so claiming
+        // it loses nothing, and claiming it is what keeps the history causally closed (see
+        // "Causal closure" in the module docs). For `None` this is just `local`.
+        let mut history = seen.union(&local);
+        for d in &unseen {
+            history.remove(d);
+        }
+        // `actor`'s dots are all created and first stored here, so any below `n` that is not an
+        // unseen live sibling is superseded (or is in `seen`): claim the whole range at once.
+        // This also covers counters a `seen` from a reaped replica mentions but `local` lacks.
+        let unseen_own = unseen
+            .iter()
+            .filter(|d| d.actor == *actor)
+            .map(|d| d.counter)
+            .collect();
+        history.set_entry(actor, n, unseen_own);
+        let version = Version {
+            dot: Dot {
+                actor: actor.clone(),
+                counter: n,
+            },
+            history: history.clone(),
+            value,
+        };
+        self.merge(&VersionSet {
+            versions: vec![version],
+        });
+        history
+    }
+
+    /// Values of the surviving non-tombstone versions.
+    pub fn live_values(&self) -> impl Iterator<Item = &Bytes> {
+        self.versions.iter().filter_map(|v| v.value.as_ref())
+    }
+
+    /// True iff the set is non-empty and holds only tombstones.
+    pub fn is_deleted(&self) -> bool {
+        !self.versions.is_empty() && self.versions.iter().all(|v| v.value.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn actor(node: &str, generation: u64) -> Actor {
+        Actor::new(node, generation)
+    }
+
+    fn dot(a: &Actor, counter: u64) -> Dot {
+        Dot {
+            actor: a.clone(),
+            counter,
+        }
+    }
+
+    fn val(s: &str) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn actor_pool() -> Vec<Actor> {
+        vec![
+            actor("n1", 1),
+            actor("n1", 2),
+            actor("n2", 1),
+            actor("n3", 7),
+            actor("n10", 1),
+        ]
+    }
+
+    /// Builds the canonical context for a set of dots (through `set_entry`, like `write` does).
+    fn ctx_from_dots(dots: &BTreeSet<Dot>) -> Context {
+        let mut by_actor: BTreeMap<&Actor, BTreeSet<u64>> = BTreeMap::new();
+        for d in dots {
+            by_actor.entry(&d.actor).or_default().insert(d.counter);
+        }
+        let mut ctx = Context::new();
+        for (a, counters) in by_actor {
+            let max = *counters.last().expect("non-empty");
+            let missing = (1..max).filter(|c| !counters.contains(c)).collect();
+            ctx.set_entry(a, max, missing);
+        }
+        ctx
+    }
+
+    fn random_dots(rng: &mut StdRng, pool: &[Actor]) -> BTreeSet<Dot> {
+        let mut set = BTreeSet::new();
+        for a in pool {
+            if rng.random_bool(0.3) {
+                continue;
+            }
+            let top = rng.random_range(1..=12u64);
+            let density = rng.random_range(0.2..1.0);
+            for c in 1..=top {
+                if rng.random_bool(density) {
+                    set.insert(dot(a, c));
+                }
+            }
+        }
+        set
+    }
+
+    fn random_context(rng: &mut StdRng) -> (BTreeSet<Dot>, Context) {
+        let dots = random_dots(rng, &actor_pool());
+        let ctx = ctx_from_dots(&dots);
+        (dots, ctx)
+    }
+
+    /// Frames an arbitrary payload exactly like `encode` (version byte + CRC).
+    fn frame(version: u8, payload: &[u8]) -> String {
+        let mut buf = vec![version];
+        buf.extend_from_slice(payload);
+        let crc = crc32fast::hash(&buf);
+        buf.extend_from_slice(&crc.to_le_bytes());
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    // ---------------------------------------------------------------- Context
+
+    #[test]
+    fn context_agrees_with_bruteforce_dot_set_model() {
+        let pool = actor_pool();
+        for seed in 0..1500u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (a, ca) = random_context(&mut rng);
+            let (b, cb) = random_context(&mut rng);
+            assert_eq!(ca.validate(), Ok(()), "seed {seed}");
+            assert_eq!(ca.dots().collect::<BTreeSet<_>>(), a, "dots, seed {seed}");
+            assert_eq!(ca.is_empty(), a.is_empty(), "seed {seed}");
+            for act in &pool {
+                let model_max = a
+                    .iter()
+                    .filter(|d| d.actor == *act)
+                    .map(|d| d.counter)
+                    .max();
+                assert_eq!(ca.max_counter(act), model_max.unwrap_or(0), "seed {seed}");
+                for c in 0..=14 {
+                    let d = dot(act, c);
+                    assert_eq!(
+                        ca.contains(&d),
+                        a.contains(&d),
+                        "contains {d:?}, seed {seed}"
+                    );
+                }
+            }
+            let model_union: BTreeSet<Dot> = a.union(&b).cloned().collect();
+            let u = ca.union(&cb);
+            assert_eq!(u.validate(), Ok(()), "seed {seed}");
+            assert_eq!(
+                u.dots().collect::<BTreeSet<_>>(),
+                model_union,
+                "union, seed {seed}"
+            );
+            // Canonical representation: structural equality is set equality.
+            assert_eq!(u, ctx_from_dots(&model_union), "seed {seed}");
+            let mut in_place = ca.clone();
+            in_place.union_with(&cb);
+            assert_eq!(in_place, u, "union_with, seed {seed}");
+            assert_eq!(ca.le(&cb), a.is_subset(&b), "le, seed {seed}");
+            assert_eq!(cb.le(&ca), b.is_subset(&a), "le, seed {seed}");
+            // Removing any dot (present or not, max or not) matches the model canonically.
+            for d in a.iter().chain([dot(&pool[0], 3), dot(&pool[1], 13)].iter()) {
+                let mut removed = ca.clone();
+                removed.remove(d);
+                let mut model = a.clone();
+                model.remove(d);
+                assert_eq!(removed, ctx_from_dots(&model), "remove {d:?}, seed {seed}");
+            }
+            // Subsets drawn from a superset exercise the `true` side of `le` too.
+            let sub: BTreeSet<Dot> = a.iter().filter(|_| rng.random_bool(0.7)).cloned().collect();
+            assert!(ctx_from_dots(&sub).le(&ca), "subset le, seed {seed}");
+            assert_eq!(ca.le(&ctx_from_dots(&sub)), sub == a, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn context_union_laws_and_partial_order() {
+        for seed in 0..800u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (_, a) = random_context(&mut rng);
+            let (_, b) = random_context(&mut rng);
+            let (_, c) = random_context(&mut rng);
+            assert_eq!(a.union(&b), b.union(&a), "commutative, seed {seed}");
+            assert_eq!(
+                a.union(&b).union(&c),
+                a.union(&b.union(&c)),
+                "associative, seed {seed}"
+            );
+            assert_eq!(a.union(&a), a, "idempotent, seed {seed}");
+            assert_eq!(a.union(&Context::new()), a, "identity, seed {seed}");
+            assert_eq!(Context::new().union(&a), a, "identity, seed {seed}");
+            let ab = a.union(&b);
+            assert!(a.le(&ab) && b.le(&ab), "upper bound, seed {seed}");
+            assert!(a.le(&a), "reflexive, seed {seed}");
+            assert!(Context::new().le(&a), "bottom, seed {seed}");
+            assert_eq!(a.le(&b), a.union(&b) == b, "le iff join, seed {seed}");
+            if a.le(&b) && b.le(&a) {
+                assert_eq!(a, b, "antisymmetric, seed {seed}");
+            }
+            if a.le(&b) && b.le(&c) {
+                assert!(a.le(&c), "transitive, seed {seed}");
+            }
+            // Least upper bound: c above both implies c above the union.
+            let c_up = c.union(&ab);
+            assert!(ab.le(&c_up), "lub, seed {seed}");
+        }
+    }
+
+    #[test]
+    fn context_union_edge_cases() {
+        let a = actor("a", 1);
+        let mut x = Context::new();
+        x.set_entry(&a, 10, vec![2, 5, 9]);
+        let mut y = Context::new();
+        y.set_entry(&a, 6, vec![1, 2, 3]);
+        // 2: missing in both; 5: missing in x, present in y; 9: above y.max, missing in x.
+        let u = x.union(&y);
+        assert_eq!(u.entries[0].missing, vec![2, 9]);
+        assert_eq!(u.entries[0].max, 10);
+        // Equal maxima: missing is the intersection.
+        let mut z = Context::new();
+        z.set_entry(&a, 10, vec![5, 7, 9]);
+        assert_eq!(x.union(&z).entries[0].missing, vec![5, 9]);
+        // y.max is present in y even though it is inside x's missing range.
+        let mut w = Context::new();
+        w.set_entry(&a, 9, vec![]);
+        assert!(!w.le(&x));
+        assert!(x.union(&w).contains(&dot(&a, 9)));
+    }
+
+    #[test]
+    fn set_entry_normalizes_and_keeps_invariants() {
+        let a = actor("a", 1);
+        let b = actor("b", 1);
+        let mut c = Context::new();
+        c.set_entry(&b, 5, vec![4, 0, 2, 2, 5, 9]);
+        c.set_entry(&a, 3, vec![]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.entries[0].actor, a);
+        assert_eq!(c.entries[1].missing, vec![2, 4]);
+        c.set_entry(&b, 7, vec![6]);
+        assert_eq!(c.max_counter(&b), 7);
+        assert!(c.contains(&dot(&b, 2)) && !c.contains(&dot(&b, 6)));
+        c.set_entry(&a, 0, vec![1]);
+        assert_eq!(c.max_counter(&a), 0);
+        c.set_entry(&actor("z", 1), 0, vec![]);
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!c.contains(&dot(&b, 0)), "counter 0 is never a dot");
+    }
+
+    // ---------------------------------------------------------------- encoding
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let empty = Context::new();
+        let enc = empty.encode();
+        assert!(!enc.is_empty());
+        assert_eq!(Context::decode(&enc), Ok(Context::new()));
+        for seed in 0..500u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (_, c) = random_context(&mut rng);
+            let enc = c.encode();
+            assert!(
+                enc.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "url-safe, seed {seed}"
+            );
+            assert!(enc.len() <= MAX_CONTEXT_BYTES);
+            assert_eq!(Context::decode(&enc), Ok(c), "seed {seed}");
+        }
+        // Large counters survive msgpack's variable-width integers.
+        let mut big = Context::new();
+        big.set_entry(&actor("a", u64::MAX), u64::MAX, vec![1, u64::MAX - 1]);
+        assert_eq!(Context::decode(&big.encode()), Ok(big));
+    }
+
+    #[test]
+    fn every_single_byte_corruption_and_truncation_is_rejected() {
+        let mut samples = vec![Context::new()];
+        for seed in 0..25u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            samples.push(random_context(&mut rng).1);
+        }
+        let alphabet: Vec<char> =
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/ .é\0"
+                .chars()
+                .collect();
+        for (n, ctx) in samples.iter().enumerate() {
+            let enc = ctx.encode();
+            let raw = URL_SAFE_NO_PAD.decode(&enc).expect("own encoding");
+            // Every byte of the framed binary, every possible wrong value.
+            for i in 0..raw.len() {
+                for x in 1..=255u8 {
+                    let mut bad = raw.clone();
+                    bad[i] ^= x;
+                    let s = URL_SAFE_NO_PAD.encode(&bad);
+                    assert!(
+                        Context::decode(&s).is_err(),
+                        "sample {n}: byte {i} ^ {x:#x} accepted"
+                    );
+                }
+            }
+            // Every character of the string, replaced by every other character.
+            for (i, orig) in enc.char_indices() {
+                for &ch in &alphabet {
+                    if ch == orig {
+                        continue;
+                    }
+                    let mut s = String::with_capacity(enc.len() + 2);
+                    s.push_str(&enc[..i]);
+                    s.push(ch);
+                    s.push_str(&enc[i + orig.len_utf8()..]);
+                    assert!(
+                        Context::decode(&s).is_err(),
+                        "sample {n}: char {i} -> {ch:?} accepted"
+                    );
+                }
+            }
+            // Every truncation, of the string and of the binary.
+            for len in 0..enc.len() {
+                assert!(
+                    Context::decode(&enc[..len]).is_err(),
+                    "sample {n}: prefix {len}"
+                );
+            }
+            for len in 0..raw.len() {
+                let s = URL_SAFE_NO_PAD.encode(&raw[..len]);
+                assert!(Context::decode(&s).is_err(), "sample {n}: raw prefix {len}");
+            }
+            // Appended characters / bytes.
+            for ch in ['A', 'a', '0', '-', '='] {
+                assert!(
+                    Context::decode(&format!("{enc}{ch}")).is_err(),
+                    "sample {n}"
+                );
+            }
+            let mut longer = raw.clone();
+            longer.push(0);
+            assert!(Context::decode(&URL_SAFE_NO_PAD.encode(&longer)).is_err());
+        }
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panicking() {
+        let fixed = [
+            "",
+            "=",
+            "A",
+            "AA",
+            "AAAA",
+            "AAAAAAAA",
+            "not base64 at all!",
+            "AQ==",
+            "+/+/",
+            "ééééé",
+            "\0\0\0\0\0\0\0\0",
+            "AZAAAAAAAA",
+        ];
+        for s in fixed {
+            assert!(Context::decode(s).is_err(), "{s:?} accepted");
+        }
+        assert_eq!(
+            Context::decode(&"A".repeat(MAX_CONTEXT_BYTES + 1)),
+            Err(ContextError("too long"))
+        );
+        for seed in 0..3000u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let len = rng.random_range(0..64usize);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Random bytes as base64: must be rejected (CRC), never panic.
+            assert!(
+                Context::decode(&URL_SAFE_NO_PAD.encode(&bytes)).is_err(),
+                "seed {seed}"
+            );
+            // Random ASCII text.
+            let text: String = (0..len)
+                .map(|_| char::from(rng.random_range(0x20..0x7fu8)))
+                .collect();
+            let _ = Context::decode(&text);
+            // Random payloads behind a *correct* frame reach msgpack and validation; whatever
+            // gets through must be a valid context that round-trips.
+            if let Ok(c) = Context::decode(&frame(CONTEXT_FORMAT_VERSION, &bytes)) {
+                assert_eq!(c.validate(), Ok(()), "seed {seed}");
+                assert_eq!(Context::decode(&c.encode()), Ok(c), "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn framing_errors_are_rejected_even_with_a_valid_crc() {
+        let mut c = Context::new();
+        c.set_entry(&actor("a", 1), 3, vec![1]);
+        let payload = rmp_serde::to_vec(&c).expect("encode");
+        assert_eq!(Context::decode(&frame(1, &payload)), Ok(c.clone()));
+        assert_eq!(
+            Context::decode(&frame(2, &payload)),
+            Err(ContextError("unsupported format version"))
+        );
+        assert_eq!(
+            Context::decode(&frame(0, &payload)),
+            Err(ContextError("unsupported format version"))
+        );
+        let mut trailing = payload.clone();
+        trailing.push(0xc0);
+        assert_eq!(
+            Context::decode(&frame(1, &trailing)),
+            Err(ContextError("trailing bytes"))
+        );
+        assert_eq!(
+            Context::decode(&frame(1, &[])),
+            Err(ContextError("malformed payload"))
+        );
+        assert_eq!(
+            Context::decode(&frame(1, &payload[..payload.len() - 1])),
+            Err(ContextError("malformed payload"))
+        );
+        // A payload of the wrong type (a map) is an rmp error too.
+        assert!(Context::decode(&frame(1, &[0x80])).is_err());
+        // The encoding is canonical.
+        let enc = c.encode();
+        let raw = URL_SAFE_NO_PAD.decode(&enc).expect("own encoding");
+        assert_eq!(URL_SAFE_NO_PAD.encode(raw), enc);
+    }
+
+    #[test]
+    fn invariant_violating_payloads_are_rejected() {
+        let a = actor("a", 1);
+        let b = actor("b", 1);
+        let entry = |actor: &Actor, max: u64, missing: Vec<u64>| ContextEntry {
+            actor: actor.clone(),
+            max,
+            missing,
+        };
+        let bad: Vec<(&str, Vec<ContextEntry>)> = vec![
+            (
+                "unsorted actors",
+                vec![entry(&b, 1, vec![]), entry(&a, 1, vec![])],
+            ),
+            (
+                "duplicate actors",
+                vec![entry(&a, 1, vec![]), entry(&a, 2, vec![])],
+            ),
+            (
+                "same node, unsorted generations",
+                vec![entry(&actor("a", 2), 1, vec![]), entry(&a, 1, vec![])],
+            ),
+            ("max 0", vec![entry(&a, 0, vec![])]),
+            ("max 0 with missing", vec![entry(&a, 0, vec![1])]),
+            ("missing 0", vec![entry(&a, 3, vec![0])]),
+            ("missing descending", vec![entry(&a, 5, vec![3, 2])]),
+            ("missing duplicate", vec![entry(&a, 5, vec![2, 2])]),
+            ("missing == max", vec![entry(&a, 5, vec![5])]),
+            ("missing > max", vec![entry(&a, 5, vec![1, 7])]),
+            (
+                "second entry bad",
+                vec![entry(&a, 2, vec![1]), entry(&b, 2, vec![2])],
+            ),
+        ];
+        for (what, entries) in bad {
+            let ctx = Context { entries };
+            assert!(ctx.validate().is_err(), "{what}: validate");
+            // Serialization does not validate, which is how we smuggle it into a frame.
+            let payload = rmp_serde::to_vec(&ctx).expect("encode");
+            assert!(
+                Context::decode(&frame(CONTEXT_FORMAT_VERSION, &payload)).is_err(),
+                "{what}: decode"
+            );
+            assert!(ctx.encode().len() > 1);
+            assert!(
+                Context::decode(&ctx.encode()).is_err(),
+                "{what}: encode/decode"
+            );
+            // Plain deserialization (peer traffic) validates too.
+            assert!(
+                rmp_serde::from_slice::<Context>(&payload).is_err(),
+                "{what}: deserialize"
+            );
+        }
+    }
+
+    #[test]
+    fn wire_shapes_are_compact_and_validated() {
+        let a = actor("node-1", 42);
+        assert_eq!(
+            rmp_serde::to_vec(&a).expect("encode"),
+            rmp_serde::to_vec(&("node-1", 42u64)).expect("encode")
+        );
+        let back: Actor =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&a).expect("encode")).expect("decode");
+        assert_eq!(back, a);
+
+        let mut c = Context::new();
+        c.set_entry(&a, 4, vec![2]);
+        assert_eq!(
+            rmp_serde::to_vec(&c).expect("encode"),
+            rmp_serde::to_vec(&vec![(("node-1", 42u64), 4u64, vec![2u64])]).expect("encode")
+        );
+
+        let mut set = VersionSet::new();
+        let b = actor("node-2", 1);
+        let ctx = set.write(&a, None, val("x"));
+        set.write(&b, Some(&Context::new()), None);
+        set.write(&a, Some(&ctx), val("y"));
+        assert_eq!(set.len(), 2);
+        let bytes = rmp_serde::to_vec(&set).expect("encode");
+        let back: VersionSet = rmp_serde::from_slice(&bytes).expect("decode");
+        assert_eq!(back, set);
+
+        // A version whose history lacks its own dot is refused.
+        let mut v = set.versions()[0].clone();
+        v.history = Context::new();
+        assert!(rmp_serde::from_slice::<Version>(&rmp_serde::to_vec(&v).expect("encode")).is_err());
+
+        // A peer's unnormalized set (unsorted, duplicated, superseded) is normalized on arrival.
+        let mut older = VersionSet::new();
+        older.write(&a, None, val("old"));
+        let mut raw: Vec<Version> = set.versions().to_vec();
+        raw.reverse();
+        raw.push(set.versions()[0].clone());
+        raw.extend(older.versions().iter().cloned());
+        let back: VersionSet =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&raw).expect("encode")).expect("decode");
+        assert_eq!(back, set);
+    }
+
+    // ---------------------------------------------------------------- VersionSet helpers
+
+    /// Invariants every stored set must satisfy.
+    fn assert_well_formed(s: &VersionSet, why: &str) {
+        for w in s.versions.windows(2) {
+            assert!(w[0].dot < w[1].dot, "{why}: not strictly sorted by dot");
+        }
+        for v in &s.versions {
+            assert_eq!(v.history.validate(), Ok(()), "{why}");
+            assert!(v.history.contains(&v.dot), "{why}: history lacks own dot");
+            for w in &s.versions {
+                assert!(
+                    !v.superseded_by(w),
+                    "{why}: {:?} superseded by {:?}",
+                    v.dot,
+                    w.dot
+                );
+            }
+        }
+    }
+
+    /// Reference merge: union by dot (first wins), then keep the non-superseded.
+    fn model_merge(inputs: &[&VersionSet]) -> VersionSet {
+        let mut all: BTreeMap<Dot, Version> = BTreeMap::new();
+        for s in inputs {
+            for v in &s.versions {
+                all.entry(v.dot.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let versions = all
+            .values()
+            .filter(|v| !all.values().any(|w| v.superseded_by(w)))
+            .cloned()
+            .collect();
+        VersionSet { versions }
+    }
+
+    /// Dominance exactness: nothing left is superseded, and everything dropped is superseded by
+    /// something that was kept.
+    fn assert_exact(inputs: &[&VersionSet], out: &VersionSet, why: &str) {
+        assert_well_formed(out, why);
+        let kept: BTreeSet<&Dot> = out.versions.iter().map(|v| &v.dot).collect();
+        for s in inputs {
+            for v in &s.versions {
+                if !kept.contains(&v.dot) {
+                    assert!(
+                        out.versions.iter().any(|w| v.superseded_by(w)),
+                        "{why}: {:?} dropped but no kept version supersedes it",
+                        v.dot
+                    );
+                }
+            }
+        }
+    }
+
+    fn merged(a: &VersionSet, b: &VersionSet) -> VersionSet {
+        let mut out = a.clone();
+        let changed = out.merge(b);
+        assert_eq!(changed, out != *a, "merge's return value");
+        out
+    }
+
+    fn dots_of(s: &VersionSet) -> Vec<Dot> {
+        s.versions.iter().map(|v| v.dot.clone()).collect()
+    }
+
+    struct Replica {
+        actor: Actor,
+        set: VersionSet,
+    }
+
+    /// Outcome of a random cluster run.
+    struct Sim {
+        /// Snapshots of replica states over time (plus partial-replication messages).
+        states: Vec<VersionSet>,
+        /// Every version ever written, in write order.
+        written: Vec<Version>,
+        /// Union of the contexts writers actually used: the dots some client saw.
+        seen: Context,
+        replicas: Vec<Replica>,
+    }
+
+    /// Several replicas (each its own actor) take writes with random, possibly stale contexts,
+    /// exchange full or partial state in random order, and occasionally restart empty with a new
+    /// generation. Checks the per-write contract as it goes.
+    fn simulate(seed: u64, steps: usize) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let nodes = ["r1", "r2", "r3"];
+        let mut replicas: Vec<Replica> = nodes
+            .iter()
+            .map(|n| Replica {
+                actor: actor(n, 1),
+                set: VersionSet::new(),
+            })
+            .collect();
+        let mut states: Vec<VersionSet> = vec![VersionSet::new()];
+        let mut returned: Vec<Context> = vec![];
+        let mut written: Vec<Version> = vec![];
+        let mut written_dots: BTreeSet<Dot> = BTreeSet::new();
+        let mut seen = Context::new();
+
+        for step in 0..steps {
+            let why = format!("seed {seed} step {step}");
+            let r = rng.random_range(0..replicas.len());
+            let op = rng.random_range(0..100u32);
+            if op < 45 {
+                let ctx: Option<Context> = match rng.random_range(0..5u32) {
+                    0 => None,
+                    1 => Some(Context::new()),
+                    2 if !returned.is_empty() => {
+                        Some(returned[rng.random_range(0..returned.len())].clone())
+                    }
+                    3 => Some(states[rng.random_range(0..states.len())].context()),
+                    _ => {
+                        // Quorum-style read: contexts of a random subset of replicas.
+                        let mut c = Context::new();
+                        for rep in &replicas {
+                            if rng.random_bool(0.6) {
+                                c.union_with(&rep.set.context());
+                            }
+                        }
+                        Some(c)
+                    }
+                };
+                let value = if rng.random_bool(0.2) {
+                    None
+                } else {
+                    Some(Bytes::from(format!("v{step}")))
+                };
+                let rep = &mut replicas[r];
+                let effective = ctx.clone().unwrap_or_else(|| rep.set.context());
+                let mut expected: Vec<Dot> = rep
+                    .set
+                    .versions
+                    .iter()
+                    .filter(|v| !effective.contains(&v.dot))
+                    .map(|v| v.dot.clone())
+                    .collect();
+                let history = rep.set.write(&rep.actor, ctx.as_ref(), value.clone());
+                let new = rep
+                    .set
+                    .versions
+                    .iter()
+                    .find(|v| v.history == history)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{why}: new version not stored"));
+                assert_eq!(new.value, value, "{why}");
+                assert_eq!(new.dot.actor, rep.actor, "{why}");
+                assert!(history.contains(&new.dot), "{why}");
+                assert!(
+                    effective.le(&history),
+                    "{why}: history must cover the context"
+                );
+                assert!(written_dots.insert(new.dot.clone()), "{why}: dot reused");
+                // Exactly the versions the writer saw are replaced; unseen siblings stay.
+                expected.push(new.dot.clone());
+                expected.sort();
+                assert_eq!(
+                    dots_of(&rep.set),
+                    expected,
+                    "{why}: write replaced wrong set"
+                );
+                assert_well_formed(&rep.set, &why);
+                seen.union_with(&effective);
+                returned.push(history);
+                written.push(new);
+                states.push(rep.set.clone());
+            } else if op < 80 {
+                let from = rng.random_range(0..replicas.len());
+                let other = replicas[from].set.clone();
+                let before = replicas[r].set.clone();
+                let changed = replicas[r].set.merge(&other);
+                assert_eq!(changed, replicas[r].set != before, "{why}");
+                assert_eq!(replicas[r].set, model_merge(&[&before, &other]), "{why}");
+                assert_exact(&[&before, &other], &replicas[r].set, &why);
+                states.push(replicas[r].set.clone());
+            } else if op < 96 {
+                // Partial replication: only some versions of a peer arrive.
+                let from = rng.random_range(0..replicas.len());
+                let part = VersionSet::from_versions(
+                    replicas[from]
+                        .set
+                        .versions
+                        .iter()
+                        .filter(|_| rng.random_bool(0.5))
+                        .cloned()
+                        .collect(),
+                );
+                let before = replicas[r].set.clone();
+                replicas[r].set.merge(&part);
+                assert_exact(&[&before, &part], &replicas[r].set, &why);
+                states.push(part);
+                states.push(replicas[r].set.clone());
+            } else {
+                // Restart with an empty disk: new generation, so no counter is ever reused.
+                let rep = &mut replicas[r];
+                rep.actor = actor(&rep.actor.node, rep.actor.generation + 1);
+                rep.set = VersionSet::new();
+            }
+        }
+        Sim {
+            states,
+            written,
+            seen,
+            replicas,
+        }
+    }
+
+    #[test]
+    fn version_set_merge_is_a_semilattice_over_simulated_histories() {
+        for seed in 0..40u64 {
+            let sim = simulate(seed, 150);
+            let states = &sim.states;
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+            for round in 0..300 {
+                let why = format!("seed {seed} round {round}");
+                let a = &states[rng.random_range(0..states.len())];
+                let b = &states[rng.random_range(0..states.len())];
+                let c = &states[rng.random_range(0..states.len())];
+                let ab = merged(a, b);
+                assert_eq!(ab, merged(b, a), "{why}: commutative");
+                assert_eq!(
+                    merged(&ab, c),
+                    merged(a, &merged(b, c)),
+                    "{why}: associative"
+                );
+                assert_eq!(merged(a, a), *a, "{why}: idempotent");
+                assert!(!a.clone().merge(a), "{why}: self-merge reports no change");
+                assert_eq!(merged(&ab, a), ab, "{why}: absorbs its inputs");
+                assert_eq!(ab, model_merge(&[a, b]), "{why}: matches model");
+                assert_exact(&[a, b], &ab, &why);
+                assert_eq!(
+                    VersionSet::from_versions(
+                        a.versions.iter().chain(&b.versions).cloned().collect()
+                    ),
+                    ab,
+                    "{why}: from_versions agrees with merge"
+                );
+                assert!(
+                    a.context().le(&ab.context()),
+                    "{why}: merging never forgets causality"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_write_is_lost_unless_a_writer_saw_it() {
+        for seed in 100..160u64 {
+            let sim = simulate(seed, 200);
+            let mut global = VersionSet::new();
+            for s in sim.states.iter().chain(sim.replicas.iter().map(|r| &r.set)) {
+                global.merge(s);
+            }
+            let all: Vec<&VersionSet> = sim.states.iter().collect();
+            assert_exact(&all, &global, &format!("seed {seed} global"));
+            for v in &sim.written {
+                match global.versions.iter().find(|g| g.dot == v.dot) {
+                    Some(g) => assert_eq!(g, v, "seed {seed}"),
+                    None => assert!(
+                        sim.seen.contains(&v.dot),
+                        "seed {seed}: {:?} dropped although no writer ever saw it",
+                        v.dot
+                    ),
+                }
+            }
+            // Causal closure: a history contains the history of every write it covers. This is
+            // what makes dominance transitive and therefore merge associative.
+            for v in &sim.written {
+                for u in &sim.written {
+                    if v.history.contains(&u.dot) {
+                        assert!(
+                            u.history.le(&v.history),
+                            "seed {seed}: {:?} covers {:?} but not its history",
+                            v.dot,
+                            u.dot
+                        );
+                    }
+                }
+            }
+            // Order of anti-entropy does not matter.
+            let mut reverse = VersionSet::new();
+            for s in sim.states.iter().rev() {
+                reverse.merge(s);
+            }
+            for r in &sim.replicas {
+                reverse.merge(&r.set);
+            }
+            assert_eq!(reverse, global, "seed {seed}");
+        }
+    }
+
+    // ---------------------------------------------------------------- scenarios
+
+    #[test]
+    fn sequential_blind_writes_by_one_actor_never_make_siblings() {
+        let a = actor("n1", 1);
+        let mut set = VersionSet::new();
+        for i in 1..=200u64 {
+            let ctx = set.write(&a, None, val(&format!("v{i}")));
+            assert_eq!(set.len(), 1);
+            assert_eq!(set.versions()[0].dot, dot(&a, i));
+            assert_eq!(ctx.entries.len(), 1);
+            assert!(ctx.entries[0].missing.is_empty());
+            assert_eq!(set.live_values().count(), 1);
+        }
+        assert_eq!(set.max_counter(&a), 200);
+    }
+
+    #[test]
+    fn same_context_makes_siblings_and_the_read_context_resolves_them() {
+        let a = actor("n1", 1);
+        for start in [None, Some(())] {
+            let mut set = VersionSet::new();
+            if start.is_some() {
+                set.write(&a, None, val("base"));
+            }
+            let read = set.context();
+            set.write(&a, Some(&read), val("x"));
+            set.write(&a, Some(&read), val("y"));
+            assert_eq!(
+                set.len(),
+                2,
+                "two writers with the same context are concurrent"
+            );
+            let mut values: Vec<&Bytes> = set.live_values().collect();
+            values.sort();
+            assert_eq!(values, vec![&val("x").unwrap(), &val("y").unwrap()]);
+            // A third, with the empty context, is concurrent with both.
+            set.write(&a, Some(&Context::new()), val("z"));
+            assert_eq!(set.len(), 3);
+            let resolved = set.write(&a, Some(&set.context()), val("merged"));
+            assert_eq!(set.len(), 1);
+            assert!(resolved.entries[0].missing.is_empty());
+            assert_eq!(
+                set.live_values().collect::<Vec<_>>(),
+                vec![&val("merged").unwrap()]
+            );
+        }
+    }
+
+    #[test]
+    fn writes_through_different_coordinators_without_context_are_concurrent() {
+        let (a, b) = (actor("n1", 1), actor("n2", 1));
+        let (mut ra, mut rb) = (VersionSet::new(), VersionSet::new());
+        ra.write(&a, None, val("a"));
+        rb.write(&b, None, val("b"));
+        assert!(ra.merge(&rb));
+        assert_eq!(ra.len(), 2);
+        assert!(rb.merge(&ra));
+        assert_eq!(ra, rb);
+        // Once replicated, a context-free write at either replica has seen both.
+        rb.write(&b, None, val("c"));
+        ra.merge(&rb);
+        assert_eq!(ra.len(), 1);
+    }
+
+    fn assert_small(ctx: &Context, why: &str) {
+        assert!(ctx.entries.len() <= 2, "{why}: {ctx:?}");
+        for e in &ctx.entries {
+            assert!(e.missing.len() <= 2, "{why}: {ctx:?}");
+        }
+    }
+
+    #[test]
+    fn sibling_explosion_same_actor() {
+        // riak_test sibling_explosion: two clients each write with the context of their own
+        // previous write, never reading. With plain version vectors siblings pile up; here each
+        // client's write replaces only its own previous value.
+        let a = actor("n1", 1);
+        for interleave in ["alternate", "random"] {
+            let mut rng = StdRng::seed_from_u64(679);
+            let mut set = VersionSet::new();
+            let mut ctxs = [Context::new(), Context::new()];
+            let mut latest: [Option<Bytes>; 2] = [None, None];
+            for round in 0..1000 {
+                let who = if interleave == "alternate" {
+                    round % 2
+                } else {
+                    rng.random_range(0..2usize)
+                };
+                let v = Bytes::from(format!("client{who}-{round}"));
+                ctxs[who] = set.write(&a, Some(&ctxs[who]), Some(v.clone()));
+                latest[who] = Some(v);
+                let why = format!("{interleave} round {round}");
+                assert!(set.len() <= 2, "{why}: {} versions", set.len());
+                assert_small(&ctxs[who], &why);
+                assert_well_formed(&set, &why);
+                // Neither client's latest write is ever lost.
+                let live: Vec<&Bytes> = set.live_values().collect();
+                for l in latest.iter().flatten() {
+                    assert!(live.contains(&l), "{why}: lost {l:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sibling_explosion_two_actors_with_replication() {
+        let actors = [actor("n1", 1), actor("n2", 1)];
+        for seed in 0..10u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut replicas = [VersionSet::new(), VersionSet::new()];
+            let mut ctxs = [Context::new(), Context::new()];
+            let mut latest: [Option<Bytes>; 2] = [None, None];
+            for round in 0..1000 {
+                let who = if seed == 0 {
+                    round % 2
+                } else {
+                    rng.random_range(0..2usize)
+                };
+                let v = Bytes::from(format!("client{who}-{round}"));
+                ctxs[who] = replicas[who].write(&actors[who], Some(&ctxs[who]), Some(v.clone()));
+                latest[who] = Some(v);
+                // Replication at random moments (always, for seed 0), in either direction.
+                if seed == 0 || rng.random_bool(0.5) {
+                    let snapshot = replicas[who].clone();
+                    replicas[1 - who].merge(&snapshot);
+                }
+                if seed == 0 || rng.random_bool(0.3) {
+                    let snapshot = replicas[1 - who].clone();
+                    replicas[who].merge(&snapshot);
+                }
+                let why = format!("seed {seed} round {round}");
+                for r in &replicas {
+                    assert!(r.len() <= 2, "{why}: {} versions", r.len());
+                    assert_well_formed(r, &why);
+                }
+                assert_small(&ctxs[who], &why);
+                assert_small(&replicas[who].context(), &why);
+            }
+            // Full sync: exactly both clients' latest values survive.
+            let snapshot = replicas[1].clone();
+            replicas[0].merge(&snapshot);
+            let mut live: Vec<&Bytes> = replicas[0].live_values().collect();
+            live.sort();
+            let mut want: Vec<&Bytes> = latest.iter().flatten().collect();
+            want.sort();
+            assert_eq!(live, want, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn kv679_restarted_node_never_has_its_write_discarded() {
+        let gen1 = actor("n1", 1);
+        let gen2 = actor("n1", 2);
+        let mut replica_a = VersionSet::new();
+        replica_a.write(&gen1, None, val("v1"));
+        let mut replica_b = VersionSet::new();
+        replica_b.merge(&replica_a);
+
+        // n1 loses its disk and restarts with a new generation, then takes a blind write.
+        let mut fresh = VersionSet::new();
+        fresh.write(&gen2, None, val("v2"));
+        assert_eq!(fresh.versions()[0].dot, dot(&gen2, 1));
+
+        assert!(replica_b.merge(&fresh), "v2 must be accepted");
+        let live: Vec<&Bytes> = replica_b.live_values().collect();
+        assert!(
+            live.contains(&&val("v2").unwrap()),
+            "v2 discarded as already seen"
+        );
+        assert_eq!(replica_b.len(), 2, "v1 and v2 are concurrent");
+
+        // Why the generation matters: reusing the old actor would mint dot (n1,1) again, which
+        // B treats as the write it already has, silently dropping v2.
+        let mut reused = VersionSet::new();
+        reused.write(&gen1, None, val("v2"));
+        let mut b2 = VersionSet::new();
+        b2.merge(&replica_a);
+        assert!(!b2.merge(&reused));
+        assert!(!b2.live_values().any(|v| v == &val("v2").unwrap()));
+    }
+
+    #[test]
+    fn tombstones() {
+        let a = actor("n1", 1);
+        let mut set = VersionSet::new();
+        assert!(!set.is_deleted(), "an empty set is absent, not deleted");
+        let c1 = set.write(&a, None, val("v1"));
+        assert!(!set.is_deleted());
+        let del = set.write(&a, Some(&c1), None);
+        assert!(set.is_deleted());
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.live_values().count(), 0);
+
+        // Put after delete, with the delete's context: one live value.
+        set.write(&a, Some(&del), val("v2"));
+        assert!(!set.is_deleted());
+        assert_eq!(set.len(), 1);
+        assert_eq!(
+            set.live_values().collect::<Vec<_>>(),
+            vec![&val("v2").unwrap()]
+        );
+
+        // A delete concurrent with a put leaves a tombstone sibling; the put still shows.
+        set.write(&a, Some(&del), None);
+        assert_eq!(set.len(), 2);
+        assert!(!set.is_deleted());
+        assert_eq!(set.live_values().count(), 1);
+        // Deleting with the full context removes everything.
+        set.write(&a, None, None);
+        assert!(set.is_deleted());
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn stale_context_keeps_the_unseen_sibling() {
+        let a = actor("n1", 1);
+        let mut set = VersionSet::new();
+        let stale = set.write(&a, None, val("v1"));
+        set.write(&a, None, val("v2")); // supersedes v1; the first client did not see it
+        let v2_dot = set.versions()[0].dot.clone();
+        let h3 = set.write(&a, Some(&stale), val("v3"));
+        assert_eq!(set.len(), 2);
+        assert!(!h3.contains(&v2_dot), "v3's history must not claim v2");
+        assert!(h3.contains(&dot(&a, 1)), "v3 did see v1");
+        assert_eq!(h3.entries[0].missing, vec![v2_dot.counter]);
+        let mut values: Vec<&Bytes> = set.live_values().collect();
+        values.sort();
+        assert_eq!(values, vec![&val("v2").unwrap(), &val("v3").unwrap()]);
+
+        // Another actor's write with a stale context behaves the same after replication.
+        let b = actor("n2", 1);
+        let mut other = set.clone();
+        other.write(&b, Some(&stale), val("v4"));
+        assert_eq!(other.len(), 3);
+    }
+
+    #[test]
+    fn a_stale_write_claims_the_past_of_what_it_claims() {
+        // y (b) <- x (a) <- u (a); then w (a) is written with an empty context, so u stays a
+        // sibling. Claiming x wholesale (x is superseded here) without also claiming x's past y
+        // would make dominance non-transitive: {x} + {w} would forget y, and then + {y} would
+        // resurrect it, while {w} + {y} first and {x} last would not.
+        let (a, b) = (actor("a", 1), actor("b", 1));
+        let mut r2 = VersionSet::new();
+        r2.write(&b, None, val("y"));
+        let y = r2.clone();
+        let mut r1 = y.clone();
+        r1.write(&a, None, val("x"));
+        let x = r1.clone();
+        r1.write(&a, None, val("u"));
+        let h = r1.write(&a, Some(&Context::new()), val("w"));
+        assert_eq!(r1.len(), 2, "u and w are siblings");
+        assert!(h.contains(&dot(&a, 1)) && h.contains(&dot(&b, 1)));
+        assert!(!h.contains(&dot(&a, 2)));
+        let w_only = VersionSet::from_versions(
+            r1.versions()
+                .iter()
+                .filter(|v| v.history == h)
+                .cloned()
+                .collect(),
+        );
+        assert_eq!(w_only.len(), 1);
+        let left = merged(&merged(&x, &w_only), &y);
+        let right = merged(&x, &merged(&w_only, &y));
+        assert_eq!(left, right);
+        assert_eq!(left, w_only);
+    }
+
+    #[test]
+    fn write_after_reaping_continues_from_the_context_counter() {
+        // If a replica's state was emptied (e.g. tombstones reaped) while a client still holds
+        // a context, the new dot must be above the context's counter for this actor.
+        let a = actor("n1", 1);
+        let mut old = VersionSet::new();
+        old.write(&a, None, val("v1"));
+        let ctx = old.write(&a, None, val("v2"));
+        let mut set = VersionSet::new();
+        let h = set.write(&a, Some(&ctx), val("v3"));
+        assert_eq!(set.versions()[0].dot, dot(&a, 3));
+        assert!(ctx.le(&h));
+    }
+
+    #[test]
+    fn forged_contexts_do_not_panic() {
+        let a = actor("n1", 1);
+        let mut forged = Context::new();
+        forged.set_entry(&a, u64::MAX, vec![1]);
+        let mut set = VersionSet::new();
+        set.write(&a, None, val("v1"));
+        set.write(&a, Some(&forged), val("v2"));
+        set.write(&a, Some(&forged), val("v3"));
+        assert_well_formed(&set, "forged");
+        assert!(set.len() <= 2);
+    }
+}

@@ -1,0 +1,333 @@
+//! Test support: in-process clusters and a small HTTP client.
+//!
+//! A [`TestCluster`] runs several ringkv nodes in the test's own runtime. Gossip runs over
+//! chitchat's in-memory `ChannelTransport` (one per cluster, so parallel tests never share
+//! anything), RPC and HTTP over real loopback TCP on port 0. Nodes can be killed, restarted
+//! empty with a new generation, and partitioned (gossip links and RPC links both cut).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chitchat::transport::ChannelTransport;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use ringkv::membership::GossipConfig;
+use ringkv::{Config, GossipTransport, NodeHandle};
+
+/// How long tests wait for a cluster to agree on membership.
+pub const CONVERGE: Duration = Duration::from_secs(20);
+
+/// A set of in-process nodes.
+pub struct TestCluster {
+    transport: ChannelTransport,
+    configs: Vec<Config>,
+    nodes: Vec<Option<NodeHandle>>,
+}
+
+/// Polls `pred` every 20 ms until it is true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut pred: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if pred().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with default settings and waits until all see each other alive.
+    pub async fn start(n: usize) -> TestCluster {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// Starts `n` nodes, letting `tweak` adjust each configuration.
+    pub async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> TestCluster {
+        let transport = ChannelTransport::with_mtu(65_507);
+        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        // Gossip addresses are logical: the channel transport never opens a real socket.
+        let gossip: Vec<SocketAddr> = (0..n).map(|i| local(10_001 + i as u16)).collect();
+        let mut configs = Vec::new();
+        for (i, g) in gossip.iter().enumerate() {
+            let mut cfg = Config::new(format!("n{}", i + 1), local(0), local(0), *g);
+            cfg.seeds = gossip.iter().map(|a| a.to_string()).collect();
+            cfg.gossip_config = GossipConfig {
+                interval: Duration::from_millis(100),
+                initial_interval: Duration::from_millis(100),
+                ..GossipConfig::default()
+            };
+            tweak(&mut cfg);
+            configs.push(cfg);
+        }
+        let mut cluster = TestCluster {
+            transport,
+            configs,
+            nodes: Vec::new(),
+        };
+        for i in 0..n {
+            let h = cluster.boot(i).await;
+            cluster.nodes.push(Some(h));
+        }
+        cluster.wait_all_alive().await;
+        cluster
+    }
+
+    async fn boot(&self, i: usize) -> NodeHandle {
+        NodeHandle::start(
+            self.configs[i].clone(),
+            GossipTransport::Channel(self.transport.clone()),
+        )
+        .await
+        .expect("node starts")
+    }
+
+    /// Number of node slots (dead or alive).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Node `i`'s handle; panics if it is down.
+    pub fn node(&self, i: usize) -> &NodeHandle {
+        self.nodes[i].as_ref().expect("node is up")
+    }
+
+    /// Node `i`'s id (`n1`, `n2`, …).
+    pub fn id(&self, i: usize) -> String {
+        self.configs[i].id.clone()
+    }
+
+    /// Index of the node with this id.
+    pub fn index_of(&self, id: &str) -> usize {
+        self.configs
+            .iter()
+            .position(|c| c.id == id)
+            .expect("known id")
+    }
+
+    /// Base URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.node(i).http_addr())
+    }
+
+    /// Indices of nodes that are up.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    /// Stops node `i` abruptly (listeners and connections dropped, memory lost).
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(h) = self.nodes[i].take() {
+            h.shutdown().await;
+        }
+    }
+
+    /// Restarts node `i` empty, with a new generation.
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i).await;
+        let h = self.boot(i).await;
+        self.nodes[i] = Some(h);
+    }
+
+    /// True if every up node sees exactly the up nodes alive (at their current generation).
+    pub fn agrees(&self) -> bool {
+        let up = self.up();
+        up.iter().all(|&i| {
+            let view = self.node(i).view();
+            (0..self.nodes.len()).all(|j| {
+                let id = self.id(j);
+                match &self.nodes[j] {
+                    Some(h) => {
+                        view.is_alive(&id)
+                            && view.member(&id).map(|m| m.generation)
+                                == Some(h.node().actor().generation)
+                    }
+                    None => !view.is_alive(&id),
+                }
+            })
+        })
+    }
+
+    /// Waits until every up node agrees on who is alive.
+    pub async fn wait_all_alive(&self) {
+        wait_until(CONVERGE, "membership to converge", || async {
+            self.agrees()
+        })
+        .await;
+    }
+
+    /// Cuts gossip and RPC between every node of `a` and every node of `b`, both ways.
+    pub async fn partition(&self, a: &[usize], b: &[usize]) {
+        for &x in a {
+            for &y in b {
+                self.cut(x, y).await;
+                self.cut(y, x).await;
+            }
+        }
+    }
+
+    /// Cuts the link from `x` to `y` only (gossip and RPC requests from x to y).
+    pub async fn cut(&self, x: usize, y: usize) {
+        let gx = self.configs[x].gossip;
+        let gy = self.configs[y].gossip;
+        self.transport.remove_link(gx, gy).await;
+        if let (Some(hx), Some(hy)) = (&self.nodes[x], &self.nodes[y]) {
+            hx.set_rpc_blocked(hy.rpc_addr(), true);
+        }
+    }
+
+    /// Restores every link between every pair of up nodes.
+    pub async fn heal(&self) {
+        for x in 0..self.nodes.len() {
+            for y in 0..self.nodes.len() {
+                if x == y {
+                    continue;
+                }
+                self.transport
+                    .add_link(self.configs[x].gossip, self.configs[y].gossip)
+                    .await;
+                if let (Some(hx), Some(hy)) = (&self.nodes[x], &self.nodes[y]) {
+                    hx.set_rpc_blocked(hy.rpc_addr(), false);
+                }
+            }
+        }
+    }
+
+    /// The key's home replicas as node indices, in preference order.
+    pub fn replicas(&self, key: &[u8]) -> Vec<usize> {
+        let up = self.up()[0];
+        self.node(up)
+            .node()
+            .replicas_of(key)
+            .iter()
+            .map(|id| self.index_of(id))
+            .collect()
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i).await;
+        }
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The `x-ringkv-context` header, if any.
+    pub fn context(&self) -> Option<String> {
+        self.headers
+            .get("x-ringkv-context")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The sibling values of a 300 (or JSON 200) answer, decoded and sorted.
+    pub fn siblings(&self) -> Vec<Vec<u8>> {
+        use base64::Engine;
+        let mut out: Vec<Vec<u8>> = self.json()["siblings"]
+            .as_array()
+            .expect("siblings array")
+            .iter()
+            .map(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.as_str().expect("string"))
+                    .expect("base64")
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// A keep-alive HTTP/1 client.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends one request; `headers` are (name, value) pairs.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).expect("valid request");
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .unwrap_or_else(|_| panic!("request to {url} timed out"))
+            .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(Method::GET, url, Bytes::new(), &[]).await
+    }
+
+    pub async fn put(&self, url: &str, body: impl Into<Bytes>) -> Reply {
+        self.send(Method::PUT, url, body, &[]).await
+    }
+
+    pub async fn put_ctx(&self, url: &str, body: impl Into<Bytes>, ctx: &str) -> Reply {
+        self.send(Method::PUT, url, body, &[("x-ringkv-context", ctx)])
+            .await
+    }
+
+    pub async fn delete(&self, url: &str) -> Reply {
+        self.send(Method::DELETE, url, Bytes::new(), &[]).await
+    }
+}
