@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use hyper::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -80,7 +80,10 @@ pub async fn serve(
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(handle(node, req).await) }
             });
+            // The timer arms hyper's 30 s header-read timeout, so a client that opens a
+            // connection and never finishes its request headers cannot hold it forever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = shutdown.cancelled() => {}

@@ -12,6 +12,7 @@ use ringkv::config::{
 use ringkv::membership::GossipConfig;
 use ringkv::ring::DEFAULT_VNODES;
 use ringkv::{GossipTransport, NodeHandle};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -131,7 +132,11 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_filter(filter),
         )
-        .with(ringkv::membership::garbage::CountLayer)
+        .with(
+            ringkv::membership::garbage::CountLayer.with_filter(filter_fn(|meta| {
+                ringkv::membership::garbage::is_chitchat_udp(meta)
+            })),
+        )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -320,7 +320,6 @@ impl Transport for PreboundUdp {
 pub mod garbage {
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use tracing::subscriber::Interest;
     use tracing::{Event, Metadata, Subscriber};
     use tracing_subscriber::layer::{Context, Layer};
 
@@ -331,26 +330,18 @@ pub mod garbage {
         REJECTED.load(Ordering::Relaxed)
     }
 
-    /// The counting layer; add it to the process's subscriber.
+    /// The counting layer; add it to the process's subscriber with [`is_chitchat_udp`] as its
+    /// per-layer filter.
     pub struct CountLayer;
 
-    fn is_chitchat_udp(meta: &Metadata<'_>) -> bool {
+    /// True for events of chitchat's UDP transport, the only ones the layer looks at. Use it as
+    /// the layer's own filter (`CountLayer.with_filter(filter_fn(is_chitchat_udp))`) so that
+    /// it never hides other events from the rest of the subscriber.
+    pub fn is_chitchat_udp(meta: &Metadata<'_>) -> bool {
         meta.target().starts_with("chitchat::transport::udp")
     }
 
     impl<S: Subscriber> Layer<S> for CountLayer {
-        fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-            if is_chitchat_udp(meta) && meta.is_event() {
-                Interest::always()
-            } else {
-                Interest::never()
-            }
-        }
-
-        fn enabled(&self, meta: &Metadata<'_>, _ctx: Context<'_, S>) -> bool {
-            is_chitchat_udp(meta)
-        }
-
         fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
             let mut visitor = MessageIs(false);
             event.record(&mut visitor);

@@ -1,0 +1,714 @@
+//! Tests of the real `ringkv` binary: one OS process per node, real UDP gossip, SIGKILL.
+//!
+//! Every node binds port 0 and announces the addresses it bound on stdout; [`ProcessNode`]
+//! reads that line. A node's stderr (RUST_LOG=warn) goes to a file under the target's tmp
+//! directory, removed again unless the test fails. Every child is SIGKILLed and reaped on
+//! drop, so a failing test leaves no process behind.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::{Http, wait_until};
+use futures_util::StreamExt;
+use hyper::StatusCode;
+use ringkv::codec::{FrameCodec, HEADER_LEN};
+use ringkv::rpc::{Hello, Message, PROTOCOL_VERSION, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::codec::FramedRead;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// How long a node may take to print its `listening` line.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child process that is SIGKILLed and reaped when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `ringkv` command with no `RINGKV_*` variable inherited from the test's environment.
+fn ringkv() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RINGKV_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A fresh file for one process's stderr.
+fn log_path(label: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("process-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir.join(format!(
+        "{}-{}-{label}.log",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// One running `ringkv serve` process.
+struct ProcessNode {
+    id: String,
+    http: SocketAddr,
+    rpc: SocketAddr,
+    gossip: SocketAddr,
+    log: PathBuf,
+    child: Option<Guard>,
+}
+
+impl ProcessNode {
+    /// `ringkv serve --id <id>` on port 0 everywhere, seeded with `seeds`.
+    async fn start(id: &str, seeds: &[SocketAddr]) -> ProcessNode {
+        let mut cmd = ringkv();
+        cmd.args(["serve", "--id", id])
+            .args(["--http", "127.0.0.1:0"])
+            .args(["--rpc", "127.0.0.1:0"])
+            .args(["--gossip", "127.0.0.1:0"]);
+        if !seeds.is_empty() {
+            let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        ProcessNode::spawn(cmd, id).await
+    }
+
+    /// Runs `cmd` (a `serve` command) and waits for its `listening` line.
+    async fn spawn(mut cmd: Command, label: &str) -> ProcessNode {
+        let log = log_path(label);
+        let stderr = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = Guard(cmd.spawn().expect("spawn ringkv"));
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        let (line_tx, line_rx) = tokio::sync::oneshot::channel::<String>();
+        // Reads the first line, then drains stdout until the process exits so that the node
+        // never blocks or fails on a full or closed pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut line_tx = Some(line_tx);
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(tx) = line_tx.take() {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match tokio::time::timeout(START_TIMEOUT, line_rx).await {
+            Ok(Ok(line)) => line,
+            Ok(Err(_)) => {
+                drop(child);
+                panic!(
+                    "{label} exited before listening; stderr:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            Err(_) => panic!(
+                "{label} did not print its listening line within {START_TIMEOUT:?}; stderr in {}",
+                log.display()
+            ),
+        };
+        let fields: BTreeMap<&str, &str> = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected first line from {label}: {line:?}"))
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let addr = |k: &str| -> SocketAddr {
+            fields
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k}= address in {line:?}"))
+        };
+        let node = ProcessNode {
+            id: fields.get("id").expect("id=").to_string(),
+            http: addr("http"),
+            rpc: addr("rpc"),
+            gossip: addr("gossip"),
+            log,
+            child: Some(child),
+        };
+        for a in [node.http, node.rpc, node.gossip] {
+            assert!(a.ip().is_loopback() && a.port() != 0, "bound address {a}");
+        }
+        node
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// SIGKILLs the process and waits until it is gone.
+    fn kill(&mut self) {
+        let mut guard = self.child.take().expect("process is running");
+        guard.0.kill().expect("SIGKILL");
+        guard.0.wait().expect("reap");
+    }
+
+    /// GET /cluster/members, by id.
+    async fn members(&self, http: &Http) -> BTreeMap<String, MemberInfo> {
+        let got = http.get(&format!("{}/cluster/members", self.url())).await;
+        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+        got.json()["members"]
+            .as_array()
+            .expect("members array")
+            .iter()
+            .map(|m| {
+                let info = MemberInfo {
+                    alive: m["status"] == "alive",
+                    generation: m["generation"].as_u64().expect("generation"),
+                    http: m["http"].as_str().map(str::to_string),
+                };
+                (m["id"].as_str().expect("id").to_string(), info)
+            })
+            .collect()
+    }
+
+    /// GET /admin/stats `counters`.
+    async fn counters(&self, http: &Http) -> serde_json::Value {
+        let got = http.get(&format!("{}/admin/stats", self.url())).await;
+        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+        got.json()["counters"].clone()
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        self.child.take();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("stderr of {} kept in {}", self.id, self.log.display());
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemberInfo {
+    alive: bool,
+    generation: u64,
+    http: Option<String>,
+}
+
+/// Several processes: `n1` has no seeds, every later node is seeded with `n1`'s gossip port.
+struct ProcessCluster {
+    nodes: Vec<ProcessNode>,
+    http: Http,
+}
+
+impl ProcessCluster {
+    async fn start(n: usize) -> ProcessCluster {
+        let mut nodes: Vec<ProcessNode> = Vec::new();
+        for i in 0..n {
+            let seeds: Vec<SocketAddr> = nodes.first().map(|n| n.gossip).into_iter().collect();
+            nodes.push(ProcessNode::start(&format!("n{}", i + 1), &seeds).await);
+        }
+        ProcessCluster {
+            nodes,
+            http: Http::new(),
+        }
+    }
+
+    /// True if every running node lists exactly the running nodes, alive, at their
+    /// self-reported generation and HTTP address, and `dead` as dead.
+    async fn agrees(&self, running: &[usize], dead: &[&str]) -> bool {
+        let mut own = BTreeMap::new();
+        for &i in running {
+            let node = &self.nodes[i];
+            match node.members(&self.http).await.remove(&node.id) {
+                Some(me) => own.insert(node.id.clone(), me),
+                None => return false,
+            };
+        }
+        for &i in running {
+            let seen = self.nodes[i].members(&self.http).await;
+            let alive: BTreeMap<String, MemberInfo> = seen
+                .iter()
+                .filter(|(_, m)| m.alive)
+                .map(|(id, m)| (id.clone(), m.clone()))
+                .collect();
+            if alive != own || !dead.iter().all(|d| seen.get(*d).is_some_and(|m| !m.alive)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until every running node agrees, and returns how long that took.
+    async fn converge(&self, running: &[usize], dead: &[&str], timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        wait_until(timeout, "process cluster to converge", || {
+            self.agrees(running, dead)
+        })
+        .await;
+        t0.elapsed()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_processes_see_each_other_alive_within_5s() {
+    let c = ProcessCluster::start(5).await;
+    let all: Vec<usize> = (0..5).collect();
+    let took = c.converge(&all, &[], Duration::from_secs(5)).await;
+    println!("5 processes all list 5 alive members {took:?} after the last start");
+    for node in &c.nodes {
+        let members = node.members(&c.http).await;
+        assert_eq!(members.len(), 5, "{}: {members:?}", node.id);
+        for other in &c.nodes {
+            let m = &members[&other.id];
+            assert!(m.alive, "{} sees {} alive", node.id, other.id);
+            assert_eq!(m.http.as_deref(), Some(other.http.to_string().as_str()));
+            assert!(m.generation > 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_process_is_dead_within_5s_and_its_restart_wins() {
+    let mut c = ProcessCluster::start(5).await;
+    let all: Vec<usize> = (0..5).collect();
+    c.converge(&all, &[], Duration::from_secs(10)).await;
+    let victim = 2;
+    let victim_id = c.nodes[victim].id.clone();
+    let old_generation = c.nodes[0].members(&c.http).await[&victim_id].generation;
+
+    c.nodes[victim].kill();
+    let killed_at = Instant::now();
+    let others: Vec<usize> = all.iter().copied().filter(|&i| i != victim).collect();
+    // Polled by hand (not `wait_until`) to record when each node first reports the death.
+    let mut detected: BTreeMap<String, Duration> = BTreeMap::new();
+    while detected.len() < others.len() {
+        for &i in &others {
+            let node = &c.nodes[i];
+            if detected.contains_key(&node.id) {
+                continue;
+            }
+            let members = node.members(&c.http).await;
+            if members.get(&victim_id).is_some_and(|m| !m.alive) {
+                detected.insert(node.id.clone(), killed_at.elapsed());
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(5),
+            "not every node reported {victim_id} dead within 5 s: {detected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slowest = detected.values().max().copied().unwrap_or_default();
+    println!(
+        "SIGKILLed {victim_id} reported dead by every other node after {slowest:?}: {detected:?}"
+    );
+    assert!(slowest < Duration::from_secs(5));
+
+    // Same id, new ports, new generation: the newest generation wins everywhere.
+    let seeds: Vec<SocketAddr> = others.iter().map(|&i| c.nodes[i].gossip).collect();
+    c.nodes[victim] = ProcessNode::start(&victim_id, &seeds).await;
+    let restarted_at = Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "every node to list the restarted node alive at its new generation",
+        || c.agrees(&all, &[]),
+    )
+    .await;
+    println!(
+        "restarted {victim_id} seen alive everywhere after {:?}",
+        restarted_at.elapsed()
+    );
+    for node in &c.nodes {
+        let m = &node.members(&c.http).await[&victim_id];
+        assert!(m.alive, "{} sees {victim_id} alive", node.id);
+        assert!(
+            m.generation > old_generation,
+            "{}: generation {} not newer than {old_generation}",
+            node.id,
+            m.generation
+        );
+        assert_eq!(
+            m.http.as_deref(),
+            Some(c.nodes[victim].http.to_string().as_str()),
+            "{}: the new address wins",
+            node.id
+        );
+    }
+
+    // A write through one node is readable through every node, the restarted one included.
+    for k in 0..5 {
+        let key = format!("after-restart-{k}");
+        let put = c
+            .http
+            .put(
+                &format!("{}/kv/{key}?w=3", c.nodes[k].url()),
+                format!("v{k}"),
+            )
+            .await;
+        assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+        for node in &c.nodes {
+            let got = c.http.get(&format!("{}/kv/{key}", node.url())).await;
+            assert_eq!(got.status, StatusCode::OK, "{key} via {}: {got:?}", node.id);
+            assert_eq!(got.body, format!("v{k}"));
+        }
+    }
+}
+
+/// A deterministic byte source (xorshift64*), so garbage is the same on every run.
+struct Junk(u64);
+
+impl Junk {
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                self.0 ^= self.0 >> 12;
+                self.0 ^= self.0 << 25;
+                self.0 ^= self.0 >> 27;
+                (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect()
+    }
+}
+
+/// Reads from `stream` until the peer closes it (EOF or reset); returns what it sent.
+async fn read_until_closed(stream: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Duration::from_secs(10);
+    tokio::time::timeout(deadline, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("{what}: the node did not close the connection within {deadline:?}")
+    });
+    got
+}
+
+/// Connects to `addr`, sends `bytes` (ignoring a reset mid-write), and waits for the node to
+/// close the connection.
+async fn send_and_wait_close(addr: SocketAddr, bytes: &[u8], what: &str) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(bytes).await;
+    read_until_closed(&mut stream, what).await
+}
+
+fn frame<T: serde::Serialize>(msg: &T) -> BytesMut {
+    let mut buf = BytesMut::new();
+    ringkv::codec::encode(msg, &mut buf).expect("encode");
+    buf
+}
+
+fn hello(cluster_id: &str) -> Hello {
+    Hello {
+        cluster_id: cluster_id.into(),
+        protocol: PROTOCOL_VERSION,
+        node: "test".into(),
+    }
+}
+
+/// Opens an RPC connection with a correct handshake and checks the node's answering hello.
+async fn handshake(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(&frame(&hello("ringkv")))
+        .await
+        .expect("send hello");
+    let mut reader = FramedRead::new(&mut stream, FrameCodec::new(1 << 20));
+    let payload = tokio::time::timeout(Duration::from_secs(5), reader.next())
+        .await
+        .expect("hello back within 5 s")
+        .expect("a frame")
+        .expect("a valid frame");
+    assert!(reader.read_buffer().is_empty(), "only the hello so far");
+    let theirs: Hello = ringkv::codec::decode_payload(&payload).expect("a hello");
+    assert_eq!(theirs.cluster_id, "ringkv");
+    assert_eq!(theirs.protocol, PROTOCOL_VERSION);
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_every_port_never_takes_a_node_down() {
+    let c = ProcessCluster::start(3).await;
+    let all: Vec<usize> = (0..3).collect();
+    c.converge(&all, &[], Duration::from_secs(10)).await;
+    let target = &c.nodes[0];
+    let before = target.counters(&c.http).await;
+    let mut junk = Junk(0x5eed_1234_abcd_ef01);
+
+    // Gossip: random datagrams, an empty one and a maximal one.
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp bind");
+    let mut datagrams: Vec<Vec<u8>> = (1..=40).map(|i| junk.bytes(i * 37)).collect();
+    datagrams.push(Vec::new());
+    datagrams.push(junk.bytes(65_507));
+    for d in &datagrams {
+        udp.send_to(d, target.gossip).await.expect("udp send");
+    }
+
+    // RPC: every one of these connections must be refused and counted.
+    let mut bad_rpc = 0u64;
+    // Random bytes.
+    send_and_wait_close(target.rpc, &junk.bytes(4096), "random bytes").await;
+    bad_rpc += 1;
+    // A length header far over the maximum frame size.
+    let mut huge = vec![0xff; 4];
+    huge.extend_from_slice(&[0; 4]);
+    let answer = send_and_wait_close(target.rpc, &huge, "huge length header").await;
+    assert!(answer.is_empty(), "no hello for a bad first frame");
+    bad_rpc += 1;
+    // A hello from another cluster.
+    let answer = send_and_wait_close(target.rpc, &frame(&hello("other")), "wrong cluster").await;
+    assert!(answer.is_empty(), "no hello back to another cluster");
+    bad_rpc += 1;
+    // After a correct handshake: a well-formed request frame with a wrong CRC.
+    let mut stream = handshake(target.rpc).await;
+    let mut bad_crc = frame(&Message::Request {
+        id: 1,
+        body: Request::Read {
+            key: bytes::Bytes::from_static(b"k"),
+        },
+    });
+    bad_crc[HEADER_LEN - 1] ^= 0x5a;
+    let _ = stream.write_all(&bad_crc).await;
+    let answer = read_until_closed(&mut stream, "bad CRC").await;
+    assert!(answer.is_empty(), "a corrupt request gets no answer");
+    bad_rpc += 1;
+    // After a correct handshake: a frame with a correct CRC whose payload is not a message.
+    let mut stream = handshake(target.rpc).await;
+    let payload = b"\xc1\xc1 not msgpack";
+    let mut undecodable = (payload.len() as u32).to_be_bytes().to_vec();
+    undecodable.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
+    undecodable.extend_from_slice(payload);
+    let _ = stream.write_all(&undecodable).await;
+    read_until_closed(&mut stream, "undecodable payload").await;
+    bad_rpc += 1;
+    // After a correct handshake: a huge length header.
+    let mut stream = handshake(target.rpc).await;
+    let _ = stream.write_all(&huge).await;
+    read_until_closed(&mut stream, "huge length after hello").await;
+    bad_rpc += 1;
+
+    // HTTP: junk, a broken request line, oversized headers, and a request cut short.
+    let http_junk: Vec<Vec<u8>> = vec![
+        junk.bytes(2048),
+        b"\x00\x01\x02 / HTTP/1.1\r\n\r\n".to_vec(),
+        b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n".to_vec(),
+        format!(
+            "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(512 * 1024)
+        )
+        .into_bytes(),
+        b"PUT /kv/x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n".to_vec(),
+        b"PUT /kv/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+    ];
+    for (i, bytes) in http_junk.iter().enumerate() {
+        let answer = send_and_wait_close(target.http, bytes, &format!("http junk {i}")).await;
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 4"),
+            "http junk {i}: answered {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(80)])
+        );
+    }
+    {
+        // A request cut off in the middle of its headers, then closed by the client.
+        let mut stream = TcpStream::connect(target.http).await.expect("connect");
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHo")
+            .await
+            .expect("write");
+    }
+
+    // The node is still up and fully functional.
+    let health = c.http.get(&format!("{}/health", target.url())).await;
+    assert_eq!(health.status, StatusCode::OK);
+    let put = c
+        .http
+        .put(&format!("{}/kv/survivor?w=3", target.url()), "still here")
+        .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+    for node in &c.nodes {
+        let got = c.http.get(&format!("{}/kv/survivor?r=3", node.url())).await;
+        assert_eq!(
+            (got.status, got.body.as_ref()),
+            (StatusCode::OK, b"still here".as_ref()),
+            "via {}",
+            node.id
+        );
+    }
+    assert!(c.agrees(&all, &[]).await, "gossip still works");
+
+    let counted = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}"));
+    let rejected = |before: &serde_json::Value, after: &serde_json::Value, k: &str| {
+        counted(after, k) - counted(before, k)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let after = target.counters(&c.http).await;
+        if rejected(&before, &after, "rpc_frames_rejected") >= bad_rpc
+            && rejected(&before, &after, "gossip_datagrams_rejected") >= 1
+        {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bad_rpc} bad rpc connections and {} bad datagrams not counted: before {before}, after {after}",
+            datagrams.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("counters after the garbage: {after}");
+    // Good traffic was never counted as bad, on any node.
+    for node in &c.nodes[1..] {
+        assert_eq!(
+            counted(&node.counters(&c.http).await, "rpc_frames_rejected"),
+            0
+        );
+    }
+}
+
+/// Runs `ringkv` with `args` and `env`, expecting it to exit on its own; returns its exit
+/// code and stderr.
+async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let log = log_path("exit");
+    let mut cmd = ringkv();
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = Guard(cmd.spawn().expect("spawn ringkv"));
+    let mut status = None;
+    wait_until(Duration::from_secs(10), "ringkv to exit", || {
+        status = child.0.try_wait().expect("try_wait");
+        std::future::ready(status.is_some())
+    })
+    .await;
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    (status.and_then(|s| s.code()), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configuration_exits_2_naming_the_flag() {
+    // Port 0 everywhere, so a configuration wrongly accepted cannot collide with anything.
+    let ports = [
+        "--http",
+        "127.0.0.1:0",
+        "--rpc",
+        "127.0.0.1:0",
+        "--gossip",
+        "127.0.0.1:0",
+    ];
+    /// Extra arguments, extra environment, and the flag the error must name.
+    struct Case {
+        args: &'static [&'static str],
+        env: &'static [(&'static str, &'static str)],
+        flag: &'static str,
+    }
+    let cases = [
+        Case {
+            args: &["--read-quorum", "4"],
+            env: &[],
+            flag: "--read-quorum",
+        },
+        Case {
+            args: &["--write-quorum", "0"],
+            env: &[],
+            flag: "--write-quorum",
+        },
+        Case {
+            args: &["--no-such-flag"],
+            env: &[],
+            flag: "--no-such-flag",
+        },
+        Case {
+            args: &[],
+            env: &[("RINGKV_READ_QUORUM", "0")],
+            flag: "--read-quorum",
+        },
+        Case {
+            args: &["--replicas", "2"],
+            env: &[("RINGKV_WRITE_QUORUM", "3")],
+            flag: "--write-quorum",
+        },
+    ];
+    for Case {
+        args: extra,
+        env,
+        flag,
+    } in cases
+    {
+        let mut args = vec!["serve", "--id", "x"];
+        args.extend_from_slice(&ports);
+        args.extend_from_slice(extra);
+        let (code, stderr) = run_to_exit(&args, env).await;
+        assert_eq!(code, Some(2), "{args:?} {env:?}: stderr {stderr:?}");
+        assert!(
+            stderr.contains(flag),
+            "{args:?} {env:?}: the message names {flag}: {stderr:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_variables_configure_a_node() {
+    let mut cmd = ringkv();
+    cmd.arg("serve").envs([
+        ("RINGKV_ID", "env-node"),
+        ("RINGKV_HTTP", "127.0.0.1:0"),
+        ("RINGKV_RPC", "127.0.0.1:0"),
+        ("RINGKV_GOSSIP", "127.0.0.1:0"),
+        ("RINGKV_REPLICAS", "1"),
+        ("RINGKV_READ_QUORUM", "1"),
+        ("RINGKV_WRITE_QUORUM", "1"),
+        ("RINGKV_MAX_VALUE_BYTES", "16"),
+    ]);
+    let node = ProcessNode::spawn(cmd, "env-node").await;
+    assert_eq!(node.id, "env-node");
+    let http = Http::new();
+    wait_until(
+        Duration::from_secs(5),
+        "the node to list itself alive",
+        || async {
+            let members = node.members(&http).await;
+            members.len() == 1 && members.get("env-node").is_some_and(|m| m.alive)
+        },
+    )
+    .await;
+    let members = node.members(&http).await;
+    assert_eq!(
+        members["env-node"].http.as_deref(),
+        Some(node.http.to_string().as_str())
+    );
+    let stats = http.get(&format!("{}/admin/stats", node.url())).await;
+    assert_eq!(stats.json()["id"], "env-node");
+    // N=R=W=1 from the environment: a lone node takes writes; the value limit is 16 bytes.
+    let url = format!("{}/kv/e", node.url());
+    let put = http.put(&url, "0123456789abcdef").await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+    let got = http.get(&url).await;
+    assert_eq!(
+        (got.status, got.body.as_ref()),
+        (StatusCode::OK, b"0123456789abcdef".as_ref())
+    );
+    let put = http.put(&url, "0123456789abcdefX").await;
+    assert_eq!(put.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(put.json()["limit"], 16);
+}
