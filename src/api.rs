@@ -170,7 +170,7 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     })
 }
 
-/// Parses `?r=` or `?w=`: a number from 1 to N. Range is checked by the coordinator.
+/// Parses `?r=`, `?w=` or `?pw=` as a number. Ranges are checked by the coordinator.
 fn quorum_param(req: &Request<Incoming>, name: &str) -> Result<Option<usize>> {
     match query_param(req, name) {
         None => Ok(None),
@@ -240,6 +240,7 @@ fn read_response(versions: &VersionSet, wants_json: bool) -> Response<Body> {
 
 async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<Response<Body>> {
     let w = quorum_param(&req, "w")?;
+    let pw = quorum_param(&req, "pw")?;
     let ctx = context_header(&req)?;
     let limit = node.config().max_value_bytes;
     let declared = req
@@ -274,14 +275,15 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
     } else {
         body
     };
-    let new_ctx = node.put(key, Some(value), ctx, w).await?;
+    let new_ctx = node.put(key, Some(value), ctx, w, pw).await?;
     Ok(written(&new_ctx))
 }
 
 async fn delete_kv(node: Arc<Node>, key: Bytes, req: &Request<Incoming>) -> Result<Response<Body>> {
     let w = quorum_param(req, "w")?;
+    let pw = quorum_param(req, "pw")?;
     let ctx = context_header(req)?;
-    let new_ctx = node.put(key, None, ctx, w).await?;
+    let new_ctx = node.put(key, None, ctx, w, pw).await?;
     Ok(written(&new_ctx))
 }
 
@@ -356,6 +358,7 @@ fn stats(node: &Node) -> Response<Body> {
         json!({
             "id": &**node.id(),
             "store": node.store().stats(),
+            "hints_pending": node.hints_pending(),
             "counters": node.stats().snapshot(),
         }),
     )
@@ -368,9 +371,11 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        Error::Unavailable { .. } | Error::Timeout | Error::Unreachable(_) | Error::Shutdown => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::Unavailable { .. }
+        | Error::Rejected(_)
+        | Error::Timeout
+        | Error::Unreachable(_)
+        | Error::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
         Error::Protocol(_) => StatusCode::BAD_GATEWAY,
         Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

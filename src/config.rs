@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::hints::{DEFAULT_HINT_WINDOW, DEFAULT_MAX_HINT_BYTES, DEFAULT_MAX_HINTS, HintLimits};
 use crate::membership::GossipConfig;
 use crate::ring::DEFAULT_VNODES;
 
@@ -21,6 +22,12 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default cluster id. Nodes only talk to nodes with the same one.
 pub const DEFAULT_CLUSTER_ID: &str = "ringkv";
+/// Default time a tombstone is kept after every home replica holds it. Hints live at most
+/// this long too, so no hint can bring back a value whose tombstone was purged.
+pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(3600);
+/// Default period of the hinted-handoff worker. Gossip marks a node alive within about a
+/// second of its return; one more second to start delivering is in the same range.
+pub const DEFAULT_HANDOFF_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -53,6 +60,10 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// Gossip and failure-detector tunables.
     pub gossip_config: GossipConfig,
+    /// Bounds of the hint store. Its `ttl` is the tombstone grace period.
+    pub hint_limits: HintLimits,
+    /// How often hints are offered to their targets.
+    pub handoff_interval: Duration,
 }
 
 impl Config {
@@ -77,6 +88,13 @@ impl Config {
             vnodes: DEFAULT_VNODES,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             gossip_config: GossipConfig::default(),
+            hint_limits: HintLimits {
+                max_hints: DEFAULT_MAX_HINTS,
+                max_bytes: DEFAULT_MAX_HINT_BYTES,
+                window: DEFAULT_HINT_WINDOW,
+                ttl: DEFAULT_TOMBSTONE_GRACE,
+            },
+            handoff_interval: DEFAULT_HANDOFF_INTERVAL,
         }
     }
 
@@ -117,6 +135,9 @@ impl Config {
         }
         if self.gossip_config.phi_threshold.is_nan() || self.gossip_config.phi_threshold <= 0.0 {
             return bad("--phi-threshold must be positive".into());
+        }
+        if self.handoff_interval.is_zero() {
+            return bad("--handoff-interval-ms must be positive".into());
         }
         Ok(())
     }

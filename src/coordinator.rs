@@ -1,16 +1,26 @@
 //! The coordinator: how one node turns a client PUT, GET or DELETE into quorum calls.
 //!
-//! **Writes.** A write is coordinated by the first *live* node of the key's preference list.
-//! Any other node forwards it there (one RPC hop). The coordinator applies the write to its
-//! own store first, which mints the new version's dot from its own actor, then sends the
-//! key's resulting versions to every other live home replica and answers after W
-//! acknowledgements (its own included). Replication to the remaining replicas carries on in
-//! the background after the answer. Because one node mints all dots for a key while it is
-//! up, sequential writes without a context never make siblings.
+//! **Where copies go.** A key's home replicas are the first N distinct nodes clockwise from
+//! its hash. Under a sloppy quorum (Dynamo §4.6) each *dead* home is replaced by the next live
+//! node past the homes, which keeps the copy as a hint for that home
+//! ([`crate::ring::sloppy_targets`], [`crate::hints`]). Hinted copies count toward W; `pw`
+//! (Riak's primary write quorum) demands that at least that many acknowledgements come from
+//! home replicas.
 //!
-//! **Reads.** A read goes to every live home replica and is answered after R replies, merged
-//! by the version algebra. The remaining replies are still collected in the background, and
-//! every replica whose versions differ from the merge is sent the merge (read repair).
+//! **Writes.** A write is coordinated by the first *live home* replica of the key. Any other
+//! node forwards it there (one RPC hop). The coordinator applies the write to its own store
+//! first, which mints the new version's dot from its own actor, then sends the key's
+//! resulting versions to the other targets and answers after W acknowledgements (its own
+//! included). Replication to the remaining targets carries on in the background after the
+//! answer. Because one node mints all dots for a key while it is up, sequential writes
+//! without a context never make siblings. If no home replica is alive the write fails (503):
+//! only a home replica may mint versions, see [`crate::version`].
+//!
+//! **Reads.** A read goes to every live home replica and, when fewer than R homes are alive,
+//! to as many fallbacks as are missing (they may hold hinted copies). It is answered after R
+//! replies, merged by the version algebra. The remaining
+//! replies are still collected in the background, and every *home* replica whose versions
+//! differ from the merge is sent the merge (read repair).
 //!
 //! **Failures.** Dead replicas (per gossip) are not contacted. A replica that fails or times
 //! out counts against the quorum, and the call ends as soon as the quorum can no longer be
@@ -25,18 +35,33 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::error::{Error, Result};
+use crate::membership::View;
 use crate::node::Node;
 use crate::quorum::{QuorumStatus, QuorumTracker};
-use crate::ring::NodeId;
-use crate::rpc::{Request, Response};
+use crate::ring::{NodeId, Target, sloppy_targets};
+use crate::rpc::{Request, Response, WriteQuorum};
 use crate::stats::Stats;
 use crate::version::{Context, VersionSet};
 
-/// Where a replica lives: this node, or a peer's RPC address.
+/// Where a copy lives: this node, or a peer's RPC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Replica {
     Local,
     Remote(SocketAddr),
+}
+
+/// One destination of a quorum call.
+#[derive(Debug, Clone)]
+struct Dest {
+    replica: Replica,
+    /// The home this copy stands in for, if it is a fallback.
+    hint_for: Option<NodeId>,
+}
+
+impl Dest {
+    fn is_home(&self) -> bool {
+        self.hint_for.is_none()
+    }
 }
 
 impl Node {
@@ -45,46 +70,57 @@ impl Node {
         self.view().ring.preference_list(key, self.config.replicas)
     }
 
-    /// Live home replicas of `key`, in preference order.
-    fn live_replicas(&self, key: &[u8]) -> Vec<(NodeId, Replica)> {
-        let view = self.view();
-        view.ring
-            .preference_list(key, self.config.replicas)
+    /// The sloppy-quorum destinations of `key` in `view`, resolved to addresses.
+    fn destinations(&self, view: &View, key: &[u8]) -> Vec<Dest> {
+        let walk = view.ring.preference_list(key, view.ring.nodes().len());
+        let alive = |id: &NodeId| *id == self.id || view.is_alive(id);
+        sloppy_targets(&walk, self.config.replicas, alive)
             .into_iter()
-            .filter(|id| *id == self.id || view.is_alive(id))
-            .filter_map(|id| {
-                if id == self.id {
-                    Some((id, Replica::Local))
+            .filter_map(|Target { node, hint_for }| {
+                let replica = if node == self.id {
+                    Replica::Local
                 } else {
-                    let addr = view.member(&id)?.rpc?;
-                    Some((id, Replica::Remote(addr)))
-                }
+                    Replica::Remote(view.member(&node)?.rpc?)
+                };
+                Some(Dest { replica, hint_for })
             })
             .collect()
     }
 
     /// Writes `value` (`None` deletes) under `key`, after `context` if given, waiting for `w`
-    /// acknowledgements (default W). Returns the context of the new version.
+    /// acknowledgements (default W) of which `pw` (default 0) from home replicas. Returns the
+    /// context of the new version.
     pub async fn put(
         self: &Arc<Self>,
         key: Bytes,
         value: Option<Bytes>,
         context: Option<Context>,
         w: Option<usize>,
+        pw: Option<usize>,
     ) -> Result<Context> {
-        let w = w.unwrap_or(self.config.write_quorum);
-        self.check_quorum(w, "w")?;
-        for (id, replica) in self.live_replicas(&key) {
-            let addr = match replica {
-                Replica::Local => return self.coordinate_write(key, value, context, w).await,
-                Replica::Remote(addr) => addr,
+        let quorum = WriteQuorum {
+            w: w.unwrap_or(self.config.write_quorum),
+            pw: pw.unwrap_or(0),
+        };
+        self.check_write_quorum(quorum)?;
+        let view = self.view();
+        let homes = view.ring.preference_list(&key, self.config.replicas);
+        for id in homes
+            .iter()
+            .filter(|id| **id == self.id || view.is_alive(id))
+        {
+            if *id == self.id {
+                return self.coordinate_write(key, value, context, quorum).await;
+            }
+            let Some(addr) = view.member(id).and_then(|m| m.rpc) else {
+                continue;
             };
             Stats::incr(&self.stats.writes_forwarded);
             let req = Request::Coordinate {
                 key: key.clone(),
                 value: value.clone(),
                 context: context.clone(),
-                w,
+                quorum,
             };
             // The coordinator itself waits up to one RPC timeout for its replicas.
             let timeout = self.pool.timeout() * 2;
@@ -107,7 +143,7 @@ impl Node {
         Stats::incr(&self.stats.quorum_failures);
         Err(Error::Unavailable {
             replied: 0,
-            required: w,
+            required: quorum.w,
         })
     }
 
@@ -117,76 +153,104 @@ impl Node {
         key: Bytes,
         value: Option<Bytes>,
         context: Option<Context>,
-        w: usize,
+        quorum: WriteQuorum,
     ) -> Result<Context> {
         Stats::incr(&self.stats.writes_coordinated);
-        let replicas = self.live_replicas(&key);
+        let view = self.view();
+        let dests = self.destinations(&view, &key);
         let (new_ctx, versions) = self.store.write(&key, &self.actor, context.as_ref(), value);
-        let local_is_home = replicas.iter().any(|(_, r)| *r == Replica::Local);
-        let remotes: Vec<SocketAddr> = replicas
-            .iter()
-            .filter_map(|(_, r)| match r {
-                Replica::Remote(addr) => Some(*addr),
-                Replica::Local => None,
-            })
-            .collect();
 
-        let mut quorum = QuorumTracker::new(remotes.len() + local_is_home as usize, w);
-        if local_is_home {
-            quorum.success();
-        }
-        let (ack_tx, mut ack_rx) = mpsc::channel(remotes.len().max(1));
-        let versions = Arc::new(versions);
-        for addr in remotes {
+        let homes_total = dests.iter().filter(|d| d.is_home()).count();
+        let mut all = QuorumTracker::new(dests.len(), quorum.w);
+        let mut homes = QuorumTracker::new(homes_total, quorum.pw);
+        let (ack_tx, mut ack_rx) = mpsc::channel(dests.len().max(1));
+        for dest in dests {
+            let addr = match dest.replica {
+                // The coordinator is always a home replica, and has stored the write.
+                Replica::Local => {
+                    all.success();
+                    homes.success();
+                    continue;
+                }
+                Replica::Remote(addr) => addr,
+            };
             let node = self.clone();
             let ack_tx = ack_tx.clone();
+            let is_home = dest.is_home();
             let req = Request::Replicate {
                 key: key.clone(),
-                versions: VersionSet::clone(&versions),
+                versions: versions.clone(),
+                hint_for: dest.hint_for.map(|h| h.to_string()),
             };
-            // Every replica gets the write even after the quorum is met, so these tasks run
+            // Every target gets the write even after the quorum is met, so these tasks run
             // to completion (bounded by the RPC timeout) independently of the client.
             self.tracker.spawn(async move {
                 let ok = matches!(node.pool.call(addr, req).await, Ok(Response::Replicated));
-                let _ = ack_tx.send(ok).await;
+                let _ = ack_tx.send((is_home, ok)).await;
             });
         }
         drop(ack_tx);
-        while !quorum.is_done() {
-            match ack_rx.recv().await {
-                Some(true) => quorum.success(),
-                Some(false) => quorum.failure(),
-                None => break,
+        while !settled(&all, &homes) {
+            let Some((is_home, ok)) = ack_rx.recv().await else {
+                break;
             };
+            if ok {
+                all.success();
+                if is_home {
+                    homes.success();
+                }
+            } else {
+                all.failure();
+                if is_home {
+                    homes.failure();
+                }
+            }
         }
-        if quorum.status() == QuorumStatus::Met {
-            Ok(new_ctx)
+        if all.status() == QuorumStatus::Met && homes.status() == QuorumStatus::Met {
+            return Ok(new_ctx);
+        }
+        Stats::incr(&self.stats.quorum_failures);
+        Err(if all.status() != QuorumStatus::Met {
+            Error::Unavailable {
+                replied: all.successes(),
+                required: quorum.w,
+            }
         } else {
-            Stats::incr(&self.stats.quorum_failures);
-            Err(Error::Unavailable {
-                replied: quorum.successes(),
-                required: w,
-            })
-        }
+            Error::Unavailable {
+                replied: homes.successes(),
+                required: quorum.pw,
+            }
+        })
     }
 
     /// Reads `key` from `r` replicas (default R) and returns their merged versions (empty if
-    /// none has the key). Stale replicas are repaired in the background.
+    /// none has the key). Stale home replicas are repaired in the background.
     pub async fn get(self: &Arc<Self>, key: Bytes, r: Option<usize>) -> Result<VersionSet> {
         let r = r.unwrap_or(self.config.read_quorum);
         self.check_quorum(r, "r")?;
         Stats::incr(&self.stats.reads_coordinated);
-        let replicas = self.live_replicas(&key);
-        let mut quorum = QuorumTracker::new(replicas.len(), r);
-        let (reply_tx, mut reply_rx) = mpsc::channel(replicas.len().max(1));
-        let mut replies: Vec<(Replica, VersionSet)> = Vec::with_capacity(replicas.len());
+        let view = self.view();
+        // Live homes first; fallbacks only to make up for missing homes, since a fallback
+        // that holds no hint for this key answers "nothing" and would count toward R.
+        let (homes, fallbacks): (Vec<Dest>, Vec<Dest>) = self
+            .destinations(&view, &key)
+            .into_iter()
+            .partition(Dest::is_home);
+        let missing = r.saturating_sub(homes.len());
+        let dests: Vec<Dest> = homes
+            .into_iter()
+            .chain(fallbacks.into_iter().take(missing))
+            .collect();
+        let mut quorum = QuorumTracker::new(dests.len(), r);
+        let (reply_tx, mut reply_rx) = mpsc::channel(dests.len().max(1));
+        let mut replies: Vec<(Dest, VersionSet)> = Vec::with_capacity(dests.len());
         let mut merged = VersionSet::new();
-        for (_, replica) in replicas {
-            match replica {
+        for dest in dests {
+            match dest.replica {
                 Replica::Local => {
-                    let vs = self.store.get(&key).unwrap_or_default();
+                    let vs = self.local_read(&key);
                     merged.merge(&vs);
-                    replies.push((Replica::Local, vs));
+                    replies.push((dest, vs));
                     quorum.success();
                 }
                 Replica::Remote(addr) => {
@@ -199,7 +263,7 @@ impl Node {
                             Ok(Response::Versions(vs)) => Some(vs),
                             _ => None,
                         };
-                        let _ = reply_tx.send((replica, vs)).await;
+                        let _ = reply_tx.send((dest, vs)).await;
                     });
                 }
             }
@@ -207,9 +271,9 @@ impl Node {
         drop(reply_tx);
         while !quorum.is_done() {
             match reply_rx.recv().await {
-                Some((replica, Some(vs))) => {
+                Some((dest, Some(vs))) => {
                     merged.merge(&vs);
-                    replies.push((replica, vs));
+                    replies.push((dest, vs));
                     quorum.success();
                 }
                 Some((_, None)) => {
@@ -229,10 +293,10 @@ impl Node {
         let result = merged.clone();
         self.tracker.spawn(async move {
             // Wait for the stragglers (each bounded by the RPC timeout), then repair.
-            while let Some((replica, vs)) = reply_rx.recv().await {
+            while let Some((dest, vs)) = reply_rx.recv().await {
                 if let Some(vs) = vs {
                     merged.merge(&vs);
-                    replies.push((replica, vs));
+                    replies.push((dest, vs));
                 }
             }
             node.read_repair(key, merged, replies).await;
@@ -240,22 +304,18 @@ impl Node {
         Ok(result)
     }
 
-    /// Sends `merged` to every replica whose reply differed from it.
-    async fn read_repair(
-        &self,
-        key: Bytes,
-        merged: VersionSet,
-        replies: Vec<(Replica, VersionSet)>,
-    ) {
+    /// Sends `merged` to every home replica whose reply differed from it. Fallbacks are
+    /// left alone: their copies are hints, which handoff delivers to the homes.
+    async fn read_repair(&self, key: Bytes, merged: VersionSet, replies: Vec<(Dest, VersionSet)>) {
         if merged.is_empty() {
             return;
         }
-        for (replica, vs) in replies {
-            if vs == merged {
+        for (dest, vs) in replies {
+            if vs == merged || !dest.is_home() {
                 continue;
             }
             Stats::incr(&self.stats.read_repairs);
-            match replica {
+            match dest.replica {
                 Replica::Local => {
                     self.store.merge(&key, &merged);
                 }
@@ -263,6 +323,7 @@ impl Node {
                     let req = Request::Replicate {
                         key: key.clone(),
                         versions: merged.clone(),
+                        hint_for: None,
                     };
                     if let Err(err) = self.pool.call(addr, req).await {
                         debug!(%addr, %err, "read repair failed");
@@ -271,4 +332,10 @@ impl Node {
             }
         }
     }
+}
+
+/// True when a write can stop waiting: both quorums met, or either can no longer be met.
+fn settled(all: &QuorumTracker, homes: &QuorumTracker) -> bool {
+    let met = |q: &QuorumTracker| q.status() == QuorumStatus::Met;
+    (met(all) && met(homes)) || (all.is_done() && !met(all)) || (homes.is_done() && !met(homes))
 }

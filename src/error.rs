@@ -23,6 +23,9 @@ pub enum Error {
     ValueTooLarge { size: u64, limit: u64 },
     /// Fewer replicas answered than the quorum requires.
     Unavailable { replied: usize, required: usize },
+    /// A replica refused to store a copy (its hint store is full, or the hint window for the
+    /// home replica has passed).
+    Rejected(String),
     /// A peer did not answer within the RPC timeout.
     Timeout,
     /// A peer could not be reached or the connection to it broke.
@@ -62,6 +65,7 @@ impl fmt::Display for Error {
                 f,
                 "quorum not met: {replied} replicas answered, {required} required"
             ),
+            Error::Rejected(msg) => write!(f, "copy refused: {msg}"),
             Error::Timeout => write!(f, "peer did not answer in time"),
             Error::Unreachable(msg) => write!(f, "peer unreachable: {msg}"),
             Error::Protocol(msg) => write!(f, "protocol error: {msg}"),

@@ -75,6 +75,8 @@ pub mod codec;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod handoff;
+pub mod hints;
 pub mod membership;
 pub mod node;
 pub mod quorum;

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chitchat::transport::{ChannelTransport, Socket, Transport, UdpSocket};
@@ -28,7 +28,6 @@ use chitchat::{
     ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
     spawn_chitchat,
 };
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,7 +84,7 @@ pub enum GossipTransport {
 }
 
 /// One node as seen through gossip.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub id: NodeId,
     pub generation: u64,
@@ -94,6 +93,8 @@ pub struct Member {
     pub alive: bool,
     /// What the node says of itself: `alive`, or `leaving` during a shutdown.
     pub status: String,
+    /// When this node first saw it dead (local observation; `None` while alive).
+    pub dead_since: Option<Instant>,
 }
 
 /// A consistent snapshot of the cluster: members and the ring built from them.
@@ -114,6 +115,14 @@ impl View {
     /// The member with this id.
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.get(id)
+    }
+
+    /// How long this node has seen `id` dead, if it has.
+    pub fn dead_for(&self, id: &str) -> Option<Duration> {
+        self.members
+            .get(id)
+            .and_then(|m| m.dead_since)
+            .map(|t| t.elapsed())
     }
 }
 
@@ -262,6 +271,16 @@ fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize
             continue; // an older generation of a node we already have
         }
         let addr = |key: &str| state.get(key).and_then(|v| v.parse().ok());
+        let alive = live.contains(cid);
+        let dead_since = if alive {
+            None
+        } else {
+            let before = prev.and_then(|p| p.members.get(&id));
+            match before {
+                Some(m) if !m.alive && m.generation == cid.generation_id => m.dead_since,
+                _ => Some(Instant::now()),
+            }
+        };
         members.insert(
             id.clone(),
             Member {
@@ -269,8 +288,9 @@ fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize
                 generation: cid.generation_id,
                 http: addr(KEY_HTTP),
                 rpc: addr(KEY_RPC),
-                alive: live.contains(cid),
+                alive,
                 status: state.get(KEY_STATUS).unwrap_or("alive").to_string(),
+                dead_since,
             },
         );
     }

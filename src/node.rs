@@ -6,25 +6,28 @@
 //! for them: nothing outlives the handle. The shared state every task sees is [`Node`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::hints::HintStore;
 use crate::membership::{GossipTransport, Membership, MembershipConfig, View};
 use crate::ring::NodeId;
 use crate::rpc::client::{Pool, PoolConfig};
 use crate::rpc::server::ServerContext;
-use crate::rpc::{self, Hello, Request, Response, Service};
+use crate::rpc::{self, Hello, Request, Response, Service, WriteQuorum};
 use crate::stats::Stats;
 use crate::store::Store;
-use crate::version::Actor;
+use crate::version::{Actor, VersionSet};
 
 /// The state shared by every task of one node.
 pub struct Node {
@@ -33,6 +36,8 @@ pub struct Node {
     /// This process's writer identity: the node id and this start's generation.
     pub(crate) actor: Actor,
     pub(crate) store: Store,
+    /// Copies kept for dead home replicas. A std mutex: every operation is a map update.
+    pub(crate) hints: Mutex<HintStore>,
     pub(crate) pool: Pool,
     pub(crate) stats: Arc<Stats>,
     pub(crate) tracker: TaskTracker,
@@ -43,6 +48,16 @@ impl Node {
     /// The current membership view.
     pub fn view(&self) -> Arc<View> {
         self.view_rx.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new membership view.
+    pub fn subscribe_view(&self) -> watch::Receiver<Arc<View>> {
+        self.view_rx.clone()
+    }
+
+    /// Hinted keys held for dead home replicas.
+    pub fn hints_pending(&self) -> usize {
+        lock(&self.hints).len()
     }
 
     /// This node's id.
@@ -74,21 +89,33 @@ impl Node {
 impl Service for Node {
     async fn call(self: Arc<Self>, req: Request) -> Result<Response> {
         match req {
-            Request::Replicate { key, versions } => {
+            Request::Replicate {
+                key,
+                versions,
+                hint_for: Some(home),
+            } if *home != *self.id => {
+                self.store_hint(NodeId::from(home), key, &versions)?;
+                Ok(Response::Replicated)
+            }
+            Request::Replicate { key, versions, .. } => {
                 self.store.merge(&key, &versions);
                 Ok(Response::Replicated)
             }
-            Request::Read { key } => {
-                Ok(Response::Versions(self.store.get(&key).unwrap_or_default()))
+            Request::ReplicateMany { items } => {
+                for (key, versions) in &items {
+                    self.store.merge(key, versions);
+                }
+                Ok(Response::Replicated)
             }
+            Request::Read { key } => Ok(Response::Versions(self.local_read(&key))),
             Request::Coordinate {
                 key,
                 value,
                 context,
-                w,
+                quorum,
             } => {
-                self.check_quorum(w, "w")?;
-                self.coordinate_write(key, value, context, w)
+                self.check_write_quorum(quorum)?;
+                self.coordinate_write(key, value, context, quorum)
                     .await
                     .map(Response::Written)
             }
@@ -159,6 +186,7 @@ impl NodeHandle {
             },
             id,
             store: Store::new(),
+            hints: Mutex::new(HintStore::new(config.hint_limits)),
             pool,
             stats: stats.clone(),
             tracker: tracker.clone(),
@@ -175,6 +203,7 @@ impl NodeHandle {
             tracker: tracker.clone(),
         });
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
+        tracker.spawn(crate::handoff::run(node.clone(), shutdown.clone()));
         tracker.spawn(crate::api::serve(
             http,
             node.clone(),
@@ -242,6 +271,12 @@ impl NodeHandle {
     }
 }
 
+/// Locks a std mutex, ignoring poisoning: every critical section in ringkv is a single map
+/// update that leaves the data consistent even if a panic interrupts the caller afterwards.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A generation new at every start: the wall clock in milliseconds, bumped past the last one
 /// handed out in this process so two nodes started in the same millisecond by one test still
 /// differ.
@@ -263,6 +298,44 @@ fn new_generation() -> u64 {
 }
 
 impl Node {
+    /// What this node holds for `key`: its own copy merged with any hinted copy.
+    pub(crate) fn local_read(&self, key: &[u8]) -> VersionSet {
+        let mut vs = self.store.get(key).unwrap_or_default();
+        if let Some(hinted) = lock(&self.hints).get(key) {
+            vs.merge(&hinted);
+        }
+        vs
+    }
+
+    /// Keeps a copy for a dead home replica (this node is its fallback).
+    fn store_hint(&self, home: NodeId, key: Bytes, versions: &VersionSet) -> Result<()> {
+        let dead_for = self.view().dead_for(&home);
+        let res = lock(&self.hints).add(&home, key, versions, dead_for, Instant::now());
+        match res {
+            Ok(()) => {
+                Stats::incr(&self.stats.hints_stored);
+                Ok(())
+            }
+            Err(why) => {
+                Stats::incr(&self.stats.hints_dropped);
+                warn!(home = %home, ?why, "hint refused");
+                Err(Error::Rejected(format!("hint for {home}: {why:?}")))
+            }
+        }
+    }
+
+    /// Checks a write quorum against N.
+    pub(crate) fn check_write_quorum(&self, q: WriteQuorum) -> Result<()> {
+        self.check_quorum(q.w, "w")?;
+        if q.pw > q.w {
+            return Err(Error::InvalidInput(format!(
+                "pw must be between 0 and w ({})",
+                q.w
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks a per-request quorum value against N.
     pub(crate) fn check_quorum(&self, q: usize, name: &str) -> Result<()> {
         if q == 0 || q > self.config.replicas {

@@ -124,6 +124,42 @@ impl Ring {
     }
 }
 
+/// One destination of a write: a node, and the home replica it stands in for if it is a
+/// fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub node: NodeId,
+    /// `Some(home)` when `node` holds the copy only until `home` is back (a hinted copy).
+    pub hint_for: Option<NodeId>,
+}
+
+/// Where a write goes under a sloppy quorum (Dynamo §4.6).
+///
+/// `walk` is every node clockwise from the key (`preference_list` with n = ring size), so its
+/// first `n` entries are the key's home replicas. Each live home replica gets its own copy;
+/// each dead one is replaced by the next live node past the homes that is not already used,
+/// which keeps the copy with a hint naming the home. If the ring runs out of live nodes, the
+/// remaining dead homes simply get no copy.
+pub fn sloppy_targets(walk: &[NodeId], n: usize, alive: impl Fn(&NodeId) -> bool) -> Vec<Target> {
+    let homes = &walk[..n.min(walk.len())];
+    let mut fallbacks = walk[homes.len()..].iter().filter(|id| alive(id));
+    let mut out = Vec::with_capacity(homes.len());
+    for home in homes {
+        if alive(home) {
+            out.push(Target {
+                node: home.clone(),
+                hint_for: None,
+            });
+        } else if let Some(fb) = fallbacks.next() {
+            out.push(Target {
+                node: fb.clone(),
+                hint_for: Some(home.clone()),
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -247,6 +283,47 @@ mod tests {
         // Ideal is 1/6 of the keys; consistent hashing must stay near that, far below a rehash.
         let frac = moved_primary as f64 / total as f64;
         assert!((0.10..0.24).contains(&frac), "moved {frac:.3} of keys");
+    }
+
+    #[test]
+    fn sloppy_targets_replace_dead_homes_in_ring_order() {
+        let walk = ids(&["a", "b", "c", "d", "e"]);
+        let alive_except =
+            |dead: &'static [&'static str]| move |id: &NodeId| !dead.contains(&&**id);
+        let t = |node: &str, hint: Option<&str>| Target {
+            node: NodeId::from(node),
+            hint_for: hint.map(NodeId::from),
+        };
+        assert_eq!(
+            sloppy_targets(&walk, 3, alive_except(&[])),
+            vec![t("a", None), t("b", None), t("c", None)]
+        );
+        assert_eq!(
+            sloppy_targets(&walk, 3, alive_except(&["b"])),
+            vec![t("a", None), t("d", Some("b")), t("c", None)]
+        );
+        assert_eq!(
+            sloppy_targets(&walk, 3, alive_except(&["a", "c", "d"])),
+            vec![t("e", Some("a")), t("b", None)]
+        );
+        // No live node left to stand in: the dead homes get nothing.
+        assert_eq!(
+            sloppy_targets(&walk, 3, alive_except(&["a", "b", "c", "d", "e"])),
+            vec![]
+        );
+        // Never more targets than homes, never a node twice.
+        for mask in 0u32..32 {
+            let alive = |id: &NodeId| mask & (1 << (id.as_bytes()[0] - b'a')) != 0;
+            let targets = sloppy_targets(&walk, 3, alive);
+            assert!(targets.len() <= 3);
+            let mut nodes: Vec<_> = targets.iter().map(|t| t.node.clone()).collect();
+            nodes.sort();
+            nodes.dedup();
+            assert_eq!(nodes.len(), targets.len());
+            assert!(targets.iter().all(|t| alive(&t.node)));
+            let live = walk.iter().filter(|id| alive(id)).count();
+            assert_eq!(targets.len(), live.min(3));
+        }
     }
 
     #[test]

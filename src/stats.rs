@@ -22,6 +22,12 @@ pub struct Stats {
     pub reads_coordinated: AtomicU64,
     /// Writes forwarded to the key's first live replica.
     pub writes_forwarded: AtomicU64,
+    /// Hinted copies this node accepted as a fallback.
+    pub hints_stored: AtomicU64,
+    /// Hinted copies delivered to their home replica.
+    pub hints_delivered: AtomicU64,
+    /// Hinted copies refused (store full, window passed) or expired.
+    pub hints_dropped: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for JSON.
@@ -35,12 +41,20 @@ pub struct StatsSnapshot {
     pub writes_coordinated: u64,
     pub reads_coordinated: u64,
     pub writes_forwarded: u64,
+    pub hints_stored: u64,
+    pub hints_delivered: u64,
+    pub hints_dropped: u64,
 }
 
 impl Stats {
     /// Adds one to `counter`.
     pub fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Reads every counter.
@@ -54,6 +68,9 @@ impl Stats {
             writes_coordinated: get(&self.writes_coordinated),
             reads_coordinated: get(&self.reads_coordinated),
             writes_forwarded: get(&self.writes_forwarded),
+            hints_stored: get(&self.hints_stored),
+            hints_delivered: get(&self.hints_delivered),
+            hints_dropped: get(&self.hints_dropped),
         }
     }
 }

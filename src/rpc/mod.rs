@@ -74,8 +74,15 @@ pub enum Message {
 /// What one node asks of another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// Merge these versions of a key into your store (replication and read repair).
-    Replicate { key: Bytes, versions: VersionSet },
+    /// Merge these versions of a key into your store (replication and read repair). With
+    /// `hint_for`, you are a fallback: keep them as a hint for that home replica instead.
+    Replicate {
+        key: Bytes,
+        versions: VersionSet,
+        hint_for: Option<String>,
+    },
+    /// Merge all of these into your store (hint delivery, anti-entropy).
+    ReplicateMany { items: Vec<(Bytes, VersionSet)> },
     /// Send me the versions of a key you store (empty if none).
     Read { key: Bytes },
     /// Coordinate this client write yourself: you are the key's first live replica in my view.
@@ -85,8 +92,17 @@ pub enum Request {
         key: Bytes,
         value: Option<Bytes>,
         context: Option<Context>,
-        w: usize,
+        quorum: WriteQuorum,
     },
+}
+
+/// What a write waits for.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteQuorum {
+    /// Acknowledgements from any replica, home or fallback (sloppy quorum).
+    pub w: usize,
+    /// Of those, acknowledgements that must come from home replicas (Riak's `pw`).
+    pub pw: usize,
 }
 
 /// Successful answers, one per [`Request`] kind.

@@ -1,0 +1,94 @@
+//! Hinted handoff: delivers the copies this node keeps for dead home replicas once gossip
+//! shows them alive again.
+//!
+//! Every [`crate::config::Config::handoff_interval`], and whenever the membership view
+//! changes, the worker expires hints past their TTL and then, for each target that is alive,
+//! sends its hints in batches of [`BATCH`] keys. A hint is dropped only after the target
+//! acknowledges the batch, and only if it did not change meanwhile (see
+//! [`crate::hints::HintStore::delivered`]). A target that fails stops its delivery for this
+//! round; the next round retries.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::node::{Node, lock};
+use crate::rpc::{Request, Response};
+use crate::stats::Stats;
+
+/// Keys per delivery message: large enough to amortise a round trip, small enough that one
+/// message stays far below the frame limit for typical values.
+pub const BATCH: usize = 256;
+
+/// Runs until `shutdown` fires.
+pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut views = node.subscribe_view();
+    let mut tick = tokio::time::interval(node.config().handoff_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            res = views.changed() => if res.is_err() { return },
+        }
+        deliver(&node).await;
+    }
+}
+
+/// One delivery round. Public so that shutdown can push hints one last time.
+pub async fn deliver(node: &Arc<Node>) {
+    let expired = lock(&node.hints).expire(Instant::now());
+    if expired > 0 {
+        Stats::add(&node.stats.hints_dropped, expired as u64);
+        info!(
+            expired,
+            "dropped hints older than the tombstone grace period"
+        );
+    }
+    let view = node.view();
+    let targets = lock(&node.hints).targets();
+    for target in targets {
+        if !view.is_alive(&target) {
+            continue;
+        }
+        let Some(addr) = view.member(&target).and_then(|m| m.rpc) else {
+            continue;
+        };
+        loop {
+            let batch = lock(&node.hints).batch(&target, BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            let req = Request::ReplicateMany {
+                items: batch.clone(),
+            };
+            match node.pool.call(addr, req).await {
+                Ok(Response::Replicated) => {
+                    let mut hints = lock(&node.hints);
+                    let delivered = batch
+                        .iter()
+                        .filter(|(k, v)| hints.delivered(&target, k, v))
+                        .count();
+                    drop(hints);
+                    Stats::add(&node.stats.hints_delivered, delivered as u64);
+                    debug!(%target, delivered, "hints delivered");
+                    if delivered == 0 {
+                        // Every hint in the batch changed meanwhile; try again next round
+                        // rather than spinning on a hot key.
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    debug!(%target, ?other, "unexpected answer to hint delivery");
+                    break;
+                }
+                Err(err) => {
+                    debug!(%target, %err, "hint delivery failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
