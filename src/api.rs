@@ -296,7 +296,7 @@ fn written(ctx: &Context) -> Response<Body> {
     resp
 }
 
-fn local_versions(node: &Node, key: &[u8]) -> Response<Body> {
+fn local_versions(node: &Node, key: &Bytes) -> Response<Body> {
     let Some(set) = node.store().get(key) else {
         return json_response(StatusCode::NOT_FOUND, json!({"error": "not stored here"}));
     };

@@ -28,6 +28,13 @@ pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(3600);
 /// Default period of the hinted-handoff worker. Gossip marks a node alive within about a
 /// second of its return; one more second to start delivering is in the same range.
 pub const DEFAULT_HANDOFF_INTERVAL: Duration = Duration::from_secs(1);
+/// Default period of anti-entropy rounds. Each round compares one peer's shared segments, so
+/// with P peers a given pair is compared about every P × 2 s; a whole-ring comparison of
+/// identical replicas costs a few KiB, so this can be short.
+pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
+/// Default anti-entropy and handoff bandwidth cap per node: 32 MiB/s, a fraction of loopback
+/// or a LAN, so repair never starves client traffic.
+pub const DEFAULT_ANTI_ENTROPY_RATE: u64 = 32 * 1024 * 1024;
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -64,6 +71,14 @@ pub struct Config {
     pub hint_limits: HintLimits,
     /// How often hints are offered to their targets.
     pub handoff_interval: Duration,
+    /// How often each node runs an anti-entropy round (one peer per round), hands off keys
+    /// it no longer owns and collects old tombstones.
+    pub anti_entropy_interval: Duration,
+    /// Most bytes per second one node sends in anti-entropy and ownership handoff.
+    pub anti_entropy_rate: u64,
+    /// How long a tombstone is kept after every home replica holds it. Hints live at most
+    /// this long ([`HintLimits::ttl`] is set to it).
+    pub tombstone_grace: Duration,
 }
 
 impl Config {
@@ -95,6 +110,9 @@ impl Config {
                 ttl: DEFAULT_TOMBSTONE_GRACE,
             },
             handoff_interval: DEFAULT_HANDOFF_INTERVAL,
+            anti_entropy_interval: DEFAULT_ANTI_ENTROPY_INTERVAL,
+            anti_entropy_rate: DEFAULT_ANTI_ENTROPY_RATE,
+            tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
         }
     }
 
@@ -135,6 +153,14 @@ impl Config {
         }
         if self.gossip_config.phi_threshold.is_nan() || self.gossip_config.phi_threshold <= 0.0 {
             return bad("--phi-threshold must be positive".into());
+        }
+        if self.anti_entropy_interval.is_zero() || self.anti_entropy_rate == 0 {
+            return bad(
+                "--anti-entropy-interval-ms and --anti-entropy-rate must be positive".into(),
+            );
+        }
+        if self.hint_limits.ttl > self.tombstone_grace {
+            return bad("hints must not outlive the tombstone grace period".into());
         }
         if self.handoff_interval.is_zero() {
             return bad("--handoff-interval-ms must be positive".into());

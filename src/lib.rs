@@ -78,6 +78,7 @@ pub mod error;
 pub mod handoff;
 pub mod hints;
 pub mod membership;
+pub mod merkle;
 pub mod node;
 pub mod quorum;
 pub mod ring;

@@ -299,7 +299,7 @@ fn new_generation() -> u64 {
 
 impl Node {
     /// What this node holds for `key`: its own copy merged with any hinted copy.
-    pub(crate) fn local_read(&self, key: &[u8]) -> VersionSet {
+    pub(crate) fn local_read(&self, key: &Bytes) -> VersionSet {
         let mut vs = self.store.get(key).unwrap_or_default();
         if let Some(hinted) = lock(&self.hints).get(key) {
             vs.merge(&hinted);

@@ -110,6 +110,47 @@ impl Ring {
         out
     }
 
+    /// A digest of the ring's shape: equal on two nodes iff their rings are equal.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(self.vnodes as u64).to_le_bytes());
+        for n in &self.nodes {
+            h.update(&(n.len() as u64).to_le_bytes());
+            h.update(n.as_bytes());
+        }
+        h.digest()
+    }
+
+    /// The circle cut at every token and every shard boundary, in order of `end`, with each
+    /// segment's `n` home replicas. The segments cover every hash exactly once.
+    pub fn segments(&self, n: usize) -> Vec<Segment> {
+        let shard_ends = (1..=(1u64 << SHARD_BITS)).map(|i| {
+            // The last hash of shard i-1; for the last shard this is u64::MAX.
+            (i << (64 - SHARD_BITS)).wrapping_sub(1)
+        });
+        let mut cuts: Vec<u64> = self
+            .tokens
+            .iter()
+            .map(|&(t, _)| t)
+            .chain(shard_ends)
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        // u64::MAX is always a cut, so the segment before the first cut starts right after it.
+        let mut prev = u64::MAX;
+        cuts.into_iter()
+            .map(|end| {
+                let seg = Segment {
+                    start: prev,
+                    end,
+                    homes: self.preference_list_for_hash(end, n),
+                };
+                prev = end;
+                seg
+            })
+            .collect()
+    }
+
     /// The vnode arcs of the ring as `(start_exclusive, end_inclusive, owner)`, in token order.
     /// The first arc wraps around zero. Used for status pages and range-based repair.
     pub fn arcs(&self) -> Vec<(u64, u64, NodeId)> {
@@ -122,6 +163,27 @@ impl Ring {
             })
             .collect()
     }
+}
+
+/// Bits of a key's hash that choose its store shard (64 shards). Segments are cut at shard
+/// boundaries so that each one lives in exactly one shard.
+pub const SHARD_BITS: u32 = 6;
+
+/// The shard of a key hash.
+pub fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - SHARD_BITS)) as usize
+}
+
+/// A stretch of the circle whose keys all have the same home replicas and live in the same
+/// store shard: the unit that anti-entropy compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Exclusive start; a segment with `start > end` wraps past zero.
+    pub start: u64,
+    /// Inclusive end.
+    pub end: u64,
+    /// The home replicas of every key in the segment, in preference order.
+    pub homes: Vec<NodeId>,
 }
 
 /// One destination of a write: a node, and the home replica it stands in for if it is a
@@ -324,6 +386,55 @@ mod tests {
             let live = walk.iter().filter(|id| alive(id)).count();
             assert_eq!(targets.len(), live.min(3));
         }
+    }
+
+    #[test]
+    fn segments_cover_the_circle_within_shards() {
+        let ring = Ring::new(ids(&["a", "b", "c", "d"]), 8);
+        let segs = ring.segments(3);
+        assert_eq!(
+            segs.len(),
+            4 * 8 + 64,
+            "one cut per token and per shard boundary"
+        );
+        assert_eq!(segs[0].start, u64::MAX);
+        assert_eq!(segs.last().unwrap().end, u64::MAX);
+        for w in segs.windows(2) {
+            assert_eq!(w[0].end, w[1].start, "contiguous");
+        }
+        for seg in &segs {
+            let first = seg.start.wrapping_add(1);
+            assert_eq!(shard_of(first), shard_of(seg.end), "inside one shard");
+            assert_eq!(seg.homes, ring.preference_list_for_hash(first, 3));
+            assert_eq!(seg.homes, ring.preference_list_for_hash(seg.end, 3));
+        }
+        // Random keys fall in the segment whose homes are their preference list.
+        for key in keys(2000) {
+            let h = key_hash(&key);
+            let i = segs.partition_point(|s| s.end < h);
+            assert!(segs[i].start < h || (segs[i].start == u64::MAX && i == 0));
+            assert_eq!(segs[i].homes, ring.preference_list(&key, 3));
+        }
+        let empty = Ring::new(Vec::new(), 8).segments(3);
+        assert_eq!(empty.len(), 64);
+        assert!(empty.iter().all(|s| s.homes.is_empty()));
+    }
+
+    #[test]
+    fn fingerprints_tell_rings_apart() {
+        let a = Ring::new(ids(&["a", "b"]), 8);
+        assert_eq!(
+            a.fingerprint(),
+            Ring::new(ids(&["b", "a"]), 8).fingerprint()
+        );
+        assert_ne!(
+            a.fingerprint(),
+            Ring::new(ids(&["a", "b", "c"]), 8).fingerprint()
+        );
+        assert_ne!(
+            a.fingerprint(),
+            Ring::new(ids(&["a", "b"]), 9).fingerprint()
+        );
     }
 
     #[test]

@@ -1,28 +1,88 @@
-//! The in-memory storage engine: for each key, its set of non-dominated versions.
+//! The in-memory storage engine: for each key, its set of non-dominated versions, plus the
+//! Merkle trees that summarise them for anti-entropy.
 //!
-//! The map is split into [`SHARDS`] shards, each behind its own `std::sync::Mutex`, chosen by
-//! the key's ring hash. A std mutex and not a tokio one: no critical section awaits anything,
-//! each is a hash-map operation plus a version merge, so the lock is held for nanoseconds and
-//! never across an `.await`. Sharding keeps the two cores (HTTP and RPC tasks) from contending
-//! on one lock.
+//! The key space is split into [`SHARDS`] shards by the top bits of the key's ring hash, each
+//! behind its own `std::sync::Mutex`. A std mutex and not a tokio one: no critical section
+//! awaits anything, each is a map operation plus a version merge, so the lock is held for
+//! nanoseconds and never across an `.await`. Sharding keeps the two cores from contending on
+//! one lock.
+//!
+//! Within a shard, keys are ordered by `(hash, key)` in a B-tree, so that anti-entropy can
+//! list the keys of any hash range (one Merkle leaf) without scanning the shard. Because a
+//! shard is a contiguous hash range, every ring *segment* ([`crate::ring::Segment`]) lies in
+//! one shard, and its [`MerkleTree`] is updated under the same lock as the keys: every write,
+//! merge and removal adjusts the tree in O(depth) with the key's old and new fingerprints, so
+//! a tree is only ever rebuilt when the ring itself changes.
 //!
 //! The store never decides *what* to keep: that is the version algebra's job
-//! ([`crate::version`]). It only applies merges and coordinated writes atomically per key.
+//! ([`crate::version`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::ring::key_hash;
+use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
+use crate::ring::{SHARD_BITS, Segment, key_hash, shard_of};
 use crate::version::{Actor, Context, VersionSet};
 
-/// Number of independently locked shards. A power of two well above the core count, so that
-/// two hot keys rarely share a lock.
-pub const SHARDS: usize = 64;
+/// Number of independently locked shards.
+pub const SHARDS: usize = 1 << SHARD_BITS;
 
-type Shard = HashMap<Bytes, VersionSet>;
+/// A segment's position in the ring's segment list ([`crate::ring::Ring::segments`]): the
+/// same on every node with the same ring.
+pub type SegmentId = u32;
+
+/// Keys are ordered by ring hash first, so a hash range is a B-tree range.
+type Slot = (u64, Bytes);
+
+struct SegTree {
+    id: SegmentId,
+    tree: MerkleTree,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: BTreeMap<Slot, VersionSet>,
+    /// This shard's segments, ordered by end. Empty until the ring is known.
+    trees: Vec<SegTree>,
+    /// When each key whose versions are all tombstones became so, for tombstone GC.
+    tombstones: HashMap<Bytes, Instant>,
+}
+
+impl Shard {
+    fn tree_mut(&mut self, hash: u64) -> Option<&mut MerkleTree> {
+        let i = self.trees.partition_point(|t| t.tree.arc().1 < hash);
+        self.trees.get_mut(i).map(|t| &mut t.tree)
+    }
+
+    fn tree(&self, id: SegmentId) -> Option<&MerkleTree> {
+        self.trees.iter().find(|t| t.id == id).map(|t| &t.tree)
+    }
+
+    /// Records that `key` went from fingerprint `old` to the set `now`.
+    fn changed(&mut self, hash: u64, key: &Bytes, old: u64, now: Option<&VersionSet>) {
+        let new = now.map_or(0, |vs| vs.fingerprint(key));
+        if old != new
+            && let Some(tree) = self.tree_mut(hash)
+        {
+            tree.update(hash, old, new);
+        }
+        match now {
+            Some(vs) if vs.is_deleted() => {
+                self.tombstones
+                    .entry(key.clone())
+                    .or_insert_with(Instant::now);
+            }
+            _ => {
+                self.tombstones.remove(key);
+            }
+        }
+    }
+}
 
 /// The versions this node stores, by key.
 pub struct Store {
@@ -48,20 +108,19 @@ impl Store {
     /// An empty store.
     pub fn new() -> Store {
         Store {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
-    fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
-        let idx = (key_hash(key) as usize) % SHARDS;
-        // Poisoning means a panic mid-merge; merges build the new set before swapping it in,
-        // so the map itself is intact and serving on is the right call.
-        self.shards[idx].lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[shard_of(hash)])
     }
 
     /// A copy of the versions stored for `key`.
-    pub fn get(&self, key: &[u8]) -> Option<VersionSet> {
-        self.shard(key).get(key).cloned()
+    pub fn get(&self, key: &Bytes) -> Option<VersionSet> {
+        let hash = key_hash(key);
+        let slot = (hash, key.clone());
+        self.shard(hash).map.get(&slot).cloned()
     }
 
     /// Merges `incoming` into the versions of `key`. Returns true if anything changed.
@@ -69,14 +128,28 @@ impl Store {
         if incoming.is_empty() {
             return false;
         }
-        let mut shard = self.shard(key);
-        match shard.get_mut(key) {
-            Some(current) => current.merge(incoming),
-            None => {
-                shard.insert(key.clone(), incoming.clone());
-                true
+        let hash = key_hash(key);
+        let mut shard = self.shard(hash);
+        let slot = (hash, key.clone());
+        let (old, merged) = match shard.map.get_mut(&slot) {
+            Some(current) => {
+                let old = current.fingerprint(key);
+                if !current.merge(incoming) {
+                    return false;
+                }
+                (old, current.clone())
             }
-        }
+            None => {
+                // A private copy of the key, so the stored key does not share (and pin) the
+                // buffer of the request it arrived in.
+                shard
+                    .map
+                    .insert((hash, Bytes::copy_from_slice(key)), incoming.clone());
+                (0, incoming.clone())
+            }
+        };
+        shard.changed(hash, key, old, Some(&merged));
+        true
     }
 
     /// Applies a client write coordinated by `actor` (see [`VersionSet::write`]).
@@ -89,22 +162,167 @@ impl Store {
         context: Option<&Context>,
         value: Option<Bytes>,
     ) -> (Context, VersionSet) {
-        let mut shard = self.shard(key);
-        let set = shard.entry(key.clone()).or_default();
+        let hash = key_hash(key);
+        let mut shard = self.shard(hash);
+        let slot = (hash, key.clone());
+        if !shard.map.contains_key(&slot) {
+            shard
+                .map
+                .insert((hash, Bytes::copy_from_slice(key)), VersionSet::new());
+        }
+        let set = shard.map.entry(slot).or_default();
+        let old = set.fingerprint(key);
         let ctx = set.write(actor, context, value);
-        (ctx, set.clone())
+        let after = set.clone();
+        shard.changed(hash, key, old, Some(&after));
+        (ctx, after)
     }
 
-    /// Counts keys and tombstones. Walks every shard; meant for stats, not hot paths.
+    /// Removes `key` if its fingerprint is still `expected` (nothing newer arrived since the
+    /// caller looked). Returns true if it was removed.
+    pub fn remove_if(&self, key: &Bytes, expected: u64) -> bool {
+        let hash = key_hash(key);
+        let mut shard = self.shard(hash);
+        let slot = (hash, key.clone());
+        match shard.map.get(&slot) {
+            Some(vs) if vs.fingerprint(key) == expected => {
+                shard.map.remove(&slot);
+                shard.changed(hash, key, expected, None);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Rebuilds the Merkle trees for a new ring. `segments` is the ring's whole segment list;
+    /// segment ids are positions in it. Runs one shard at a time, so writes to other shards
+    /// proceed meanwhile.
+    pub fn set_segments(&self, segments: &[Segment]) {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut shard = lock(shard);
+            let mut trees: Vec<SegTree> = segments
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| shard_of(s.end) == i)
+                .map(|(id, s)| SegTree {
+                    id: id as SegmentId,
+                    tree: MerkleTree::new(s.start, s.end, DEFAULT_DEPTH),
+                })
+                .collect();
+            trees.sort_by_key(|t| t.tree.arc().1);
+            shard.trees = trees;
+            let digests: Vec<(u64, u64)> = shard
+                .map
+                .iter()
+                .map(|((hash, key), vs)| (*hash, vs.fingerprint(key)))
+                .collect();
+            for (hash, fp) in digests {
+                if let Some(tree) = shard.tree_mut(hash) {
+                    tree.update(hash, 0, fp);
+                }
+            }
+        }
+    }
+
+    /// The root of a segment's tree, or `None` if this store has no such segment.
+    pub fn root(&self, seg: &Segment, id: SegmentId) -> Option<u64> {
+        let shard = self.shard(seg.end);
+        shard.tree(id).map(|t| t.root())
+    }
+
+    /// The children of one tree node, or `None` for a leaf or an unknown segment.
+    pub fn children(&self, seg: &Segment, id: SegmentId, node: NodeRef) -> Option<Vec<u64>> {
+        let shard = self.shard(seg.end);
+        shard.tree(id)?.children(node).map(<[u64]>::to_vec)
+    }
+
+    /// The keys of one Merkle leaf with their fingerprints.
+    pub fn leaf_keys(&self, seg: &Segment, id: SegmentId, leaf: u32) -> Vec<(Bytes, u64)> {
+        let shard = self.shard(seg.end);
+        let Some(tree) = shard.tree(id) else {
+            return Vec::new();
+        };
+        let (start, end) = tree.leaf_range(leaf);
+        range(&shard.map, start, end)
+            .map(|((_, k), vs)| (k.clone(), vs.fingerprint(k)))
+            .collect()
+    }
+
+    /// Up to `max` keys of a segment strictly after `after` (a `(hash, key)` position), with
+    /// their versions; for handing a whole segment over.
+    pub fn segment_batch(
+        &self,
+        seg: &Segment,
+        after: Option<&(u64, Bytes)>,
+        max: usize,
+    ) -> Vec<((u64, Bytes), VersionSet)> {
+        let shard = self.shard(seg.end);
+        let start = match after {
+            Some(pos) => Bound::Excluded(pos.clone()),
+            None => Bound::Included((seg.start.wrapping_add(1), Bytes::new())),
+        };
+        shard
+            .map
+            .range((start, Bound::Unbounded))
+            .take_while(|((h, _), _)| *h <= seg.end)
+            .take(max)
+            .map(|(slot, vs)| (slot.clone(), vs.clone()))
+            .collect()
+    }
+
+    /// Keys whose versions have all been tombstones for longer than `grace`, with their
+    /// fingerprints; at most `max`.
+    pub fn old_tombstones(&self, grace: Duration, max: usize) -> Vec<(Bytes, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for (key, since) in &shard.tombstones {
+                if out.len() >= max {
+                    return out;
+                }
+                if since.elapsed() >= grace {
+                    let hash = key_hash(key);
+                    if let Some(vs) = shard.map.get(&(hash, key.clone())) {
+                        out.push((key.clone(), vs.fingerprint(key)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Counts keys and tombstones.
     pub fn stats(&self) -> StoreStats {
         let mut stats = StoreStats::default();
         for shard in self.shards.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            stats.keys += shard.len() as u64;
-            stats.tombstones += shard.values().filter(|s| s.is_deleted()).count() as u64;
+            let shard = lock(shard);
+            stats.keys += shard.map.len() as u64;
+            stats.tombstones += shard.tombstones.len() as u64;
         }
         stats
     }
+}
+
+/// The entries with hash in `(start, end]` (a leaf range never wraps: leaves split a
+/// segment, and a wrapping segment starts at u64::MAX, i.e. covers `[0, end]`).
+fn range(
+    map: &BTreeMap<Slot, VersionSet>,
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = (&Slot, &VersionSet)> {
+    let lower = if start == u64::MAX {
+        Bound::Included((0, Bytes::new()))
+    } else {
+        Bound::Included((start + 1, Bytes::new()))
+    };
+    map.range((lower, Bound::Unbounded))
+        .take_while(move |((h, _), _)| *h <= end)
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // Poisoning means a panic mid-operation; every operation builds its new state before
+    // swapping it in, so the shard is intact and serving on is the right call.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -112,6 +330,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::ring::{NodeId, Ring};
 
     fn actor(node: &str) -> Actor {
         Actor {
@@ -150,7 +369,14 @@ mod tests {
                 tombstones: 1
             }
         );
-        assert!(b.get(b"other").is_none());
+        assert!(b.get(&Bytes::from_static(b"other")).is_none());
+        let fp = set.fingerprint(&key);
+        assert!(
+            !b.remove_if(&key, fp ^ 1),
+            "a stale fingerprint removes nothing"
+        );
+        assert!(b.remove_if(&key, fp));
+        assert_eq!(b.stats(), StoreStats::default());
     }
 
     #[test]
@@ -171,5 +397,83 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(store.stats().keys, 100);
+    }
+
+    fn ring() -> Ring {
+        Ring::new(["a", "b", "c"].map(NodeId::from), 8)
+    }
+
+    /// Trees maintained incrementally equal trees rebuilt from scratch, and equal stores
+    /// have equal roots whatever order the writes arrived in.
+    #[test]
+    fn trees_follow_every_change() {
+        let segs = ring().segments(3);
+        let a = Store::new();
+        let b = Store::new();
+        a.set_segments(&segs);
+        let mut sets = Vec::new();
+        for i in 0..500 {
+            let key = Bytes::from(format!("key-{i}"));
+            let (_, vs) = a.write(&key, &actor("n1"), None, Some(Bytes::from("v")));
+            sets.push((key, vs));
+        }
+        // Delete a few, and remove a few outright.
+        for (key, _) in sets.iter().step_by(7) {
+            a.write(key, &actor("n1"), None, None);
+        }
+        for (key, _) in sets.iter().skip(3).step_by(11) {
+            let fp = a.get(key).unwrap().fingerprint(key);
+            assert!(a.remove_if(key, fp));
+        }
+        // b gets the same final state in reverse order, and builds its trees afterwards.
+        for (key, _) in sets.iter().rev() {
+            if let Some(vs) = a.get(key) {
+                b.merge(key, &vs);
+            }
+        }
+        b.set_segments(&segs);
+        for (id, seg) in segs.iter().enumerate() {
+            let id = id as SegmentId;
+            assert_eq!(a.root(seg, id), b.root(seg, id), "segment {id}");
+            assert!(a.root(seg, id).is_some());
+        }
+        // Leaf listings find every key exactly once.
+        let mut listed = 0;
+        for (id, seg) in segs.iter().enumerate() {
+            let tree_leaves = 1u32 << (4 * DEFAULT_DEPTH);
+            for leaf in 0..tree_leaves {
+                listed += a.leaf_keys(seg, id as SegmentId, leaf).len();
+            }
+        }
+        assert_eq!(listed as u64, a.stats().keys);
+        // And segment batches walk each segment's keys in order.
+        let mut walked = 0;
+        for seg in &segs {
+            let mut after = None;
+            loop {
+                let batch = a.segment_batch(seg, after.as_ref(), 7);
+                if batch.is_empty() {
+                    break;
+                }
+                walked += batch.len();
+                after = Some(batch.last().unwrap().0.clone());
+            }
+        }
+        assert_eq!(walked as u64, a.stats().keys);
+    }
+
+    #[test]
+    fn old_tombstones_are_listed_after_the_grace() {
+        let s = Store::new();
+        let key = Bytes::from_static(b"gone");
+        s.write(&key, &actor("n1"), None, Some(Bytes::from_static(b"v")));
+        assert!(s.old_tombstones(Duration::ZERO, 10).is_empty());
+        let (_, vs) = s.write(&key, &actor("n1"), None, None);
+        let listed = s.old_tombstones(Duration::ZERO, 10);
+        assert_eq!(listed, vec![(key.clone(), vs.fingerprint(&key))]);
+        assert!(s.old_tombstones(Duration::from_secs(3600), 10).is_empty());
+        // A new value clears the tombstone mark.
+        s.write(&key, &actor("n1"), None, Some(Bytes::from_static(b"back")));
+        assert!(s.old_tombstones(Duration::ZERO, 10).is_empty());
     }
 }
