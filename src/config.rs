@@ -67,7 +67,8 @@ pub struct Config {
     pub rpc_timeout: Duration,
     /// Gossip and failure-detector tunables.
     pub gossip_config: GossipConfig,
-    /// Bounds of the hint store. Its `ttl` is the tombstone grace period.
+    /// Bounds of the hint store. Its `ttl` is ignored: the node sets it to
+    /// `tombstone_grace`, so that no hint outlives a tombstone.
     pub hint_limits: HintLimits,
     /// How often hints are offered to their targets.
     pub handoff_interval: Duration,
@@ -158,9 +159,6 @@ impl Config {
             return bad(
                 "--anti-entropy-interval-ms and --anti-entropy-rate must be positive".into(),
             );
-        }
-        if self.hint_limits.ttl > self.tombstone_grace {
-            return bad("hints must not outlive the tombstone grace period".into());
         }
         if self.handoff_interval.is_zero() {
             return bad("--handoff-interval-ms must be positive".into());

@@ -70,6 +70,7 @@
 //! - Contexts are checksummed, not authenticated: a client can forge one for keys it may
 //!   write anyway.
 
+pub mod antientropy;
 pub mod api;
 pub mod codec;
 pub mod config;

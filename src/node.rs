@@ -6,7 +6,7 @@
 //! for them: nothing outlives the handle. The shared state every task sees is [`Node`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::antientropy::Segments;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hints::HintStore;
+use crate::hints::{HintLimits, HintStore};
 use crate::membership::{GossipTransport, Membership, MembershipConfig, View};
 use crate::ring::NodeId;
 use crate::rpc::client::{Pool, PoolConfig};
@@ -42,6 +43,8 @@ pub struct Node {
     pub(crate) stats: Arc<Stats>,
     pub(crate) tracker: TaskTracker,
     view_rx: watch::Receiver<Arc<View>>,
+    /// The ring's segments, swapped by the anti-entropy worker when the ring changes.
+    segments: RwLock<Arc<Segments>>,
 }
 
 impl Node {
@@ -53,6 +56,18 @@ impl Node {
     /// A receiver that wakes on every new membership view.
     pub fn subscribe_view(&self) -> watch::Receiver<Arc<View>> {
         self.view_rx.clone()
+    }
+
+    /// The ring segments the store's Merkle trees follow.
+    pub fn segments(&self) -> Arc<Segments> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_segments(&self, segs: Segments) {
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(segs);
     }
 
     /// Hinted keys held for dead home replicas.
@@ -108,6 +123,11 @@ impl Service for Node {
                 Ok(Response::Replicated)
             }
             Request::Read { key } => Ok(Response::Versions(self.local_read(&key))),
+            bulk @ (Request::ReadMany { .. }
+            | Request::Fingerprints { .. }
+            | Request::AeDigest { .. }
+            | Request::AeChildren { .. }
+            | Request::AeLeafKeys { .. }) => self.serve_bulk(bulk),
             Request::Coordinate {
                 key,
                 value,
@@ -186,11 +206,15 @@ impl NodeHandle {
             },
             id,
             store: Store::new(),
-            hints: Mutex::new(HintStore::new(config.hint_limits)),
+            hints: Mutex::new(HintStore::new(HintLimits {
+                ttl: config.tombstone_grace,
+                ..config.hint_limits
+            })),
             pool,
             stats: stats.clone(),
             tracker: tracker.clone(),
             view_rx: membership.subscribe(),
+            segments: RwLock::default(),
             config,
         });
 
@@ -204,6 +228,7 @@ impl NodeHandle {
         });
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
         tracker.spawn(crate::handoff::run(node.clone(), shutdown.clone()));
+        tracker.spawn(crate::antientropy::run(node.clone(), shutdown.clone()));
         tracker.spawn(crate::api::serve(
             http,
             node.clone(),

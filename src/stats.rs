@@ -28,6 +28,16 @@ pub struct Stats {
     pub hints_delivered: AtomicU64,
     /// Hinted copies refused (store full, window passed) or expired.
     pub hints_dropped: AtomicU64,
+    /// Anti-entropy exchanges started.
+    pub ae_rounds: AtomicU64,
+    /// Keys sent or received (and changed) by anti-entropy.
+    pub ae_keys_repaired: AtomicU64,
+    /// Bytes of anti-entropy and handoff requests sent.
+    pub ae_bytes_sent: AtomicU64,
+    /// Keys handed to their new owners and dropped here.
+    pub ae_keys_handed_off: AtomicU64,
+    /// Tombstones purged after the grace period.
+    pub tombstones_purged: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for JSON.
@@ -44,6 +54,11 @@ pub struct StatsSnapshot {
     pub hints_stored: u64,
     pub hints_delivered: u64,
     pub hints_dropped: u64,
+    pub ae_rounds: u64,
+    pub ae_keys_repaired: u64,
+    pub ae_bytes_sent: u64,
+    pub ae_keys_handed_off: u64,
+    pub tombstones_purged: u64,
 }
 
 impl Stats {
@@ -71,6 +86,11 @@ impl Stats {
             hints_stored: get(&self.hints_stored),
             hints_delivered: get(&self.hints_delivered),
             hints_dropped: get(&self.hints_dropped),
+            ae_rounds: get(&self.ae_rounds),
+            ae_keys_repaired: get(&self.ae_keys_repaired),
+            ae_bytes_sent: get(&self.ae_bytes_sent),
+            ae_keys_handed_off: get(&self.ae_keys_handed_off),
+            tombstones_purged: get(&self.tombstones_purged),
         }
     }
 }

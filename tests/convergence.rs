@@ -8,7 +8,45 @@ use common::{Http, TestCluster, wait_until};
 use hyper::StatusCode;
 
 async fn fast_handoff(n: usize) -> TestCluster {
-    TestCluster::start_with(n, |c| c.handoff_interval = Duration::from_millis(100)).await
+    TestCluster::start_with(n, fast).await
+}
+
+fn fast(c: &mut ringkv::Config) {
+    c.handoff_interval = Duration::from_millis(100);
+    c.anti_entropy_interval = Duration::from_millis(100);
+}
+
+/// Writes `count` keys `{prefix}-{i}` with value `v-{prefix}-{i}` through rotating nodes.
+async fn write_keys(c: &TestCluster, http: &Http, prefix: &str, count: usize) -> Vec<String> {
+    let keys: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let up = c.up();
+    for (i, k) in keys.iter().enumerate() {
+        let url = format!("{}/kv/{k}?w=2", c.url(up[i % up.len()]));
+        let put = http.put(&url, format!("v-{k}")).await;
+        assert_eq!(put.status, StatusCode::NO_CONTENT, "{k}: {:?}", put.body);
+    }
+    keys
+}
+
+/// True if node `i` itself stores `value` (and nothing else) for `key`.
+fn holds(c: &TestCluster, i: usize, key: &str, value: &str) -> bool {
+    let key = bytes::Bytes::from(key.to_string());
+    c.node(i).node().store().get(&key).is_some_and(|vs| {
+        let values: Vec<_> = vs.live_values().collect();
+        values.len() == 1 && values[0] == value.as_bytes()
+    })
+}
+
+/// Indices of the up nodes that store anything for `key`.
+fn holders(c: &TestCluster, key: &str) -> Vec<usize> {
+    let key = bytes::Bytes::from(key.to_string());
+    let mut out: Vec<usize> = c
+        .up()
+        .into_iter()
+        .filter(|&i| c.node(i).node().store().get(&key).is_some())
+        .collect();
+    out.sort();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,5 +140,197 @@ async fn a_write_fails_when_no_home_replica_is_alive() {
     let put = http.put(&format!("{}/kv/{key}?w=1", c.url(via)), "x").await;
     assert_eq!(put.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(put.json()["error"].as_str().unwrap().contains("quorum"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_empty_refills_by_anti_entropy_alone() {
+    let mut c = fast_handoff(5).await;
+    let http = Http::new();
+    let keys = write_keys(&c, &http, "refill", 1000).await;
+    let victim = 2;
+    c.restart(victim).await;
+    c.wait_all_alive().await;
+    let mine: Vec<&String> = keys
+        .iter()
+        .filter(|k| c.replicas(k.as_bytes()).contains(&victim))
+        .collect();
+    assert!(mine.len() > 300, "{} keys on the victim", mine.len());
+    // No client reads: only anti-entropy can bring these back.
+    wait_until(
+        Duration::from_secs(30),
+        "restarted node refilled",
+        || async { mine.iter().all(|k| holds(&c, victim, k, &format!("v-{k}"))) },
+    )
+    .await;
+    let repaired: u64 = c
+        .up()
+        .iter()
+        .map(|&i| c.node(i).node().stats().snapshot().ae_keys_repaired)
+        .sum();
+    assert!(repaired >= mine.len() as u64);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_replicas_exchange_almost_nothing() {
+    let c = fast_handoff(3).await;
+    let http = Http::new();
+    let keys = write_keys(&c, &http, "same", 300).await;
+    // Let every replica get every write, then measure a stretch of rounds.
+    wait_until(
+        Duration::from_secs(20),
+        "all replicas hold every key",
+        || async {
+            keys.iter()
+                .all(|k| (0..3).all(|i| holds(&c, i, k, &format!("v-{k}"))))
+        },
+    )
+    .await;
+    let snapshot = |c: &TestCluster| -> (u64, u64) {
+        (0..3)
+            .map(|i| c.node(i).node().stats().snapshot())
+            .fold((0, 0), |(r, b), s| (r + s.ae_rounds, b + s.ae_bytes_sent))
+    };
+    let (r0, b0) = snapshot(&c);
+    wait_until(Duration::from_secs(20), "ten more rounds", || async {
+        snapshot(&c).0 >= r0 + 10
+    })
+    .await;
+    let (r1, b1) = snapshot(&c);
+    let per_round = (b1 - b0) / (r1 - r0);
+    assert!(
+        per_round < 200,
+        "{per_round} bytes per round between identical replicas"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_missed_writes_gets_them_without_reads() {
+    let c = fast_handoff(3).await;
+    let http = Http::new();
+    // Node 2 is alive but every other node's writes to it fail.
+    for i in 0..2 {
+        c.node(i).set_rpc_blocked(c.node(2).rpc_addr(), true);
+    }
+    let keys: Vec<String> = (0..200).map(|i| format!("missed-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let coord = c.replicas(k.as_bytes())[0];
+        let via = if coord == 2 { i % 2 } else { coord };
+        let put = http
+            .put(&format!("{}/kv/{k}?w=2", c.url(via)), format!("v-{k}"))
+            .await;
+        // Keys whose first replica is node 2 are coordinated there; the others miss it.
+        assert!(put.status.is_success() || put.status == StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let missing: Vec<&String> = keys.iter().filter(|k| holders(&c, k).len() == 2).collect();
+    assert!(!missing.is_empty());
+    for i in 0..2 {
+        c.node(i).set_rpc_blocked(c.node(2).rpc_addr(), false);
+    }
+    wait_until(
+        Duration::from_secs(20),
+        "anti-entropy fills the gaps",
+        || async { missing.iter().all(|k| holds(&c, 2, k, &format!("v-{k}"))) },
+    )
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_its_share_and_others_drop_theirs() {
+    let mut c = fast_handoff(5).await;
+    let http = Http::new();
+    let keys = write_keys(&c, &http, "join", 1000).await;
+    let new = c.add_node().await;
+    c.wait_all_alive().await;
+    // The new node owns some keys now; once converged, each key lives on exactly its homes.
+    wait_until(
+        Duration::from_secs(60),
+        "keys live on exactly their homes",
+        || async {
+            keys.iter().all(|k| {
+                let mut homes = c.replicas(k.as_bytes());
+                homes.sort();
+                holders(&c, k) == homes
+            })
+        },
+    )
+    .await;
+    let on_new = keys
+        .iter()
+        .filter(|k| holds(&c, new, k, &format!("v-{k}")))
+        .count();
+    assert!(on_new > 200, "the new node holds {on_new} keys");
+    for (i, k) in keys.iter().enumerate().step_by(17) {
+        let got = http.get(&format!("{}/kv/{k}?r=3", c.url(i % 6))).await;
+        assert_eq!(got.body, format!("v-{k}"));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_made_while_a_replica_was_away_never_comes_back() {
+    let c = TestCluster::start_with(5, |cfg| {
+        fast(cfg);
+        cfg.tombstone_grace = Duration::from_millis(500);
+    })
+    .await;
+    let http = Http::new();
+    let key = "zombie";
+    let homes = c.replicas(key.as_bytes());
+    let put = http
+        .put(&format!("{}/kv/{key}?w=3", c.url(homes[0])), "brains")
+        .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    // Cut the last home off from everyone, delete, and outwait the grace period.
+    let away = homes[2];
+    let rest: Vec<usize> = (0..5).filter(|i| *i != away).collect();
+    c.partition(&[away], &rest).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the others see it dead",
+        || async {
+            rest.iter()
+                .all(|&i| !c.node(i).view().is_alive(&c.id(away)))
+        },
+    )
+    .await;
+    let del = http
+        .delete(&format!("{}/kv/{key}?w=2", c.url(homes[0])))
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    // Outlive the grace period, and let several GC passes run on the coordinator.
+    let first = c.node(homes[0]).node().clone();
+    let rounds = first.stats().snapshot().ae_rounds;
+    wait_until(Duration::from_secs(10), "grace passed, GC ran", || async {
+        !first
+            .store()
+            .old_tombstones(Duration::from_millis(500), 10)
+            .is_empty()
+            && first.stats().snapshot().ae_rounds >= rounds + 5
+    })
+    .await;
+    // The tombstone cannot be purged while a home still holds the old value.
+    assert!(first.store().get(&bytes::Bytes::from(key)).is_some());
+    assert_eq!(first.stats().snapshot().tombstones_purged, 0);
+    c.heal().await;
+    c.wait_all_alive().await;
+    // After the heal every home first gets the tombstone, then all purge it.
+    wait_until(
+        Duration::from_secs(30),
+        "tombstone everywhere, then purged",
+        || async { holders(&c, key).is_empty() },
+    )
+    .await;
+    for i in 0..5 {
+        let got = http.get(&format!("{}/kv/{key}?r=3", c.url(i))).await;
+        assert_eq!(got.status, StatusCode::NOT_FOUND, "via node {i}");
+    }
+    let purged: u64 = (0..5)
+        .map(|i| c.node(i).node().stats().snapshot().tombstones_purged)
+        .sum();
+    assert!(purged >= 3);
     c.shutdown().await;
 }

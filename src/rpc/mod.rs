@@ -27,6 +27,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::merkle::NodeRef;
+use crate::store::SegmentId;
 use crate::version::{Context, VersionSet};
 
 /// Bumped on any incompatible change to [`Message`] or the framing.
@@ -85,6 +87,30 @@ pub enum Request {
     ReplicateMany { items: Vec<(Bytes, VersionSet)> },
     /// Send me the versions of a key you store (empty if none).
     Read { key: Bytes },
+    /// Send me your versions of these keys, in order, stopping early once the answer passes
+    /// [`ANSWER_BUDGET`] bytes (at least one key is always answered).
+    ReadMany { keys: Vec<Bytes> },
+    /// Send me the fingerprints of these keys (0 if absent), in order.
+    Fingerprints { keys: Vec<Bytes> },
+    /// Anti-entropy, step 1: here is a digest of the roots of every segment whose home
+    /// replicas include both of us, on the ring with fingerprint `ring`. Equal: answer
+    /// `AeSame`; otherwise send your roots of those segments, in segment order.
+    AeDigest {
+        ring: u64,
+        from: String,
+        digest: u64,
+    },
+    /// Anti-entropy, step 2: send the children hashes of these tree nodes.
+    AeChildren {
+        ring: u64,
+        nodes: Vec<(SegmentId, NodeRef)>,
+    },
+    /// Anti-entropy, step 3: send the keys and fingerprints in these leaves, stopping after
+    /// the leaf that takes the answer past [`ANSWER_BUDGET`] bytes.
+    AeLeafKeys {
+        ring: u64,
+        leaves: Vec<(SegmentId, u32)>,
+    },
     /// Coordinate this client write yourself: you are the key's first live replica in my view.
     /// `value: None` is a delete. The receiver never forwards again, so views that disagree
     /// for a moment cannot make a request bounce between nodes.
@@ -114,7 +140,26 @@ pub enum Response {
     Versions(VersionSet),
     /// The coordinated write met its quorum; the context of the new version.
     Written(Context),
+    /// Answer to `ReadMany`: versions of the first `len()` keys asked for.
+    VersionsMany(Vec<VersionSet>),
+    /// Answer to `Fingerprints`.
+    Fingerprints(Vec<u64>),
+    /// Answer to `AeDigest`: our roots agree.
+    AeSame,
+    /// Answer to `AeDigest`: our roots of the shared segments, in segment order.
+    AeRoots(Vec<u64>),
+    /// Answer to `AeChildren`, one entry per node asked (`None` for a leaf or unknown node).
+    AeChildren(Vec<Option<Vec<u64>>>),
+    /// Answer to `AeLeafKeys`: how many of the leaves asked for are covered, and their keys.
+    AeKeys {
+        covered: usize,
+        keys: Vec<(Bytes, u64)>,
+    },
 }
+
+/// Size above which list answers stop growing, so that no answer approaches the frame limit
+/// (which must still fit one maximum-size value).
+pub const ANSWER_BUDGET: usize = 1024 * 1024;
 
 /// What serves requests on the RPC port: the node.
 pub trait Service: Send + Sync + 'static {

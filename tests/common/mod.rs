@@ -30,6 +30,10 @@ pub struct TestCluster {
     nodes: Vec<Option<NodeHandle>>,
 }
 
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Polls `pred` every 20 ms until it is true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut pred: F)
 where
@@ -58,7 +62,6 @@ impl TestCluster {
     /// Starts `n` nodes, letting `tweak` adjust each configuration.
     pub async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> TestCluster {
         let transport = ChannelTransport::with_mtu(65_507);
-        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         // Gossip addresses are logical: the channel transport never opens a real socket.
         let gossip: Vec<SocketAddr> = (0..n).map(|i| local(10_001 + i as u16)).collect();
         let mut configs = Vec::new();
@@ -93,6 +96,22 @@ impl TestCluster {
         )
         .await
         .expect("node starts")
+    }
+
+    /// Starts one more node (id `n{len+1}`) configured like node 0, seeded with every other
+    /// node, and returns its index. It joins the ring; callers wait for what they need.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let mut cfg = self.configs[0].clone();
+        cfg.id = format!("n{}", i + 1);
+        cfg.gossip = local(10_001 + i as u16);
+        cfg.http = local(0);
+        cfg.rpc = local(0);
+        cfg.seeds = self.configs.iter().map(|c| c.gossip.to_string()).collect();
+        self.configs.push(cfg);
+        let h = self.boot(i).await;
+        self.nodes.push(Some(h));
+        i
     }
 
     /// Number of node slots (dead or alive).

@@ -1,0 +1,578 @@
+//! Background convergence: Merkle-tree anti-entropy, ownership handoff and tombstone GC.
+//!
+//! One worker per node runs a round every `anti_entropy_interval`, and rebuilds the store's
+//! trees whenever the ring changes. A round does three things.
+//!
+//! **Anti-entropy with one peer** (round-robin over the peers that share segments with this
+//! node). Both sides derive the same list of *shared segments* (segments whose home replicas
+//! include both) from the ring, so the exchange is:
+//!
+//! 1. `AeDigest`: one hash of all shared roots. Identical replicas stop here: one request and
+//!    one answer of a few dozen bytes, however many keys they hold.
+//! 2. Otherwise the peer returns its roots; the initiator compares them with its own and, one
+//!    tree level per round trip, asks only for the children of nodes that differ
+//!    (`AeChildren`), down to the leaves.
+//! 3. `AeLeafKeys` lists the keys and fingerprints of the differing leaves; the initiator
+//!    pushes its versions of the keys that differ (`ReplicateMany`) and pulls the peer's
+//!    (`ReadMany`), so both sides end with the merge. d differing keys cost
+//!    O(d · depth) hashes, not O(keys).
+//!
+//! **Ownership handoff.** Segments for which this node is not a home replica (after a join,
+//! a leave or a removal) are pushed to every home replica of the segment; a key is dropped
+//! locally only after *all* of them acknowledged it, and only if it did not change meanwhile.
+//!
+//! **Tombstone GC.** A key that has been only tombstones for longer than the grace period is
+//! purged once every home replica reports the same tombstones or nothing (it purged them
+//! already). A replica that still has an older value, or is unreachable, blocks the purge, so
+//! a delete made while a replica was down is never undone by that replica's return.
+//!
+//! All transfers are batched by [`ANSWER_BUDGET`] and paced to `anti_entropy_rate` bytes per
+//! second, so repair never starves clients.
+//!
+//! Caveat: a node that lost ownership of a key and is cut off from its new homes for longer
+//! than the tombstone grace period could, on return, hand back a value whose tombstone was
+//! purged meanwhile (the same contract as Cassandra's `gc_grace_seconds`): keep the grace
+//! period longer than any partition you expect to heal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::error::{Error, Result};
+use crate::merkle::{NodeRef, differing_children};
+use crate::node::Node;
+use crate::ring::{NodeId, Ring, Segment};
+use crate::rpc::{ANSWER_BUDGET, Request, Response};
+use crate::stats::Stats;
+use crate::store::SegmentId;
+use crate::version::VersionSet;
+
+/// Most keys one round transfers (both directions), so a round stays short and the next
+/// round can pick another peer; the remainder is found again by the next comparison.
+pub const MAX_KEYS_PER_ROUND: usize = 100_000;
+
+/// Leaves asked for per `AeLeafKeys` request.
+const LEAVES_PER_REQUEST: usize = 512;
+
+/// Tombstones examined per GC pass.
+const GC_BATCH: usize = 1000;
+
+/// The ring's segments as this node sees them.
+#[derive(Debug, Default)]
+pub struct Segments {
+    pub ring: Arc<Ring>,
+    pub fingerprint: u64,
+    pub list: Vec<Segment>,
+}
+
+impl Segments {
+    fn new(ring: Arc<Ring>, n: usize) -> Segments {
+        Segments {
+            fingerprint: ring.fingerprint(),
+            list: ring.segments(n),
+            ring,
+        }
+    }
+
+    /// Segments whose home replicas include both `a` and `b`, in order.
+    pub fn shared(&self, a: &str, b: &str) -> Vec<SegmentId> {
+        self.list
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.homes.iter().any(|h| &**h == a) && s.homes.iter().any(|h| &**h == b))
+            .map(|(i, _)| i as SegmentId)
+            .collect()
+    }
+
+    fn get(&self, id: SegmentId) -> Result<&Segment> {
+        self.list
+            .get(id as usize)
+            .ok_or_else(|| Error::invalid(format!("no segment {id}")))
+    }
+}
+
+fn digest_of(roots: &[u64]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for r in roots {
+        h.update(&r.to_le_bytes());
+    }
+    h.digest()
+}
+
+fn wire_size<T: Serialize>(msg: &T) -> u64 {
+    rmp_serde::to_vec(msg).map_or(0, |v| v.len() as u64)
+}
+
+fn set_size(key: &[u8], vs: &VersionSet) -> usize {
+    key.len()
+        + vs.versions()
+            .iter()
+            .map(|v| 64 + v.value.as_ref().map_or(0, |b| b.len()))
+            .sum::<usize>()
+}
+
+/// Runs the worker until `shutdown` fires.
+pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut views = node.subscribe_view();
+    let mut tick = tokio::time::interval(node.config().anti_entropy_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_peer = 0usize;
+    refresh_segments(&node);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            res = views.changed() => {
+                if res.is_err() { return }
+                refresh_segments(&node);
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let mut pacer = Pacer::new(node.config().anti_entropy_rate);
+        let segs = node.segments();
+        let peers = peers_of(&node, &segs);
+        if !peers.is_empty() {
+            let (peer, addr) = &peers[next_peer % peers.len()];
+            next_peer = next_peer.wrapping_add(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                res = exchange(&node, &segs, peer, *addr, &mut pacer) => if let Err(err) = res {
+                    debug!(%peer, %err, "anti-entropy round ended early");
+                },
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = handoff_orphans(&node, &segs, &mut pacer) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = collect_tombstones(&node, &segs) => {}
+        }
+    }
+}
+
+/// Rebuilds the trees if the ring changed.
+fn refresh_segments(node: &Arc<Node>) {
+    let ring = node.view().ring.clone();
+    if node.segments().fingerprint == ring.fingerprint() && !node.segments().list.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let segs = Segments::new(ring, node.config().replicas);
+    node.store().set_segments(&segs.list);
+    info!(
+        members = segs.ring.nodes().len(),
+        segments = segs.list.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "ring changed; Merkle trees rebuilt"
+    );
+    node.set_segments(segs);
+}
+
+/// Alive peers that share at least one segment with this node, with their RPC addresses.
+fn peers_of(node: &Node, segs: &Segments) -> Vec<(NodeId, SocketAddr)> {
+    let view = node.view();
+    segs.ring
+        .nodes()
+        .iter()
+        .filter(|id| **id != *node.id() && view.is_alive(id))
+        .filter(|id| !segs.shared(node.id(), id).is_empty())
+        .filter_map(|id| Some((id.clone(), view.member(id)?.rpc?)))
+        .collect()
+}
+
+/// Limits bytes per second by sleeping after each transfer.
+struct Pacer {
+    rate: u64,
+    started: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Pacer {
+        Pacer {
+            rate: rate.max(1),
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    async fn sent(&mut self, bytes: u64) {
+        self.sent += bytes;
+        let due = Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+async fn call(node: &Node, addr: SocketAddr, req: Request, pacer: &mut Pacer) -> Result<Response> {
+    let size = wire_size(&req);
+    Stats::add(&node.stats.ae_bytes_sent, size);
+    pacer.sent(size).await;
+    node.pool.call(addr, req).await
+}
+
+/// One anti-entropy exchange with `peer`.
+async fn exchange(
+    node: &Arc<Node>,
+    segs: &Segments,
+    peer: &NodeId,
+    addr: SocketAddr,
+    pacer: &mut Pacer,
+) -> Result<()> {
+    Stats::incr(&node.stats.ae_rounds);
+    let store = node.store();
+    let shared = segs.shared(node.id(), peer);
+    let roots: Vec<u64> = shared
+        .iter()
+        .map(|&id| store.root(&segs.list[id as usize], id).unwrap_or(0))
+        .collect();
+    let req = Request::AeDigest {
+        ring: segs.fingerprint,
+        from: node.id().to_string(),
+        digest: digest_of(&roots),
+    };
+    let theirs = match call(node, addr, req, pacer).await? {
+        Response::AeSame => return Ok(()),
+        Response::AeRoots(theirs) => theirs,
+        other => return Err(unexpected(other)),
+    };
+    // Walk down the differing trees one level per round trip.
+    let mut frontier: Vec<(SegmentId, NodeRef)> = shared
+        .iter()
+        .zip(roots.iter().zip(theirs.iter().chain(std::iter::repeat(&0))))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(&id, _)| (id, NodeRef::ROOT))
+        .collect();
+    let depth = crate::merkle::DEFAULT_DEPTH;
+    let mut leaves: Vec<(SegmentId, u32)> = Vec::new();
+    while !frontier.is_empty() {
+        let req = Request::AeChildren {
+            ring: segs.fingerprint,
+            nodes: frontier.clone(),
+        };
+        let answers = match call(node, addr, req, pacer).await? {
+            Response::AeChildren(a) => a,
+            other => return Err(unexpected(other)),
+        };
+        let mut next = Vec::new();
+        for ((id, n), theirs) in frontier.iter().zip(answers) {
+            let seg = segs.get(*id)?;
+            let ours = store.children(seg, *id, *n).unwrap_or_default();
+            let theirs = theirs.unwrap_or_default();
+            for child in differing_children(*n, &ours, &theirs) {
+                if child.level >= depth {
+                    leaves.push((*id, child.index));
+                } else {
+                    next.push((*id, child));
+                }
+            }
+        }
+        frontier = next;
+    }
+    // Compare the keys of the differing leaves.
+    let mut moved = 0usize;
+    for chunk in leaves.chunks(LEAVES_PER_REQUEST) {
+        let mut rest: &[(SegmentId, u32)] = chunk;
+        while !rest.is_empty() && moved < MAX_KEYS_PER_ROUND {
+            let req = Request::AeLeafKeys {
+                ring: segs.fingerprint,
+                leaves: rest.to_vec(),
+            };
+            let (covered, their_keys) = match call(node, addr, req, pacer).await? {
+                Response::AeKeys { covered, keys } => (covered.clamp(1, rest.len()), keys),
+                other => return Err(unexpected(other)),
+            };
+            let theirs: HashMap<Bytes, u64> = their_keys.into_iter().collect();
+            let mut ours: HashMap<Bytes, u64> = HashMap::new();
+            for (id, leaf) in &rest[..covered] {
+                ours.extend(store.leaf_keys(segs.get(*id)?, *id, *leaf));
+            }
+            let push: Vec<Bytes> = ours
+                .iter()
+                .filter(|(k, fp)| theirs.get(*k) != Some(fp))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let pull: Vec<Bytes> = theirs
+                .iter()
+                .filter(|(k, fp)| ours.get(*k) != Some(fp))
+                .map(|(k, _)| k.clone())
+                .collect();
+            moved += push.len() + pull.len();
+            push_keys(node, addr, &push, pacer).await?;
+            pull_keys(node, addr, pull, pacer).await?;
+            rest = &rest[covered..];
+        }
+    }
+    if moved > 0 {
+        debug!(%peer, keys = moved, "anti-entropy repaired keys");
+    }
+    Ok(())
+}
+
+/// Sends our versions of `keys` to the peer, in byte-bounded batches.
+async fn push_keys(node: &Node, addr: SocketAddr, keys: &[Bytes], pacer: &mut Pacer) -> Result<()> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for key in keys {
+        let Some(vs) = node.store().get(key) else {
+            continue;
+        };
+        bytes += set_size(key, &vs);
+        batch.push((key.clone(), vs));
+        if bytes >= ANSWER_BUDGET {
+            send_batch(node, addr, std::mem::take(&mut batch), pacer).await?;
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        send_batch(node, addr, batch, pacer).await?;
+    }
+    Ok(())
+}
+
+async fn send_batch(
+    node: &Node,
+    addr: SocketAddr,
+    items: Vec<(Bytes, VersionSet)>,
+    pacer: &mut Pacer,
+) -> Result<()> {
+    let n = items.len() as u64;
+    match call(node, addr, Request::ReplicateMany { items }, pacer).await? {
+        Response::Replicated => {
+            Stats::add(&node.stats.ae_keys_repaired, n);
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Fetches the peer's versions of `keys` and merges them here.
+async fn pull_keys(
+    node: &Node,
+    addr: SocketAddr,
+    keys: Vec<Bytes>,
+    pacer: &mut Pacer,
+) -> Result<()> {
+    let mut rest: &[Bytes] = &keys;
+    while !rest.is_empty() {
+        let req = Request::ReadMany {
+            keys: rest.to_vec(),
+        };
+        let sets = match call(node, addr, req, pacer).await? {
+            Response::VersionsMany(sets) if !sets.is_empty() => sets,
+            other => return Err(unexpected(other)),
+        };
+        let n = sets.len().min(rest.len());
+        for (key, vs) in rest[..n].iter().zip(sets) {
+            if node.store().merge(key, &vs) {
+                Stats::incr(&node.stats.ae_keys_repaired);
+            }
+        }
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// Pushes keys of segments this node no longer owns to their homes, then drops them.
+async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
+    let view = node.view();
+    let me = node.id();
+    let mut handed = 0usize;
+    for (id, seg) in segs.list.iter().enumerate() {
+        if seg.homes.is_empty() || seg.homes.iter().any(|h| h == me) {
+            continue;
+        }
+        let id = id as SegmentId;
+        if node.store().root(seg, id).unwrap_or(0) == 0 {
+            continue;
+        }
+        // Every home must be up to confirm; otherwise keep the keys for a later round.
+        let Some(addrs): Option<Vec<SocketAddr>> = seg
+            .homes
+            .iter()
+            .map(|h| view.is_alive(h).then(|| view.member(h)?.rpc).flatten())
+            .collect()
+        else {
+            continue;
+        };
+        let mut after = None;
+        loop {
+            let batch = node.store().segment_batch(seg, after.as_ref(), 256);
+            let Some((last, _)) = batch.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            let items: Vec<(Bytes, VersionSet)> =
+                batch.into_iter().map(|((_, k), vs)| (k, vs)).collect();
+            let mut all_acked = true;
+            for addr in &addrs {
+                let req = Request::ReplicateMany {
+                    items: items.clone(),
+                };
+                if !matches!(
+                    call(node, *addr, req, pacer).await,
+                    Ok(Response::Replicated)
+                ) {
+                    all_acked = false;
+                    break;
+                }
+            }
+            if !all_acked {
+                break;
+            }
+            for (key, vs) in &items {
+                if node.store().remove_if(key, vs.fingerprint(key)) {
+                    handed += 1;
+                }
+            }
+            if handed >= MAX_KEYS_PER_ROUND {
+                break;
+            }
+        }
+    }
+    if handed > 0 {
+        Stats::add(&node.stats.ae_keys_handed_off, handed as u64);
+        info!(keys = handed, "handed off keys this node no longer owns");
+    }
+}
+
+/// Purges tombstones older than the grace period that every home replica agrees on.
+async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
+    let grace = node.config().tombstone_grace;
+    let candidates = node.store().old_tombstones(grace, GC_BATCH);
+    if candidates.is_empty() {
+        return;
+    }
+    let view = node.view();
+    // Group by the other home replicas, so each peer gets one question per pass.
+    let mut by_peer: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    let mut blocked = vec![false; candidates.len()];
+    for (i, (key, _)) in candidates.iter().enumerate() {
+        let homes = segs.ring.preference_list(key, node.config().replicas);
+        if !homes.iter().any(|h| h == node.id()) {
+            blocked[i] = true; // not ours: ownership handoff moves it instead
+            continue;
+        }
+        for h in homes.iter().filter(|h| *h != node.id()) {
+            by_peer.entry(h.clone()).or_default().push(i);
+        }
+    }
+    for (peer, idxs) in by_peer {
+        let Some(addr) = view
+            .is_alive(&peer)
+            .then(|| view.member(&peer)?.rpc)
+            .flatten()
+        else {
+            idxs.iter().for_each(|&i| blocked[i] = true);
+            continue;
+        };
+        let keys: Vec<Bytes> = idxs.iter().map(|&i| candidates[i].0.clone()).collect();
+        match node.pool.call(addr, Request::Fingerprints { keys }).await {
+            Ok(Response::Fingerprints(fps)) if fps.len() == idxs.len() => {
+                for (&i, fp) in idxs.iter().zip(fps) {
+                    if fp != 0 && fp != candidates[i].1 {
+                        blocked[i] = true;
+                    }
+                }
+            }
+            _ => idxs.iter().for_each(|&i| blocked[i] = true),
+        }
+    }
+    let mut purged = 0;
+    for (i, (key, fp)) in candidates.iter().enumerate() {
+        if !blocked[i] && node.store().remove_if(key, *fp) {
+            purged += 1;
+        }
+    }
+    if purged > 0 {
+        Stats::add(&node.stats.tombstones_purged, purged);
+        debug!(purged, "tombstones purged");
+    }
+}
+
+fn unexpected(resp: Response) -> Error {
+    Error::Protocol(format!("unexpected anti-entropy answer: {resp:?}"))
+}
+
+impl Node {
+    /// Serves the anti-entropy and bulk requests of the RPC protocol.
+    pub(crate) fn serve_bulk(&self, req: Request) -> Result<Response> {
+        let store = self.store();
+        match req {
+            Request::ReadMany { keys } => {
+                let mut out = Vec::new();
+                let mut bytes = 0;
+                for key in &keys {
+                    let vs = store.get(key).unwrap_or_default();
+                    bytes += set_size(key, &vs);
+                    out.push(vs);
+                    if bytes >= ANSWER_BUDGET {
+                        break;
+                    }
+                }
+                Ok(Response::VersionsMany(out))
+            }
+            Request::Fingerprints { keys } => Ok(Response::Fingerprints(
+                keys.iter()
+                    .map(|k| store.get(k).map_or(0, |vs| vs.fingerprint(k)))
+                    .collect(),
+            )),
+            Request::AeDigest { ring, from, digest } => {
+                let segs = self.checked_segments(ring)?;
+                let roots: Vec<u64> = segs
+                    .shared(self.id(), &from)
+                    .iter()
+                    .map(|&id| store.root(&segs.list[id as usize], id).unwrap_or(0))
+                    .collect();
+                Ok(if digest_of(&roots) == digest {
+                    Response::AeSame
+                } else {
+                    Response::AeRoots(roots)
+                })
+            }
+            Request::AeChildren { ring, nodes } => {
+                let segs = self.checked_segments(ring)?;
+                let mut out = Vec::with_capacity(nodes.len());
+                for (id, n) in nodes {
+                    out.push(store.children(segs.get(id)?, id, n));
+                }
+                Ok(Response::AeChildren(out))
+            }
+            Request::AeLeafKeys { ring, leaves } => {
+                let segs = self.checked_segments(ring)?;
+                let mut keys = Vec::new();
+                let mut bytes = 0;
+                let mut covered = 0;
+                for (id, leaf) in leaves {
+                    let listed = store.leaf_keys(segs.get(id)?, id, leaf);
+                    bytes += listed.iter().map(|(k, _)| k.len() + 8).sum::<usize>();
+                    keys.extend(listed);
+                    covered += 1;
+                    if bytes >= ANSWER_BUDGET {
+                        break;
+                    }
+                }
+                Ok(Response::AeKeys { covered, keys })
+            }
+            other => Err(Error::Protocol(format!("not a bulk request: {other:?}"))),
+        }
+    }
+
+    fn checked_segments(&self, ring: u64) -> Result<Arc<Segments>> {
+        let segs = self.segments();
+        if segs.fingerprint != ring {
+            return Err(Error::Rejected("our rings differ; try again later".into()));
+        }
+        Ok(segs)
+    }
+}
