@@ -13,6 +13,7 @@
 //! | GET | `/cluster/members` | members with status, addresses, generation |
 //! | GET | `/cluster/replicas/{key}` | the key's N home nodes in preference order |
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
+//! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
 //! | GET | `/admin/stats` | this node's counters |
 //! | GET | `/health` | 200 once the node serves |
 //!
@@ -41,6 +42,7 @@ use tracing::{debug, warn};
 
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
+use crate::membership::STATUS_LEAVING;
 use crate::node::Node;
 use crate::version::{Context, VersionSet};
 
@@ -141,6 +143,16 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
     match path.as_str() {
         "/health" => get_only(Ok(json_response(StatusCode::OK, json!({"status": "ok"})))),
         "/cluster/members" => get_only(Ok(members(&node))),
+        "/cluster/leave" => {
+            if method != Method::POST {
+                return Err(Error::MethodNotAllowed("POST".into()));
+            }
+            node.leave().await;
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                json!({"status": "leaving", "keys": node.store().stats().keys}),
+            ))
+        }
         "/admin/stats" => get_only(Ok(stats(&node))),
         "/kv" => Err(Error::invalid("empty key")),
         _ => Err(Error::NotFound(path)),
@@ -342,7 +354,13 @@ fn members(node: &Node) -> Response<Body> {
         .map(|m| {
             json!({
                 "id": &*m.id,
-                "status": if view.is_alive(&m.id) { "alive" } else { "dead" },
+                "status": if m.status == STATUS_LEAVING {
+                    STATUS_LEAVING
+                } else if view.is_alive(&m.id) {
+                    "alive"
+                } else {
+                    "dead"
+                },
                 "http": m.http.map(|a| a.to_string()),
                 "rpc": m.rpc.map(|a| a.to_string()),
                 "generation": m.generation,

@@ -9,6 +9,7 @@ use ringkv::config::{
     Config, DEFAULT_CLUSTER_ID, DEFAULT_MAX_VALUE_BYTES, DEFAULT_READ_QUORUM, DEFAULT_REPLICAS,
     DEFAULT_WRITE_QUORUM,
 };
+use ringkv::hints::HintLimits;
 use ringkv::membership::GossipConfig;
 use ringkv::ring::DEFAULT_VNODES;
 use ringkv::{GossipTransport, NodeHandle};
@@ -37,6 +38,18 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local ring of several nodes in this process, on 127.0.0.1.
     Dev(DevArgs),
+    /// Decommission a node: it hands its data to the new owners, then exits.
+    Leave(LeaveArgs),
+}
+
+#[derive(Args)]
+struct LeaveArgs {
+    /// The node to decommission.
+    #[arg(long, env = "RINGKV_NODE", default_value = "http://127.0.0.1:8001")]
+    node: String,
+    /// Give up waiting after this many seconds (the node keeps leaving).
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -90,6 +103,30 @@ struct Tuning {
     /// Phi-accrual threshold above which a silent node is declared dead.
     #[arg(long, env = "RINGKV_PHI_THRESHOLD", default_value_t = 8.0)]
     phi_threshold: f64,
+    /// How long a dead node keeps its place in the ring before it is removed, in seconds.
+    #[arg(long, env = "RINGKV_DEAD_NODE_GRACE_SECS", default_value_t = 24 * 3600)]
+    dead_node_grace_secs: u64,
+    /// Period of hinted-handoff delivery, in milliseconds.
+    #[arg(long, env = "RINGKV_HANDOFF_INTERVAL_MS", default_value_t = 1000)]
+    handoff_interval_ms: u64,
+    /// Most hinted keys a node keeps for dead replicas.
+    #[arg(long, env = "RINGKV_MAX_HINTS", default_value_t = ringkv::hints::DEFAULT_MAX_HINTS)]
+    max_hints: usize,
+    /// Most bytes of hints a node keeps.
+    #[arg(long, env = "RINGKV_MAX_HINT_BYTES", default_value_t = ringkv::hints::DEFAULT_MAX_HINT_BYTES)]
+    max_hint_bytes: usize,
+    /// No new hints for a node dead longer than this, in seconds.
+    #[arg(long, env = "RINGKV_HINT_WINDOW_SECS", default_value_t = 3 * 3600)]
+    hint_window_secs: u64,
+    /// Period of anti-entropy rounds, in milliseconds.
+    #[arg(long, env = "RINGKV_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 2000)]
+    anti_entropy_interval_ms: u64,
+    /// Anti-entropy and handoff bandwidth cap, in bytes per second.
+    #[arg(long, env = "RINGKV_ANTI_ENTROPY_RATE", default_value_t = ringkv::config::DEFAULT_ANTI_ENTROPY_RATE)]
+    anti_entropy_rate: u64,
+    /// How long tombstones are kept once every replica holds them, in seconds.
+    #[arg(long, env = "RINGKV_TOMBSTONE_GRACE_SECS", default_value_t = 3600)]
+    tombstone_grace_secs: u64,
 }
 
 #[derive(Args)]
@@ -118,8 +155,18 @@ impl Tuning {
             interval: Duration::from_millis(self.gossip_interval_ms),
             phi_threshold: self.phi_threshold,
             initial_interval: Duration::from_millis(self.gossip_interval_ms),
-            ..GossipConfig::default()
+            dead_node_grace: Duration::from_secs(self.dead_node_grace_secs),
         };
+        cfg.handoff_interval = Duration::from_millis(self.handoff_interval_ms);
+        cfg.hint_limits = HintLimits {
+            max_hints: self.max_hints,
+            max_bytes: self.max_hint_bytes,
+            window: Duration::from_secs(self.hint_window_secs),
+            ttl: Duration::from_secs(self.tombstone_grace_secs),
+        };
+        cfg.anti_entropy_interval = Duration::from_millis(self.anti_entropy_interval_ms);
+        cfg.anti_entropy_rate = self.anti_entropy_rate;
+        cfg.tombstone_grace = Duration::from_secs(self.tombstone_grace_secs);
     }
 }
 
@@ -149,6 +196,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Dev(args) => dev(args).await,
+            Command::Leave(args) => leave(args).await,
         }
     });
     match res {
@@ -179,9 +227,68 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
         handle.rpc_addr(),
         handle.gossip_addr()
     );
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = handle.left() => {}
+    }
     handle.shutdown().await;
     Ok(())
+}
+
+/// Asks a node to leave, then waits until it has handed its data over and exited.
+async fn leave(args: LeaveArgs) -> ringkv::Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let base = args.node.trim_end_matches('/').to_string();
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = |method: hyper::Method, path: &str| {
+        hyper::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .body(Empty::new())
+            .map_err(|e| ringkv::Error::invalid(format!("bad --node {base:?}: {e}")))
+    };
+    let resp = client
+        .request(request(hyper::Method::POST, "/cluster/leave")?)
+        .await
+        .map_err(|e| ringkv::Error::Unreachable(format!("{base}: {e}")))?;
+    if !resp.status().is_success() {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(ringkv::Error::Unreachable(format!(
+            "{base} refused to leave: {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    println!("{base} is leaving; waiting for it to hand its data over");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The node exits once everything is handed over: then it stops answering.
+        let Ok(resp) = client
+            .request(request(hyper::Method::GET, "/admin/stats")?)
+            .await
+        else {
+            println!("{base} has left the ring");
+            return Ok(());
+        };
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+            println!("  {} keys left to hand over", v["store"]["keys"]);
+        }
+    }
+    Err(ringkv::Error::Timeout)
 }
 
 async fn dev(args: DevArgs) -> ringkv::Result<()> {
@@ -230,9 +337,37 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
     println!("  curl -s http://{first}/cluster/members");
     println!();
     println!("Ctrl-C stops the ring.");
-    wait_for_signal().await;
+    let mut handles: Vec<Option<NodeHandle>> = handles.into_iter().map(Some).collect();
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        // A node that was asked to leave (POST /cluster/leave) stops once it has handed over.
+        let left = {
+            let leaving = handles.iter().enumerate().filter_map(|(i, h)| {
+                h.as_ref().map(|h| {
+                    Box::pin(async move {
+                        h.left().await;
+                        i
+                    })
+                })
+            });
+            let any_left = futures_util::future::select_all(leaving);
+            tokio::select! {
+                _ = &mut signal => None,
+                (i, _, _) = any_left => Some(i),
+            }
+        };
+        let Some(i) = left else { break };
+        if let Some(h) = handles[i].take() {
+            println!("{} left the ring", h.node().id());
+            h.shutdown().await;
+        }
+        if handles.iter().all(Option::is_none) {
+            return Ok(());
+        }
+    }
     println!("stopping...");
-    for h in handles {
+    for h in handles.into_iter().flatten() {
         h.shutdown().await;
     }
     Ok(())

@@ -40,8 +40,12 @@ use crate::ring::{NodeId, Ring};
 pub const KEY_HTTP: &str = "http";
 /// Node-state key holding the node's RPC address.
 pub const KEY_RPC: &str = "rpc";
-/// Node-state key holding the node's status (`alive`, or `leaving` during a shutdown).
+/// Node-state key holding the node's status: [`STATUS_ALIVE`] or [`STATUS_LEAVING`].
 pub const KEY_STATUS: &str = "status";
+/// A node serving normally.
+pub const STATUS_ALIVE: &str = "alive";
+/// A node handing its data over before it exits. It is out of the ring at once.
+pub const STATUS_LEAVING: &str = "leaving";
 
 /// How often the view is recomputed even without a change notification from chitchat. The
 /// notifications cover joins, deaths and key changes; this is a safety net, so it is slow.
@@ -109,7 +113,7 @@ impl View {
     pub fn is_alive(&self, id: &str) -> bool {
         self.members
             .get(id)
-            .is_some_and(|m| m.alive && m.status != "leaving")
+            .is_some_and(|m| m.alive && m.status != STATUS_LEAVING)
     }
 
     /// The member with this id.
@@ -192,7 +196,7 @@ impl Membership {
         let keys = vec![
             (KEY_HTTP.to_string(), cfg.http_addr.to_string()),
             (KEY_RPC.to_string(), cfg.rpc_addr.to_string()),
-            (KEY_STATUS.to_string(), "alive".to_string()),
+            (KEY_STATUS.to_string(), STATUS_ALIVE.to_string()),
         ];
         let chitchat = spawn_chitchat(config, keys, transport.as_ref())
             .await
@@ -241,14 +245,9 @@ impl Membership {
         self.gossip_addr
     }
 
-    /// Sets one of this node's own gossiped keys.
-    pub async fn set_self_key(&self, key: &str, value: &str) {
-        self.chitchat
-            .chitchat()
-            .lock()
-            .await
-            .self_node_state()
-            .set(key, value);
+    /// A handle that sets this node's own gossiped keys.
+    pub fn self_keys(&self) -> SelfKeys {
+        SelfKeys(self.chitchat.chitchat())
     }
 
     /// Stops gossiping.
@@ -256,6 +255,17 @@ impl Membership {
         if let Err(err) = self.chitchat.shutdown().await {
             warn!(%err, "gossip did not stop cleanly");
         }
+    }
+}
+
+/// Sets this node's own gossiped keys (status during a leave).
+#[derive(Clone)]
+pub struct SelfKeys(Arc<tokio::sync::Mutex<chitchat::Chitchat>>);
+
+impl SelfKeys {
+    /// Sets `key` to `value` in this node's gossiped state.
+    pub async fn set(&self, key: &str, value: &str) {
+        self.0.lock().await.self_node_state().set(key, value);
     }
 }
 
@@ -289,15 +299,21 @@ fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize
                 http: addr(KEY_HTTP),
                 rpc: addr(KEY_RPC),
                 alive,
-                status: state.get(KEY_STATUS).unwrap_or("alive").to_string(),
+                status: state.get(KEY_STATUS).unwrap_or(STATUS_ALIVE).to_string(),
                 dead_since,
             },
         );
     }
-    // Rebuild the ring only when the set of ids changed; otherwise share the old one.
+    // The ring holds every member that is not leaving, dead or alive. Rebuild it only when
+    // that set changed; otherwise share the old one.
+    let in_ring: Vec<NodeId> = members
+        .values()
+        .filter(|m| m.status != STATUS_LEAVING)
+        .map(|m| m.id.clone())
+        .collect();
     let ring = match prev {
-        Some(p) if p.members.keys().eq(members.keys()) => p.ring.clone(),
-        _ => Arc::new(Ring::new(members.keys().cloned(), vnodes)),
+        Some(p) if p.ring.nodes() == in_ring.as_slice() => p.ring.clone(),
+        _ => Arc::new(Ring::new(in_ring, vnodes)),
     };
     View { members, ring }
 }

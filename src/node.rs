@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -21,7 +21,9 @@ use crate::antientropy::Segments;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hints::{HintLimits, HintStore};
-use crate::membership::{GossipTransport, Membership, MembershipConfig, View};
+use crate::membership::{
+    GossipTransport, KEY_STATUS, Membership, MembershipConfig, STATUS_LEAVING, SelfKeys, View,
+};
 use crate::ring::NodeId;
 use crate::rpc::client::{Pool, PoolConfig};
 use crate::rpc::server::ServerContext;
@@ -45,7 +47,26 @@ pub struct Node {
     view_rx: watch::Receiver<Arc<View>>,
     /// The ring's segments, swapped by the anti-entropy worker when the ring changes.
     segments: RwLock<Arc<Segments>>,
+    /// Sets this node's gossiped status.
+    self_keys: SelfKeys,
+    /// Where a decommission stands.
+    leave_tx: watch::Sender<LeaveState>,
 }
+
+/// Progress of a decommission (`POST /cluster/leave`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveState {
+    /// Serving normally.
+    Member,
+    /// Out of the ring, handing data to the new owners.
+    Leaving,
+    /// Every key handed over: the process may exit.
+    Left,
+}
+
+/// How long a leaving node waits for undeliverable hints (their targets are down) once its
+/// own data is handed over, before it exits anyway; anti-entropy covers what they held.
+const LEAVE_HINT_PATIENCE: Duration = Duration::from_secs(30);
 
 impl Node {
     /// The current membership view.
@@ -56,6 +77,41 @@ impl Node {
     /// A receiver that wakes on every new membership view.
     pub fn subscribe_view(&self) -> watch::Receiver<Arc<View>> {
         self.view_rx.clone()
+    }
+
+    /// Where a decommission stands.
+    pub fn leave_state(&self) -> LeaveState {
+        *self.leave_tx.borrow()
+    }
+
+    /// Starts a decommission: announce `leaving` through gossip, which takes this node out of
+    /// every ring at once; anti-entropy's ownership handoff then pushes every key to its new
+    /// homes and drops it here after they acknowledge. Once the store is empty (and hints are
+    /// delivered, or [`LEAVE_HINT_PATIENCE`] passed) the state becomes [`LeaveState::Left`].
+    pub async fn leave(self: &Arc<Self>) {
+        if self.leave_state() != LeaveState::Member {
+            return;
+        }
+        self.leave_tx.send_replace(LeaveState::Leaving);
+        self.self_keys.set(KEY_STATUS, STATUS_LEAVING).await;
+        info!(id = %self.id, "leaving the ring: handing data over");
+        let node = self.clone();
+        self.tracker.spawn(async move {
+            let mut emptied: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if node.store.stats().keys > 0 {
+                    emptied = None;
+                    continue;
+                }
+                let since = *emptied.get_or_insert_with(Instant::now);
+                if node.hints_pending() == 0 || since.elapsed() > LEAVE_HINT_PATIENCE {
+                    info!(id = %node.id, "all data handed over; leaving");
+                    node.leave_tx.send_replace(LeaveState::Left);
+                    return;
+                }
+            }
+        });
     }
 
     /// The ring segments the store's Merkle trees follow.
@@ -215,6 +271,8 @@ impl NodeHandle {
             tracker: tracker.clone(),
             view_rx: membership.subscribe(),
             segments: RwLock::default(),
+            self_keys: membership.self_keys(),
+            leave_tx: watch::channel(LeaveState::Member).0,
             config,
         });
 
@@ -277,6 +335,12 @@ impl NodeHandle {
     /// The current membership view.
     pub fn view(&self) -> Arc<View> {
         self.node.view()
+    }
+
+    /// Resolves once a decommission has handed every key over.
+    pub async fn left(&self) {
+        let mut rx = self.node.leave_tx.subscribe();
+        let _ = rx.wait_for(|s| *s == LeaveState::Left).await;
     }
 
     /// Cuts or restores this node's RPC link to `rpc_addr` (in-process fault injection).

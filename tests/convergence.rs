@@ -334,3 +334,41 @@ async fn a_delete_made_while_a_replica_was_away_never_comes_back() {
     assert!(purged >= 3);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_hands_everything_over_before_it_exits() {
+    let mut c = TestCluster::start_with(6, fast).await;
+    let http = Http::new();
+    let keys = write_keys(&c, &http, "leave", 1000).await;
+    let leaver = 5;
+    let held = c.node(leaver).node().store().stats().keys;
+    assert!(held > 200, "the leaver holds {held} keys");
+    let resp = http
+        .send(
+            hyper::Method::POST,
+            &format!("{}/cluster/leave", c.url(leaver)),
+            "",
+            &[],
+        )
+        .await;
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "{:?}", resp.body);
+    tokio::time::timeout(Duration::from_secs(60), c.node(leaver).left())
+        .await
+        .expect("the leaver hands over within 60 s");
+    assert_eq!(c.node(leaver).node().store().stats().keys, 0);
+    c.kill(leaver).await;
+    // The ring no longer has the leaver; every key lives on exactly its new homes.
+    wait_until(Duration::from_secs(60), "keys live on exactly their homes", || async {
+        keys.iter().all(|k| {
+            let mut homes = c.replicas(k.as_bytes());
+            homes.sort();
+            !homes.contains(&leaver) && holders(&c, k) == homes
+        })
+    })
+    .await;
+    for (i, k) in keys.iter().enumerate().step_by(13) {
+        let got = http.get(&format!("{}/kv/{k}?r=3", c.url(i % 5))).await;
+        assert_eq!(got.body, format!("v-{k}"));
+    }
+    c.shutdown().await;
+}
