@@ -218,7 +218,21 @@ async fn call(node: &Node, addr: SocketAddr, req: Request, pacer: &mut Pacer) ->
     let size = wire_size(&req);
     Stats::add(&node.stats.ae_bytes_sent, size);
     pacer.sent(size).await;
-    node.pool.call(addr, req).await
+    let resp = node.pool.call(addr, req).await?;
+    Stats::add(&node.stats.ae_bytes_received, wire_size(&resp));
+    Ok(resp)
+}
+
+/// Runs one anti-entropy exchange with `peer` now, outside the worker's schedule (tests and
+/// measurements use it). Fails if the peer is unknown, down, or has another ring.
+pub async fn exchange_once(node: &Arc<Node>, peer: &str) -> Result<()> {
+    let segs = node.segments();
+    let (id, addr) = peers_of(node, &segs)
+        .into_iter()
+        .find(|(id, _)| &**id == peer)
+        .ok_or_else(|| Error::Unreachable(format!("{peer} is not a live peer sharing data")))?;
+    let mut pacer = Pacer::new(node.config().anti_entropy_rate);
+    exchange(node, &segs, &id, addr, &mut pacer).await
 }
 
 /// One anti-entropy exchange with `peer`.

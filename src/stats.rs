@@ -32,8 +32,10 @@ pub struct Stats {
     pub ae_rounds: AtomicU64,
     /// Keys sent or received (and changed) by anti-entropy.
     pub ae_keys_repaired: AtomicU64,
-    /// Bytes of anti-entropy and handoff requests sent.
+    /// Bytes of anti-entropy and handoff requests this node sent (payload size).
     pub ae_bytes_sent: AtomicU64,
+    /// Bytes of answers to this node's anti-entropy and handoff requests.
+    pub ae_bytes_received: AtomicU64,
     /// Keys handed to their new owners and dropped here.
     pub ae_keys_handed_off: AtomicU64,
     /// Tombstones purged after the grace period.
@@ -57,6 +59,7 @@ pub struct StatsSnapshot {
     pub ae_rounds: u64,
     pub ae_keys_repaired: u64,
     pub ae_bytes_sent: u64,
+    pub ae_bytes_received: u64,
     pub ae_keys_handed_off: u64,
     pub tombstones_purged: u64,
 }
@@ -89,6 +92,7 @@ impl Stats {
             ae_rounds: get(&self.ae_rounds),
             ae_keys_repaired: get(&self.ae_keys_repaired),
             ae_bytes_sent: get(&self.ae_bytes_sent),
+            ae_bytes_received: get(&self.ae_bytes_received),
             ae_keys_handed_off: get(&self.ae_keys_handed_off),
             tombstones_purged: get(&self.tombstones_purged),
         }

@@ -190,7 +190,9 @@ async fn identical_replicas_exchange_almost_nothing() {
     let snapshot = |c: &TestCluster| -> (u64, u64) {
         (0..3)
             .map(|i| c.node(i).node().stats().snapshot())
-            .fold((0, 0), |(r, b), s| (r + s.ae_rounds, b + s.ae_bytes_sent))
+            .fold((0, 0), |(r, b), s| {
+                (r + s.ae_rounds, b + s.ae_bytes_sent + s.ae_bytes_received)
+            })
     };
     let (r0, b0) = snapshot(&c);
     wait_until(Duration::from_secs(20), "ten more rounds", || async {
@@ -358,17 +360,99 @@ async fn a_leaving_node_hands_everything_over_before_it_exits() {
     assert_eq!(c.node(leaver).node().store().stats().keys, 0);
     c.kill(leaver).await;
     // The ring no longer has the leaver; every key lives on exactly its new homes.
-    wait_until(Duration::from_secs(60), "keys live on exactly their homes", || async {
-        keys.iter().all(|k| {
-            let mut homes = c.replicas(k.as_bytes());
-            homes.sort();
-            !homes.contains(&leaver) && holders(&c, k) == homes
-        })
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "keys live on exactly their homes",
+        || async {
+            keys.iter().all(|k| {
+                let mut homes = c.replicas(k.as_bytes());
+                homes.sort();
+                !homes.contains(&leaver) && holders(&c, k) == homes
+            })
+        },
+    )
     .await;
     for (i, k) in keys.iter().enumerate().step_by(13) {
         let got = http.get(&format!("{}/kv/{k}?r=3", c.url(i % 5))).await;
         assert_eq!(got.body, format!("v-{k}"));
     }
+    c.shutdown().await;
+}
+
+/// The cost of one anti-entropy round between two replicas that hold the same keys:
+/// identical, then with 1% of the keys changed on one side. `RINGKV_AE_KEYS` sets the key
+/// count (the closing-note figure uses 1,000,000 with `--release`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_round_costs_bytes_proportional_to_the_difference() {
+    use ringkv::version::{Actor, VersionSet};
+    let keys: usize = std::env::var("RINGKV_AE_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    // Three nodes with N=3: each holds every key. Rounds run only when the test says so.
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.anti_entropy_interval = Duration::from_secs(3600)
+    })
+    .await;
+    let (a, b) = (c.node(0).node().clone(), c.node(1).node().clone());
+    wait_until(
+        Duration::from_secs(10),
+        "trees built for the ring",
+        || async { (0..3).all(|i| c.node(i).node().segments().ring.nodes().len() == 3) },
+    )
+    .await;
+    let writer = Actor::new("n1", 1);
+    for i in 0..keys {
+        let key = bytes::Bytes::from(format!("k{i:015}"));
+        let mut vs = VersionSet::new();
+        vs.write(&writer, None, Some(bytes::Bytes::from(vec![b'v'; 100])));
+        a.store().merge(&key, &vs);
+        b.store().merge(&key, &vs);
+    }
+    let cost = |n: &ringkv::Node| {
+        let s = n.stats().snapshot();
+        (s.ae_bytes_sent + s.ae_bytes_received, s.ae_keys_repaired)
+    };
+    let (bytes0, _) = cost(&a);
+    ringkv::antientropy::exchange_once(&a, "n2").await.unwrap();
+    let (bytes1, repaired1) = cost(&a);
+    let identical = bytes1 - bytes0;
+    // Change 1% of the keys on b only.
+    let changed = keys / 100;
+    let other = Actor::new("n2", 1);
+    for i in (0..keys).step_by(100) {
+        let key = bytes::Bytes::from(format!("k{i:015}"));
+        b.store().write(
+            &key,
+            &other,
+            None,
+            Some(bytes::Bytes::from(vec![b'w'; 100])),
+        );
+    }
+    ringkv::antientropy::exchange_once(&a, "n2").await.unwrap();
+    let (bytes2, repaired2) = cost(&a);
+    let differing = bytes2 - bytes1;
+    println!(
+        "anti-entropy round, {keys} keys per replica: identical {identical} bytes; \
+         {changed} keys differ: {differing} bytes, {} keys repaired",
+        repaired2 - repaired1
+    );
+    assert!(identical < 100, "identical replicas: {identical} bytes");
+    // Each changed key moves once each way at most: our stale copy out, their newer one in.
+    let moved = repaired2 - repaired1;
+    assert!(
+        (changed as u64..=2 * changed as u64).contains(&moved),
+        "{moved} keys moved for {changed} changed"
+    );
+    // Bytes grow with the difference (each changed key costs ~200 B of versions plus its
+    // share of hashes and leaf listings), not with the key count.
+    assert!(
+        differing < changed as u64 * 2_000,
+        "{differing} bytes for {changed} keys"
+    );
+    // And the two replicas now agree.
+    ringkv::antientropy::exchange_once(&a, "n2").await.unwrap();
+    let (bytes3, _) = cost(&a);
+    assert!(bytes3 - bytes2 < 100);
     c.shutdown().await;
 }
