@@ -8,12 +8,16 @@
 //! ```text
 //!  client ──HTTP──▶ any node (api) ──RPC Coordinate──▶ coordinator = first live home replica
 //!                                                       │ 1. mint a version locally (version, store)
-//!                                                       │ 2. Replicate to the other live home replicas
+//!                                                       │ 2. Replicate to the live homes, and to a
+//!                                                       │    fallback (with a hint) per dead home
 //!                                                       │ 3. answer after W acks (quorum)
 //!                                                       ▼
-//!                       reads: the receiving node asks every live home replica (RPC Read),
-//!                       answers after R replies, merges them, and repairs stale replicas
-//!                       in the background (read repair)
+//!      reads: the receiving node asks the live homes (fallbacks only for missing homes),
+//!      answers after R replies, merges them, and repairs stale homes (read repair)
+//!
+//!      background, per node: hinted handoff (hints → their homes once alive), Merkle
+//!      anti-entropy with one peer per round, ownership handoff after ring changes,
+//!      tombstone GC
 //! ```
 //!
 //! The code is layered so that everything with a rule to get right is pure and tested on its
@@ -21,9 +25,11 @@
 //!
 //! | pure core | what it decides |
 //! |---|---|
-//! | [`ring`] | which N nodes hold a key: consistent hashing, virtual nodes, XXH3-64 |
+//! | [`ring`] | which N nodes hold a key; sloppy-quorum fallbacks; ring segments |
 //! | [`version`] | causality: dotted version vectors, siblings, contexts, tombstones |
 //! | [`quorum`] | when a call has met (or can no longer meet) its quorum |
+//! | [`merkle`] | incremental Merkle trees and their diff |
+//! | [`hints`] | the bounded store of hinted copies |
 //! | [`codec`] | bytes ↔ RPC frames (length, CRC32, MessagePack) |
 //!
 //! | edge | what it does |
@@ -31,9 +37,11 @@
 //! | [`membership`] | chitchat gossip: members, addresses, phi-accrual liveness, the [`membership::View`] |
 //! | [`rpc`] | persistent multiplexed TCP connections between nodes; handshake, timeouts |
 //! | [`coordinator`] | turns a client request into quorum calls; forwarding; read repair |
+//! | [`handoff`] | delivers hints when their home replica is back |
+//! | [`antientropy`] | Merkle exchanges, ownership handoff, tombstone GC |
 //! | [`api`] | the HTTP API (hyper 1); the one place HTTP status codes are chosen |
-//! | [`store`] | the sharded in-memory map of key → non-dominated versions |
-//! | [`node`] | starts all of the above, and shuts every task down in order |
+//! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees |
+//! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
 //!
 //! ## Versions and siblings
 //!
@@ -49,24 +57,49 @@
 //! key's writes are coordinated by its first live home replica, so sequential context-free
 //! writes never create siblings in a healthy cluster.
 //!
+//! ## Convergence
+//!
+//! - **Sloppy quorum.** A dead home replica's copy goes to the next live node clockwise, as a
+//!   hint that counts toward W; `pw` demands home acknowledgements. Hints are bounded in count
+//!   and bytes, refused for nodes dead longer than the hint window, and expire after the
+//!   tombstone grace period.
+//! - **Anti-entropy.** The ring is cut into segments (vnode arcs split at shard boundaries);
+//!   each node keeps a Merkle tree per segment, updated on every store change. Each round, a
+//!   node compares the segments it shares with one peer: one digest when identical (39 bytes
+//!   per round measured at 1M keys), then only the differing subtrees, then only the differing
+//!   keys, pushed and pulled in byte-bounded, rate-limited batches.
+//! - **Membership changes.** The ring holds every member that is not leaving. When it changes,
+//!   trees are rebuilt, new owners fill up by anti-entropy, and a node that no longer owns a
+//!   segment pushes it to all of its homes and drops each key only after every home
+//!   acknowledged it. `POST /cluster/leave` takes a node out of the ring at once; it exits
+//!   when its store is empty. A *dead* node keeps its place in the ring (its data is served
+//!   by the other replicas and fallbacks) until chitchat forgets it after
+//!   `--dead-node-grace-secs` (24 h by default); then the ring rebuilds without it.
+//! - **Tombstone GC.** A key that has been only tombstones for the grace period is purged once
+//!   every home replica reports the same tombstones or nothing.
+//!
 //! ## Guarantees
 //!
-//! - A write acknowledged with W = w is stored in memory on at least w home replicas.
+//! - A write acknowledged with W = w is stored in memory on at least w replicas (homes, or
+//!   fallbacks holding hints for dead homes; `pw` bounds how many must be homes).
 //! - A read with R + W > N sees every write acknowledged before it started, as long as the
 //!   replicas that acknowledged it are alive (in-memory data dies with its process).
 //! - Concurrent writes are never silently dropped: they become siblings.
-//! - Deletes write tombstones, which supersede exactly the versions their context covers.
+//! - Replicas converge without client reads: hints, anti-entropy and ownership handoff.
+//! - A delete is never undone by a replica that missed it: tombstones outlive the purge check.
 //!
 //! ## Caveats
 //!
-//! - In memory only: a replica that restarts comes back empty. Until anti-entropy and hinted
-//!   handoff exist, it regains a key only through read repair or a new write.
+//! - In memory only: a replica that restarts comes back empty and refills from its peers
+//!   (seconds for a million keys on loopback).
 //! - A failed write (503) may still have been applied on some replicas, as in every
 //!   Dynamo-style store; a retry with the same context is safe.
-//! - Membership is by gossip. A dead node keeps its place in the ring (its share of keys is
-//!   served by the remaining replicas) until chitchat forgets it after the dead-node grace
-//!   period (24 h by default). There is no rebalancing yet.
-//! - Tombstones are never purged yet.
+//! - The failure detector is tuned for fast detection (about 1–2 s). On a saturated machine
+//!   it can briefly suspect a live node; writes then go to fallbacks as hints, which is safe.
+//! - A node that lost ownership of keys and stays cut off from the new owners for longer than
+//!   the tombstone grace period could hand back a value whose tombstone was purged meanwhile
+//!   (Cassandra's `gc_grace_seconds` contract): keep the grace period longer than partitions.
+//! - Writes need at least one live home replica (only homes mint versions).
 //! - Contexts are checksummed, not authenticated: a client can forge one for keys it may
 //!   write anyway.
 
