@@ -391,6 +391,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable { .. }
         | Error::Rejected(_)
+        | Error::Interrupted(_)
         | Error::Timeout
         | Error::Unreachable(_)
         | Error::Shutdown => StatusCode::SERVICE_UNAVAILABLE,

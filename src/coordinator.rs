@@ -135,8 +135,9 @@ impl Node {
                 Err(Error::Unreachable(err)) => {
                     debug!(node = %id, %err, "coordinator unreachable, trying the next replica");
                 }
-                // Timeouts are not retried elsewhere: the write may have been applied, and a
-                // second coordinator would turn one client write into two siblings.
+                // Timeouts and broken connections are not retried elsewhere: the write may
+                // have been applied, and a second coordinator would turn one client write
+                // into two siblings.
                 Err(err) => return Err(err),
             }
         }

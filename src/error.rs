@@ -26,9 +26,12 @@ pub enum Error {
     /// A replica refused to store a copy (its hint store is full, or the hint window for the
     /// home replica has passed).
     Rejected(String),
+    /// The connection to a peer broke after a request was sent: it may or may not have been
+    /// applied, so it is not retried elsewhere.
+    Interrupted(String),
     /// A peer did not answer within the RPC timeout.
     Timeout,
-    /// A peer could not be reached or the connection to it broke.
+    /// A peer could not be reached; the request was not sent.
     Unreachable(String),
     /// A peer broke the RPC protocol: corrupt or oversized frame, bad handshake.
     Protocol(String),
@@ -66,6 +69,7 @@ impl fmt::Display for Error {
                 "quorum not met: {replied} replicas answered, {required} required"
             ),
             Error::Rejected(msg) => write!(f, "copy refused: {msg}"),
+            Error::Interrupted(msg) => write!(f, "outcome unknown: {msg}"),
             Error::Timeout => write!(f, "peer did not answer in time"),
             Error::Unreachable(msg) => write!(f, "peer unreachable: {msg}"),
             Error::Protocol(msg) => write!(f, "protocol error: {msg}"),

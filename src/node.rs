@@ -87,7 +87,7 @@ impl Node {
     /// Starts a decommission: announce `leaving` through gossip, which takes this node out of
     /// every ring at once; anti-entropy's ownership handoff then pushes every key to its new
     /// homes and drops it here after they acknowledge. Once the store is empty (and hints are
-    /// delivered, or [`LEAVE_HINT_PATIENCE`] passed) the state becomes [`LeaveState::Left`].
+    /// delivered, or `LEAVE_HINT_PATIENCE` passed) the state becomes [`LeaveState::Left`].
     pub async fn leave(self: &Arc<Self>) {
         if self.leave_state() != LeaveState::Member {
             return;

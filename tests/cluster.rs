@@ -452,3 +452,45 @@ async fn read_repair_fixes_a_replica_that_missed_a_write() {
     assert!(repairs >= 1);
     c.shutdown().await;
 }
+
+/// Regression: a forwarded write whose link dropped after it was sent must not be retried on
+/// another coordinator, or one client write becomes two versions (found by tests/fault.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_is_coordinated_at_most_once_when_the_link_drops() {
+    let c = TestCluster::start(3).await;
+    let http = Http::new();
+    let key = "once";
+    let homes = c.replicas(key.as_bytes());
+    let (first, via) = (homes[0], homes[1]);
+    let coordinated = |c: &TestCluster| -> u64 {
+        (0..3)
+            .map(|i| c.node(i).node().stats().snapshot().writes_coordinated)
+            .sum()
+    };
+    let before = coordinated(&c);
+    let puts = 150u64;
+    for i in 0..puts {
+        let url = format!("{}/kv/{key}", c.url(via));
+        let put = {
+            let http = http.clone();
+            tokio::spawn(async move { http.put(&url, format!("v{i}")).await })
+        };
+        // Cut the link at a varying moment: before, during or after the forward.
+        tokio::time::sleep(Duration::from_micros((i * 37) % 1500)).await;
+        c.cut(via, first).await;
+        let reply = put.await.unwrap();
+        c.heal().await;
+        assert!(
+            reply.status == StatusCode::NO_CONTENT
+                || reply.status == StatusCode::SERVICE_UNAVAILABLE,
+            "{reply:?}"
+        );
+    }
+    let after = coordinated(&c);
+    assert!(
+        after - before <= puts,
+        "{} coordinations for {puts} client writes",
+        after - before
+    );
+    c.shutdown().await;
+}

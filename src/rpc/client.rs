@@ -111,7 +111,8 @@ impl Pool {
         }
         match tokio::time::timeout(timeout, slot_rx).await {
             Ok(Ok(res)) => res,
-            Ok(Err(_)) => Err(Error::Unreachable(format!("connection to {addr} closed"))),
+            // The slot was dropped with the request possibly delivered: outcome unknown.
+            Ok(Err(_)) => Err(Error::Interrupted(format!("connection to {addr} lost"))),
             Err(_) => {
                 lock(&conn.pending).remove(&id);
                 Err(Error::Timeout)
@@ -125,7 +126,7 @@ impl Pool {
             lock(&self.blocked).insert(addr);
             if let Some(conn) = lock(&self.conns).remove(&addr) {
                 conn.dead.store(true, Ordering::Release);
-                fail_all(&conn.pending);
+                fail_all(&conn.pending, true);
             }
         } else {
             lock(&self.blocked).remove(&addr);
@@ -152,13 +153,14 @@ impl Pool {
         let dead = conn.dead.clone();
         self.cfg.tracker.spawn(async move {
             let mut rx = rx;
+            let mut established = false;
             let res = tokio::select! {
                 _ = cfg.shutdown.cancelled() => Err(Error::Shutdown),
-                res = run(addr, &cfg, &mut rx, &pending) => res,
+                res = run(addr, &cfg, &mut rx, &pending, &mut established) => res,
             };
             dead.store(true, Ordering::Release);
             rx.close();
-            fail_all(&pending);
+            fail_all(&pending, established);
             match res {
                 Err(err @ Error::Protocol(_)) => {
                     Stats::incr(&cfg.stats.rpc_frames_rejected);
@@ -178,9 +180,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn fail_all(pending: &Pending) {
+/// Fails every pending call. Before the connection was established nothing was sent, so the
+/// callers may safely try elsewhere (`Unreachable`); afterwards a request may have reached the
+/// peer and been applied, so its outcome is unknown (`Interrupted`) and must not be retried
+/// blindly: a forwarded write retried on another coordinator would be applied twice.
+fn fail_all(pending: &Pending, established: bool) {
     for (_, slot) in lock(pending).drain() {
-        let _ = slot.send(Err(Error::Unreachable("connection lost".into())));
+        let err = if established {
+            Error::Interrupted("connection lost with the request in flight".into())
+        } else {
+            Error::Unreachable("could not connect".into())
+        };
+        let _ = slot.send(Err(err));
     }
 }
 
@@ -190,6 +201,7 @@ async fn run(
     cfg: &PoolConfig,
     rx: &mut mpsc::Receiver<Message>,
     pending: &Pending,
+    established: &mut bool,
 ) -> Result<()> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -205,6 +217,7 @@ async fn run(
         .await
         .map_err(|_| Error::Unreachable(format!("no hello from {addr}")))??;
     theirs.check(&cfg.hello)?;
+    *established = true;
 
     let writer = write_frames(wr, rx);
     let reader_loop = async {
