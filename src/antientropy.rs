@@ -294,6 +294,7 @@ async fn exchange(
         frontier = next;
     }
     // Compare the keys of the differing leaves.
+    let grace = node.config().tombstone_grace;
     let mut moved = 0usize;
     for chunk in leaves.chunks(LEAVES_PER_REQUEST) {
         let mut rest: &[(SegmentId, u32)] = chunk;
@@ -306,21 +307,21 @@ async fn exchange(
                 Response::AeKeys { covered, keys } => (covered.clamp(1, rest.len()), keys),
                 other => return Err(unexpected(other)),
             };
-            let theirs: HashMap<Bytes, u64> = their_keys.into_iter().collect();
-            let mut ours: HashMap<Bytes, u64> = HashMap::new();
+            let theirs: HashMap<Bytes, Listed> = their_keys
+                .into_iter()
+                .map(|(k, fp, expired)| (k, Listed { fp, expired }))
+                .collect();
+            let mut ours: HashMap<Bytes, Listed> = HashMap::new();
             for (id, leaf) in &rest[..covered] {
-                ours.extend(store.leaf_keys(segs.get(*id)?, *id, *leaf));
+                let listed = store.leaf_keys(segs.get(*id)?, *id, *leaf, grace);
+                ours.extend(
+                    listed
+                        .into_iter()
+                        .map(|(k, fp, expired)| (k, Listed { fp, expired })),
+                );
             }
-            let push: Vec<Bytes> = ours
-                .iter()
-                .filter(|(k, fp)| theirs.get(*k) != Some(fp))
-                .map(|(k, _)| k.clone())
-                .collect();
-            let pull: Vec<Bytes> = theirs
-                .iter()
-                .filter(|(k, fp)| ours.get(*k) != Some(fp))
-                .map(|(k, _)| k.clone())
-                .collect();
+            let push = to_send(&ours, &theirs);
+            let pull = to_send(&theirs, &ours);
             moved += push.len() + pull.len();
             push_keys(node, addr, &push, pacer).await?;
             pull_keys(node, addr, pull, pacer).await?;
@@ -331,6 +332,28 @@ async fn exchange(
         debug!(%peer, keys = moved, "anti-entropy repaired keys");
     }
     Ok(())
+}
+
+/// One key of a leaf listing.
+struct Listed {
+    fp: u64,
+    /// Only tombstones, older than the grace period: about to be purged.
+    expired: bool,
+}
+
+/// The keys `from` should send to `to`: those whose fingerprints differ, except expired
+/// tombstones for a side that has no copy at all. That side most likely purged the key
+/// already; sending it back would restart its grace period, and two replicas could pass a
+/// tombstone back and forth forever. A side holding an *older value* still gets the
+/// tombstone, since only the fingerprints differ there.
+fn to_send(from: &HashMap<Bytes, Listed>, to: &HashMap<Bytes, Listed>) -> Vec<Bytes> {
+    from.iter()
+        .filter(|(k, ours)| match to.get(*k) {
+            None => !ours.expired,
+            Some(theirs) => theirs.fp != ours.fp,
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// Sends our versions of `keys` to the peer, in byte-bounded batches.
@@ -568,8 +591,9 @@ impl Node {
                 let mut bytes = 0;
                 let mut covered = 0;
                 for (id, leaf) in leaves {
-                    let listed = store.leaf_keys(segs.get(id)?, id, leaf);
-                    bytes += listed.iter().map(|(k, _)| k.len() + 8).sum::<usize>();
+                    let grace = self.config().tombstone_grace;
+                    let listed = store.leaf_keys(segs.get(id)?, id, leaf, grace);
+                    bytes += listed.iter().map(|(k, _, _)| k.len() + 9).sum::<usize>();
                     keys.extend(listed);
                     covered += 1;
                     if bytes >= ANSWER_BUDGET {

@@ -236,15 +236,28 @@ impl Store {
         shard.tree(id)?.children(node).map(<[u64]>::to_vec)
     }
 
-    /// The keys of one Merkle leaf with their fingerprints.
-    pub fn leaf_keys(&self, seg: &Segment, id: SegmentId, leaf: u32) -> Vec<(Bytes, u64)> {
+    /// The keys of one Merkle leaf with their fingerprints, and whether each has been only
+    /// tombstones for at least `grace`.
+    pub fn leaf_keys(
+        &self,
+        seg: &Segment,
+        id: SegmentId,
+        leaf: u32,
+        grace: Duration,
+    ) -> Vec<(Bytes, u64, bool)> {
         let shard = self.shard(seg.end);
         let Some(tree) = shard.tree(id) else {
             return Vec::new();
         };
         let (start, end) = tree.leaf_range(leaf);
         range(&shard.map, start, end)
-            .map(|((_, k), vs)| (k.clone(), vs.fingerprint(k)))
+            .map(|((_, k), vs)| {
+                let expired = shard
+                    .tombstones
+                    .get(k)
+                    .is_some_and(|since| since.elapsed() >= grace);
+                (k.clone(), vs.fingerprint(k), expired)
+            })
             .collect()
     }
 
@@ -442,7 +455,9 @@ mod tests {
         for (id, seg) in segs.iter().enumerate() {
             let tree_leaves = 1u32 << (4 * DEFAULT_DEPTH);
             for leaf in 0..tree_leaves {
-                listed += a.leaf_keys(seg, id as SegmentId, leaf).len();
+                listed += a
+                    .leaf_keys(seg, id as SegmentId, leaf, Duration::ZERO)
+                    .len();
             }
         }
         assert_eq!(listed as u64, a.stats().keys);

@@ -150,10 +150,12 @@ pub enum Response {
     AeRoots(Vec<u64>),
     /// Answer to `AeChildren`, one entry per node asked (`None` for a leaf or unknown node).
     AeChildren(Vec<Option<Vec<u64>>>),
-    /// Answer to `AeLeafKeys`: how many of the leaves asked for are covered, and their keys.
+    /// Answer to `AeLeafKeys`: how many of the leaves asked for are covered, and their keys
+    /// with fingerprints and whether each is an expired tombstone (only tombstones, older
+    /// than the grace period).
     AeKeys {
         covered: usize,
-        keys: Vec<(Bytes, u64)>,
+        keys: Vec<(Bytes, u64, bool)>,
     },
 }
 
