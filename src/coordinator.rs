@@ -31,6 +31,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -164,7 +166,7 @@ impl Node {
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
         let mut all = QuorumTracker::new(dests.len(), quorum.w);
         let mut homes = QuorumTracker::new(homes_total, quorum.pw);
-        let (ack_tx, mut ack_rx) = mpsc::channel(dests.len().max(1));
+        let mut calls = FuturesUnordered::new();
         for dest in dests {
             let addr = match dest.replica {
                 // The coordinator is always a home replica, and has stored the write.
@@ -176,21 +178,27 @@ impl Node {
                 Replica::Remote(addr) => addr,
             };
             let node = self.clone();
-            let ack_tx = ack_tx.clone();
             let is_home = dest.is_home();
             let req = Request::Replicate {
                 key: key.clone(),
                 versions: versions.clone(),
                 hint_for: dest.hint_for.map(|h| h.to_string()),
             };
-            // Every target gets the write even after the quorum is met, so these tasks run
-            // to completion (bounded by the RPC timeout) independently of the client.
-            self.tracker.spawn(async move {
+            calls.push(async move {
                 let ok = matches!(node.pool.call(addr, req).await, Ok(Response::Replicated));
-                let _ = ack_tx.send((is_home, ok)).await;
+                (is_home, ok)
             });
         }
-        drop(ack_tx);
+        // One task drives every replica call, so each target gets the write even after the
+        // quorum is met or the client went away (each call is bounded by the RPC timeout).
+        let (ack_tx, mut ack_rx) = mpsc::channel(calls.len().max(1));
+        if !calls.is_empty() {
+            self.tracker.spawn(async move {
+                while let Some(ack) = calls.next().await {
+                    let _ = ack_tx.send(ack).await;
+                }
+            });
+        }
         while !settled(&all, &homes) {
             let Some((is_home, ok)) = ack_rx.recv().await else {
                 break;
@@ -243,9 +251,12 @@ impl Node {
             .chain(fallbacks.into_iter().take(missing))
             .collect();
         let mut quorum = QuorumTracker::new(dests.len(), r);
-        let (reply_tx, mut reply_rx) = mpsc::channel(dests.len().max(1));
         let mut replies: Vec<(Dest, VersionSet)> = Vec::with_capacity(dests.len());
         let mut merged = VersionSet::new();
+        // Remote reads are driven right here, not spawned: a read has no effect to finish
+        // if the client goes away. What is still outstanding at the quorum moves to the
+        // read-repair task below.
+        let mut calls = FuturesUnordered::new();
         for dest in dests {
             match dest.replica {
                 Replica::Local => {
@@ -256,22 +267,20 @@ impl Node {
                 }
                 Replica::Remote(addr) => {
                     let node = self.clone();
-                    let reply_tx = reply_tx.clone();
                     let key = key.clone();
-                    self.tracker.spawn(async move {
+                    calls.push(async move {
                         let res = node.pool.call(addr, Request::Read { key }).await;
                         let vs = match res {
                             Ok(Response::Versions(vs)) => Some(vs),
                             _ => None,
                         };
-                        let _ = reply_tx.send((dest, vs)).await;
+                        (dest, vs)
                     });
                 }
             }
         }
-        drop(reply_tx);
         while !quorum.is_done() {
-            match reply_rx.recv().await {
+            match calls.next().await {
                 Some((dest, Some(vs))) => {
                     merged.merge(&vs);
                     replies.push((dest, vs));
@@ -294,7 +303,7 @@ impl Node {
         let result = merged.clone();
         self.tracker.spawn(async move {
             // Wait for the stragglers (each bounded by the RPC timeout), then repair.
-            while let Some((dest, vs)) = reply_rx.recv().await {
+            while let Some((dest, vs)) = calls.next().await {
                 if let Some(vs) = vs {
                     merged.merge(&vs);
                     replies.push((dest, vs));

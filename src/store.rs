@@ -63,23 +63,34 @@ impl Shard {
         self.trees.iter().find(|t| t.id == id).map(|t| &t.tree)
     }
 
-    /// Records that `key` went from fingerprint `old` to the set `now`.
-    fn changed(&mut self, hash: u64, key: &Bytes, old: u64, now: Option<&VersionSet>) {
-        let new = now.map_or(0, |vs| vs.fingerprint(key));
-        if old != new
+    /// Records that `key` went from `old` to `new` (fingerprints, and whether each was
+    /// only tombstones).
+    fn changed(&mut self, hash: u64, key: &Bytes, old: Summary, new: Summary) {
+        if old.fp != new.fp
             && let Some(tree) = self.tree_mut(hash)
         {
-            tree.update(hash, old, new);
+            tree.update(hash, old.fp, new.fp);
         }
-        match now {
-            Some(vs) if vs.is_deleted() => {
-                self.tombstones
-                    .entry(key.clone())
-                    .or_insert_with(Instant::now);
-            }
-            _ => {
-                self.tombstones.remove(key);
-            }
+        if new.deleted && !old.deleted {
+            self.tombstones.insert(key.clone(), Instant::now());
+        } else if old.deleted && !new.deleted {
+            self.tombstones.remove(key);
+        }
+    }
+}
+
+/// What the trees and the tombstone index need to know of a key's state.
+#[derive(Clone, Copy, Default)]
+struct Summary {
+    fp: u64,
+    deleted: bool,
+}
+
+impl Summary {
+    fn of(key: &[u8], vs: &VersionSet) -> Summary {
+        Summary {
+            fp: vs.fingerprint(key),
+            deleted: vs.is_deleted(),
         }
     }
 }
@@ -131,24 +142,25 @@ impl Store {
         let hash = key_hash(key);
         let mut shard = self.shard(hash);
         let slot = (hash, key.clone());
-        let (old, merged) = match shard.map.get_mut(&slot) {
+        let (old, new) = match shard.map.get_mut(&slot) {
             Some(current) => {
-                let old = current.fingerprint(key);
+                let old = Summary::of(key, current);
                 if !current.merge(incoming) {
                     return false;
                 }
-                (old, current.clone())
+                (old, Summary::of(key, current))
             }
             None => {
                 // A private copy of the key, so the stored key does not share (and pin) the
                 // buffer of the request it arrived in.
+                let new = Summary::of(key, incoming);
                 shard
                     .map
                     .insert((hash, Bytes::copy_from_slice(key)), incoming.clone());
-                (0, incoming.clone())
+                (Summary::default(), new)
             }
         };
-        shard.changed(hash, key, old, Some(&merged));
+        shard.changed(hash, key, old, new);
         true
     }
 
@@ -171,10 +183,11 @@ impl Store {
                 .insert((hash, Bytes::copy_from_slice(key)), VersionSet::new());
         }
         let set = shard.map.entry(slot).or_default();
-        let old = set.fingerprint(key);
+        let old = Summary::of(key, set);
         let ctx = set.write(actor, context, value);
         let after = set.clone();
-        shard.changed(hash, key, old, Some(&after));
+        let new = Summary::of(key, &after);
+        shard.changed(hash, key, old, new);
         (ctx, after)
     }
 
@@ -186,8 +199,9 @@ impl Store {
         let slot = (hash, key.clone());
         match shard.map.get(&slot) {
             Some(vs) if vs.fingerprint(key) == expected => {
+                let old = Summary::of(key, vs);
                 shard.map.remove(&slot);
-                shard.changed(hash, key, expected, None);
+                shard.changed(hash, key, old, Summary::default());
                 true
             }
             _ => false,
