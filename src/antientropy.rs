@@ -411,7 +411,7 @@ async fn pull_keys(
         };
         let n = sets.len().min(rest.len());
         for (key, vs) in rest[..n].iter().zip(sets) {
-            if node.store().merge(key, &vs) {
+            if node.store().merge_owned(key, vs) {
                 Stats::incr(&node.stats.ae_keys_repaired);
             }
         }

@@ -169,12 +169,12 @@ impl Service for Node {
                 Ok(Response::Replicated)
             }
             Request::Replicate { key, versions, .. } => {
-                self.store.merge(&key, &versions);
+                self.store.merge_owned(&key, versions);
                 Ok(Response::Replicated)
             }
             Request::ReplicateMany { items } => {
-                for (key, versions) in &items {
-                    self.store.merge(key, versions);
+                for (key, versions) in items {
+                    self.store.merge_owned(&key, versions);
                 }
                 Ok(Response::Replicated)
             }

@@ -136,6 +136,13 @@ impl Store {
 
     /// Merges `incoming` into the versions of `key`. Returns true if anything changed.
     pub fn merge(&self, key: &Bytes, incoming: &VersionSet) -> bool {
+        self.merge_owned(key, incoming.clone())
+    }
+
+    /// As [`Store::merge`], taking the versions by value: a key new to this store then keeps
+    /// the decoded set as it is, and its values keep sole ownership of their buffers (a
+    /// cloned `Bytes` would allocate a shared header per stored value).
+    pub fn merge_owned(&self, key: &Bytes, incoming: VersionSet) -> bool {
         if incoming.is_empty() {
             return false;
         }
@@ -145,7 +152,7 @@ impl Store {
         let (old, new) = match shard.map.get_mut(&slot) {
             Some(current) => {
                 let old = Summary::of(key, current);
-                if !current.merge(incoming) {
+                if !current.merge(&incoming) {
                     return false;
                 }
                 (old, Summary::of(key, current))
@@ -153,10 +160,10 @@ impl Store {
             None => {
                 // A private copy of the key, so the stored key does not share (and pin) the
                 // buffer of the request it arrived in.
-                let new = Summary::of(key, incoming);
+                let new = Summary::of(key, &incoming);
                 shard
                     .map
-                    .insert((hash, Bytes::copy_from_slice(key)), incoming.clone());
+                    .insert((hash, Bytes::copy_from_slice(key)), incoming);
                 (Summary::default(), new)
             }
         };

@@ -136,9 +136,39 @@ impl Serialize for Actor {
 
 impl<'de> Deserialize<'de> for Actor {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (node, generation) = <(String, u64)>::deserialize(d)?;
-        Ok(Actor::new(node, generation))
+        let (node, generation) = <(std::borrow::Cow<'de, str>, u64)>::deserialize(d)?;
+        Ok(Actor {
+            node: intern(&node),
+            generation,
+        })
     }
+}
+
+/// Most node ids one thread's interning cache keeps; past this it starts over. A cluster has
+/// a handful of node ids, so this is only a guard against a peer sending junk ids.
+const INTERN_CAP: usize = 1024;
+
+/// Shares one `Arc<str>` per node id among every version this thread decodes. Every stored
+/// version names its writer twice (its dot and its history), so without this each replicated
+/// key would carry two private copies of the id: 64 bytes of heap per key.
+fn intern(node: &str) -> Arc<str> {
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+    thread_local! {
+        static IDS: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+    }
+    IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if let Some(id) = ids.get(node) {
+            return id.clone();
+        }
+        if ids.len() >= INTERN_CAP {
+            ids.clear();
+        }
+        let id: Arc<str> = Arc::from(node);
+        ids.insert(id.clone());
+        id
+    })
 }
 
 /// One write event: the `counter`-th write coordinated by `actor` (counters start at 1).
@@ -587,7 +617,13 @@ impl VersionSet {
     /// versions. Commutative, associative and idempotent as long as dots are never reused (actor
     /// generations guarantee that) and histories are causally closed (`write` guarantees that).
     pub fn merge(&mut self, other: &VersionSet) -> bool {
-        if other.versions.is_empty() {
+        // Replicas mostly receive what they already hold (replication of a write they have,
+        // anti-entropy, read repair): every dot of `other` already here means nothing changes.
+        if other
+            .versions
+            .iter()
+            .all(|v| self.versions.binary_search_by(|x| x.dot.cmp(&v.dot)).is_ok())
+        {
             return false;
         }
         let mine = std::mem::take(&mut self.versions);
