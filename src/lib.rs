@@ -105,6 +105,9 @@
 
 pub mod antientropy;
 pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod coordinator;
@@ -121,6 +124,7 @@ pub mod stats;
 pub mod store;
 pub mod version;
 
+pub use client::Client;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use membership::GossipTransport;

@@ -1,4 +1,5 @@
-//! The `ringkv` binary: `serve` one node, or run a local `dev` ring.
+//! The `ringkv` binary: `serve` one node, run a local `dev` ring, talk to a ring (`get`,
+//! `put`, `del`, `members`, `replicas`, `leave`), or load it (`bench`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Exit code for invalid configuration or usage.
-const EXIT_USAGE: u8 = 2;
+const EXIT_USAGE: u8 = ringkv::cli::EXIT_USAGE;
 
 #[derive(Parser)]
 #[command(
@@ -38,18 +39,10 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local ring of several nodes in this process, on 127.0.0.1.
     Dev(DevArgs),
-    /// Decommission a node: it hands its data to the new owners, then exits.
-    Leave(LeaveArgs),
-}
-
-#[derive(Args)]
-struct LeaveArgs {
-    /// The node to decommission.
-    #[arg(long, env = "RINGKV_NODE", default_value = "http://127.0.0.1:8001")]
-    node: String,
-    /// Give up waiting after this many seconds (the node keeps leaving).
-    #[arg(long, default_value_t = 600)]
-    timeout_secs: u64,
+    #[command(flatten)]
+    Client(ringkv::cli::Verb),
+    /// Load a ring: closed or open loop, with a live progress line and a latency summary.
+    Bench(ringkv::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -172,7 +165,13 @@ impl Tuning {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Nodes log their life at info; client verbs and the bench keep stderr for their own
+    // messages unless RUST_LOG asks for more.
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Dev(_) => "info",
+        Command::Client(_) | Command::Bench(_) => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -196,18 +195,51 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Dev(args) => dev(args).await,
-            Command::Leave(args) => leave(args).await,
+            Command::Client(verb) => return ExitCode::from(ringkv::cli::run(verb).await),
+            Command::Bench(args) => return bench(args).await,
         }
+        .map_or_else(config_error, |()| ExitCode::SUCCESS)
     });
-    match res {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(ringkv::Error::InvalidInput(msg)) => {
+    // Dropping the runtime would wait for its blocking pool (hyper's DNS lookups run there);
+    // the command's outcome is known, so nothing left there matters.
+    runtime.shutdown_background();
+    res
+}
+
+/// The exit of `serve` and `dev` when they fail.
+fn config_error(err: ringkv::Error) -> ExitCode {
+    match err {
+        ringkv::Error::InvalidInput(msg) => {
             eprintln!("ringkv: invalid configuration: {msg}");
             ExitCode::from(EXIT_USAGE)
         }
-        Err(err) => {
+        err => {
             eprintln!("ringkv: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `ringkv bench` and prints its summary: a table, or JSON with `--json`.
+async fn bench(args: ringkv::bench::BenchArgs) -> ExitCode {
+    match ringkv::bench::run(&args).await {
+        Ok(summary) => {
+            if args.json {
+                match serde_json::to_string(&summary) {
+                    Ok(text) => println!("{text}"),
+                    Err(err) => {
+                        eprintln!("ringkv: cannot encode the summary: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{summary}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("ringkv: {err}");
+            ExitCode::from(ringkv::cli::exit_code(&err))
         }
     }
 }
@@ -233,62 +265,6 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     }
     handle.shutdown().await;
     Ok(())
-}
-
-/// Asks a node to leave, then waits until it has handed its data over and exited.
-async fn leave(args: LeaveArgs) -> ringkv::Result<()> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
-    let base = args.node.trim_end_matches('/').to_string();
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = |method: hyper::Method, path: &str| {
-        hyper::Request::builder()
-            .method(method)
-            .uri(format!("{base}{path}"))
-            .body(Empty::new())
-            .map_err(|e| ringkv::Error::invalid(format!("bad --node {base:?}: {e}")))
-    };
-    let resp = client
-        .request(request(hyper::Method::POST, "/cluster/leave")?)
-        .await
-        .map_err(|e| ringkv::Error::Unreachable(format!("{base}: {e}")))?;
-    if !resp.status().is_success() {
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(ringkv::Error::Unreachable(format!(
-            "{base} refused to leave: {}",
-            String::from_utf8_lossy(&body)
-        )));
-    }
-    println!("{base} is leaving; waiting for it to hand its data over");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        // The node exits once everything is handed over: then it stops answering.
-        let Ok(resp) = client
-            .request(request(hyper::Method::GET, "/admin/stats")?)
-            .await
-        else {
-            println!("{base} has left the ring");
-            return Ok(());
-        };
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
-            println!("  {} keys left to hand over", v["store"]["keys"]);
-        }
-    }
-    Err(ringkv::Error::Timeout)
 }
 
 async fn dev(args: DevArgs) -> ringkv::Result<()> {

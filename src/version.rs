@@ -619,11 +619,11 @@ impl VersionSet {
     pub fn merge(&mut self, other: &VersionSet) -> bool {
         // Replicas mostly receive what they already hold (replication of a write they have,
         // anti-entropy, read repair): every dot of `other` already here means nothing changes.
-        if other
-            .versions
-            .iter()
-            .all(|v| self.versions.binary_search_by(|x| x.dot.cmp(&v.dot)).is_ok())
-        {
+        if other.versions.iter().all(|v| {
+            self.versions
+                .binary_search_by(|x| x.dot.cmp(&v.dot))
+                .is_ok()
+        }) {
             return false;
         }
         let mine = std::mem::take(&mut self.versions);

@@ -1,0 +1,1021 @@
+//! The Rust client library: [`Client`] talks to a ring over its HTTP API.
+//!
+//! A client is given the URLs of some of the ring's nodes. Every node accepts every request,
+//! so the client spreads requests round-robin over them and, when one cannot be reached,
+//! moves on to the next one. It keeps pooled keep-alive connections (hyper-util's legacy
+//! client), and it is cheap to clone: clones share the pool and the round-robin position.
+//!
+//! ## Retries
+//!
+//! - A request that could not be *sent* (connection refused, connect timeout) is always
+//!   tried on the next node: the ring never saw it. The node is then skipped for
+//!   [`DOWN_COOLDOWN`], unless every node is in that state.
+//! - A GET answered 503 (quorum not met), or whose connection broke or timed out, is retried
+//!   on the next node up to [`DEFAULT_READ_RETRIES`] times: reads have no side effect.
+//! - A PUT or DELETE is *not* retried after it was sent, because a 503 write may still have
+//!   been applied on some replicas. Retrying with the same context is safe but may leave a
+//!   duplicate sibling, so it is the caller's choice: [`WriteOptions::retry`].
+//!
+//! ## Contexts and siblings
+//!
+//! Every answer carries the causal [`Context`] it came with. [`Client::get`] returns a
+//! [`Read`]: one value, several concurrent *siblings*, or nothing, each with its context.
+//! Writing with the context of a read supersedes everything that read saw; writing without
+//! one overwrites what the key's coordinator holds. [`Client::put_resolved`] does the whole
+//! read, merge, write-back cycle.
+//!
+//! ```no_run
+//! use ringkv::Client;
+//! use ringkv::client::Read;
+//!
+//! # async fn demo() -> ringkv::Result<()> {
+//! let client = Client::new(["http://127.0.0.1:8001", "http://127.0.0.1:8002"])?;
+//! client.put("greeting", "hello").await?;
+//! match client.get("greeting").await? {
+//!     Read::Value { value, .. } => println!("{}", String::from_utf8_lossy(&value)),
+//!     Read::Siblings { values, .. } => println!("{} concurrent values", values.len()),
+//!     Read::NotFound { .. } => println!("no such key"),
+//! }
+//! // Resolve siblings, if any, by keeping the longest value.
+//! client
+//!     .put_resolved("greeting", |siblings| {
+//!         siblings.iter().max_by_key(|v| v.len()).cloned().unwrap_or_default()
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{ALLOW, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::api::CONTEXT_HEADER;
+use crate::error::{Error, Result};
+
+/// The node a client talks to when given none: node 1 of `ringkv dev`.
+pub const DEFAULT_NODE: &str = "http://127.0.0.1:8001";
+/// How long one request may take, from connecting to the last byte of the answer. A healthy
+/// ring answers in milliseconds; a replica that hangs is cut off by the node's own RPC timeout
+/// (2 s by default), so this only fires when the node itself is stuck.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to a node may take before the client moves on to the next one. Short,
+/// because a refused or unroutable node should cost little when others can serve.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Extra attempts a GET gets, on the next nodes, after a 503 or a broken connection. Two
+/// covers one node with a stale view plus one transient quorum miss without stretching a
+/// real outage into a long wait.
+pub const DEFAULT_READ_RETRIES: usize = 2;
+/// Pause before retry *k* is `k` times this: short enough not to matter to a caller, long
+/// enough for a failure detector tick or a replica's restart to make a difference.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// How long a node that refused a connection is skipped. A dead node then costs one failed
+/// connect per cooldown instead of one per request; a node that came back is used again
+/// within this time.
+pub const DOWN_COOLDOWN: Duration = Duration::from_secs(1);
+/// Idle pooled connections are closed after this. It is below the server's 30 s header-read
+/// timeout, so the client never picks a connection the server is about to drop.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest answer body read. A 300 carries every sibling in base64, so this is several times
+/// the server's default 8 MiB value limit; it only guards against a runaway peer.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+
+/// Bytes of a key that go into a URL path unescaped. `/` stays as is (keys may contain it and
+/// the server takes the whole rest of the path); everything else but unreserved characters
+/// is percent-encoded, so any binary key round-trips.
+const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// An opaque causal context, as the ring hands it out (`x-ringkv-context`).
+///
+/// Pass it back on a write to say which versions that write supersedes. The client never
+/// looks inside; the server checks its integrity and answers 400 to a corrupt one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Context(String);
+
+impl Context {
+    /// The context as sent on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Context {
+    type Err = Error;
+
+    /// Accepts any string that can travel in an HTTP header; the server validates the rest.
+    fn from_str(s: &str) -> Result<Context> {
+        let s = s.trim();
+        if s.is_empty() || HeaderValue::from_str(s).is_err() {
+            return Err(Error::invalid(
+                "malformed context: empty or not printable ASCII",
+            ));
+        }
+        Ok(Context(s.to_string()))
+    }
+}
+
+/// What a GET found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// No live value: the key was never written, or it was deleted. A deleted key carries its
+    /// tombstone's context.
+    NotFound { context: Option<Context> },
+    /// Exactly one value.
+    Value { value: Bytes, context: Context },
+    /// Two or more concurrent values. Write back with `context` to resolve them.
+    Siblings {
+        values: Vec<Bytes>,
+        context: Context,
+    },
+}
+
+impl Read {
+    /// The live values: none, one, or the siblings.
+    pub fn values(&self) -> &[Bytes] {
+        match self {
+            Read::NotFound { .. } => &[],
+            Read::Value { value, .. } => std::slice::from_ref(value),
+            Read::Siblings { values, .. } => values,
+        }
+    }
+
+    /// The single value, if there is exactly one.
+    pub fn value(&self) -> Option<&Bytes> {
+        match self {
+            Read::Value { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The context to write back with, if the key has any version (a tombstone included).
+    pub fn context(&self) -> Option<&Context> {
+        match self {
+            Read::NotFound { context } => context.as_ref(),
+            Read::Value { context, .. } | Read::Siblings { context, .. } => Some(context),
+        }
+    }
+
+    /// True unless nothing live was found.
+    pub fn is_found(&self) -> bool {
+        !matches!(self, Read::NotFound { .. })
+    }
+}
+
+/// Per-call options of a read.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Replies to wait for (`?r=`), 1..N; the node's default when `None`.
+    pub r: Option<usize>,
+}
+
+/// Per-call options of a write or delete.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// The context this write supersedes; `None` overwrites what the coordinator holds.
+    pub context: Option<Context>,
+    /// Acknowledgements to wait for (`?w=`), 1..N; the node's default when `None`.
+    pub w: Option<usize>,
+    /// How many of those must be home replicas (`?pw=`).
+    pub pw: Option<usize>,
+    /// Retry on the next node after a 503, a timeout or a connection that broke after the
+    /// request was sent. Off by default: such a write may have been applied, and the retry
+    /// then adds a second version (a sibling if the context is the same).
+    pub retry: bool,
+}
+
+impl WriteOptions {
+    /// Options that write with `context` and nothing else set.
+    pub fn with_context(context: Context) -> WriteOptions {
+        WriteOptions {
+            context: Some(context),
+            ..WriteOptions::default()
+        }
+    }
+}
+
+/// A ring member as `GET /cluster/members` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    /// `alive`, `dead` or `leaving`.
+    pub status: String,
+    /// HTTP address (`host:port`), once gossip carried it.
+    pub http: Option<String>,
+    /// Node-to-node RPC address.
+    pub rpc: Option<String>,
+    /// Start time of the member's current incarnation, in ms since the epoch.
+    pub generation: u64,
+}
+
+/// Builds a [`Client`] with non-default settings.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    nodes: Vec<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    read_retries: usize,
+}
+
+impl ClientBuilder {
+    /// Time limit of one attempt of one request ([`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Time limit of connecting to one node ([`CONNECT_TIMEOUT`]).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Extra attempts of a GET after a 503 or a broken connection ([`DEFAULT_READ_RETRIES`]).
+    pub fn read_retries(mut self, retries: usize) -> Self {
+        self.read_retries = retries;
+        self
+    }
+
+    /// Checks the node URLs and builds the client. No connection is opened yet.
+    pub fn build(self) -> Result<Client> {
+        if self.nodes.is_empty() {
+            return Err(Error::invalid("a client needs at least one node URL"));
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|url| {
+                Ok(NodeSlot {
+                    base: normalize_url(url)?,
+                    down_until_ms: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        let http = HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                nodes,
+                http,
+                next: AtomicUsize::new(0),
+                epoch: Instant::now(),
+                timeout: self.timeout,
+                read_retries: self.read_retries,
+            }),
+        })
+    }
+}
+
+/// Turns `host:port`, `http://host:port` or `http://host:port/` into `http://host:port`.
+pub(crate) fn normalize_url(url: &str) -> Result<String> {
+    let url = url.trim();
+    let full = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    };
+    let uri: hyper::Uri = full
+        .parse()
+        .map_err(|e| Error::invalid(format!("bad node URL {url:?}: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(Error::invalid(format!(
+            "bad node URL {url:?}: only http:// is supported"
+        )));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(Error::invalid(format!("bad node URL {url:?}: no host")));
+    };
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(Error::invalid(format!(
+            "bad node URL {url:?}: give only scheme, host and port"
+        )));
+    }
+    Ok(format!("http://{authority}"))
+}
+
+/// A client of a ringkv ring. Cheap to clone; clones share connections.
+///
+/// This example starts a one-node ring in the process and talks to it:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use ringkv::client::{Read, WriteOptions};
+/// use ringkv::{Client, Config, GossipTransport, NodeHandle};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> ringkv::Result<()> {
+/// let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+/// let mut config = Config::new("solo", any_port, any_port, any_port);
+/// (config.replicas, config.read_quorum, config.write_quorum) = (1, 1, 1);
+/// let node = NodeHandle::start(config, GossipTransport::Udp).await?;
+///
+/// let client = Client::new([format!("http://{}", node.http_addr())])?;
+/// let first = client.put("color", "red").await?;
+///
+/// // Two writers that both start from `first` are concurrent: siblings.
+/// client.put_with("color", "green", &WriteOptions::with_context(first.clone())).await?;
+/// client.put_with("color", "blue", &WriteOptions::with_context(first)).await?;
+/// let read = client.get("color").await?;
+/// assert!(matches!(&read, Read::Siblings { values, .. } if values.len() == 2));
+///
+/// // Merge them and write the merge back with the context of what was merged.
+/// client
+///     .put_resolved("color", |siblings| {
+///         let mut names: Vec<String> = siblings
+///             .iter()
+///             .map(|v| String::from_utf8_lossy(v).into_owned())
+///             .collect();
+///         names.sort();
+///         names.join("+")
+///     })
+///     .await?;
+/// assert_eq!(client.get("color").await?.value().map(|v| v.as_ref()), Some(&b"blue+green"[..]));
+///
+/// client.delete("color").await?;
+/// assert!(!client.get("color").await?.is_found());
+/// node.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<NodeSlot>,
+    http: HyperClient<HttpConnector, Full<Bytes>>,
+    /// Round-robin position: each request starts at the next node.
+    next: AtomicUsize,
+    /// Origin of the `down_until_ms` clocks.
+    epoch: Instant,
+    timeout: Duration,
+    read_retries: usize,
+}
+
+struct NodeSlot {
+    /// `http://host:port`, no trailing slash.
+    base: String,
+    /// Skip this node until this many ms after `epoch` (0: never was down).
+    down_until_ms: AtomicU64,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("nodes", &self.nodes())
+            .field("timeout", &self.inner.timeout)
+            .field("read_retries", &self.inner.read_retries)
+            .finish()
+    }
+}
+
+/// One request, as the retry loop needs to resend it.
+struct Call<'a> {
+    method: Method,
+    /// Path and query, already escaped.
+    path: &'a str,
+    body: Bytes,
+    context: Option<&'a Context>,
+    /// May be sent again after it may have been applied (a 503, a timeout, a broken link).
+    retryable: bool,
+}
+
+/// An answer with its status, before it is interpreted.
+struct Answer {
+    status: StatusCode,
+    context: Option<Context>,
+    allow: Option<String>,
+    body: Bytes,
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// The request never reached the node: trying another node is always safe.
+    NotSent(Error),
+    /// The request may have reached the node.
+    Sent(Error),
+}
+
+impl Client {
+    /// A client of the ring reachable at these node URLs (`http://host:port`), with the
+    /// default settings.
+    pub fn new<I, S>(nodes: I) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Client::builder(nodes).build()
+    }
+
+    /// A builder, to change timeouts or retries.
+    pub fn builder<I, S>(nodes: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        ClientBuilder {
+            nodes: nodes.into_iter().map(|s| s.as_ref().to_string()).collect(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+            read_retries: DEFAULT_READ_RETRIES,
+        }
+    }
+
+    /// The node URLs, normalized, in round-robin order.
+    pub fn nodes(&self) -> Vec<&str> {
+        self.inner.nodes.iter().map(|n| n.base.as_str()).collect()
+    }
+
+    /// Reads a key with the node's default read quorum.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv::Client) -> ringkv::Result<()> {
+    /// if let Some(value) = client.get("user/42").await?.value() {
+    ///     println!("{} bytes", value.len());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Read> {
+        self.get_with(key, &ReadOptions::default()).await
+    }
+
+    /// Reads a key with options (`r`).
+    pub async fn get_with(&self, key: impl AsRef<[u8]>, opts: &ReadOptions) -> Result<Read> {
+        let mut path = kv_path(key.as_ref());
+        if let Some(r) = opts.r {
+            path.push_str(&format!("?r={r}"));
+        }
+        let call = Call {
+            method: Method::GET,
+            path: &path,
+            body: Bytes::new(),
+            context: None,
+            retryable: true,
+        };
+        let ans = self.call(&call).await?;
+        match ans.status {
+            StatusCode::OK => Ok(Read::Value {
+                context: required_context(ans.context, &path)?,
+                value: ans.body,
+            }),
+            StatusCode::MULTIPLE_CHOICES => {
+                let (values, context) = decode_siblings(&ans.body)?;
+                Ok(Read::Siblings { values, context })
+            }
+            StatusCode::NOT_FOUND => Ok(Read::NotFound {
+                context: ans.context,
+            }),
+            _ => Err(error_from_answer(&ans, &path, 0)),
+        }
+    }
+
+    /// Writes a value without a context: it supersedes whatever the key's coordinator holds.
+    /// Returns the new version's context.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl Into<Bytes>) -> Result<Context> {
+        self.put_with(key, value, &WriteOptions::default()).await
+    }
+
+    /// Writes a value with options: a context, `w`, `pw`, retries.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv::Client) -> ringkv::Result<()> {
+    /// use ringkv::client::WriteOptions;
+    /// let read = client.get("counter").await?;
+    /// let opts = WriteOptions { context: read.context().cloned(), w: Some(3), ..Default::default() };
+    /// client.put_with("counter", "7", &opts).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn put_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        opts: &WriteOptions,
+    ) -> Result<Context> {
+        self.write(Method::PUT, key.as_ref(), value.into(), opts)
+            .await
+    }
+
+    /// Deletes a key (writes a tombstone). Returns the tombstone's context.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<Context> {
+        self.delete_with(key, &WriteOptions::default()).await
+    }
+
+    /// Deletes a key with options: a context, `w`, `pw`, retries.
+    pub async fn delete_with(&self, key: impl AsRef<[u8]>, opts: &WriteOptions) -> Result<Context> {
+        self.write(Method::DELETE, key.as_ref(), Bytes::new(), opts)
+            .await
+    }
+
+    /// Reads the key, hands its live values to `resolve` and writes what it returns with the
+    /// context of that read, so the write supersedes every value `resolve` saw. Returns the
+    /// new context.
+    ///
+    /// `resolve` gets the siblings when there are several, the value when there is one (a
+    /// read-modify-write), and an empty slice when the key does not exist. A write that
+    /// lands between the read and the write-back is not lost: it stays a sibling.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv::Client) -> ringkv::Result<()> {
+    /// // A set of comma-separated names: the union of all siblings.
+    /// client
+    ///     .put_resolved("team", |siblings| {
+    ///         let mut names: Vec<&[u8]> = siblings.iter().flat_map(|v| v.split(|b| *b == b',')).collect();
+    ///         names.sort();
+    ///         names.dedup();
+    ///         names.join(&b","[..])
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn put_resolved<F, V>(&self, key: impl AsRef<[u8]>, resolve: F) -> Result<Context>
+    where
+        F: FnOnce(&[Bytes]) -> V,
+        V: Into<Bytes>,
+    {
+        let key = key.as_ref();
+        let read = self.get(key).await?;
+        let merged = resolve(read.values()).into();
+        let opts = WriteOptions {
+            context: read.context().cloned(),
+            ..WriteOptions::default()
+        };
+        self.put_with(key, merged, &opts).await
+    }
+
+    /// The ring's members as one node sees them.
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        #[derive(Deserialize)]
+        struct Members {
+            members: Vec<Member>,
+        }
+        let body = self.get_json("/cluster/members").await?;
+        serde_json::from_slice::<Members>(&body)
+            .map(|m| m.members)
+            .map_err(|e| Error::Protocol(format!("bad /cluster/members answer: {e}")))
+    }
+
+    /// The key's N home replicas (node ids), in preference order, dead or alive.
+    pub async fn replicas(&self, key: impl AsRef<[u8]>) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct Replicas {
+            replicas: Vec<String>,
+        }
+        let path = format!("/cluster/replicas/{}", escape_key(key.as_ref()));
+        let body = self.get_json(&path).await?;
+        serde_json::from_slice::<Replicas>(&body)
+            .map(|r| r.replicas)
+            .map_err(|e| Error::Protocol(format!("bad /cluster/replicas answer: {e}")))
+    }
+
+    /// Asks the client's node to decommission itself (`POST /cluster/leave`). Only allowed on
+    /// a client of exactly one node, since a round-robin pick would decommission any of them.
+    pub async fn leave(&self) -> Result<()> {
+        self.single_node("leave")?;
+        let call = Call {
+            method: Method::POST,
+            path: "/cluster/leave",
+            body: Bytes::new(),
+            context: None,
+            retryable: false,
+        };
+        let ans = self.call(&call).await?;
+        if ans.status.is_success() {
+            Ok(())
+        } else {
+            Err(error_from_answer(&ans, call.path, 0))
+        }
+    }
+
+    /// The node's `/admin/stats` JSON. Only on a client of exactly one node, since the
+    /// counters are per node.
+    pub async fn stats(&self) -> Result<serde_json::Value> {
+        self.single_node("stats")?;
+        let body = self.get_json("/admin/stats").await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Protocol(format!("bad /admin/stats answer: {e}")))
+    }
+
+    fn single_node(&self, what: &str) -> Result<()> {
+        if self.inner.nodes.len() == 1 {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "{what} needs a client of exactly one node, this one has {}",
+                self.inner.nodes.len()
+            )))
+        }
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Bytes> {
+        let call = Call {
+            method: Method::GET,
+            path,
+            body: Bytes::new(),
+            context: None,
+            retryable: true,
+        };
+        let ans = self.call(&call).await?;
+        if ans.status == StatusCode::OK {
+            Ok(ans.body)
+        } else {
+            Err(error_from_answer(&ans, path, 0))
+        }
+    }
+
+    async fn write(
+        &self,
+        method: Method,
+        key: &[u8],
+        value: Bytes,
+        opts: &WriteOptions,
+    ) -> Result<Context> {
+        let mut path = kv_path(key);
+        let mut sep = '?';
+        for (name, v) in [("w", opts.w), ("pw", opts.pw)] {
+            if let Some(v) = v {
+                path.push_str(&format!("{sep}{name}={v}"));
+                sep = '&';
+            }
+        }
+        let size = value.len() as u64;
+        let call = Call {
+            method,
+            path: &path,
+            body: value,
+            context: opts.context.as_ref(),
+            retryable: opts.retry,
+        };
+        let ans = self.call(&call).await?;
+        if ans.status == StatusCode::NO_CONTENT {
+            required_context(ans.context, &path)
+        } else {
+            Err(error_from_answer(&ans, &path, size))
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Sends `call` to the nodes in round-robin order until one answers something other than
+    /// a retryable failure. Any answer, 503 included once the retries are spent, is returned
+    /// for the caller to interpret.
+    async fn call(&self, call: &Call<'_>) -> Result<Answer> {
+        let nodes = &self.inner.nodes;
+        let n = nodes.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        // Nodes believed up first, in round-robin order, then the ones that recently refused
+        // a connection: the marks are guesses, so with every node marked the request still
+        // goes out.
+        let rotation = (0..n).map(|k| (start + k) % n);
+        let is_down = |i: usize| nodes[i].down_until_ms.load(Ordering::Relaxed) > now;
+        let order: Vec<usize> = rotation
+            .clone()
+            .filter(|&i| !is_down(i))
+            .chain(rotation.filter(|&i| is_down(i)))
+            .collect();
+        let mut retries_left = if call.retryable {
+            self.inner.read_retries
+        } else {
+            0
+        };
+        let mut retried = 0u32;
+        // Every node may refuse once, and each retry is one more attempt.
+        let attempts = n + retries_left;
+        let mut refused = 0;
+        // A 503 kept in case the retries run out: the quorum counts are the best answer then.
+        let mut unavailable: Option<Answer> = None;
+        let mut last_err: Option<Error> = None;
+        for attempt in 0..attempts {
+            let i = order[attempt % n];
+            match self.send_once(i, call).await {
+                Ok(ans) if ans.status == StatusCode::SERVICE_UNAVAILABLE && retries_left > 0 => {
+                    debug!(node = %nodes[i].base, path = call.path, "503, retrying on the next node");
+                    unavailable = Some(ans);
+                }
+                Ok(ans) => return Ok(ans),
+                Err(Failure::NotSent(err)) => {
+                    debug!(node = %nodes[i].base, %err, "node unreachable, trying the next one");
+                    let until = self.now_ms() + DOWN_COOLDOWN.as_millis() as u64;
+                    nodes[i].down_until_ms.store(until, Ordering::Relaxed);
+                    last_err = Some(err);
+                    refused += 1;
+                    if refused >= n {
+                        break;
+                    }
+                    continue;
+                }
+                Err(Failure::Sent(err)) => {
+                    if retries_left == 0 {
+                        return Err(err);
+                    }
+                    debug!(node = %nodes[i].base, %err, "request failed after sending, retrying");
+                    last_err = Some(err);
+                }
+            }
+            retries_left -= 1;
+            retried += 1;
+            tokio::time::sleep(RETRY_BACKOFF * retried).await;
+        }
+        match (unavailable, last_err) {
+            (Some(ans), _) => Ok(ans),
+            (None, Some(err)) => Err(err),
+            (None, None) => Err(Error::Unreachable("no node to send to".into())),
+        }
+    }
+
+    async fn send_once(&self, i: usize, call: &Call<'_>) -> std::result::Result<Answer, Failure> {
+        let node = &self.inner.nodes[i];
+        let url = format!("{}{}", node.base, call.path);
+        let mut req = Request::builder().method(call.method.clone()).uri(&url);
+        if let Some(ctx) = call.context {
+            req = req.header(CONTEXT_HEADER, ctx.as_str());
+        }
+        let req = req
+            .body(Full::new(call.body.clone()))
+            .map_err(|e| Failure::NotSent(Error::invalid(format!("bad request {url}: {e}"))))?;
+        let exchange = async {
+            let resp = self.inner.http.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    Failure::NotSent(Error::Unreachable(format!("{}: {}", node.base, causes(&e))))
+                } else {
+                    Failure::Sent(Error::Interrupted(format!("{url}: {}", causes(&e))))
+                }
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| Failure::Sent(Error::Interrupted(format!("{url}: answer: {e}"))))?
+                .to_bytes();
+            let header = |name| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            Ok(Answer {
+                status: parts.status,
+                context: header(CONTEXT_HEADER).and_then(|s| s.parse().ok()),
+                allow: header(ALLOW.as_str()),
+                body,
+            })
+        };
+        let ans = tokio::time::timeout(self.inner.timeout, exchange)
+            .await
+            .map_err(|_| Failure::Sent(Error::Timeout))??;
+        node.down_until_ms.store(0, Ordering::Relaxed);
+        Ok(ans)
+    }
+}
+
+/// An error and its sources, `: `-separated: hyper's own message ("client error (Connect)")
+/// does not say what happened, its source does ("Connection refused").
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// `/kv/{escaped key}`.
+fn kv_path(key: &[u8]) -> String {
+    format!("/kv/{}", escape_key(key))
+}
+
+fn escape_key(key: &[u8]) -> percent_encoding::PercentEncode<'_> {
+    percent_encode(key, KEY_ESCAPE)
+}
+
+fn required_context(ctx: Option<Context>, path: &str) -> Result<Context> {
+    ctx.ok_or_else(|| Error::Protocol(format!("answer to {path} has no {CONTEXT_HEADER}")))
+}
+
+/// Decodes a 300's `{"context", "siblings": [base64…]}`.
+fn decode_siblings(body: &[u8]) -> Result<(Vec<Bytes>, Context)> {
+    #[derive(Deserialize)]
+    struct Siblings {
+        context: String,
+        siblings: Vec<String>,
+    }
+    let bad = |e: &dyn fmt::Display| Error::Protocol(format!("bad siblings answer: {e}"));
+    let parsed: Siblings = serde_json::from_slice(body).map_err(|e| bad(&e))?;
+    let values = parsed
+        .siblings
+        .iter()
+        .map(|s| B64.decode(s).map(Bytes::from).map_err(|e| bad(&e)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((values, parsed.context.parse()?))
+}
+
+/// `msg` without `prefix`, if it starts with it.
+fn strip<'a>(msg: &'a str, prefix: &str) -> &'a str {
+    msg.strip_prefix(prefix).unwrap_or(msg)
+}
+
+/// Rebuilds the server's [`Error`] from an error answer. The status picks the variant where
+/// it is unambiguous; a 503 without quorum counts is told apart by the message, which is the
+/// server variant's `Display` (the unit test below keeps the two in step).
+fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
+    let json: Option<serde_json::Value> = serde_json::from_slice(&ans.body).ok();
+    let field = |name: &str| json.as_ref().and_then(|j| j.get(name));
+    let msg = field("error")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&ans.body).into_owned());
+    let count = |name: &str| field(name).and_then(|v| v.as_u64());
+    match ans.status {
+        StatusCode::BAD_REQUEST => Error::InvalidInput(msg),
+        StatusCode::NOT_FOUND => Error::NotFound(path.to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed(ans.allow.clone().unwrap_or(msg)),
+        StatusCode::PAYLOAD_TOO_LARGE => Error::ValueTooLarge {
+            size: sent_bytes,
+            limit: count("limit").unwrap_or(0),
+        },
+        StatusCode::SERVICE_UNAVAILABLE => {
+            if let (Some(replied), Some(required)) = (count("replied"), count("required")) {
+                return Error::Unavailable {
+                    replied: replied as usize,
+                    required: required as usize,
+                };
+            }
+            if msg == Error::Shutdown.to_string() {
+                Error::Shutdown
+            } else if msg == Error::Timeout.to_string() {
+                Error::Timeout
+            } else if let Some(rest) = msg.strip_prefix("outcome unknown: ") {
+                Error::Interrupted(rest.to_string())
+            } else if let Some(rest) = msg.strip_prefix("copy refused: ") {
+                Error::Rejected(rest.to_string())
+            } else if let Some(rest) = msg.strip_prefix("peer unreachable: ") {
+                Error::Unreachable(rest.to_string())
+            } else {
+                Error::Unreachable(msg)
+            }
+        }
+        StatusCode::BAD_GATEWAY => Error::Protocol(strip(&msg, "protocol error: ").to_string()),
+        StatusCode::INTERNAL_SERVER_ERROR => Error::Io(Arc::new(std::io::Error::other(
+            strip(&msg, "I/O error: ").to_string(),
+        ))),
+        status => Error::Protocol(format!("unexpected answer {status} to {path}: {msg}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn answer(err: &Error) -> Answer {
+        let mut body = json!({ "error": err.to_string() });
+        match err {
+            Error::Unavailable { replied, required } => {
+                body["replied"] = json!(replied);
+                body["required"] = json!(required);
+            }
+            Error::ValueTooLarge { limit, .. } => body["limit"] = json!(limit),
+            _ => {}
+        }
+        Answer {
+            status: crate::api::status_of(err),
+            context: None,
+            allow: match err {
+                Error::MethodNotAllowed(a) => Some(a.clone()),
+                _ => None,
+            },
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    /// Every error the server can answer comes back as the same variant, so callers can
+    /// match on what went wrong whichever side of HTTP it happened on.
+    #[test]
+    fn server_errors_round_trip_through_http() {
+        let cases = [
+            Error::invalid("bad key"),
+            Error::NotFound("/kv/x".into()),
+            Error::MethodNotAllowed("GET".into()),
+            Error::ValueTooLarge { size: 10, limit: 5 },
+            Error::Unavailable {
+                replied: 1,
+                required: 2,
+            },
+            Error::Rejected("hint store full".into()),
+            Error::Interrupted("link dropped".into()),
+            Error::Timeout,
+            Error::Unreachable("n3".into()),
+            Error::Shutdown,
+            Error::Protocol("bad frame".into()),
+            Error::Io(Arc::new(std::io::Error::other("disk"))),
+        ];
+        for err in cases {
+            let back = error_from_answer(&answer(&err), "/kv/x", 10);
+            assert_eq!(
+                back.to_string(),
+                err.to_string(),
+                "{err:?} came back as {back:?}"
+            );
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&err),
+                "{err:?} came back as {back:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_urls_are_normalized_and_checked() {
+        assert_eq!(
+            normalize_url("127.0.0.1:8001").unwrap(),
+            "http://127.0.0.1:8001"
+        );
+        assert_eq!(normalize_url("http://h:1/").unwrap(), "http://h:1");
+        assert_eq!(normalize_url(" http://h:1 ").unwrap(), "http://h:1");
+        for bad in [
+            "https://h:1",
+            "http://h:1/kv",
+            "http://",
+            "ftp://x",
+            "http://h:1/?a=b",
+        ] {
+            assert!(
+                matches!(normalize_url(bad), Err(Error::InvalidInput(_))),
+                "{bad} accepted"
+            );
+        }
+        assert!(matches!(
+            Client::new(Vec::<String>::new()),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn keys_are_escaped_so_any_bytes_round_trip() {
+        assert_eq!(kv_path(b"a/b c"), "/kv/a/b%20c");
+        assert_eq!(kv_path(&[0, 0xff, b'?', b'%', b'#']), "/kv/%00%FF%3F%25%23");
+        let decoded: Vec<u8> =
+            percent_encoding::percent_decode_str(&escape_key(&[1, 2, 200, b'&']).to_string())
+                .collect();
+        assert_eq!(decoded, vec![1, 2, 200, b'&']);
+    }
+
+    #[test]
+    fn siblings_answers_decode() {
+        let body = json!({"context": "abc", "siblings": [B64.encode("x"), B64.encode([0u8, 1])]});
+        let (values, ctx) = decode_siblings(body.to_string().as_bytes()).unwrap();
+        assert_eq!(values, vec![Bytes::from("x"), Bytes::from(vec![0u8, 1])]);
+        assert_eq!(ctx.as_str(), "abc");
+        assert!(matches!(
+            decode_siblings(b"{\"context\":\"a\",\"siblings\":[\"!!\"]}"),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn contexts_must_fit_in_a_header() {
+        assert!("abc".parse::<Context>().is_ok());
+        assert!("".parse::<Context>().is_err());
+        assert!("a\nb".parse::<Context>().is_err());
+    }
+}

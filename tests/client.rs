@@ -1,0 +1,705 @@
+//! Tests of the user-facing clients against in-process clusters: the `ringkv::Client`
+//! library (round-robin, failover, retries, siblings, `put_resolved`), the CLI verbs of the
+//! real binary (output, `--json` shapes, exit codes) and a short `ringkv bench` run.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use common::{Http, TestCluster, wait_until};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ringkv::client::{DEFAULT_READ_RETRIES, Read, ReadOptions, WriteOptions};
+use ringkv::{Client, Error};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// How long one CLI invocation may take before the test fails.
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads each node coordinated so far.
+fn reads(c: &TestCluster) -> Vec<u64> {
+    (0..c.len())
+        .map(|i| match c.up().contains(&i) {
+            true => c.node(i).node().stats().snapshot().reads_coordinated,
+            false => 0,
+        })
+        .collect()
+}
+
+/// Writes that entered the ring through any node (coordinated there or forwarded from there).
+fn writes(c: &TestCluster) -> u64 {
+    c.up()
+        .iter()
+        .map(|&i| {
+            let s = c.node(i).node().stats().snapshot();
+            s.writes_coordinated + s.writes_forwarded
+        })
+        .sum()
+}
+
+/// A URL nothing listens on: a port bound on 0 and released again.
+async fn closed_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// A fake node that answers every request 503 (quorum not met) and counts them.
+struct Stub {
+    url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn stub_503() -> Stub {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body = r#"{"error":"quorum not met: 1 replicas answered, 2 required","replied":1,"required":2}"#;
+                    let mut resp = Response::new(Full::new(Bytes::from(body)));
+                    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    async { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Stub {
+        url: format!("http://{addr}"),
+        hits,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_requests_and_fails_over_when_a_node_dies() {
+    let mut c = TestCluster::start(3).await;
+    let client = Client::new((0..3).map(|i| c.url(i))).expect("client");
+    client.put("rr", "v").await.expect("put");
+
+    // 30 reads through a three-node client: exactly ten enter through each node.
+    let before = reads(&c);
+    for _ in 0..30 {
+        let read = client.get("rr").await.expect("get");
+        assert_eq!(read.value().map(|v| v.as_ref()), Some(&b"v"[..]));
+    }
+    let after = reads(&c);
+    let per_node: Vec<u64> = (0..3).map(|i| after[i] - before[i]).collect();
+    assert_eq!(per_node, vec![10, 10, 10]);
+
+    // n3 dies. The client is not told: every request still succeeds, through n1 and n2.
+    c.kill(2).await;
+    c.wait_all_alive().await;
+    let before = reads(&c);
+    for i in 0..30 {
+        let key = format!("after-{i}");
+        client
+            .put(&key, format!("v{i}"))
+            .await
+            .expect("put fails over");
+        let read = client.get(&key).await.expect("get fails over");
+        assert_eq!(read.value(), Some(&Bytes::from(format!("v{i}"))));
+    }
+    let after = reads(&c);
+    assert_eq!(after[0] - before[0] + after[1] - before[1], 30);
+    assert!(
+        after[0] > before[0] && after[1] > before[1],
+        "both live nodes serve"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_down_is_unreachable() {
+    let client = Client::new([closed_url().await, closed_url().await]).expect("client");
+    assert!(matches!(client.get("k").await, Err(Error::Unreachable(_))));
+    assert!(matches!(
+        client.put("k", "v").await,
+        Err(Error::Unreachable(_))
+    ));
+    assert!(matches!(client.members().await, Err(Error::Unreachable(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn siblings_context_and_put_resolved() {
+    let c = TestCluster::start(3).await;
+    let client = Client::new((0..3).map(|i| c.url(i))).expect("client");
+
+    let base = client.put("color", "base").await.expect("put");
+    for v in ["red", "blue"] {
+        client
+            .put_with("color", v, &WriteOptions::with_context(base.clone()))
+            .await
+            .expect("put with context");
+    }
+    let read = client.get("color").await.expect("get");
+    let Read::Siblings { values, context } = &read else {
+        panic!("expected siblings, got {read:?}");
+    };
+    let mut values = values.clone();
+    values.sort();
+    assert_eq!(values, vec![Bytes::from("blue"), Bytes::from("red")]);
+    assert_ne!(context, &base);
+
+    // put_resolved sees both siblings and its write supersedes them.
+    let mut seen = Vec::new();
+    client
+        .put_resolved("color", |siblings| {
+            seen = siblings.to_vec();
+            let mut names: Vec<String> = siblings
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            names.sort();
+            names.join("+")
+        })
+        .await
+        .expect("put_resolved");
+    assert_eq!(seen.len(), 2);
+    for i in 0..3 {
+        let one = Client::new([c.url(i)]).expect("client");
+        let read = one
+            .get_with("color", &ReadOptions { r: Some(3) })
+            .await
+            .expect("get");
+        assert_eq!(
+            read.value(),
+            Some(&Bytes::from("blue+red")),
+            "via n{}",
+            i + 1
+        );
+    }
+
+    // put_resolved on a missing key gets no values and creates it.
+    client
+        .put_resolved("fresh", |values| {
+            assert!(values.is_empty());
+            "created"
+        })
+        .await
+        .expect("put_resolved");
+    assert_eq!(
+        client.get("fresh").await.expect("get").value(),
+        Some(&Bytes::from("created"))
+    );
+
+    // A deleted key is not found but keeps its tombstone's context; a never-written one has none.
+    client.delete("color").await.expect("delete");
+    let gone = client.get("color").await.expect("get");
+    assert!(!gone.is_found());
+    assert!(gone.context().is_some());
+    assert_eq!(
+        client.get("never").await.expect("get"),
+        Read::NotFound { context: None }
+    );
+
+    // Binary keys (with `/`, spaces, any byte) and values round-trip.
+    let key = b"dir/sub key\xff\x00?#%".to_vec();
+    let value: Vec<u8> = (0..=255u8).collect();
+    client.put(&key, value.clone()).await.expect("put binary");
+    let read = client.get(&key).await.expect("get binary");
+    assert_eq!(read.value().map(|v| v.to_vec()), Some(value));
+
+    // members and replicas agree with the cluster.
+    let members = client.members().await.expect("members");
+    let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, vec!["n1", "n2", "n3"]);
+    assert!(members.iter().all(|m| m.status == "alive"));
+    let expected: Vec<String> = c.replicas(&key).iter().map(|&i| c.id(i)).collect();
+    assert_eq!(client.replicas(&key).await.expect("replicas"), expected);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_retried_on_503_and_put_is_not_unless_asked() {
+    let c = TestCluster::start(3).await;
+    let real = c.url(0);
+    Client::new([&real])
+        .expect("client")
+        .put("k", "old")
+        .await
+        .expect("put");
+    let read_back = || async {
+        let one = Client::new([&real]).expect("client");
+        one.get("k").await.expect("get").value().cloned()
+    };
+
+    // A fresh client starts at its first node: the stub answers 503, the GET moves on.
+    let stub = stub_503().await;
+    let client = Client::new([&stub.url, &real]).expect("client");
+    let read = client.get("k").await.expect("the GET is retried on n1");
+    assert_eq!(read.value(), Some(&Bytes::from("old")));
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 1);
+
+    // The same first attempt for a PUT is final: 503 comes back, nothing reaches the ring.
+    let stub = stub_503().await;
+    let client = Client::new([&stub.url, &real]).expect("client");
+    let before = writes(&c);
+    let err = client
+        .put("k", "new")
+        .await
+        .expect_err("a PUT is not retried");
+    assert!(
+        matches!(
+            err,
+            Error::Unavailable {
+                replied: 1,
+                required: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(writes(&c), before, "no write entered the ring");
+    assert_eq!(read_back().await, Some(Bytes::from("old")));
+
+    // Unless the caller asks for it.
+    let stub = stub_503().await;
+    let client = Client::new([&stub.url, &real]).expect("client");
+    let opts = WriteOptions {
+        retry: true,
+        ..WriteOptions::default()
+    };
+    client.put_with("k", "new", &opts).await.expect("retried");
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(read_back().await, Some(Bytes::from("new")));
+
+    // With only 503s to be had, a GET makes 1 + DEFAULT_READ_RETRIES attempts, a DELETE one.
+    let stub = stub_503().await;
+    let client = Client::new([&stub.url]).expect("client");
+    assert!(matches!(
+        client.get("k").await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 1 + DEFAULT_READ_RETRIES);
+    assert!(matches!(
+        client.delete("k").await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert_eq!(stub.hits.load(Ordering::SeqCst), 2 + DEFAULT_READ_RETRIES);
+    c.shutdown().await;
+}
+
+/// The same against a real quorum failure: r=3 with one of three nodes dead is a 503 on every
+/// node, and the client makes three attempts, on the two live nodes in turn, before giving up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_quorum_failure_is_retried_on_other_nodes() {
+    let mut c = TestCluster::start(3).await;
+    let key = "needs-three";
+    let victim = 2;
+    let others = [0, 1];
+    let client = Client::new(others.iter().map(|&i| c.url(i))).expect("client");
+    client.put(key, "v").await.expect("put");
+    c.kill(victim).await;
+    c.wait_all_alive().await;
+
+    let before: u64 = reads(&c).iter().sum();
+    let err = client
+        .get_with(key, &ReadOptions { r: Some(3) })
+        .await
+        .expect_err("r=3 cannot be met");
+    assert!(
+        matches!(err, Error::Unavailable { required: 3, .. }),
+        "{err:?}"
+    );
+    let after: u64 = reads(&c).iter().sum();
+    assert_eq!(after - before, 1 + DEFAULT_READ_RETRIES as u64);
+    // r=2 still works, on whichever node the rotation picks.
+    let read = client
+        .get_with(key, &ReadOptions { r: Some(2) })
+        .await
+        .expect("r=2");
+    assert_eq!(read.value(), Some(&Bytes::from("v")));
+    c.shutdown().await;
+}
+
+/// Runs the real binary with `args` (no `RINGKV_*` variable inherited), optional stdin.
+async fn ringkv(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RINGKV_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn ringkv");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).await.expect("write stdin");
+    }
+    drop(input);
+    tokio::time::timeout(CLI_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("ringkv {args:?} did not finish"))
+        .expect("ringkv ran")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_put_get_del_and_exit_codes() {
+    let c = TestCluster::start(3).await;
+    let env_node = c.url(0);
+    let env = [("RINGKV_NODE", env_node.as_str())];
+
+    // put prints nothing; get prints the value exactly (stdout is a pipe: no newline).
+    let put = ringkv(&["put", "a", "1"], &env, None).await;
+    assert_eq!(code(&put), 0, "{put:?}");
+    assert!(put.stdout.is_empty());
+    let get = ringkv(&["get", "a"], &env, None).await;
+    assert_eq!((code(&get), get.stdout.as_slice()), (0, &b"1"[..]));
+    // --node wins over RINGKV_NODE.
+    let other = c.url(2);
+    let get = ringkv(&["get", "a", "--node", &other], &[], None).await;
+    assert_eq!((code(&get), get.stdout.as_slice()), (0, &b"1"[..]));
+
+    // 1: not found, before and after a delete.
+    let missing = ringkv(&["get", "nope"], &env, None).await;
+    assert_eq!(code(&missing), 1);
+    assert!(missing.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    let del = ringkv(&["del", "a"], &env, None).await;
+    assert_eq!(code(&del), 0, "{del:?}");
+    assert!(del.stdout.is_empty());
+    assert_eq!(code(&ringkv(&["get", "a"], &env, None).await), 1);
+
+    // 2: bad usage, caught by clap or by the node (bad context, r out of range).
+    for args in [
+        &["get"][..],
+        &["put", "k"],
+        &["put", "k", "v", "--file", "/dev/null"],
+        &["put", "k", "--file", "/nonexistent/value"],
+        &["put", "k", "v", "--context", "not-a-context"],
+        &["get", "k", "--r", "9"],
+        &["frobnicate"],
+    ] {
+        let out = ringkv(args, &env, None).await;
+        assert_eq!(code(&out), 2, "ringkv {args:?}: {out:?}");
+    }
+
+    // 3: nothing listens at --node.
+    let closed = closed_url().await;
+    for args in [
+        &["get", "a"][..],
+        &["put", "a", "1"],
+        &["del", "a"],
+        &["members"],
+        &["replicas", "a"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--node", &closed]);
+        let out = ringkv(&args, &[], None).await;
+        assert_eq!(code(&out), 3, "ringkv {args:?}: {out:?}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_json_output_shapes() {
+    let c = TestCluster::start(3).await;
+    let node = c.url(1);
+    let run = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--node".to_string(), node.clone()]);
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            ringkv(&all, &[], None).await
+        }
+    };
+
+    let put = run(&["put", "j", "v", "--json"]).await;
+    assert_eq!(code(&put), 0, "{put:?}");
+    let put = json(&put);
+    assert_eq!(put["key"], "j");
+    assert!(put["context"].as_str().is_some_and(|s| !s.is_empty()));
+
+    let get = run(&["get", "j", "--json"]).await;
+    assert_eq!(code(&get), 0);
+    let get = json(&get);
+    assert_eq!(get["key"], "j");
+    assert_eq!(get["siblings"], serde_json::json!([B64.encode("v")]));
+    assert_eq!(get["context"], put["context"]);
+
+    let missing = run(&["get", "none", "--json"]).await;
+    assert_eq!(code(&missing), 1);
+    assert_eq!(
+        json(&missing),
+        serde_json::json!({"key": "none", "context": null, "siblings": []})
+    );
+
+    let members = run(&["members", "--json"]).await;
+    assert_eq!(code(&members), 0);
+    let members = json(&members)["members"].as_array().expect("array").clone();
+    assert_eq!(members.len(), 3);
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(m["id"], c.id(i));
+        assert_eq!(m["status"], "alive");
+        assert_eq!(m["http"], c.node(i).http_addr().to_string());
+        assert!(m["generation"].as_u64().is_some_and(|g| g > 0));
+    }
+    // Without --json: a header and one row per member.
+    let table = run(&["members"]).await;
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.starts_with("ID"), "{table}");
+
+    let replicas = run(&["replicas", "some/key", "--json"]).await;
+    assert_eq!(code(&replicas), 0);
+    let expected: Vec<String> = c.replicas(b"some/key").iter().map(|&i| c.id(i)).collect();
+    assert_eq!(
+        json(&replicas),
+        serde_json::json!({"key": "some/key", "replicas": expected})
+    );
+    let plain = run(&["replicas", "some/key"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout),
+        format!("{}\n", expected.join("\n"))
+    );
+
+    let del = run(&["del", "j", "--json"]).await;
+    assert_eq!(code(&del), 0);
+    let del = json(&del);
+    assert_eq!(del["key"], "j");
+    assert!(del["context"].is_string());
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_siblings_are_listed_and_resolved_with_the_context() {
+    let c = TestCluster::start(3).await;
+    let node = c.url(0);
+    let env = [("RINGKV_NODE", node.as_str())];
+    let base = json(&ringkv(&["put", "s", "base", "--json"], &env, None).await);
+    let ctx = base["context"].as_str().expect("context").to_string();
+    for v in ["left", "right"] {
+        let out = ringkv(&["put", "s", v, "--context", &ctx], &env, None).await;
+        assert_eq!(code(&out), 0, "{out:?}");
+    }
+    let get = ringkv(&["get", "s"], &env, None).await;
+    assert_eq!(code(&get), 0);
+    let text = String::from_utf8_lossy(&get.stdout).into_owned();
+    assert!(text.starts_with("2 siblings:\n"), "{text}");
+    assert!(
+        text.contains("\"left\"") && text.contains("\"right\""),
+        "{text}"
+    );
+    let ctx = text
+        .lines()
+        .find_map(|l| l.strip_prefix("context: "))
+        .unwrap_or_else(|| panic!("no context line in {text}"))
+        .to_string();
+    let out = ringkv(&["put", "s", "merged", "--context", &ctx], &env, None).await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    let get = ringkv(&["get", "s"], &env, None).await;
+    assert_eq!(get.stdout, b"merged");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_put_file_round_trips_binary() {
+    let c = TestCluster::start(3).await;
+    let node = c.url(2);
+    let env = [("RINGKV_NODE", node.as_str())];
+    let value: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("client-test-value-{}.bin", std::process::id()));
+    std::fs::write(&path, &value).expect("write value file");
+    let file = path.to_string_lossy().into_owned();
+    let put = ringkv(&["put", "bin", "--file", &file], &env, None).await;
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code(&put), 0, "{put:?}");
+    let get = ringkv(&["get", "bin"], &env, None).await;
+    assert_eq!(code(&get), 0);
+    assert!(get.stdout == value, "stdout has the exact bytes");
+    let get = json(&ringkv(&["get", "bin", "--json"], &env, None).await);
+    let sibling = get["siblings"][0].as_str().expect("base64");
+    assert_eq!(B64.decode(sibling).expect("base64"), value);
+
+    // `--file -` reads stdin.
+    let put = ringkv(&["put", "stdin", "--file", "-"], &env, Some(&value[..300])).await;
+    assert_eq!(code(&put), 0, "{put:?}");
+    let get = ringkv(&["get", "stdin"], &env, None).await;
+    assert_eq!(get.stdout, &value[..300]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_leave_decommissions_a_node() {
+    let mut c = TestCluster::start(4).await;
+    let http = Http::new();
+    for i in 0..50 {
+        let put = http
+            .put(&format!("{}/kv/leave-{i}", c.url(i % 4)), format!("v{i}"))
+            .await;
+        assert_eq!(put.status, StatusCode::NO_CONTENT);
+    }
+    let leaver = 3;
+    let url = c.url(leaver);
+    let cli = tokio::spawn(async move { ringkv(&["leave", "--node", &url], &[], None).await });
+    tokio::time::timeout(Duration::from_secs(60), c.node(leaver).left())
+        .await
+        .expect("the node hands over within 60 s");
+    // In-process, the node does not exit by itself: stop it as `ringkv serve` would.
+    c.kill(leaver).await;
+    let out = cli.await.expect("cli task");
+    assert_eq!(code(&out), 0, "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("is leaving"), "{text}");
+    assert!(text.contains("has left the ring"), "{text}");
+    wait_until(Duration::from_secs(10), "every key readable", || async {
+        let mut all = true;
+        for i in 0..50 {
+            let got = http.get(&format!("{}/kv/leave-{i}", c.url(i % 3))).await;
+            all &= got.status == StatusCode::OK && got.body == format!("v{i}");
+        }
+        all
+    })
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_closed_and_open_loop() {
+    let c = TestCluster::start(3).await;
+    let (a, b, n3) = (c.url(0), c.url(1), c.url(2));
+    let nodes = format!("{a},{b}");
+
+    // Closed loop, nodes given comma-separated and repeated, prefilled so GETs find values.
+    let out = ringkv(
+        &[
+            "bench",
+            "--node",
+            &nodes,
+            "--node",
+            &n3,
+            "--duration",
+            "1s",
+            "--json",
+            "--prefill",
+            "--keys",
+            "200",
+            "-c",
+            "4",
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    let s = json(&out);
+    assert_eq!(s["mode"], "closed");
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3));
+    let ops = s["ops"].as_u64().expect("ops");
+    assert!(ops > 0, "{s}");
+    assert_eq!(s["errors"]["total"], 0, "{s}");
+    assert_eq!(
+        s["gets"].as_u64().unwrap() + s["puts"].as_u64().unwrap(),
+        ops
+    );
+    assert_eq!(s["not_found"], 0, "prefilled keys are found: {s}");
+    assert_eq!(s["prefill"]["keys"], 200);
+    assert_eq!(s["prefill"]["errors"]["total"], 0, "{s}");
+    let l = &s["latency_us"]["all"];
+    let p: Vec<u64> = ["p50", "p90", "p99", "p999", "max"]
+        .iter()
+        .map(|q| l[q].as_u64().expect("percentile"))
+        .collect();
+    assert!(p[0] > 0 && p.windows(2).all(|w| w[0] <= w[1]), "{l}");
+
+    // Open loop at 200 ops/s for 1 s, zipfian keys: at most the 200 scheduled operations.
+    let out = ringkv(
+        &[
+            "bench",
+            "--node",
+            &a,
+            "--duration",
+            "1s",
+            "--json",
+            "--rate",
+            "200",
+            "--dist",
+            "zipf",
+            "--reads",
+            "90",
+            "-c",
+            "4",
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    let s = json(&out);
+    assert_eq!(s["mode"], "open");
+    let ops = s["ops"].as_u64().expect("ops");
+    assert!((100..=200).contains(&ops), "{s}");
+    assert_eq!(s["errors"]["total"], 0, "{s}");
+    assert_eq!(ops + s["missed"].as_u64().expect("missed"), 200, "{s}");
+
+    // The table, and the progress line on stderr.
+    let out = ringkv(
+        &["bench", "--node", &a, "--duration", "1500ms", "-c", "2"],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "ringkv bench",
+        "p99.9 ms",
+        "all",
+        "get",
+        "put",
+        "errors: none",
+    ] {
+        assert!(table.contains(word), "{word:?} missing from {table}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ops/s"),
+        "{out:?}"
+    );
+
+    // Nothing to connect to: unavailable.
+    let closed = closed_url().await;
+    let out = ringkv(&["bench", "--node", &closed, "--duration", "1s"], &[], None).await;
+    assert_eq!(code(&out), 3, "{out:?}");
+    c.shutdown().await;
+}
