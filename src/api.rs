@@ -56,15 +56,11 @@ const COMPACT_BELOW: usize = 64 * 1024;
 type Body = Full<Bytes>;
 
 /// Serves HTTP on `listener` until `shutdown` fires.
-pub async fn serve(
-    listener: TcpListener,
-    node: Arc<Node>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+pub async fn serve(listener: TcpListener, node: Arc<Node>, stop: Stop, tracker: TaskTracker) {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.drain.cancelled() => return,
+            _ = stop.kill.cancelled() => return,
             res = listener.accept() => match res {
                 Ok(conn) => conn,
                 Err(err) => {
@@ -76,7 +72,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         tracker.spawn(async move {
             let svc = service_fn(move |req| {
                 let node = node.clone();
@@ -87,14 +83,34 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                res = conn => if let Err(err) = res {
-                    debug!(%peer, %err, "http connection ended with an error");
-                },
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                _ = stop.kill.cancelled() => return,
+                _ = stop.drain.cancelled() => {
+                    // Finish the request in flight, if any, then close: the client sees a
+                    // complete answer and a closed keep-alive connection, never an error.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = stop.kill.cancelled() => return,
+                        res = conn => res,
+                    }
+                }
+                res = conn.as_mut() => res,
+            };
+            if let Err(err) = res {
+                debug!(%peer, %err, "http connection ended with an error");
             }
         });
     }
+}
+
+/// How the HTTP server stops.
+#[derive(Clone, Default)]
+pub struct Stop {
+    /// Stop accepting, let connections finish their request in flight and close.
+    pub drain: CancellationToken,
+    /// Drop everything now.
+    pub kill: CancellationToken,
 }
 
 /// Answers one request. Never fails: errors become JSON error responses.

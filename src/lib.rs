@@ -43,6 +43,10 @@
 //! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees |
 //! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
 //!
+//! Around the node: [`client::Client`] (an async client of the HTTP API), [`cli`] (the
+//! `get`/`put`/`del`/`members`/`replicas`/`leave` verbs of the binary) and [`bench`] (the
+//! `ringkv bench` load generator).
+//!
 //! ## Versions and siblings
 //!
 //! Each write gets a *dot* `(actor, counter)` where the actor is `(node id, generation)` and
@@ -77,6 +81,9 @@
 //!   `--dead-node-grace-secs` (24 h by default); then the ring rebuilds without it.
 //! - **Tombstone GC.** A key that has been only tombstones for the grace period is purged once
 //!   every home replica reports the same tombstones or nothing.
+//! - **Graceful stop.** On SIGTERM a node announces `stopping` (peers stop routing to it but
+//!   keep it in the ring), drains its HTTP connections, pushes its hints and exits 0
+//!   ([`node::NodeHandle::shutdown_gracefully`]).
 //!
 //! ## Guarantees
 //!

@@ -259,13 +259,21 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
         handle.rpc_addr(),
         handle.gossip_addr()
     );
-    tokio::select! {
-        _ = wait_for_signal() => {}
-        _ = handle.left() => {}
+    let signalled = tokio::select! {
+        _ = wait_for_signal() => true,
+        _ = handle.left() => false,
+    };
+    if signalled {
+        // SIGTERM or Ctrl-C: stop without failing any client request.
+        handle.shutdown_gracefully(STOP_DEADLINE).await;
+    } else {
+        handle.shutdown().await;
     }
-    handle.shutdown().await;
     Ok(())
 }
+
+/// How long a stopping node waits for requests in flight and hint delivery.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 async fn dev(args: DevArgs) -> ringkv::Result<()> {
     if args.nodes == 0 {
@@ -343,9 +351,12 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
         }
     }
     println!("stopping...");
-    for h in handles.into_iter().flatten() {
-        h.shutdown().await;
-    }
+    let stops: Vec<_> = handles
+        .into_iter()
+        .flatten()
+        .map(|h| h.shutdown_gracefully(STOP_DEADLINE))
+        .collect();
+    futures_util::future::join_all(stops).await;
     Ok(())
 }
 

@@ -46,6 +46,9 @@ pub const KEY_STATUS: &str = "status";
 pub const STATUS_ALIVE: &str = "alive";
 /// A node handing its data over before it exits. It is out of the ring at once.
 pub const STATUS_LEAVING: &str = "leaving";
+/// A node shutting down for now (SIGTERM): peers stop routing to it at once, but it keeps
+/// its place in the ring, since it is expected back.
+pub const STATUS_STOPPING: &str = "stopping";
 
 /// How often the view is recomputed even without a change notification from chitchat. The
 /// notifications cover joins, deaths and key changes; this is a safety net, so it is slow.
@@ -113,7 +116,7 @@ impl View {
     pub fn is_alive(&self, id: &str) -> bool {
         self.members
             .get(id)
-            .is_some_and(|m| m.alive && m.status != STATUS_LEAVING)
+            .is_some_and(|m| m.alive && m.status == STATUS_ALIVE)
     }
 
     /// The member with this id.

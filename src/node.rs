@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hints::{HintLimits, HintStore};
 use crate::membership::{
-    GossipTransport, KEY_STATUS, Membership, MembershipConfig, STATUS_LEAVING, SelfKeys, View,
+    GossipTransport, KEY_STATUS, Membership, MembershipConfig, STATUS_LEAVING, STATUS_STOPPING,
+    SelfKeys, View,
 };
 use crate::ring::NodeId;
 use crate::rpc::client::{Pool, PoolConfig};
@@ -207,7 +208,14 @@ pub struct NodeHandle {
     rpc_addr: SocketAddr,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    http_stop: crate::api::Stop,
+    /// HTTP connection tasks, tracked apart so a graceful stop can wait for them alone.
+    http_tracker: TaskTracker,
 }
+
+/// How long a stopping node keeps serving after it announced itself down, so that gossip
+/// tells every peer to stop routing to it before it closes its ports (a few gossip rounds).
+pub const STOP_ANNOUNCE_ROUNDS: u32 = 5;
 
 impl NodeHandle {
     /// Validates `config`, binds every listener and starts the node.
@@ -287,11 +295,16 @@ impl NodeHandle {
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
         tracker.spawn(crate::handoff::run(node.clone(), shutdown.clone()));
         tracker.spawn(crate::antientropy::run(node.clone(), shutdown.clone()));
+        let http_stop = crate::api::Stop {
+            drain: CancellationToken::new(),
+            kill: shutdown.clone(),
+        };
+        let http_tracker = TaskTracker::new();
         tracker.spawn(crate::api::serve(
             http,
             node.clone(),
-            shutdown.clone(),
-            tracker.clone(),
+            http_stop.clone(),
+            http_tracker.clone(),
         ));
 
         info!(
@@ -309,6 +322,8 @@ impl NodeHandle {
             rpc_addr,
             shutdown,
             tracker,
+            http_stop,
+            http_tracker,
         })
     }
 
@@ -348,11 +363,41 @@ impl NodeHandle {
         self.node.pool.set_blocked(rpc_addr, blocked);
     }
 
+    /// Stops the node without failing any client request (SIGTERM, Ctrl-C):
+    ///
+    /// 1. announce `stopping` through gossip and keep serving for a few gossip rounds, so
+    ///    peers stop routing to this node at once instead of waiting for the failure
+    ///    detector (the node keeps its place in the ring: it is expected back);
+    /// 2. stop accepting HTTP connections, and let open ones finish the request in flight,
+    ///    within `deadline`;
+    /// 3. push pending hints to their targets if they are reachable;
+    /// 4. stop everything else.
+    pub async fn shutdown_gracefully(self, deadline: Duration) {
+        info!(id = %self.node.id, "stopping: announcing it to the ring");
+        self.node.self_keys.set(KEY_STATUS, STATUS_STOPPING).await;
+        let announce = self.node.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
+        tokio::time::sleep(announce.min(deadline)).await;
+        self.http_stop.drain.cancel();
+        self.http_tracker.close();
+        if tokio::time::timeout(deadline, self.http_tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(id = %self.node.id, "some HTTP requests did not finish before the deadline");
+        }
+        // Requests this node was coordinating for peers finish with the tracked tasks; hints
+        // go now, while the process can still deliver them.
+        let _ = tokio::time::timeout(deadline, crate::handoff::deliver(&self.node)).await;
+        self.shutdown().await;
+    }
+
     /// Stops every listener and task and waits for them. Connections are dropped, not
     /// drained: to peers this looks like the process died, which is what tests want from a
     /// kill.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
+        self.http_tracker.close();
+        self.http_tracker.wait().await;
         self.membership.shutdown().await;
         self.tracker.close();
         self.tracker.wait().await;

@@ -712,3 +712,48 @@ async fn environment_variables_configure_a_node() {
     assert_eq!(put.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(put.json()["limit"], 16);
 }
+
+/// SIGTERM stops a node gracefully: it exits 0 within its stop deadline, and the others stop
+/// routing to it (they report it dead) without waiting for the failure detector's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_zero_after_a_graceful_stop() {
+    let a = ProcessNode::start("term-a", &[]).await;
+    let mut b = ProcessNode::start("term-b", &[a.gossip]).await;
+    let http = Http::new();
+    wait_until(Duration::from_secs(10), "both alive", || async {
+        let got = http
+            .get(&format!("http://{}/cluster/members", a.http))
+            .await;
+        got.body.windows(7).filter(|w| w == b"\"alive\"").count() == 2
+    })
+    .await;
+    let mut guard = b.child.take().expect("running");
+    let pid = guard.0.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    // Peers learn it is stopping from gossip, while it still serves.
+    wait_until(Duration::from_secs(10), "b reported down by a", || async {
+        let got = http
+            .get(&format!("http://{}/cluster/members", a.http))
+            .await;
+        got.body.windows(7).filter(|w| w == b"\"alive\"").count() == 1
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "graceful stop exits 0");
+    drop(guard);
+    drop(a);
+}

@@ -156,6 +156,13 @@ impl TestCluster {
         }
     }
 
+    /// Stops node `i` the way SIGTERM does: announced, drained, hints pushed.
+    pub async fn stop_gracefully(&mut self, i: usize) {
+        if let Some(h) = self.nodes[i].take() {
+            h.shutdown_gracefully(Duration::from_secs(10)).await;
+        }
+    }
+
     /// Restarts node `i` empty, with a new generation.
     pub async fn restart(&mut self, i: usize) {
         self.kill(i).await;
