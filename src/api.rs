@@ -15,6 +15,7 @@
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
 //! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
 //! | GET | `/admin/stats` | this node's counters |
+//! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //! | GET | `/health` | 200 once the node serves |
 //!
 //! A key is the percent-decoded rest of the path after `/kv/`, so it may contain `/`, and is
@@ -115,9 +116,49 @@ pub struct Stop {
 
 /// Answers one request. Never fails: errors become JSON error responses.
 pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    match route(node, req).await {
+    let started = std::time::Instant::now();
+    let label = route_label(req.uri().path());
+    let op = method_label(req.method());
+    let resp = match route(node.clone(), req).await {
         Ok(resp) => resp,
         Err(err) => error_response(&err),
+    };
+    node.http_metrics()
+        .observe(label, op, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// The route a path belongs to, for metrics: a fixed set, so a key never becomes a label.
+fn route_label(path: &str) -> &'static str {
+    const PREFIXES: [(&str, &str); 4] = [
+        ("/kv/", "kv"),
+        ("/cluster/replicas/", "cluster_replicas"),
+        ("/admin/local/", "admin_local"),
+        ("/kv", "kv"),
+    ];
+    const EXACT: [(&str, &str); 6] = [
+        ("/cluster/members", "cluster_members"),
+        ("/cluster/leave", "cluster_leave"),
+        ("/admin/stats", "admin_stats"),
+        ("/health", "health"),
+        ("/metrics", "metrics"),
+        ("/", "root"),
+    ];
+    EXACT
+        .iter()
+        .find(|(p, _)| *p == path)
+        .or_else(|| PREFIXES.iter().find(|(p, _)| path.starts_with(p)))
+        .map_or("other", |(_, label)| label)
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
     }
 }
 
@@ -170,6 +211,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
             ))
         }
         "/admin/stats" => get_only(Ok(stats(&node))),
+        "/metrics" => get_only(metrics_response(&node)),
         "/kv" => Err(Error::invalid("empty key")),
         _ => Err(Error::NotFound(path)),
     }
@@ -433,6 +475,17 @@ fn error_response(err: &Error) -> Response<Body> {
         resp.headers_mut().insert(ALLOW, v);
     }
     resp
+}
+
+fn metrics_response(node: &Node) -> Result<Response<Body>> {
+    let text = crate::metrics::render(node)
+        .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))?;
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(resp)
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {

@@ -40,6 +40,7 @@
 //! | [`handoff`] | delivers hints when their home replica is back |
 //! | [`antientropy`] | Merkle exchanges, ownership handoff, tombstone GC |
 //! | [`api`] | the HTTP API (hyper 1); the one place HTTP status codes are chosen |
+//! | [`metrics`] | `GET /metrics` in the Prometheus / OpenMetrics text format |
 //! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees |
 //! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
 //!
@@ -123,6 +124,7 @@ pub mod handoff;
 pub mod hints;
 pub mod membership;
 pub mod merkle;
+pub mod metrics;
 pub mod node;
 pub mod quorum;
 pub mod ring;

@@ -25,6 +25,7 @@ use crate::membership::{
     GossipTransport, KEY_STATUS, Membership, MembershipConfig, STATUS_LEAVING, STATUS_STOPPING,
     SelfKeys, View,
 };
+use crate::metrics::HttpMetrics;
 use crate::ring::NodeId;
 use crate::rpc::client::{Pool, PoolConfig};
 use crate::rpc::server::ServerContext;
@@ -52,6 +53,8 @@ pub struct Node {
     self_keys: SelfKeys,
     /// Where a decommission stands.
     leave_tx: watch::Sender<LeaveState>,
+    /// HTTP request counts and latencies.
+    http_metrics: HttpMetrics,
 }
 
 /// Progress of a decommission (`POST /cluster/leave`).
@@ -78,6 +81,11 @@ impl Node {
     /// A receiver that wakes on every new membership view.
     pub fn subscribe_view(&self) -> watch::Receiver<Arc<View>> {
         self.view_rx.clone()
+    }
+
+    /// HTTP request counts and latencies, for `/metrics`.
+    pub fn http_metrics(&self) -> &HttpMetrics {
+        &self.http_metrics
     }
 
     /// Where a decommission stands.
@@ -281,6 +289,7 @@ impl NodeHandle {
             segments: RwLock::default(),
             self_keys: membership.self_keys(),
             leave_tx: watch::channel(LeaveState::Member).0,
+            http_metrics: HttpMetrics::default(),
             config,
         });
 

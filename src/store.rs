@@ -51,6 +51,8 @@ struct Shard {
     trees: Vec<SegTree>,
     /// When each key whose versions are all tombstones became so, for tombstone GC.
     tombstones: HashMap<Bytes, Instant>,
+    /// Bytes of keys and values held.
+    bytes: u64,
 }
 
 impl Shard {
@@ -71,6 +73,7 @@ impl Shard {
         {
             tree.update(hash, old.fp, new.fp);
         }
+        self.bytes = (self.bytes + new.bytes).saturating_sub(old.bytes);
         if new.deleted && !old.deleted {
             self.tombstones.insert(key.clone(), Instant::now());
         } else if old.deleted && !new.deleted {
@@ -84,13 +87,25 @@ impl Shard {
 struct Summary {
     fp: u64,
     deleted: bool,
+    /// Key and value bytes (0 for an empty set).
+    bytes: u64,
 }
 
 impl Summary {
     fn of(key: &[u8], vs: &VersionSet) -> Summary {
+        let values: usize = vs
+            .versions()
+            .iter()
+            .map(|v| v.value.as_ref().map_or(0, |b| b.len()))
+            .sum();
         Summary {
             fp: vs.fingerprint(key),
             deleted: vs.is_deleted(),
+            bytes: if vs.is_empty() {
+                0
+            } else {
+                (key.len() + values) as u64
+            },
         }
     }
 }
@@ -107,6 +122,8 @@ pub struct StoreStats {
     pub keys: u64,
     /// Keys whose every version is a tombstone.
     pub tombstones: u64,
+    /// Bytes of keys and values (not counting bookkeeping).
+    pub bytes: u64,
 }
 
 impl Default for Store {
@@ -332,6 +349,7 @@ impl Store {
             let shard = lock(shard);
             stats.keys += shard.map.len() as u64;
             stats.tombstones += shard.tombstones.len() as u64;
+            stats.bytes += shard.bytes;
         }
         stats
     }
@@ -390,7 +408,8 @@ mod tests {
             b.stats(),
             StoreStats {
                 keys: 1,
-                tombstones: 0
+                tombstones: 0,
+                bytes: 3,
             }
         );
 
@@ -400,7 +419,8 @@ mod tests {
             b.stats(),
             StoreStats {
                 keys: 1,
-                tombstones: 1
+                tombstones: 1,
+                bytes: 1,
             }
         );
         assert!(b.get(&Bytes::from_static(b"other")).is_none());

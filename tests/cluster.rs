@@ -494,3 +494,48 @@ async fn a_forwarded_write_is_coordinated_at_most_once_when_the_link_drops() {
     );
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_with_requests_and_node_state() {
+    let c = TestCluster::start(3).await;
+    let http = Http::new();
+    assert_eq!(
+        http.put(&format!("{}/kv/m1", c.url(0)), "v").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(http.get(&format!("{}/kv/m1", c.url(0))).await.status, StatusCode::OK);
+    let got = http.get(&format!("{}/metrics", c.url(0))).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(
+        got.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for needle in [
+        r#"ringkv_http_requests_total{route="kv",op="PUT",status="204"} 1"#,
+        r#"ringkv_http_requests_total{route="kv",op="GET",status="200"} 1"#,
+        r#"ringkv_http_request_seconds_count{route="kv",op="PUT"} 1"#,
+        "ringkv_members_alive 3",
+        "ringkv_members_dead 0",
+        "ringkv_quorum_failures_total 0",
+        "ringkv_hints_pending 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // Every sample line is `name{labels} value` or `name value` with a numeric value.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        assert!(name.starts_with("ringkv_"), "{line:?}");
+        assert!(value.parse::<f64>().is_ok(), "{line:?}");
+    }
+    // The node holding the key counts it.
+    let holder = c.replicas(b"m1")[0];
+    let got = http.get(&format!("{}/metrics", c.url(holder))).await;
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(text.contains("ringkv_keys 1"), "{text}");
+    assert!(text.contains("ringkv_bytes_stored 3"), "{text}");
+    c.shutdown().await;
+}

@@ -1,0 +1,240 @@
+//! `GET /metrics`: the node's metrics in the Prometheus / OpenMetrics text format.
+//!
+//! HTTP requests are counted and timed as they happen ([`HttpMetrics`]). Everything else is
+//! read at scrape time from the counters the node keeps anyway ([`crate::stats::Stats`], the
+//! store, the hint store, the membership view) by a collector, so the hot path pays nothing
+//! extra for it.
+
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+use crate::stats::StatsSnapshot;
+use crate::store::StoreStats;
+
+/// Labels of one HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route, e.g. `kv` or `cluster_members` (never the key: bounded cardinality).
+    pub route: &'static str,
+    /// The HTTP method.
+    pub op: &'static str,
+    /// The status code answered.
+    pub status: u16,
+}
+
+/// Labels of a latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+    pub op: &'static str,
+}
+
+/// Request counters and latency histograms, updated by the HTTP layer.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            // 50 µs to about 13 s in 18 doubling steps: loopback quorum calls sit near the
+            // bottom, timeouts near the top.
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+            }),
+        }
+    }
+}
+
+impl HttpMetrics {
+    /// Records one answered request.
+    pub fn observe(&self, route: &'static str, op: &'static str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { route, op, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route, op })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// The node's own counters and gauges, as read at scrape time.
+#[derive(Debug)]
+struct NodeCollector {
+    counters: StatsSnapshot,
+    store: StoreStats,
+    hints_pending: u64,
+    alive: u64,
+    dead: u64,
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.counters;
+        let counters: [(&str, &str, u64); 16] = [
+            (
+                "quorum_failures",
+                "Client requests answered 503: quorum not met",
+                c.quorum_failures,
+            ),
+            (
+                "read_repairs",
+                "Replicas updated by read repair",
+                c.read_repairs,
+            ),
+            (
+                "writes_coordinated",
+                "Writes this node coordinated",
+                c.writes_coordinated,
+            ),
+            (
+                "reads_coordinated",
+                "Reads this node coordinated",
+                c.reads_coordinated,
+            ),
+            (
+                "writes_forwarded",
+                "Writes forwarded to the key's first live replica",
+                c.writes_forwarded,
+            ),
+            (
+                "hints_stored",
+                "Hinted copies accepted as a fallback",
+                c.hints_stored,
+            ),
+            (
+                "hints_delivered",
+                "Hinted copies delivered to their home replica",
+                c.hints_delivered,
+            ),
+            (
+                "hints_dropped",
+                "Hinted copies refused or expired",
+                c.hints_dropped,
+            ),
+            (
+                "anti_entropy_rounds",
+                "Anti-entropy exchanges started",
+                c.ae_rounds,
+            ),
+            (
+                "anti_entropy_keys_repaired",
+                "Keys sent or received by anti-entropy",
+                c.ae_keys_repaired,
+            ),
+            (
+                "anti_entropy_bytes_sent",
+                "Bytes of anti-entropy requests sent",
+                c.ae_bytes_sent,
+            ),
+            (
+                "anti_entropy_bytes_received",
+                "Bytes of anti-entropy answers received",
+                c.ae_bytes_received,
+            ),
+            (
+                "keys_handed_off",
+                "Keys handed to new owners and dropped here",
+                c.ae_keys_handed_off,
+            ),
+            (
+                "tombstones_purged",
+                "Tombstones purged after the grace period",
+                c.tombstones_purged,
+            ),
+            (
+                "rpc_frames_rejected",
+                "RPC connections closed for a bad frame",
+                c.rpc_frames_rejected,
+            ),
+            (
+                "gossip_datagrams_rejected",
+                "Undecodable gossip datagrams (process-wide)",
+                c.gossip_datagrams_rejected,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                &format!("ringkv_{name}"),
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges: [(&str, &str, u64); 6] = [
+            ("keys", "Keys stored on this node", self.store.keys),
+            (
+                "tombstones",
+                "Keys stored only as tombstones",
+                self.store.tombstones,
+            ),
+            (
+                "bytes_stored",
+                "Bytes of keys and values stored",
+                self.store.bytes,
+            ),
+            (
+                "hints_pending",
+                "Hinted keys waiting for their home replica",
+                self.hints_pending,
+            ),
+            ("members_alive", "Members this node sees alive", self.alive),
+            (
+                "members_dead",
+                "Members this node sees down or leaving",
+                self.dead,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(
+                &format!("ringkv_{name}"),
+                help,
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renders every metric of `node` as OpenMetrics text.
+pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
+    let view = node.view();
+    let alive = view.members.keys().filter(|id| view.is_alive(id)).count() as u64;
+    let collector = NodeCollector {
+        counters: node.stats().snapshot(),
+        store: node.store().stats(),
+        hints_pending: node.hints_pending() as u64,
+        alive,
+        dead: view.members.len() as u64 - alive,
+    };
+    let mut registry = Registry::default();
+    let http = node.http_metrics();
+    registry.register(
+        "ringkv_http_requests",
+        "HTTP requests by route, method and status",
+        http.requests.clone(),
+    );
+    registry.register(
+        "ringkv_http_request_seconds",
+        "HTTP request latency by route and method",
+        http.latency.clone(),
+    );
+    registry.register_collector(Box::new(collector));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
