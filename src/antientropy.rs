@@ -22,9 +22,10 @@
 //! locally only after *all* of them acknowledged it, and only if it did not change meanwhile.
 //!
 //! **Tombstone GC.** A key that has been only tombstones for longer than the grace period is
-//! purged once every home replica reports the same tombstones or nothing (it purged them
-//! already). A replica that still has an older value, or is unreachable, blocks the purge, so
-//! a delete made while a replica was down is never undone by that replica's return.
+//! purged once every other ring member reports the same tombstones or nothing (it purged them
+//! already, or never held the key). A member that still has an older value (a home that
+//! missed the delete, or a former owner yet to hand the key over), or is unreachable, blocks
+//! the purge, so a delete is never undone by a node's return.
 //!
 //! All transfers are batched by [`ANSWER_BUDGET`] and paced to `anti_entropy_rate` bytes per
 //! second, so repair never starves clients.
@@ -59,6 +60,10 @@ pub const MAX_KEYS_PER_ROUND: usize = 100_000;
 
 /// Leaves asked for per `AeLeafKeys` request.
 const LEAVES_PER_REQUEST: usize = 512;
+
+/// Most tree nodes one `AeChildren` request may ask about: a full level of every shared
+/// segment of a large ring fits, and a peer cannot make one answer arbitrarily large.
+const MAX_NODES_PER_REQUEST: usize = 1 << 16;
 
 /// Tombstones examined per GC pass.
 const GC_BATCH: usize = 1000;
@@ -109,7 +114,26 @@ fn wire_size<T: Serialize>(msg: &T) -> u64 {
     rmp_serde::to_vec(msg).map_or(0, |v| v.len() as u64)
 }
 
-fn set_size(key: &[u8], vs: &VersionSet) -> usize {
+/// Most bytes of keys and values one transfer message carries: the answer budget, but never
+/// more than one maximum value, so any batch fits the frame limit (a value plus 128 KiB). A
+/// single item is always sent, alone if need be.
+pub(crate) fn transfer_budget(node: &Node) -> usize {
+    ANSWER_BUDGET.min(node.config().max_value_bytes)
+}
+
+/// The longest prefix of `items` within `budget` bytes, at least one item.
+pub(crate) fn fit<T>(items: &[T], budget: usize, size: impl Fn(&T) -> usize) -> usize {
+    let mut total = 0;
+    items
+        .iter()
+        .position(|item| {
+            total += size(item);
+            total > budget
+        })
+        .map_or(items.len(), |i| i.max(1))
+}
+
+pub(crate) fn set_size(key: &[u8], vs: &VersionSet) -> usize {
     key.len()
         + vs.versions()
             .iter()
@@ -270,14 +294,17 @@ async fn exchange(
     let depth = crate::merkle::DEFAULT_DEPTH;
     let mut leaves: Vec<(SegmentId, u32)> = Vec::new();
     while !frontier.is_empty() {
-        let req = Request::AeChildren {
-            ring: segs.fingerprint,
-            nodes: frontier.clone(),
-        };
-        let answers = match call(node, addr, req, pacer).await? {
-            Response::AeChildren(a) => a,
-            other => return Err(unexpected(other)),
-        };
+        let mut answers = Vec::with_capacity(frontier.len());
+        for chunk in frontier.chunks(MAX_NODES_PER_REQUEST) {
+            let req = Request::AeChildren {
+                ring: segs.fingerprint,
+                nodes: chunk.to_vec(),
+            };
+            match call(node, addr, req, pacer).await? {
+                Response::AeChildren(a) => answers.extend(a),
+                other => return Err(unexpected(other)),
+            }
+        }
         let mut next = Vec::new();
         for ((id, n), theirs) in frontier.iter().zip(answers) {
             let seg = segs.get(*id)?;
@@ -358,18 +385,20 @@ fn to_send(from: &HashMap<Bytes, Listed>, to: &HashMap<Bytes, Listed>) -> Vec<By
 
 /// Sends our versions of `keys` to the peer, in byte-bounded batches.
 async fn push_keys(node: &Node, addr: SocketAddr, keys: &[Bytes], pacer: &mut Pacer) -> Result<()> {
+    let budget = transfer_budget(node);
     let mut batch = Vec::new();
     let mut bytes = 0;
     for key in keys {
         let Some(vs) = node.store().get(key) else {
             continue;
         };
-        bytes += set_size(key, &vs);
-        batch.push((key.clone(), vs));
-        if bytes >= ANSWER_BUDGET {
+        let size = set_size(key, &vs);
+        if !batch.is_empty() && bytes + size > budget {
             send_batch(node, addr, std::mem::take(&mut batch), pacer).await?;
             bytes = 0;
         }
+        bytes += size;
+        batch.push((key.clone(), vs));
     }
     if !batch.is_empty() {
         send_batch(node, addr, batch, pacer).await?;
@@ -444,7 +473,11 @@ async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
         };
         let mut after = None;
         loop {
-            let batch = node.store().segment_batch(seg, after.as_ref(), 256);
+            let mut batch = node.store().segment_batch(seg, after.as_ref(), 256);
+            let fits = fit(&batch, transfer_budget(node), |((_, k), vs)| {
+                set_size(k, vs)
+            });
+            batch.truncate(fits);
             let Some((last, _)) = batch.last() else {
                 break;
             };
@@ -491,7 +524,9 @@ async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
         return;
     }
     let view = node.view();
-    // Group by the other home replicas, so each peer gets one question per pass.
+    // Every other ring member is asked, not only the homes: a node that lost ownership of
+    // the key may still hold an older value it has yet to hand over, and purging before it
+    // did would let that value come back. So one unreachable member blocks every purge.
     let mut by_peer: HashMap<NodeId, Vec<usize>> = HashMap::new();
     let mut blocked = vec![false; candidates.len()];
     for (i, (key, _)) in candidates.iter().enumerate() {
@@ -500,8 +535,8 @@ async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
             blocked[i] = true; // not ours: ownership handoff moves it instead
             continue;
         }
-        for h in homes.iter().filter(|h| *h != node.id()) {
-            by_peer.entry(h.clone()).or_default().push(i);
+        for peer in segs.ring.nodes().iter().filter(|h| *h != node.id()) {
+            by_peer.entry(peer.clone()).or_default().push(i);
         }
     }
     for (peer, idxs) in by_peer {
@@ -547,15 +582,17 @@ impl Node {
         let store = self.store();
         match req {
             Request::ReadMany { keys } => {
+                let budget = transfer_budget(self);
                 let mut out = Vec::new();
                 let mut bytes = 0;
                 for key in &keys {
                     let vs = store.get(key).unwrap_or_default();
-                    bytes += set_size(key, &vs);
-                    out.push(vs);
-                    if bytes >= ANSWER_BUDGET {
+                    let size = set_size(key, &vs);
+                    if !out.is_empty() && bytes + size > budget {
                         break;
                     }
+                    bytes += size;
+                    out.push(vs);
                 }
                 Ok(Response::VersionsMany(out))
             }
@@ -579,6 +616,9 @@ impl Node {
             }
             Request::AeChildren { ring, nodes } => {
                 let segs = self.checked_segments(ring)?;
+                if nodes.len() > MAX_NODES_PER_REQUEST {
+                    return Err(Error::invalid("too many tree nodes in one request"));
+                }
                 let mut out = Vec::with_capacity(nodes.len());
                 for (id, n) in nodes {
                     out.push(store.children(segs.get(id)?, id, n));

@@ -159,6 +159,15 @@ impl Node {
         quorum: WriteQuorum,
     ) -> Result<Context> {
         Stats::incr(&self.stats.writes_coordinated);
+        // Only this node mints this actor's counters: a context claiming one it never minted
+        // is forged or corrupt, and would push every later counter out of range.
+        if let Some(ctx) = &context
+            && ctx.max_counter(&self.actor) > self.store.minted()
+        {
+            return Err(Error::invalid(
+                "malformed context: it names versions this node never wrote",
+            ));
+        }
         let view = self.view();
         let dests = self.destinations(&view, &key);
         let (new_ctx, versions) = self.store.write(&key, &self.actor, context.as_ref(), value);

@@ -57,10 +57,15 @@ pub async fn deliver(node: &Arc<Node>) {
             continue;
         };
         loop {
-            let batch = lock(&node.hints).batch(&target, BATCH);
+            let mut batch = lock(&node.hints).batch(&target, BATCH);
             if batch.is_empty() {
                 break;
             }
+            // Keep the message within the frame limit; the rest goes in the next one.
+            let budget = crate::antientropy::transfer_budget(node);
+            batch.truncate(crate::antientropy::fit(&batch, budget, |(k, vs)| {
+                crate::antientropy::set_size(k, vs)
+            }));
             let req = Request::ReplicateMany {
                 items: batch.clone(),
             };

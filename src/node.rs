@@ -55,6 +55,8 @@ pub struct Node {
     leave_tx: watch::Sender<LeaveState>,
     /// HTTP request counts and latencies.
     http_metrics: HttpMetrics,
+    /// Fires when the node shuts down, for tasks started after `start`.
+    shutdown: CancellationToken,
 }
 
 /// Progress of a decommission (`POST /cluster/leave`).
@@ -105,10 +107,14 @@ impl Node {
         self.self_keys.set(KEY_STATUS, STATUS_LEAVING).await;
         info!(id = %self.id, "leaving the ring: handing data over");
         let node = self.clone();
+        let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             let mut emptied: Option<Instant> = None;
             loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
                 if node.store.stats().keys > 0 {
                     emptied = None;
                     continue;
@@ -290,6 +296,7 @@ impl NodeHandle {
             self_keys: membership.self_keys(),
             leave_tx: watch::channel(LeaveState::Member).0,
             http_metrics: HttpMetrics::default(),
+            shutdown: shutdown.clone(),
             config,
         });
 
@@ -383,7 +390,10 @@ impl NodeHandle {
     /// 4. stop everything else.
     pub async fn shutdown_gracefully(self, deadline: Duration) {
         info!(id = %self.node.id, "stopping: announcing it to the ring");
-        self.node.self_keys.set(KEY_STATUS, STATUS_STOPPING).await;
+        // A node in the middle of a leave stays `leaving`: it is out of the ring for good.
+        if self.node.leave_state() == LeaveState::Member {
+            self.node.self_keys.set(KEY_STATUS, STATUS_STOPPING).await;
+        }
         let announce = self.node.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
         tokio::time::sleep(announce.min(deadline)).await;
         self.http_stop.drain.cancel();

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,11 @@ impl Summary {
 /// The versions this node stores, by key.
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
+    /// The highest counter this node's actor has minted, for any key: new versions go above
+    /// it, so a counter is never reused even for a key this store dropped meanwhile.
+    minted: AtomicU64,
+    /// Where the next tombstone-GC pass starts.
+    gc_cursor: AtomicUsize,
 }
 
 /// Counts of what a store holds.
@@ -137,6 +143,8 @@ impl Store {
     pub fn new() -> Store {
         Store {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            minted: AtomicU64::new(0),
+            gc_cursor: AtomicUsize::new(0),
         }
     }
 
@@ -208,11 +216,21 @@ impl Store {
         }
         let set = shard.map.entry(slot).or_default();
         let old = Summary::of(key, set);
-        let ctx = set.write(actor, context, value);
+        let floor = self.minted.load(Ordering::Relaxed);
+        let ctx = set.write_above(actor, context, value, floor);
+        // Keys in other shards may mint the same counter concurrently: harmless, a dot only
+        // has to be unique within its key, which this shard's lock serialises.
+        self.minted
+            .fetch_max(ctx.max_counter(actor), Ordering::Relaxed);
         let after = set.clone();
         let new = Summary::of(key, &after);
         shard.changed(hash, key, old, new);
         (ctx, after)
+    }
+
+    /// The highest counter this node's actor has minted.
+    pub fn minted(&self) -> u64 {
+        self.minted.load(Ordering::Relaxed)
     }
 
     /// Removes `key` if its fingerprint is still `expected` (nothing newer arrived since the
@@ -325,8 +343,11 @@ impl Store {
     /// fingerprints; at most `max`.
     pub fn old_tombstones(&self, grace: Duration, max: usize) -> Vec<(Bytes, u64)> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = lock(shard);
+        // Start at a different shard each pass, so tombstones that cannot be purged yet (a
+        // member is down) never starve the others.
+        let start = self.gc_cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..SHARDS {
+            let shard = lock(&self.shards[(start + i) % SHARDS]);
             for (key, since) in &shard.tombstones {
                 if out.len() >= max {
                     return out;
@@ -362,13 +383,15 @@ fn range(
     start: u64,
     end: u64,
 ) -> impl Iterator<Item = (&Slot, &VersionSet)> {
+    // An empty leaf is `(x, x)`; without this, `(MAX, MAX)` would read as "from 0".
+    let empty = start == end;
     let lower = if start == u64::MAX {
         Bound::Included((0, Bytes::new()))
     } else {
         Bound::Included((start + 1, Bytes::new()))
     };
     map.range((lower, Bound::Unbounded))
-        .take_while(move |((h, _), _)| *h <= end)
+        .take_while(move |((h, _), _)| !empty && *h <= end)
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -516,6 +539,27 @@ mod tests {
             }
         }
         assert_eq!(walked as u64, a.stats().keys);
+    }
+
+    /// A write after this store purged the key's tombstone must not reuse a counter: the
+    /// other replicas still holding the tombstone would discard it as already seen.
+    #[test]
+    fn a_write_after_a_purge_is_not_discarded_by_replicas_that_still_hold_the_tombstone() {
+        let a = Store::new();
+        let b = Store::new();
+        let key = Bytes::from_static(b"k");
+        for v in ["1", "2", "3"] {
+            let (_, vs) = a.write(&key, &actor("n1"), None, Some(Bytes::from(v)));
+            b.merge(&key, &vs);
+        }
+        let (_, tomb) = a.write(&key, &actor("n1"), None, None);
+        b.merge(&key, &tomb);
+        assert!(a.remove_if(&key, tomb.fingerprint(&key)), "a purges first");
+        let (_, fresh) = a.write(&key, &actor("n1"), None, Some(Bytes::from("new")));
+        assert!(b.merge(&key, &fresh), "b must accept the new write");
+        let values: Vec<_> = b.get(&key).unwrap().live_values().cloned().collect();
+        assert_eq!(values, vec![Bytes::from("new")]);
+        assert_eq!(a.minted(), 5);
     }
 
     #[test]

@@ -676,12 +676,28 @@ impl VersionSet {
     /// live version stays as a sibling. Returns the new version's history, which is the context
     /// to hand back to the client.
     pub fn write(&mut self, actor: &Actor, ctx: Option<&Context>, value: Option<Bytes>) -> Context {
+        self.write_above(actor, ctx, value, 0)
+    }
+
+    /// As [`VersionSet::write`], with the new counter above `floor` too. A replica passes
+    /// the highest counter its actor ever minted (for any key): after it dropped a key (a
+    /// purged tombstone, a handed-off segment) its local versions no longer show the
+    /// counters it used, and reusing one would mint a dot that other replicas' histories
+    /// already cover, so the write would be silently discarded there.
+    pub fn write_above(
+        &mut self,
+        actor: &Actor,
+        ctx: Option<&Context>,
+        value: Option<Bytes>,
+        floor: u64,
+    ) -> Context {
         let local = self.context();
         let seen = ctx.unwrap_or(&local);
         // Saturating: only a forged context can get near u64::MAX (see module caveats).
         let n = self
             .max_counter(actor)
             .max(seen.max_counter(actor))
+            .max(floor)
             .saturating_add(1);
         // Live siblings the writer has not seen. They (and only they) must stay out of the new
         // history. Versions are sorted by dot, so `actor`'s counters come out ascending.

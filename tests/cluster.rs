@@ -503,7 +503,10 @@ async fn metrics_are_prometheus_text_with_requests_and_node_state() {
         http.put(&format!("{}/kv/m1", c.url(0)), "v").await.status,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(http.get(&format!("{}/kv/m1", c.url(0))).await.status, StatusCode::OK);
+    assert_eq!(
+        http.get(&format!("{}/kv/m1", c.url(0))).await.status,
+        StatusCode::OK
+    );
     let got = http.get(&format!("{}/metrics", c.url(0))).await;
     assert_eq!(got.status, StatusCode::OK);
     assert!(

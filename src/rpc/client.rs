@@ -100,16 +100,23 @@ impl Pool {
         // Register before sending: the connection task fails every registered slot when it
         // dies, and closes its queue first, so a request is either answered, failed, or
         // refused here; it is never left waiting for its timeout on a dead connection.
-        if conn
-            .tx
-            .send(Message::Request { id, body: req })
-            .await
-            .is_err()
-        {
-            lock(&conn.pending).remove(&id);
-            return Err(Error::Unreachable(format!("connection to {addr} closed")));
+        // The whole call, queueing included, is bounded by the timeout: a peer that stops
+        // reading without closing fills the queue, and callers must not wait on it forever.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let queued = conn.tx.send(Message::Request { id, body: req });
+        match tokio::time::timeout_at(deadline, queued).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                lock(&conn.pending).remove(&id);
+                return Err(Error::Unreachable(format!("connection to {addr} closed")));
+            }
+            Err(_) => {
+                lock(&conn.pending).remove(&id);
+                // Never handed to the writer: not sent, safe to try elsewhere.
+                return Err(Error::Unreachable(format!("connection to {addr} is stuck")));
+            }
         }
-        match tokio::time::timeout(timeout, slot_rx).await {
+        match tokio::time::timeout_at(deadline, slot_rx).await {
             Ok(Ok(res)) => res,
             // The slot was dropped with the request possibly delivered: outcome unknown.
             Ok(Err(_)) => Err(Error::Interrupted(format!("connection to {addr} lost"))),
