@@ -166,6 +166,10 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if let Some(raw) = path.strip_prefix("/kv/") {
+        // The method is checked before the key, so a wrong method is a 405 whatever the key.
+        if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
+            return Err(Error::MethodNotAllowed("GET, PUT, DELETE".into()));
+        }
         let key = parse_key(raw)?;
         return match method {
             Method::GET => get_kv(node, key, &req).await,
@@ -182,6 +186,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
         }
     };
     if let Some(raw) = path.strip_prefix("/cluster/replicas/") {
+        get_only(Ok(Response::default()))?;
         let key = parse_key(raw)?;
         let replicas: Vec<String> = node
             .replicas_of(&key)
@@ -194,6 +199,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
         )));
     }
     if let Some(raw) = path.strip_prefix("/admin/local/") {
+        get_only(Ok(Response::default()))?;
         let key = parse_key(raw)?;
         return get_only(Ok(local_versions(&node, &key)));
     }

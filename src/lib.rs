@@ -81,7 +81,9 @@
 //!   by the other replicas and fallbacks) until chitchat forgets it after
 //!   `--dead-node-grace-secs` (24 h by default); then the ring rebuilds without it.
 //! - **Tombstone GC.** A key that has been only tombstones for the grace period is purged once
-//!   every home replica reports the same tombstones or nothing.
+//!   every other ring member reports the same tombstones or nothing (a former owner may still
+//!   hold an older value to hand over). A node never reuses a version counter, even for a key
+//!   it purged: its store remembers the highest counter it minted.
 //! - **Graceful stop.** On SIGTERM a node announces `stopping` (peers stop routing to it but
 //!   keep it in the ring), drains its HTTP connections, pushes its hints and exits 0
 //!   ([`node::NodeHandle::shutdown_gracefully`]).
@@ -108,6 +110,12 @@
 //!   the tombstone grace period could hand back a value whose tombstone was purged meanwhile
 //!   (Cassandra's `gc_grace_seconds` contract): keep the grace period longer than partitions.
 //! - Writes need at least one live home replica (only homes mint versions).
+//! - A node that handed a key over and later owns it again claims, in its next write's
+//!   history, its own earlier versions of that key, which it no longer holds: a concurrent
+//!   sibling it wrote before the handover can be superseded without a client having seen it.
+//!   This needs the ring to change twice around one key; the fix is a new actor per
+//!   ownership epoch (not done).
+//! - Tombstones wait while any member is down (the purge asks every member).
 //! - Contexts are checksummed, not authenticated: a client can forge one for keys it may
 //!   write anyway.
 
