@@ -45,7 +45,7 @@
 //! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
 //!
 //! Around the node: [`client::Client`] (an async client of the HTTP API), [`cli`] (the
-//! `get`/`put`/`del`/`members`/`replicas`/`leave` verbs of the binary) and [`bench`] (the
+//! `get`/`put`/`del`/`members`/`replicas`/`leave` verbs of the binary) and [`bench`](mod@bench) (the
 //! `ringkv bench` load generator).
 //!
 //! ## Versions and siblings
