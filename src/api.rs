@@ -464,7 +464,9 @@ pub fn status_of(err: &Error) -> StatusCode {
     }
 }
 
-fn error_response(err: &Error) -> Response<Body> {
+/// The JSON body of an error answer: `{"error": ...}` plus the counts of a quorum failure or
+/// the limit of a too-large value.
+pub fn error_body(err: &Error) -> serde_json::Value {
     let mut body = json!({ "error": err.to_string() });
     match err {
         Error::Unavailable { replied, required } => {
@@ -474,7 +476,11 @@ fn error_response(err: &Error) -> Response<Body> {
         Error::ValueTooLarge { limit, .. } => body["limit"] = json!(limit),
         _ => {}
     }
-    let mut resp = json_response(status_of(err), body);
+    body
+}
+
+fn error_response(err: &Error) -> Response<Body> {
+    let mut resp = json_response(status_of(err), error_body(err));
     if let Error::MethodNotAllowed(allow) = err
         && let Ok(v) = HeaderValue::from_str(allow)
     {

@@ -908,15 +908,7 @@ mod tests {
     use serde_json::json;
 
     fn answer(err: &Error) -> Answer {
-        let mut body = json!({ "error": err.to_string() });
-        match err {
-            Error::Unavailable { replied, required } => {
-                body["replied"] = json!(replied);
-                body["required"] = json!(required);
-            }
-            Error::ValueTooLarge { limit, .. } => body["limit"] = json!(limit),
-            _ => {}
-        }
+        let body = crate::api::error_body(err);
         Answer {
             status: crate::api::status_of(err),
             context: None,

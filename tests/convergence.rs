@@ -37,6 +37,22 @@ fn holds(c: &TestCluster, i: usize, key: &str, value: &str) -> bool {
     })
 }
 
+/// Waits until every key is stored by exactly its home replicas: no loss, no extra copy.
+async fn wait_for_exact_placement(c: &TestCluster, keys: &[String]) {
+    wait_until(
+        Duration::from_secs(60),
+        "keys live on exactly their homes",
+        || async {
+            keys.iter().all(|k| {
+                let mut homes = c.replicas(k.as_bytes());
+                homes.sort();
+                holders(c, k) == homes
+            })
+        },
+    )
+    .await;
+}
+
 /// Indices of the up nodes that store anything for `key`.
 fn holders(c: &TestCluster, key: &str) -> Vec<usize> {
     let key = bytes::Bytes::from(key.to_string());
@@ -256,18 +272,7 @@ async fn a_joining_node_takes_its_share_and_others_drop_theirs() {
     let new = c.add_node().await;
     c.wait_all_alive().await;
     // The new node owns some keys now; once converged, each key lives on exactly its homes.
-    wait_until(
-        Duration::from_secs(60),
-        "keys live on exactly their homes",
-        || async {
-            keys.iter().all(|k| {
-                let mut homes = c.replicas(k.as_bytes());
-                homes.sort();
-                holders(&c, k) == homes
-            })
-        },
-    )
-    .await;
+    wait_for_exact_placement(&c, &keys).await;
     let on_new = keys
         .iter()
         .filter(|k| holds(&c, new, k, &format!("v-{k}")))
@@ -368,18 +373,15 @@ async fn a_leaving_node_hands_everything_over_before_it_exits() {
     assert_eq!(c.node(leaver).node().store().stats().keys, 0);
     c.kill(leaver).await;
     // The ring no longer has the leaver; every key lives on exactly its new homes.
-    wait_until(
-        Duration::from_secs(60),
-        "keys live on exactly their homes",
-        || async {
-            keys.iter().all(|k| {
-                let mut homes = c.replicas(k.as_bytes());
-                homes.sort();
-                !homes.contains(&leaver) && holders(&c, k) == homes
-            })
-        },
-    )
-    .await;
+    assert!(
+        !c.node(0)
+            .view()
+            .ring
+            .nodes()
+            .iter()
+            .any(|id| **id == *c.id(leaver))
+    );
+    wait_for_exact_placement(&c, &keys).await;
     for (i, k) in keys.iter().enumerate().step_by(13) {
         let got = http.get(&format!("{}/kv/{k}?r=3", c.url(i % 5))).await;
         assert_eq!(got.body, format!("v-{k}"));
