@@ -29,8 +29,18 @@ const EXIT_USAGE: u8 = ringkv::cli::EXIT_USAGE;
     about = "A Dynamo-style distributed in-memory key-value store"
 )]
 struct Cli {
+    /// Log format on stderr: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, env = "RINGKV_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -172,12 +182,16 @@ fn main() -> ExitCode {
         Command::Client(_) | Command::Bench(_) => "warn",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
+    let json = cli.log_format == LogFormat::Json;
+    let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json_layer = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter),
-        )
+        .with(text_layer.with_filter(filter.clone()))
+        .with(json_layer.with_filter(filter))
         .with(
             ringkv::membership::garbage::CountLayer.with_filter(filter_fn(|meta| {
                 ringkv::membership::garbage::is_chitchat_udp(meta)

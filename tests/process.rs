@@ -757,3 +757,33 @@ async fn sigterm_exits_zero_after_a_graceful_stop() {
     drop(guard);
     drop(a);
 }
+
+/// `--log-format json` writes one JSON object per log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let mut cmd = ringkv();
+    cmd.env("RUST_LOG", "info")
+        .args(["serve", "--id", "json-logs", "--log-format", "json"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--rpc",
+            "127.0.0.1:0",
+            "--gossip",
+            "127.0.0.1:0",
+        ]);
+    let node = ProcessNode::spawn(cmd, "json-logs").await;
+    // The node logs its addresses before it prints the listening line we waited for.
+    let log = std::fs::read_to_string(&node.log).expect("log file");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    let listening = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == "ringkv node listening")
+        .unwrap_or_else(|| panic!("no listening event in {log}"));
+    assert_eq!(listening["fields"]["id"], "json-logs");
+    assert_eq!(listening["level"], "INFO");
+    assert_eq!(listening["fields"]["http"], node.http.to_string());
+}
