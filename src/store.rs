@@ -155,8 +155,7 @@ impl Store {
     /// A copy of the versions stored for `key`.
     pub fn get(&self, key: &Bytes) -> Option<VersionSet> {
         let hash = key_hash(key);
-        let slot = (hash, key.clone());
-        self.shard(hash).map.get(&slot).cloned()
+        find(&self.shard(hash).map, hash, key).cloned()
     }
 
     /// Merges `incoming` into the versions of `key`. Returns true if anything changed.
@@ -173,8 +172,7 @@ impl Store {
         }
         let hash = key_hash(key);
         let mut shard = self.shard(hash);
-        let slot = (hash, key.clone());
-        let (old, new) = match shard.map.get_mut(&slot) {
+        let (old, new) = match find_mut(&mut shard.map, hash, key) {
             Some(current) => {
                 let old = Summary::of(key, current);
                 if !current.merge(&incoming) {
@@ -374,6 +372,27 @@ impl Store {
         }
         stats
     }
+}
+
+/// The versions of `key`, whose hash is `hash`. Looked up by range rather than by a
+/// `(hash, key)` tuple, so the hot path never clones the caller's `Bytes` (a first clone of
+/// a `Bytes` built from a `Vec` allocates a shared header).
+fn find<'a>(map: &'a BTreeMap<Slot, VersionSet>, hash: u64, key: &[u8]) -> Option<&'a VersionSet> {
+    map.range((hash, Bytes::new())..)
+        .take_while(|((h, _), _)| *h == hash)
+        .find(|((_, k), _)| k.as_ref() == key)
+        .map(|(_, vs)| vs)
+}
+
+fn find_mut<'a>(
+    map: &'a mut BTreeMap<Slot, VersionSet>,
+    hash: u64,
+    key: &[u8],
+) -> Option<&'a mut VersionSet> {
+    map.range_mut((hash, Bytes::new())..)
+        .take_while(|((h, _), _)| *h == hash)
+        .find(|((_, k), _)| k.as_ref() == key)
+        .map(|(_, vs)| vs)
 }
 
 /// The entries with hash in `(start, end]` (a leaf range never wraps: leaves split a

@@ -930,6 +930,21 @@ struct ClientPlan {
     doomed: Arc<BTreeSet<usize>>,
 }
 
+/// The sibling values of a JSON GET answer, decoded (lossily) to strings.
+fn siblings_of<C: FromIterator<String> + Default>(json: &serde_json::Value) -> C {
+    json["siblings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let raw = B64.decode(s.as_str().unwrap_or_default());
+                    String::from_utf8_lossy(&raw.unwrap_or_default()).into_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 async fn client(plan: ClientPlan) -> Vec<Op> {
     let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_mul(1000).wrapping_add(plan.id as u64));
     let mut ctxs: HashMap<usize, String> = HashMap::new();
@@ -996,17 +1011,7 @@ async fn client(plan: ClientPlan) -> Vec<Op> {
                     let json: serde_json::Value =
                         serde_json::from_slice(&reply.body).unwrap_or_default();
                     op.ctx_returned = json["context"].as_str().map(str::to_string).or(reply.ctx);
-                    op.siblings = json["siblings"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|s| {
-                                    let raw = B64.decode(s.as_str().unwrap_or_default());
-                                    String::from_utf8_lossy(&raw.unwrap_or_default()).into_owned()
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    op.siblings = siblings_of(&json);
                 }
                 (Kind::Get, 404) => op.ctx_returned = reply.ctx,
                 (Kind::Put | Kind::Delete, 200..300) => op.ctx_returned = reply.ctx,
@@ -1371,17 +1376,7 @@ async fn run_seed(seed: u64, run: Duration) -> Result<String, String> {
             reads += 1;
             let got: Result<(u16, BTreeSet<String>), String> = reply.map(|r| {
                 let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-                let values = json["siblings"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|s| {
-                                let raw = B64.decode(s.as_str().unwrap_or_default());
-                                String::from_utf8_lossy(&raw.unwrap_or_default()).into_owned()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let values = siblings_of(&json);
                 (r.status, values)
             });
             if must_404 && !matches!(got, Ok((404, _))) {
