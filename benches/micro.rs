@@ -165,6 +165,7 @@ fn bench_frame(c: &mut Criterion) {
             versions: replicas().one.1,
             hint_for: None,
         },
+        trace: None,
     };
     let mut frame = BytesMut::new();
     encode(&msg, &mut frame).expect("encodes");

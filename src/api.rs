@@ -7,9 +7,13 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
-//! | PUT | `/kv/{key}` | write the body; `?w=`; `x-ringkv-context` |
-//! | GET | `/kv/{key}` | 200 value, 300 siblings, 404; `?r=` |
-//! | DELETE | `/kv/{key}` | write a tombstone; `?w=`; `x-ringkv-context` |
+//! | PUT | `/kv/{key}` | write the body; `?w=`, `?pw=`, `?ttl=`, `?if_absent=true`; `x-ringkv-context`, `if-match`, `content-type` |
+//! | GET | `/kv/{key}` | 200 value, 300 siblings, 404; `?r=`; `x-ringkv-expires-at` |
+//! | DELETE | `/kv/{key}` | write a tombstone; `?w=`; `x-ringkv-context`, `if-match` |
+//! | GET | `/kv?prefix=&limit=&after=` | live keys, sorted, paged: `{"keys": [...], "next": cursor or null}` |
+//! | GET | `/watch?prefix=` | WebSocket: one JSON message per change under the prefix |
+//! | GET | `/` | the status page |
+//! | GET | `/cluster/status` | every member's status, stats and ring arcs, for the status page |
 //! | GET | `/cluster/members` | members with status, addresses, generation |
 //! | GET | `/cluster/replicas/{key}` | the key's N home nodes in preference order |
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
@@ -26,11 +30,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{ACCEPT, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ACCEPT, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, IF_MATCH,
+    SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -41,14 +48,22 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::config::MAX_KEY_BYTES;
+use crate::config::{DEFAULT_LIST_LIMIT, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_TTL_SECS};
+use crate::coordinator::Write;
 use crate::error::{Error, Result};
-use crate::membership::STATUS_LEAVING;
+use crate::membership::{Member, STATUS_LEAVING, View};
 use crate::node::Node;
-use crate::version::{Context, VersionSet};
+use crate::ttl::{now_ms, rfc3339};
+use crate::version::{Condition, Context, Meta, VersionSet};
 
 /// Header carrying an opaque causal context, in both directions.
 pub const CONTEXT_HEADER: &str = "x-ringkv-context";
+
+/// Header carrying a value's expiry (RFC 3339) on reads.
+pub const EXPIRES_HEADER: &str = "x-ringkv-expires-at";
+
+/// The status page, embedded in the binary.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Values smaller than this are copied out of hyper's read buffer before they are stored, so a
 /// 100-byte value does not pin the whole multi-kilobyte buffer it arrived in.
@@ -83,7 +98,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, stop: Stop, tracker: 
             // connection and never finishes its request headers cannot hold it forever.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
             tokio::pin!(conn);
             let res = tokio::select! {
                 _ = stop.kill.cancelled() => return,
@@ -115,17 +131,50 @@ pub struct Stop {
 }
 
 /// Answers one request. Never fails: errors become JSON error responses.
+///
+/// Each request runs in a `request` tracing span with its id (the client's `x-request-id`
+/// if it sent a usable one, else `<node>-<n>`), echoed in the answer's `x-request-id`, and
+/// every RPC it causes carries the id on to the other nodes' logs ([`crate::rpc::Trace`]).
 pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let label = route_label(req.uri().path());
     let op = method_label(req.method());
-    let resp = match route(node.clone(), req).await {
-        Ok(resp) => resp,
-        Err(err) => error_response(&err),
+    crate::stats::Stats::incr(&node.stats().http_requests);
+    let id = request_id(&node, &req);
+    let span = tracing::info_span!("request", request = %id, node = %node.id(), method = op, route = label);
+    let trace = crate::rpc::Trace {
+        request: id.clone(),
+        coordinator: node.id().to_string(),
     };
+    let answer = crate::rpc::TRACE.scope(trace, route(node.clone(), req));
+    let mut resp = match tracing::Instrument::instrument(answer, span.clone()).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            span.in_scope(|| debug!(%err, "request failed"));
+            error_response(&err)
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
     node.http_metrics()
         .observe(label, op, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// Header carrying a request's id, in both directions.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The client's request id if it is short printable ASCII, else a new `<node>-<n>`.
+fn request_id(node: &Node, req: &Request<Incoming>) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}-{}", node.id(), NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
 /// The route a path belongs to, for metrics: a fixed set, so a key never becomes a label.
@@ -136,12 +185,14 @@ fn route_label(path: &str) -> &'static str {
         ("/admin/local/", "admin_local"),
         ("/kv", "kv"),
     ];
-    const EXACT: [(&str, &str); 6] = [
+    const EXACT: [(&str, &str); 8] = [
         ("/cluster/members", "cluster_members"),
         ("/cluster/leave", "cluster_leave"),
         ("/admin/stats", "admin_stats"),
         ("/health", "health"),
         ("/metrics", "metrics"),
+        ("/watch", "watch"),
+        ("/cluster/status", "cluster_status"),
         ("/", "root"),
     ];
     EXACT
@@ -204,6 +255,19 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
         return get_only(Ok(local_versions(&node, &key)));
     }
     match path.as_str() {
+        "/" => get_only(Ok(html_response(STATUS_PAGE))),
+        "/cluster/status" => {
+            get_only(Ok(Response::default()))?;
+            Ok(cluster_status(&node).await)
+        }
+        "/watch" => {
+            get_only(Ok(Response::default()))?;
+            watch(node, req).await
+        }
+        "/kv" => {
+            get_only(Ok(Response::default()))?;
+            list_kv(node, &req).await
+        }
         "/health" => get_only(Ok(json_response(StatusCode::OK, json!({"status": "ok"})))),
         "/cluster/members" => get_only(Ok(members(&node))),
         "/cluster/leave" => {
@@ -218,7 +282,6 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
         }
         "/admin/stats" => get_only(Ok(stats(&node))),
         "/metrics" => get_only(metrics_response(&node)),
-        "/kv" => Err(Error::invalid("empty key")),
         _ => Err(Error::NotFound(path)),
     }
 }
@@ -240,10 +303,27 @@ fn parse_key(raw: &str) -> Result<Bytes> {
 
 /// The value of query parameter `name`, percent-decoded.
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    query_bytes(req, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// The value of query parameter `name`, percent-decoded to bytes (keys and prefixes are
+/// binary).
+fn query_bytes(req: &Request<Incoming>, name: &str) -> Option<Vec<u8>> {
     req.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
+        (k == name).then(|| percent_decode_str(v).collect())
     })
+}
+
+/// Parses a boolean query parameter: absent is false.
+fn bool_param(req: &Request<Incoming>, name: &str) -> Result<bool> {
+    match query_param(req, name).as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(v) => Err(Error::invalid(format!(
+            "{name} must be true or false, got {v:?}"
+        ))),
+    }
 }
 
 /// Parses `?r=`, `?w=` or `?pw=` as a number. Ranges are checked by the coordinator.
@@ -259,14 +339,33 @@ fn quorum_param(req: &Request<Incoming>, name: &str) -> Result<Option<usize>> {
 }
 
 fn context_header(req: &Request<Incoming>) -> Result<Option<Context>> {
-    match req.headers().get(CONTEXT_HEADER) {
+    context_in(req, CONTEXT_HEADER)
+}
+
+/// Decodes a context carried in header `name`; an HTTP entity tag's quotes are allowed.
+fn context_in(
+    req: &Request<Incoming>,
+    name: impl hyper::header::AsHeaderName,
+) -> Result<Option<Context>> {
+    match req.headers().get(name) {
         None => Ok(None),
         Some(v) => {
             let s = v
                 .to_str()
                 .map_err(|_| Error::invalid("malformed context: not ASCII"))?;
-            Ok(Some(Context::decode(s.trim())?))
+            Ok(Some(Context::decode(s.trim().trim_matches('"'))?))
         }
+    }
+}
+
+/// The write's precondition: `?if_absent=true`, or an `if-match` context (not both).
+fn condition(req: &Request<Incoming>) -> Result<Condition> {
+    let if_absent = bool_param(req, "if_absent")?;
+    match (if_absent, context_in(req, IF_MATCH)?) {
+        (true, Some(_)) => Err(Error::invalid("give if_absent or if-match, not both")),
+        (true, None) => Ok(Condition::IfAbsent),
+        (false, Some(ctx)) => Ok(Condition::IfMatch(ctx)),
+        (false, None) => Ok(Condition::None),
     }
 }
 
@@ -278,31 +377,48 @@ async fn get_kv(node: Arc<Node>, key: Bytes, req: &Request<Incoming>) -> Result<
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
     let versions = node.get(key, r).await?;
-    Ok(read_response(&versions, wants_json))
+    Ok(read_response(&versions, wants_json, now_ms()))
 }
 
-/// Turns merged versions into the GET answer: 200 raw, 300 siblings, or 404.
-fn read_response(versions: &VersionSet, wants_json: bool) -> Response<Body> {
-    let values: Vec<&Bytes> = versions.live_values().collect();
+/// Turns merged versions into the GET answer, as seen at `now`: 200 raw, 300 siblings, or
+/// 404 (nothing, a tombstone, or only expired values).
+fn read_response(versions: &VersionSet, wants_json: bool, now: u64) -> Response<Body> {
+    let live: Vec<&crate::version::Version> = versions.live(now).collect();
     let ctx = versions.context().encode();
-    let mut resp = match values.len() {
-        0 => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
-        1 if !wants_json => {
-            let mut r = Response::new(Full::new(values[0].clone()));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
+    let expires = live.iter().filter_map(|v| v.expires_at()).min();
+    let mut resp = match live.as_slice() {
+        [] => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+        [one] if !wants_json => {
+            let mut r = Response::new(Full::new(one.value.clone().unwrap_or_default()));
+            let ct = one.content_type().unwrap_or("application/octet-stream");
+            let ct = HeaderValue::from_str(ct)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            r.headers_mut().insert(CONTENT_TYPE, ct);
             r
         }
-        n => {
-            let siblings: Vec<String> = values.iter().map(|v| B64.encode(v)).collect();
-            let status = if n == 1 {
+        many => {
+            let siblings: Vec<String> = many
+                .iter()
+                .map(|v| B64.encode(v.value.as_deref().unwrap_or_default()))
+                .collect();
+            let content_types: Vec<&str> = many
+                .iter()
+                .map(|v| v.content_type().unwrap_or("application/octet-stream"))
+                .collect();
+            let status = if many.len() == 1 {
                 StatusCode::OK
             } else {
                 StatusCode::MULTIPLE_CHOICES
             };
-            json_response(status, json!({"context": ctx, "siblings": siblings}))
+            json_response(
+                status,
+                json!({
+                    "context": ctx,
+                    "siblings": siblings,
+                    "content_types": content_types,
+                    "expires_at": expires.map(rfc3339),
+                }),
+            )
         }
     };
     // A 404 carries the context only when a tombstone exists, so a later PUT can supersede it.
@@ -311,13 +427,40 @@ fn read_response(versions: &VersionSet, wants_json: bool) -> Response<Body> {
     {
         resp.headers_mut().insert(CONTEXT_HEADER, v);
     }
+    if let Some(t) = expires
+        && let Ok(v) = HeaderValue::from_str(&rfc3339(t))
+    {
+        resp.headers_mut().insert(EXPIRES_HEADER, v);
+    }
     resp
 }
 
 async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<Response<Body>> {
     let w = quorum_param(&req, "w")?;
     let pw = quorum_param(&req, "pw")?;
-    let ctx = context_header(&req)?;
+    let context = context_header(&req)?;
+    let condition = condition(&req)?;
+    let expires_at = match query_param(&req, "ttl") {
+        None => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(secs) if (1..=MAX_TTL_SECS).contains(&secs) => Some(now_ms() + secs * 1000),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "ttl must be a whole number of seconds between 1 and {MAX_TTL_SECS}, got {v:?}"
+                )));
+            }
+        },
+    };
+    let content_type = match req.headers().get(CONTENT_TYPE) {
+        None => None,
+        Some(v) => {
+            let ct = v
+                .to_str()
+                .map_err(|_| Error::invalid("content-type must be ASCII"))?;
+            // The default needs no storing.
+            (ct != "application/octet-stream").then(|| Box::from(ct))
+        }
+    };
     let limit = node.config().max_value_bytes;
     let declared = req
         .headers()
@@ -332,35 +475,155 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
             limit: limit as u64,
         });
     }
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|err| {
-            if err.downcast_ref::<LengthLimitError>().is_some() {
-                Error::ValueTooLarge {
-                    size: limit as u64 + 1,
-                    limit: limit as u64,
-                }
-            } else {
-                Error::invalid(format!("could not read the request body: {err}"))
-            }
-        })?
-        .to_bytes();
-    let value = if body.len() < COMPACT_BELOW {
-        Bytes::copy_from_slice(&body)
-    } else {
-        body
+    let value = read_body(req.into_body(), declared, limit).await?;
+    let write = Write {
+        key,
+        value: Some(value),
+        meta: Meta {
+            content_type,
+            expires_at,
+        }
+        .boxed(),
+        context,
+        condition,
+        w,
+        pw,
     };
-    let new_ctx = node.put(key, Some(value), ctx, w, pw).await?;
+    let new_ctx = node.write(write).await?;
     Ok(written(&new_ctx))
 }
 
+/// Reads a request body of at most `limit` bytes with at most one copy: a body that arrives
+/// in one piece is kept as it is (copied only when small, so that it does not pin hyper's
+/// larger read buffer), and pieces are gathered into one buffer sized from `content-length`.
+async fn read_body(mut body: Incoming, declared: Option<u64>, limit: usize) -> Result<Bytes> {
+    let too_large = |size: usize| Error::ValueTooLarge {
+        size: size as u64,
+        limit: limit as u64,
+    };
+    let mut first: Option<Bytes> = None;
+    let mut gathered = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|err| Error::invalid(format!("could not read the request body: {err}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let so_far = first.as_ref().map_or(0, Bytes::len) + gathered.len();
+        if so_far + data.len() > limit {
+            return Err(too_large(so_far + data.len()));
+        }
+        if first.is_none() && gathered.is_empty() {
+            first = Some(data);
+            continue;
+        }
+        if let Some(head) = first.take() {
+            let want = declared
+                .map_or(0, |d| d as usize)
+                .max(head.len() + data.len());
+            gathered.reserve(want);
+            gathered.extend_from_slice(&head);
+        }
+        gathered.extend_from_slice(&data);
+    }
+    Ok(match first {
+        Some(one) if one.len() < COMPACT_BELOW => Bytes::copy_from_slice(&one),
+        Some(one) => one,
+        None => gathered.freeze(),
+    })
+}
+
 async fn delete_kv(node: Arc<Node>, key: Bytes, req: &Request<Incoming>) -> Result<Response<Body>> {
-    let w = quorum_param(req, "w")?;
-    let pw = quorum_param(req, "pw")?;
-    let ctx = context_header(req)?;
-    let new_ctx = node.put(key, None, ctx, w, pw).await?;
+    let write = Write {
+        key,
+        value: None,
+        meta: None,
+        context: context_header(req)?,
+        condition: condition(req)?,
+        w: quorum_param(req, "w")?,
+        pw: quorum_param(req, "pw")?,
+    };
+    let new_ctx = node.write(write).await?;
     Ok(written(&new_ctx))
+}
+
+/// `GET /kv?prefix=P&limit=L&after=CURSOR`: one page of live keys, sorted. The cursor is the
+/// last key of the previous page, base64url-encoded.
+async fn list_kv(node: Arc<Node>, req: &Request<Incoming>) -> Result<Response<Body>> {
+    let prefix = Bytes::from(query_bytes(req, "prefix").unwrap_or_default());
+    let limit = match query_param(req, "limit") {
+        None => DEFAULT_LIST_LIMIT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "limit must be between 1 and {MAX_LIST_LIMIT}, got {v:?}"
+                )));
+            }
+        },
+    };
+    let after = match query_param(req, "after") {
+        None => None,
+        Some(c) => Some(Bytes::from(URL_SAFE_NO_PAD.decode(c.as_bytes()).map_err(
+            |_| Error::invalid("malformed cursor: pass back a \"next\" value"),
+        )?)),
+    };
+    let r = quorum_param(req, "r")?;
+    let listing = node.list(prefix, after, limit, r).await?;
+    let keys: Vec<String> = listing
+        .keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let next = listing.next.map(|k| URL_SAFE_NO_PAD.encode(k));
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"keys": keys, "next": next}),
+    ))
+}
+
+/// `GET /watch?prefix=P`: upgrades to a WebSocket that streams the prefix's changes. The
+/// watch is registered with every live peer before the handshake answer, so a change
+/// acknowledged after the client sees the upgrade reaches it (see [`crate::watch`]).
+async fn watch(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<Body>> {
+    let is_upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
+        return Err(Error::invalid(
+            "/watch is a WebSocket endpoint: send Upgrade: websocket and Sec-WebSocket-Key",
+        ));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let prefix = Bytes::from(query_bytes(&req, "prefix").unwrap_or_default());
+    let sub = node.watch(prefix).await;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let shutdown = node.shutdown.clone();
+    node.tracker.spawn(async move {
+        match upgrade.await {
+            Ok(io) => {
+                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(io),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                crate::watch::stream(ws, sub, shutdown).await;
+            }
+            Err(err) => debug!(%err, "websocket upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(resp)
 }
 
 fn written(ctx: &Context) -> Response<Body> {
@@ -410,6 +673,19 @@ fn history_json(ctx: &Context) -> serde_json::Value {
         .collect()
 }
 
+/// How a member looks from here: `leaving`, `dead`, `stopping` or `alive`.
+fn member_status<'a>(view: &View, m: &'a Member) -> &'a str {
+    if m.status == STATUS_LEAVING {
+        STATUS_LEAVING
+    } else if !m.alive {
+        "dead"
+    } else if view.is_alive(&m.id) {
+        "alive"
+    } else {
+        &m.status
+    }
+}
+
 fn members(node: &Node) -> Response<Body> {
     let view = node.view();
     let members: Vec<_> = view
@@ -418,13 +694,7 @@ fn members(node: &Node) -> Response<Body> {
         .map(|m| {
             json!({
                 "id": &*m.id,
-                "status": if m.status == STATUS_LEAVING {
-                    STATUS_LEAVING
-                } else if view.is_alive(&m.id) {
-                    "alive"
-                } else {
-                    "dead"
-                },
+                "status": member_status(&view, m),
                 "http": m.http.map(|a| a.to_string()),
                 "rpc": m.rpc.map(|a| a.to_string()),
                 "generation": m.generation,
@@ -432,6 +702,72 @@ fn members(node: &Node) -> Response<Body> {
         })
         .collect();
     json_response(StatusCode::OK, json!({ "members": members }))
+}
+
+/// `GET /cluster/status`: every member with its status, its vnode arcs (as fractions of the
+/// ring, adjacent arcs of one node joined) and, if it answers within the RPC timeout, its
+/// [`crate::stats::NodeStatus`].
+async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
+    let view = node.view();
+    const RING: f64 = 18_446_744_073_709_551_616.0; // 2^64
+    let mut arcs: std::collections::HashMap<&str, Vec<[f64; 2]>> = Default::default();
+    let mut last: Option<(&str, f64)> = None;
+    let ring_arcs = view.ring.arcs();
+    for (start, end, owner) in ring_arcs.iter().skip(1) {
+        let (s, e) = (*start as f64 / RING, *end as f64 / RING);
+        let list = arcs.entry(&**owner).or_default();
+        match (last, list.last_mut()) {
+            (Some((prev, _)), Some(arc)) if prev == &**owner => arc[1] = e,
+            _ => list.push([s, e]),
+        }
+        last = Some((&**owner, e));
+    }
+    // The first arc wraps around zero.
+    if let Some((start, end, owner)) = ring_arcs.first() {
+        arcs.entry(&**owner)
+            .or_default()
+            .push([*start as f64 / RING, *end as f64 / RING]);
+    }
+    let stats = view.members.values().map(|m| {
+        let node = node.clone();
+        let alive = m.alive && m.status != STATUS_LEAVING;
+        let (id, rpc) = (m.id.clone(), m.rpc);
+        async move {
+            if id == *node.id() {
+                return Some(node.status());
+            }
+            let addr = rpc.filter(|_| alive)?;
+            match node.pool.call(addr, crate::rpc::Request::Status).await {
+                Ok(crate::rpc::Response::Status(s)) => Some(s),
+                _ => None,
+            }
+        }
+    });
+    let stats = futures_util::future::join_all(stats).await;
+    let members: Vec<_> = view
+        .members
+        .values()
+        .zip(stats)
+        .map(|(m, stats)| {
+            json!({
+                "id": &*m.id,
+                "status": member_status(&view, m),
+                "http": m.http.map(|a| a.to_string()),
+                "generation": m.generation,
+                "arcs": arcs.get(&*m.id).cloned().unwrap_or_default(),
+                "stats": stats,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "node": &**node.id(),
+            "replicas": node.config().replicas,
+            "time_ms": now_ms(),
+            "members": members,
+        }),
+    )
 }
 
 fn stats(node: &Node) -> Response<Body> {
@@ -452,6 +788,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
         Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable { .. }
         | Error::Rejected(_)
@@ -474,6 +811,7 @@ pub fn error_body(err: &Error) -> serde_json::Value {
             body["required"] = json!(required);
         }
         Error::ValueTooLarge { limit, .. } => body["limit"] = json!(limit),
+        Error::PreconditionFailed { context } => body["context"] = json!(context),
         _ => {}
     }
     body
@@ -498,6 +836,15 @@ fn metrics_response(node: &Node) -> Result<Response<Body>> {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(resp)
+}
+
+fn html_response(page: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {

@@ -37,6 +37,16 @@ pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_ANTI_ENTROPY_RATE: u64 = 32 * 1024 * 1024;
 /// Longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
+/// How often each node drops the values that expired (TTL). Reads never return an expired
+/// value, so this bounds only how long its memory stays in use and how late an `expire`
+/// watch event comes.
+pub const DEFAULT_TTL_SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Keys listed per page when the client gives no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// Largest `limit` a listing accepts: a page, and what each node sends for it, stay bounded.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Longest TTL accepted: ten years, in seconds.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone)]
@@ -80,6 +90,10 @@ pub struct Config {
     /// How long a tombstone is kept after every home replica holds it. Hints live at most
     /// this long ([`HintLimits::ttl`] is set to it).
     pub tombstone_grace: Duration,
+    /// Period of the TTL sweep.
+    pub ttl_sweep_interval: Duration,
+    /// Events a WebSocket watcher may fall behind by before it is sent `lagged`.
+    pub watch_buffer: usize,
 }
 
 impl Config {
@@ -114,6 +128,8 @@ impl Config {
             anti_entropy_interval: DEFAULT_ANTI_ENTROPY_INTERVAL,
             anti_entropy_rate: DEFAULT_ANTI_ENTROPY_RATE,
             tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
+            ttl_sweep_interval: DEFAULT_TTL_SWEEP_INTERVAL,
+            watch_buffer: crate::watch::WATCH_BUFFER,
         }
     }
 

@@ -22,6 +22,20 @@
 //! replies are still collected in the background, and every *home* replica whose versions
 //! differ from the merge is sent the merge (read repair).
 //!
+//! **Conditional writes.** A write with a [`Condition`] is checked by the coordinator against
+//! its own copy, after it merged in a quorum read (R replicas), and applied under the same
+//! shard lock as the check. Since every write to a key goes through the key's first live home,
+//! two conditional writes racing in a healthy cluster meet on one node and exactly one wins.
+//! The check is best-effort, as Riak's conditional requests are: when nodes disagree on who is
+//! first (a partition, a node just declared dead or back), two coordinators can each see the
+//! condition hold, and both writes then survive as siblings.
+//!
+//! **Listing.** A listing asks every live node for its next keys in key order, merges the
+//! answers per key with the version algebra (so a replica that missed a delete cannot bring a
+//! key back), and keeps only what is live at the coordinator's clock. It requires that every
+//! ring range was covered by at least R answering home replicas. A node's answer holds at most
+//! `limit` keys, so a page costs bounded memory however many keys match.
+//!
 //! **Failures.** Dead replicas (per gossip) are not contacted. A replica that fails or times
 //! out counts against the quorum, and the call ends as soon as the quorum can no longer be
 //! met. A failed write may still have been applied on some replicas, as in every Dynamo-style
@@ -43,7 +57,10 @@ use crate::quorum::{QuorumStatus, QuorumTracker};
 use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
 use crate::stats::Stats;
-use crate::version::{Context, VersionSet};
+use crate::store::{ListPage, WriteOp};
+use crate::ttl::now_ms;
+use crate::version::{Condition, Context, Meta, VersionSet};
+use crate::watch::{Event, Op};
 
 /// Where a copy lives: this node, or a peer's RPC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +81,32 @@ impl Dest {
     fn is_home(&self) -> bool {
         self.hint_for.is_none()
     }
+}
+
+/// A client write, as the coordinator runs it.
+#[derive(Debug, Clone, Default)]
+pub struct Write {
+    pub key: Bytes,
+    /// The value; `None` deletes.
+    pub value: Option<Bytes>,
+    /// Content type and expiry.
+    pub meta: Option<Box<Meta>>,
+    /// What the client has seen; `None` for everything the coordinator holds.
+    pub context: Option<Context>,
+    pub condition: Condition,
+    /// Acknowledgements to wait for (default W).
+    pub w: Option<usize>,
+    /// Of those, acknowledgements from home replicas (default 0).
+    pub pw: Option<usize>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Live keys, sorted.
+    pub keys: Vec<Bytes>,
+    /// Where the next page starts (exclusive), if keys may follow.
+    pub next: Option<Bytes>,
 }
 
 impl Node {
@@ -100,28 +143,44 @@ impl Node {
         w: Option<usize>,
         pw: Option<usize>,
     ) -> Result<Context> {
+        self.write(Write {
+            key,
+            value,
+            context,
+            w,
+            pw,
+            ..Write::default()
+        })
+        .await
+    }
+
+    /// Runs a client write (see [`Write`]): on this node if it is the key's first live home,
+    /// else forwarded there. Returns the context of the new version.
+    pub async fn write(self: &Arc<Self>, write: Write) -> Result<Context> {
         let quorum = WriteQuorum {
-            w: w.unwrap_or(self.config.write_quorum),
-            pw: pw.unwrap_or(0),
+            w: write.w.unwrap_or(self.config.write_quorum),
+            pw: write.pw.unwrap_or(0),
         };
         self.check_write_quorum(quorum)?;
         let view = self.view();
-        let homes = view.ring.preference_list(&key, self.config.replicas);
+        let homes = view.ring.preference_list(&write.key, self.config.replicas);
         for id in homes
             .iter()
             .filter(|id| **id == self.id || view.is_alive(id))
         {
             if *id == self.id {
-                return self.coordinate_write(key, value, context, quorum).await;
+                return self.coordinate_write(write, quorum).await;
             }
             let Some(addr) = view.member(id).and_then(|m| m.rpc) else {
                 continue;
             };
             Stats::incr(&self.stats.writes_forwarded);
             let req = Request::Coordinate {
-                key: key.clone(),
-                value: value.clone(),
-                context: context.clone(),
+                key: write.key.clone(),
+                value: write.value.clone(),
+                meta: write.meta.clone(),
+                context: write.context.clone(),
+                condition: write.condition.clone(),
                 quorum,
             };
             // The coordinator itself waits up to one RPC timeout for its replicas.
@@ -153,24 +212,56 @@ impl Node {
     /// Coordinates a write on this node: mint the version locally, replicate, count acks.
     pub(crate) async fn coordinate_write(
         self: &Arc<Self>,
-        key: Bytes,
-        value: Option<Bytes>,
-        context: Option<Context>,
+        write: Write,
         quorum: WriteQuorum,
     ) -> Result<Context> {
         Stats::incr(&self.stats.writes_coordinated);
+        let Write {
+            key,
+            value,
+            meta,
+            context,
+            condition,
+            ..
+        } = write;
         // Only this node mints this actor's counters: a context claiming one it never minted
         // is forged or corrupt, and would push every later counter out of range.
-        if let Some(ctx) = &context
-            && ctx.max_counter(&self.actor) > self.store.minted()
-        {
+        let claims_unminted = |ctx: &Context| ctx.max_counter(&self.actor) > self.store.minted();
+        let if_match = match &condition {
+            Condition::IfMatch(ctx) => Some(ctx),
+            _ => None,
+        };
+        if context.iter().chain(if_match).any(claims_unminted) {
             return Err(Error::invalid(
                 "malformed context: it names versions this node never wrote",
             ));
         }
+        if condition != Condition::None {
+            // Check the condition against what a quorum holds, not only this replica's copy
+            // (it may have just restarted empty, or missed a write).
+            let read = self.get(key.clone(), None).await?;
+            self.store.merge_owned(&key, read);
+        }
         let view = self.view();
         let dests = self.destinations(&view, &key);
-        let (new_ctx, versions) = self.store.write(&key, &self.actor, context.as_ref(), value);
+        let op = WriteOp {
+            context: context.as_ref().or(if_match),
+            value,
+            meta,
+            condition: &condition,
+            now_ms: now_ms(),
+        };
+        let (new_ctx, versions) =
+            self.store
+                .write_with(&key, &self.actor, op)
+                .map_err(|current| Error::PreconditionFailed {
+                    context: current.encode(),
+                })?;
+        let event_value = versions
+            .versions()
+            .iter()
+            .find(|v| v.history == new_ctx)
+            .and_then(|v| v.value.clone());
 
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
         let mut all = QuorumTracker::new(dests.len(), quorum.w);
@@ -202,11 +293,11 @@ impl Node {
         // quorum is met or the client went away (each call is bounded by the RPC timeout).
         let (ack_tx, mut ack_rx) = mpsc::channel(calls.len().max(1));
         if !calls.is_empty() {
-            self.tracker.spawn(async move {
+            self.tracker.spawn(crate::rpc::in_current_trace(async move {
                 while let Some(ack) = calls.next().await {
                     let _ = ack_tx.send(ack).await;
                 }
-            });
+            }));
         }
         while !settled(&all, &homes) {
             let Some((is_home, ok)) = ack_rx.recv().await else {
@@ -225,6 +316,16 @@ impl Node {
             }
         }
         if all.status() == QuorumStatus::Met && homes.status() == QuorumStatus::Met {
+            self.emit_with(&key, || Event {
+                op: if event_value.is_some() {
+                    Op::Put
+                } else {
+                    Op::Delete
+                },
+                key: key.clone(),
+                value: event_value.clone(),
+                context: new_ctx.encode(),
+            });
             return Ok(new_ctx);
         }
         Stats::incr(&self.stats.quorum_failures);
@@ -310,7 +411,7 @@ impl Node {
         }
         let node = self.clone();
         let result = merged.clone();
-        self.tracker.spawn(async move {
+        self.tracker.spawn(crate::rpc::in_current_trace(async move {
             // Wait for the stragglers (each bounded by the RPC timeout), then repair.
             while let Some((dest, vs)) = calls.next().await {
                 if let Some(vs) = vs {
@@ -319,7 +420,7 @@ impl Node {
                 }
             }
             node.read_repair(key, merged, replies).await;
-        });
+        }));
         Ok(result)
     }
 
@@ -330,7 +431,9 @@ impl Node {
             return;
         }
         for (dest, vs) in replies {
-            if vs == merged || !dest.is_home() {
+            // Fingerprints, not equality: a replica that has not yet dropped an expired value
+            // holds the same writes as one that has.
+            if vs.fingerprint(&key) == merged.fingerprint(&key) || !dest.is_home() {
                 continue;
             }
             Stats::incr(&self.stats.read_repairs);
@@ -351,6 +454,135 @@ impl Node {
             }
         }
     }
+}
+
+impl Node {
+    /// Lists live keys starting with `prefix`, after `after`, at most `limit`, merging every
+    /// live node's answer; every ring range must be covered by `r` (default R) answering home
+    /// replicas.
+    pub async fn list(
+        self: &Arc<Self>,
+        prefix: Bytes,
+        after: Option<Bytes>,
+        limit: usize,
+        r: Option<usize>,
+    ) -> Result<Listing> {
+        let r = r.unwrap_or(self.config.read_quorum);
+        self.check_quorum(r, "r")?;
+        let view = self.view();
+        let now = now_ms();
+        let nodes: Vec<(NodeId, Replica)> = view
+            .ring
+            .nodes()
+            .iter()
+            .filter_map(|id| {
+                if *id == self.id {
+                    Some((id.clone(), Replica::Local))
+                } else if view.is_alive(id) {
+                    Some((id.clone(), Replica::Remote(view.member(id)?.rpc?)))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let mut keys = Vec::new();
+        let mut cursor = after;
+        loop {
+            let want = limit - keys.len();
+            let calls = nodes.iter().map(|(id, replica)| {
+                let (prefix, cursor) = (prefix.clone(), cursor.clone());
+                async move {
+                    let page = match replica {
+                        Replica::Local => Ok(self.store.list(&prefix, cursor.as_deref(), want)),
+                        Replica::Remote(addr) => {
+                            let req = Request::List {
+                                prefix,
+                                after: cursor,
+                                limit: want as u32,
+                            };
+                            match self.pool.call(*addr, req).await {
+                                Ok(Response::Listed(page)) => Ok(page),
+                                Ok(other) => Err(Error::Protocol(format!(
+                                    "unexpected answer to a listing: {other:?}"
+                                ))),
+                                Err(err) => Err(err),
+                            }
+                        }
+                    };
+                    (id.clone(), page)
+                }
+            });
+            let answers = futures_util::future::join_all(calls).await;
+            let answered: std::collections::HashSet<&NodeId> = answers
+                .iter()
+                .filter(|(_, page)| page.is_ok())
+                .map(|(id, _)| id)
+                .collect();
+            let covered = min_coverage(&view, self.config.replicas, &answered);
+            if covered < r {
+                Stats::incr(&self.stats.quorum_failures);
+                return Err(Error::Unavailable {
+                    replied: covered,
+                    required: r,
+                });
+            }
+            let pages: Vec<ListPage> = answers.into_iter().filter_map(|(_, p)| p.ok()).collect();
+            // Every key up to the frontier is in every answer that could hold it: past the
+            // last key of an answer that was cut short, that node may hold more.
+            let frontier = pages
+                .iter()
+                .filter(|p| p.more)
+                .filter_map(|p| p.entries.last().map(|(k, _)| k.clone()))
+                .min();
+            let mut merged: std::collections::BTreeMap<Bytes, VersionSet> = Default::default();
+            for page in pages {
+                for (key, vs) in page.entries {
+                    if frontier.as_ref().is_some_and(|f| key > *f) {
+                        break;
+                    }
+                    merged.entry(key).or_default().merge(&vs);
+                }
+            }
+            let mut live = merged
+                .into_iter()
+                .filter(|(_, vs)| vs.live(now).next().is_some())
+                .map(|(key, _)| key);
+            for key in live.by_ref() {
+                keys.push(key);
+                if keys.len() == limit {
+                    break;
+                }
+            }
+            if keys.len() == limit {
+                // Say "no more" when it is known: nothing live left in this round, and no
+                // node cut short. Otherwise the next page may turn out empty.
+                let more = live.next().is_some() || frontier.is_some();
+                let next = more.then(|| keys.last().cloned()).flatten();
+                return Ok(Listing { keys, next });
+            }
+            match frontier {
+                Some(f) => cursor = Some(f),
+                None => return Ok(Listing { keys, next: None }),
+            }
+        }
+    }
+}
+
+/// The fewest answering home replicas of any ring range: a listing that heard from `answered`
+/// saw every range through at least this many of its homes.
+fn min_coverage(view: &View, n: usize, answered: &std::collections::HashSet<&NodeId>) -> usize {
+    view.ring
+        .arcs()
+        .iter()
+        .map(|(_, end, _)| {
+            view.ring
+                .preference_list_for_hash(*end, n)
+                .iter()
+                .filter(|id| answered.contains(id))
+                .count()
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// True when a write can stop waiting: both quorums met, or either can no longer be met.

@@ -21,6 +21,8 @@ pub enum Error {
     MethodNotAllowed(String),
     /// A value larger than `--max-value-bytes`.
     ValueTooLarge { size: u64, limit: u64 },
+    /// A conditional write whose condition did not hold; carries the key's current context.
+    PreconditionFailed { context: String },
     /// Fewer replicas answered than the quorum requires.
     Unavailable { replied: usize, required: usize },
     /// A replica refused to store a copy (its hint store is full, or the hint window for the
@@ -63,6 +65,9 @@ impl fmt::Display for Error {
                     f,
                     "value of {size} bytes exceeds the limit of {limit} bytes"
                 )
+            }
+            Error::PreconditionFailed { .. } => {
+                write!(f, "precondition failed: the key changed or already exists")
             }
             Error::Unavailable { replied, required } => write!(
                 f,

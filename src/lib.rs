@@ -41,7 +41,9 @@
 //! | [`antientropy`] | Merkle exchanges, ownership handoff, tombstone GC |
 //! | [`api`] | the HTTP API (hyper 1); the one place HTTP status codes are chosen |
 //! | [`metrics`] | `GET /metrics` in the Prometheus / OpenMetrics text format |
-//! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees |
+//! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees and key-order and expiry indexes |
+//! | [`ttl`] | the clock expiry is judged by, and the sweep that frees expired values |
+//! | [`watch`] | watchers, who watches what across the ring, and the event fan-out |
 //! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
 //!
 //! Around the node: [`client::Client`] (an async client of the HTTP API), [`cli`] (the
@@ -88,6 +90,25 @@
 //!   keep it in the ring), drains its HTTP connections, pushes its hints and exits 0
 //!   ([`node::NodeHandle::shutdown_gracefully`]).
 //!
+//! ## TTL, listing, watches, conditional writes
+//!
+//! - **TTL.** A write may carry an absolute expiry (the receiving node's clock + TTL). Reads
+//!   filter by the answering node's clock, so expiry is immediate everywhere (modulo clock
+//!   skew, see [`ttl`]); each replica's sweep then drops the value and keeps the version as a
+//!   tombstone, which [`version::VersionSet::fingerprint`] hashes exactly as before, so expiry
+//!   never causes anti-entropy traffic.
+//! - **Listing.** Every store keeps a key-ordered index; a listing asks every live node for
+//!   its next `limit` keys, merges them per key with the version algebra and keeps the live
+//!   ones up to the point every answer covers. Every range must be covered by R answering
+//!   homes.
+//! - **Watches.** The coordinator of a write (the sweep's first live home, for an expiry)
+//!   sends one event to every node with a matching watcher, once the write met its quorum;
+//!   at most once, while connected; a slow watcher gets `lagged` instead of blocking writes
+//!   (see [`watch`]).
+//! - **Conditional writes** are checked by the key's first live home after a quorum read and
+//!   applied under the same lock: exactly one of racing conditional writes wins in a healthy
+//!   ring, best-effort under partitions (both survive as siblings).
+//!
 //! ## Guarantees
 //!
 //! - A write acknowledged with W = w is stored in memory on at least w replicas (homes, or
@@ -118,6 +139,11 @@
 //! - Tombstones wait while any member is down (the purge asks every member).
 //! - Contexts are checksummed, not authenticated: a client can forge one for keys it may
 //!   write anyway.
+//! - Expiry is wall-clock time: nodes with skewed clocks disagree about when a value
+//!   expires by the skew.
+//! - Conditional writes (`if_absent`, `if-match`) are best-effort under partitions.
+//! - Every key costs a second entry in the key-order index that listing needs (about 80
+//!   bytes per key per replica).
 
 pub mod antientropy;
 pub mod api;
@@ -139,7 +165,9 @@ pub mod ring;
 pub mod rpc;
 pub mod stats;
 pub mod store;
+pub mod ttl;
 pub mod version;
+pub mod watch;
 
 pub use client::Client;
 pub use config::Config;

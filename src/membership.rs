@@ -42,6 +42,9 @@ pub const KEY_HTTP: &str = "http";
 pub const KEY_RPC: &str = "rpc";
 /// Node-state key holding the node's status: [`STATUS_ALIVE`] or [`STATUS_LEAVING`].
 pub const KEY_STATUS: &str = "status";
+/// Node-state key holding the prefixes the node's watchers follow
+/// ([`crate::watch::Announcement`]).
+pub const KEY_WATCH: &str = "watch";
 /// A node serving normally.
 pub const STATUS_ALIVE: &str = "alive";
 /// A node handing its data over before it exits. It is out of the ring at once.
@@ -102,6 +105,8 @@ pub struct Member {
     pub status: String,
     /// When this node first saw it dead (local observation; `None` while alive).
     pub dead_since: Option<Instant>,
+    /// The key prefixes its watchers follow, as it last gossiped them.
+    pub watch: Option<Arc<crate::watch::Announcement>>,
 }
 
 /// A consistent snapshot of the cluster: members and the ring built from them.
@@ -304,6 +309,10 @@ fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize
                 alive,
                 status: state.get(KEY_STATUS).unwrap_or(STATUS_ALIVE).to_string(),
                 dead_since,
+                watch: state
+                    .get(KEY_WATCH)
+                    .and_then(crate::watch::Announcement::decode)
+                    .map(Arc::new),
             },
         );
     }

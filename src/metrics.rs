@@ -77,12 +77,14 @@ struct NodeCollector {
     hints_pending: u64,
     alive: u64,
     dead: u64,
+    watchers: u64,
+    events_dropped: u64,
 }
 
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.counters;
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "quorum_failures",
                 "Client requests answered 503: quorum not met",
@@ -154,6 +156,21 @@ impl Collector for NodeCollector {
                 c.tombstones_purged,
             ),
             (
+                "ttl_values_expired",
+                "Values dropped by the TTL sweep",
+                c.ttl_values_expired,
+            ),
+            (
+                "ttl_bytes_freed",
+                "Value bytes freed by the TTL sweep",
+                c.ttl_bytes_freed,
+            ),
+            (
+                "watch_events_dropped",
+                "Watch events not delivered to a peer (queue full or peer unreachable)",
+                self.events_dropped,
+            ),
+            (
                 "rpc_frames_rejected",
                 "RPC connections closed for a bad frame",
                 c.rpc_frames_rejected,
@@ -173,7 +190,7 @@ impl Collector for NodeCollector {
                 counter.metric_type(),
             )?)?;
         }
-        let gauges: [(&str, &str, u64); 6] = [
+        let gauges: [(&str, &str, u64); 7] = [
             ("keys", "Keys stored on this node", self.store.keys),
             (
                 "tombstones",
@@ -195,6 +212,11 @@ impl Collector for NodeCollector {
                 "members_dead",
                 "Members this node sees down or leaving",
                 self.dead,
+            ),
+            (
+                "watchers",
+                "WebSocket watchers connected to this node",
+                self.watchers,
             ),
         ];
         for (name, help, value) in gauges {
@@ -220,6 +242,11 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         hints_pending: node.hints_pending() as u64,
         alive,
         dead: view.members.len() as u64 - alive,
+        watchers: node.watchers().count() as u64,
+        events_dropped: node
+            .fanout
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
     };
     let mut registry = Registry::default();
     let http = node.http_metrics();

@@ -33,6 +33,7 @@ use crate::rpc::{self, Hello, Request, Response, Service, WriteQuorum};
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::version::{Actor, VersionSet};
+use crate::watch::{Fanout, Interest, Watchers};
 
 /// The state shared by every task of one node.
 pub struct Node {
@@ -49,14 +50,20 @@ pub struct Node {
     view_rx: watch::Receiver<Arc<View>>,
     /// The ring's segments, swapped by the anti-entropy worker when the ring changes.
     segments: RwLock<Arc<Segments>>,
-    /// Sets this node's gossiped status.
-    self_keys: SelfKeys,
+    /// Sets this node's gossiped keys (status, watched prefixes).
+    pub(crate) self_keys: SelfKeys,
     /// Where a decommission stands.
     leave_tx: watch::Sender<LeaveState>,
     /// HTTP request counts and latencies.
     http_metrics: HttpMetrics,
     /// Fires when the node shuts down, for tasks started after `start`.
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
+    /// This node's WebSocket watchers.
+    pub(crate) watchers: Arc<Watchers>,
+    /// Which prefixes peers watch, as they told us directly.
+    pub(crate) interest: Mutex<Interest>,
+    /// Queues of events on their way to watching peers.
+    pub(crate) fanout: Fanout,
 }
 
 /// Progress of a decommission (`POST /cluster/leave`).
@@ -170,6 +177,24 @@ impl Node {
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
+
+    /// What the status page shows of this node.
+    pub fn status(&self) -> crate::stats::NodeStatus {
+        let store = self.store.stats();
+        let c = self.stats.snapshot();
+        crate::stats::NodeStatus {
+            keys: store.keys,
+            tombstones: store.tombstones,
+            bytes: store.bytes,
+            hints_pending: self.hints_pending() as u64,
+            ae_rounds: c.ae_rounds,
+            ae_keys_repaired: c.ae_keys_repaired,
+            ae_bytes_sent: c.ae_bytes_sent,
+            ae_bytes_received: c.ae_bytes_received,
+            requests: c.http_requests,
+            watchers: self.watchers.count() as u64,
+        }
+    }
 }
 
 impl Service for Node {
@@ -202,14 +227,47 @@ impl Service for Node {
             Request::Coordinate {
                 key,
                 value,
+                meta,
                 context,
+                condition,
                 quorum,
             } => {
                 self.check_write_quorum(quorum)?;
-                self.coordinate_write(key, value, context, quorum)
-                    .await
-                    .map(Response::Written)
+                let write = crate::coordinator::Write {
+                    key,
+                    value,
+                    meta,
+                    context,
+                    condition,
+                    ..Default::default()
+                };
+                // This node coordinates: the replicas' logs name it.
+                let trace = crate::rpc::current_trace().map(|t| crate::rpc::Trace {
+                    coordinator: self.id.to_string(),
+                    ..t
+                });
+                let run = self.coordinate_write(write, quorum);
+                match trace {
+                    Some(t) => crate::rpc::TRACE.scope(t, run).await,
+                    None => run.await,
+                }
+                .map(Response::Written)
             }
+            Request::List {
+                prefix,
+                after,
+                limit,
+            } => {
+                let limit = (limit as usize).clamp(1, crate::config::MAX_LIST_LIMIT);
+                Ok(Response::Listed(self.store.list(
+                    &prefix,
+                    after.as_deref(),
+                    limit,
+                )))
+            }
+            Request::Events { events } => Ok(self.peer_events(events)),
+            Request::Watching { node, announcement } => Ok(self.peer_watching(node, announcement)),
+            Request::Status => Ok(Response::Status(self.status())),
         }
     }
 }
@@ -297,6 +355,9 @@ impl NodeHandle {
             leave_tx: watch::channel(LeaveState::Member).0,
             http_metrics: HttpMetrics::default(),
             shutdown: shutdown.clone(),
+            watchers: Arc::default(),
+            interest: Mutex::default(),
+            fanout: Fanout::default(),
             config,
         });
 
@@ -311,6 +372,8 @@ impl NodeHandle {
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
         tracker.spawn(crate::handoff::run(node.clone(), shutdown.clone()));
         tracker.spawn(crate::antientropy::run(node.clone(), shutdown.clone()));
+        tracker.spawn(crate::ttl::run(node.clone(), shutdown.clone()));
+        tracker.spawn(node.clone().run_watch_announcer());
         let http_stop = crate::api::Stop {
             drain: CancellationToken::new(),
             kill: shutdown.clone(),

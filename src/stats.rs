@@ -40,6 +40,29 @@ pub struct Stats {
     pub ae_keys_handed_off: AtomicU64,
     /// Tombstones purged after the grace period.
     pub tombstones_purged: AtomicU64,
+    /// HTTP requests answered.
+    pub http_requests: AtomicU64,
+    /// Values dropped by the TTL sweep once expired.
+    pub ttl_values_expired: AtomicU64,
+    /// Bytes of values the TTL sweep freed.
+    pub ttl_bytes_freed: AtomicU64,
+}
+
+/// What the status page shows of one node (`GET /cluster/status`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub keys: u64,
+    pub tombstones: u64,
+    pub bytes: u64,
+    pub hints_pending: u64,
+    pub ae_rounds: u64,
+    pub ae_keys_repaired: u64,
+    pub ae_bytes_sent: u64,
+    pub ae_bytes_received: u64,
+    /// HTTP requests answered since the node started.
+    pub requests: u64,
+    /// Connected WebSocket watchers.
+    pub watchers: u64,
 }
 
 /// A point-in-time copy of [`Stats`], for JSON.
@@ -62,6 +85,9 @@ pub struct StatsSnapshot {
     pub ae_bytes_received: u64,
     pub ae_keys_handed_off: u64,
     pub tombstones_purged: u64,
+    pub http_requests: u64,
+    pub ttl_values_expired: u64,
+    pub ttl_bytes_freed: u64,
 }
 
 impl Stats {
@@ -95,6 +121,9 @@ impl Stats {
             ae_bytes_received: get(&self.ae_bytes_received),
             ae_keys_handed_off: get(&self.ae_keys_handed_off),
             tombstones_purged: get(&self.tombstones_purged),
+            http_requests: get(&self.http_requests),
+            ttl_values_expired: get(&self.ttl_values_expired),
+            ttl_bytes_freed: get(&self.ttl_bytes_freed),
         }
     }
 }

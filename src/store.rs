@@ -14,10 +14,15 @@
 //! merge and removal adjusts the tree in O(depth) with the key's old and new fingerprints, so
 //! a tree is only ever rebuilt when the ring itself changes.
 //!
+//! Two secondary indexes per shard serve the features that need another order: the keys in
+//! key order (listing, [`Store::list`]), and the keys holding an expiring value by expiry
+//! time (the TTL sweep, [`Store::expire_due`]). Both follow every change under the same lock.
+//!
 //! The store never decides *what* to keep: that is the version algebra's job
 //! ([`crate::version`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -28,7 +33,7 @@ use serde::Serialize;
 
 use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
 use crate::ring::{SHARD_BITS, Segment, key_hash, shard_of};
-use crate::version::{Actor, Context, VersionSet};
+use crate::version::{Actor, Condition, Context, Meta, VersionSet};
 
 /// Number of independently locked shards.
 pub const SHARDS: usize = 1 << SHARD_BITS;
@@ -54,6 +59,10 @@ struct Shard {
     tombstones: HashMap<Bytes, Instant>,
     /// Bytes of keys and values held.
     bytes: u64,
+    /// Every key of `map`, in key order.
+    by_key: BTreeSet<Bytes>,
+    /// `(expiry, hash, key)` of every key with an expiring value not yet dropped.
+    expiry: BTreeSet<(u64, u64, Bytes)>,
 }
 
 impl Shard {
@@ -75,6 +84,19 @@ impl Shard {
             tree.update(hash, old.fp, new.fp);
         }
         self.bytes = (self.bytes + new.bytes).saturating_sub(old.bytes);
+        if old.fp == 0 && new.fp != 0 {
+            self.by_key.insert(key.clone());
+        } else if old.fp != 0 && new.fp == 0 {
+            self.by_key.remove(key);
+        }
+        if old.expires != new.expires {
+            if let Some(t) = old.expires {
+                self.expiry.remove(&(t, hash, key.clone()));
+            }
+            if let Some(t) = new.expires {
+                self.expiry.insert((t, hash, key.clone()));
+            }
+        }
         if new.deleted && !old.deleted {
             self.tombstones.insert(key.clone(), Instant::now());
         } else if old.deleted && !new.deleted {
@@ -90,6 +112,8 @@ struct Summary {
     deleted: bool,
     /// Key and value bytes (0 for an empty set).
     bytes: u64,
+    /// When the next value expires.
+    expires: Option<u64>,
 }
 
 impl Summary {
@@ -107,6 +131,7 @@ impl Summary {
             } else {
                 (key.len() + values) as u64
             },
+            expires: vs.next_expiry(),
         }
     }
 }
@@ -119,6 +144,39 @@ pub struct Store {
     minted: AtomicU64,
     /// Where the next tombstone-GC pass starts.
     gc_cursor: AtomicUsize,
+}
+
+/// A write as the coordinator applies it (see [`Store::write_with`]).
+pub struct WriteOp<'a> {
+    /// What the client has seen; `None` for everything this store holds.
+    pub context: Option<&'a Context>,
+    /// The value; `None` deletes.
+    pub value: Option<Bytes>,
+    pub meta: Option<Box<Meta>>,
+    /// Checked on the stored versions before the write.
+    pub condition: &'a Condition,
+    /// The coordinator's clock, for conditions that look at expiry.
+    pub now_ms: u64,
+}
+
+/// What one [`Store::expire_due`] pass did.
+#[derive(Debug, Default)]
+pub struct ExpireReport {
+    /// Keys visited.
+    pub processed: usize,
+    /// Keys left without a live value, with their versions afterwards.
+    pub expired: Vec<(Bytes, VersionSet)>,
+    /// Value bytes freed.
+    pub freed: u64,
+}
+
+/// One node's answer to a listing ([`Store::list`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListPage {
+    /// Keys in order with their versions, values stripped.
+    pub entries: Vec<(Bytes, VersionSet)>,
+    /// Whether keys after the last entry may match.
+    pub more: bool,
 }
 
 /// Counts of what a store holds.
@@ -182,12 +240,12 @@ impl Store {
             }
             None => {
                 // A private copy of the key, so the stored key does not share (and pin) the
-                // buffer of the request it arrived in.
+                // buffer of the request it arrived in; the indexes share it.
+                let stored = Bytes::copy_from_slice(key);
                 let new = Summary::of(key, &incoming);
-                shard
-                    .map
-                    .insert((hash, Bytes::copy_from_slice(key)), incoming);
-                (Summary::default(), new)
+                shard.map.insert((hash, stored.clone()), incoming);
+                shard.changed(hash, &stored, Summary::default(), new);
+                return true;
             }
         };
         shard.changed(hash, key, old, new);
@@ -204,26 +262,151 @@ impl Store {
         context: Option<&Context>,
         value: Option<Bytes>,
     ) -> (Context, VersionSet) {
+        let op = WriteOp {
+            context,
+            value,
+            meta: None,
+            condition: &Condition::None,
+            now_ms: 0,
+        };
+        match self.write_with(key, actor, op) {
+            Ok(done) => done,
+            Err(_) => unreachable!("an unconditional write always applies"),
+        }
+    }
+
+    /// As [`Store::write`], with metadata, and only if `op.condition` holds on the stored
+    /// versions; checked and applied under one lock, so no other write to the key on this
+    /// store comes between. Fails with the stored versions' context.
+    pub fn write_with(
+        &self,
+        key: &Bytes,
+        actor: &Actor,
+        op: WriteOp<'_>,
+    ) -> std::result::Result<(Context, VersionSet), Context> {
         let hash = key_hash(key);
         let mut shard = self.shard(hash);
-        let slot = (hash, key.clone());
-        if !shard.map.contains_key(&slot) {
-            shard
-                .map
-                .insert((hash, Bytes::copy_from_slice(key)), VersionSet::new());
-        }
-        let set = shard.map.entry(slot).or_default();
-        let old = Summary::of(key, set);
-        let floor = self.minted.load(Ordering::Relaxed);
-        let ctx = set.write_above(actor, context, value, floor);
+        let (stored, old, ctx, after) = {
+            let current = find(&shard.map, hash, key);
+            let empty = VersionSet::new();
+            if !op.condition.holds(current.unwrap_or(&empty), op.now_ms) {
+                return Err(current.map(VersionSet::context).unwrap_or_default());
+            }
+            let stored = match current {
+                Some(_) => key.clone(),
+                None => Bytes::copy_from_slice(key),
+            };
+            if current.is_none() {
+                shard.map.insert((hash, stored.clone()), VersionSet::new());
+            }
+            let Some(set) = find_mut(&mut shard.map, hash, key) else {
+                unreachable!("inserted above")
+            };
+            let old = Summary::of(key, set);
+            let floor = self.minted.load(Ordering::Relaxed);
+            let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
+            (stored, old, ctx, set.clone())
+        };
         // Keys in other shards may mint the same counter concurrently: harmless, a dot only
         // has to be unique within its key, which this shard's lock serialises.
         self.minted
             .fetch_max(ctx.max_counter(actor), Ordering::Relaxed);
-        let after = set.clone();
         let new = Summary::of(key, &after);
-        shard.changed(hash, key, old, new);
-        (ctx, after)
+        shard.changed(hash, &stored, old, new);
+        Ok((ctx, after))
+    }
+
+    /// Drops the values that expired by `now_ms`, visiting at most `max` keys.
+    pub fn expire_due(&self, now_ms: u64, max: usize) -> ExpireReport {
+        let mut report = ExpireReport::default();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            while report.processed < max {
+                let Some((t, hash, key)) = shard.expiry.first().cloned() else {
+                    break;
+                };
+                if t > now_ms {
+                    break;
+                }
+                report.processed += 1;
+                // Taken out first, so the loop always advances; `changed` re-adds the key
+                // if another of its values expires later.
+                shard.expiry.pop_first();
+                let Some(set) = find_mut(&mut shard.map, hash, &key) else {
+                    continue;
+                };
+                let old = Summary::of(&key, set);
+                let dropped = set.expire(now_ms);
+                let after = set.clone();
+                let new = Summary::of(&key, &after);
+                report.freed += old.bytes.saturating_sub(new.bytes);
+                shard.changed(hash, &key, old, new);
+                if dropped && after.live(now_ms).next().is_none() {
+                    report.expired.push((key, after));
+                }
+            }
+        }
+        report
+    }
+
+    /// One node's page of a listing: up to `limit` keys starting with `prefix` and after
+    /// `after`, in key order, with their versions stripped of values
+    /// ([`VersionSet::without_values`]); tombstones and expired values included, since the
+    /// reader merges them with other replicas' answers. `more` is false when no further key
+    /// matches.
+    ///
+    /// Each shard is read in small batches and the batches are merged, so a page costs about
+    /// `limit` key visits whatever the store holds, and no lock is held for long.
+    pub fn list(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> ListPage {
+        let batch = (limit / 16).clamp(8, 1024);
+        let start: Bound<&[u8]> = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        // Per shard: the keys read but not yet merged, and whether the shard has more.
+        let read = |i: usize, from: Bound<&[u8]>| -> (VecDeque<(Bytes, VersionSet)>, bool) {
+            let shard = lock(&self.shards[i]);
+            let keys: VecDeque<(Bytes, VersionSet)> = shard
+                .by_key
+                .range::<[u8], _>((from, Bound::Unbounded))
+                .take_while(|k| k.starts_with(prefix))
+                .take(batch)
+                .filter_map(|k| {
+                    let vs = find(&shard.map, key_hash(k), k)?;
+                    Some((k.clone(), vs.without_values()))
+                })
+                .collect();
+            let more = keys.len() == batch;
+            (keys, more)
+        };
+        let mut runs: Vec<(VecDeque<(Bytes, VersionSet)>, bool)> =
+            (0..SHARDS).map(|i| read(i, start)).collect();
+        let mut heap: BinaryHeap<Reverse<(Bytes, usize)>> = runs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (keys, _))| keys.front().map(|(k, _)| Reverse((k.clone(), i))))
+            .collect();
+        let mut entries = Vec::with_capacity(limit.min(4096));
+        while entries.len() < limit {
+            let Some(Reverse((_, i))) = heap.pop() else {
+                break;
+            };
+            let run = &mut runs[i];
+            let Some(entry) = run.0.pop_front() else {
+                continue;
+            };
+            if run.0.is_empty() && run.1 {
+                *run = read(i, Bound::Excluded(&entry.0));
+            }
+            if let Some((k, _)) = runs[i].0.front() {
+                heap.push(Reverse((k.clone(), i)));
+            }
+            entries.push(entry);
+        }
+        ListPage {
+            more: !heap.is_empty(),
+            entries,
+        }
     }
 
     /// The highest counter this node's actor has minted.
@@ -579,6 +762,132 @@ mod tests {
         let values: Vec<_> = b.get(&key).unwrap().live_values().cloned().collect();
         assert_eq!(values, vec![Bytes::from("new")]);
         assert_eq!(a.minted(), 5);
+    }
+
+    fn keys_of(page: &ListPage) -> Vec<&[u8]> {
+        page.entries.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+
+    /// Listing merges the 64 shards into key order, pages by cursor, and respects the prefix,
+    /// whatever the page size.
+    #[test]
+    fn list_walks_keys_in_order_by_pages() {
+        let s = Store::new();
+        let mut all: Vec<Bytes> = (0..1000)
+            .map(|i| Bytes::from(format!("p/{:04}", (i * 7919) % 1000)))
+            .collect();
+        for k in &all {
+            s.write(k, &actor("n1"), None, Some(Bytes::from_static(b"value")));
+        }
+        for k in ["o", "p", "q/1", "p0"] {
+            s.write(&Bytes::from(k), &actor("n1"), None, Some(Bytes::new()));
+        }
+        s.write(&all[3], &actor("n1"), None, None); // tombstones are listed too
+        all.sort();
+        for limit in [1, 7, 64, 1000, 5000] {
+            let mut seen: Vec<Bytes> = Vec::new();
+            let mut after: Option<Bytes> = None;
+            loop {
+                let page = s.list(b"p/", after.as_deref(), limit);
+                assert!(page.entries.len() <= limit);
+                assert!(
+                    page.entries
+                        .iter()
+                        .all(|(_, vs)| vs.live_values().all(|v| v.is_empty()))
+                );
+                seen.extend(page.entries.iter().map(|(k, _)| k.clone()));
+                if !page.more {
+                    break;
+                }
+                after = page.entries.last().map(|(k, _)| k.clone());
+            }
+            assert_eq!(seen, all, "limit {limit}");
+        }
+        // A cursor before the prefix starts at the prefix; one past it finds nothing.
+        assert_eq!(keys_of(&s.list(b"p/", Some(b"a"), 1)), vec![b"p/0000"]);
+        assert!(s.list(b"p/", Some(b"zz"), 10).entries.is_empty());
+        assert_eq!(keys_of(&s.list(b"", None, 2)), vec![&b"o"[..], b"p"]);
+        assert_eq!(keys_of(&s.list(b"q", None, 10)), vec![b"q/1"]);
+    }
+
+    /// The sweep drops expired values (freeing their bytes) but keeps their versions as
+    /// tombstones with unchanged fingerprints and trees, and leaves later expiries alone.
+    #[test]
+    fn expire_due_drops_values_and_keeps_fingerprints() {
+        let segs = ring().segments(3);
+        let s = Store::new();
+        s.set_segments(&segs);
+        let write = |key: &str, expires: Option<u64>| {
+            let op = WriteOp {
+                context: None,
+                value: Some(Bytes::from_static(b"0123456789")),
+                meta: Meta {
+                    content_type: None,
+                    expires_at: expires,
+                }
+                .boxed(),
+                condition: &Condition::None,
+                now_ms: 0,
+            };
+            s.write_with(&Bytes::from(key.to_string()), &actor("n1"), op)
+                .unwrap()
+                .1
+        };
+        let soon = write("soon", Some(1_000));
+        write("later", Some(5_000));
+        write("never", None);
+        let roots: Vec<_> = (0..segs.len())
+            .map(|i| s.root(&segs[i], i as SegmentId))
+            .collect();
+        let before = s.stats();
+        let report = s.expire_due(999, 100);
+        assert_eq!(report.processed, 0, "nothing is due yet");
+        let report = s.expire_due(1_000, 100);
+        assert_eq!(report.processed, 1);
+        assert_eq!(report.freed, 10);
+        assert_eq!(report.expired.len(), 1);
+        let (key, after) = &report.expired[0];
+        assert_eq!(key, "soon");
+        assert!(after.is_deleted() && after.live(0).next().is_none());
+        assert_eq!(after.fingerprint(key), soon.fingerprint(key));
+        let roots_after: Vec<_> = (0..segs.len())
+            .map(|i| s.root(&segs[i], i as SegmentId))
+            .collect();
+        assert_eq!(roots, roots_after, "trees unchanged: no repair traffic");
+        assert_eq!(s.stats().bytes, before.bytes - 10);
+        assert_eq!(s.stats().tombstones, 1);
+        assert_eq!(s.expire_due(4_999, 100).processed, 0, "done once");
+        assert_eq!(
+            s.expire_due(u64::MAX, 100).expired.len(),
+            1,
+            "later expires"
+        );
+        // A condition is checked under the lock against what is stored.
+        fn op(cond: &Condition) -> WriteOp<'_> {
+            WriteOp {
+                context: None,
+                value: Some(Bytes::new()),
+                meta: None,
+                condition: cond,
+                now_ms: 10_000,
+            }
+        }
+        let key = Bytes::from_static(b"never");
+        let current = s.get(&key).unwrap().context();
+        assert_eq!(
+            s.write_with(&key, &actor("n1"), op(&Condition::IfAbsent))
+                .unwrap_err(),
+            current
+        );
+        let soon = Bytes::from_static(b"soon");
+        assert!(
+            s.write_with(&soon, &actor("n1"), op(&Condition::IfAbsent))
+                .is_ok(),
+            "an expired value is absent"
+        );
+        let stale = Condition::IfMatch(current.clone());
+        assert!(s.write_with(&key, &actor("n1"), op(&stale)).is_ok());
+        assert!(s.write_with(&key, &actor("n1"), op(&stale)).is_err());
     }
 
     #[test]

@@ -71,6 +71,17 @@
 //!   us; a key whose context outgrows it would need actor pruning (not implemented).
 //! * [`Context::dots`] enumerates every dot and is `O(max)`; it is meant for tests and debugging,
 //!   not for hot paths or untrusted counters.
+//!
+//! # Expiry
+//!
+//! A version may carry an absolute expiry ([`Meta::expires_at`], milliseconds since the Unix
+//! epoch). Past it, the version reads as a tombstone ([`VersionSet::live`] takes the reader's
+//! clock), and [`VersionSet::expire`] drops its value for good, keeping the dot and history so
+//! that the expired write still supersedes whatever it overwrote (an older value on a replica
+//! that missed the write must not reappear when the newer one expires). Whether a version's
+//! value has been dropped yet is local housekeeping: [`VersionSet::fingerprint`] hashes an
+//! expiring version the same either way, so replicas that sweep at different moments never
+//! look different to anti-entropy.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -491,7 +502,48 @@ impl Context {
     }
 }
 
-/// One write: its own dot, its full causal history (which contains `dot`), and the value (None = tombstone).
+/// What a write carries besides its value. Boxed in [`Version`] and absent for plain writes,
+/// so a version without metadata pays one null pointer for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The `Content-Type` the client gave, returned on reads.
+    pub content_type: Option<Box<str>>,
+    /// When the value stops being readable, in milliseconds since the Unix epoch.
+    pub expires_at: Option<u64>,
+}
+
+impl Meta {
+    /// `None` when there is nothing to store.
+    pub fn boxed(self) -> Option<Box<Meta>> {
+        (self != Meta::default()).then(|| Box::new(self))
+    }
+}
+
+/// A precondition on a write, checked by the coordinator on the versions it holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    /// Always write.
+    #[default]
+    None,
+    /// Only if no live value exists (HTTP `?if_absent=true`).
+    IfAbsent,
+    /// Only if the stored versions are exactly those this context covers (HTTP `If-Match`).
+    IfMatch(Context),
+}
+
+impl Condition {
+    /// Whether the condition holds on `set` for a reader at `now_ms`.
+    pub fn holds(&self, set: &VersionSet, now_ms: u64) -> bool {
+        match self {
+            Condition::None => true,
+            Condition::IfAbsent => set.live(now_ms).next().is_none(),
+            Condition::IfMatch(ctx) => set.context() == *ctx,
+        }
+    }
+}
+
+/// One write: its own dot, its full causal history (which contains `dot`), the value
+/// (None = tombstone, or an expired value already dropped) and its metadata.
 ///
 /// Deserialization rejects a version whose history does not contain its own dot: such a version
 /// could never be superseded through [`VersionSet::context`] and would linger as a sibling forever.
@@ -501,6 +553,7 @@ pub struct Version {
     pub dot: Dot,
     pub history: Context,
     pub value: Option<Bytes>,
+    pub meta: Option<Box<Meta>>,
 }
 
 /// Unvalidated wire form of [`Version`] (same shape as its derived `Serialize`).
@@ -509,6 +562,8 @@ struct RawVersion {
     dot: Dot,
     history: Context,
     value: Option<Bytes>,
+    #[serde(default)]
+    meta: Option<Box<Meta>>,
 }
 
 impl TryFrom<RawVersion> for Version {
@@ -522,6 +577,7 @@ impl TryFrom<RawVersion> for Version {
             dot: raw.dot,
             history: raw.history,
             value: raw.value,
+            meta: raw.meta,
         })
     }
 }
@@ -529,6 +585,21 @@ impl TryFrom<RawVersion> for Version {
 impl Version {
     fn superseded_by(&self, other: &Version) -> bool {
         self.dot != other.dot && other.history.contains(&self.dot)
+    }
+
+    /// When this version expires (ms since the Unix epoch), if it does.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.meta.as_ref().and_then(|m| m.expires_at)
+    }
+
+    /// The content type its writer gave, if any.
+    pub fn content_type(&self) -> Option<&str> {
+        self.meta.as_ref().and_then(|m| m.content_type.as_deref())
+    }
+
+    /// True if it holds a value that has not expired at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires_at().is_none_or(|t| t > now_ms)
     }
 }
 
@@ -676,7 +747,7 @@ impl VersionSet {
     /// live version stays as a sibling. Returns the new version's history, which is the context
     /// to hand back to the client.
     pub fn write(&mut self, actor: &Actor, ctx: Option<&Context>, value: Option<Bytes>) -> Context {
-        self.write_above(actor, ctx, value, 0)
+        self.write_above(actor, ctx, value, None, 0)
     }
 
     /// As [`VersionSet::write`], with the new counter above `floor` too. A replica passes
@@ -689,6 +760,7 @@ impl VersionSet {
         actor: &Actor,
         ctx: Option<&Context>,
         value: Option<Bytes>,
+        meta: Option<Box<Meta>>,
         floor: u64,
     ) -> Context {
         let local = self.context();
@@ -730,6 +802,7 @@ impl VersionSet {
             },
             history: history.clone(),
             value,
+            meta,
         };
         self.merge(&VersionSet {
             versions: vec![version],
@@ -737,9 +810,68 @@ impl VersionSet {
         history
     }
 
-    /// Values of the surviving non-tombstone versions.
+    /// Values of the surviving non-tombstone versions, expired or not (see [`VersionSet::live`]).
     pub fn live_values(&self) -> impl Iterator<Item = &Bytes> {
         self.versions.iter().filter_map(|v| v.value.as_ref())
+    }
+
+    /// The versions a reader at `now_ms` sees: holding a value, and not expired.
+    pub fn live(&self, now_ms: u64) -> impl Iterator<Item = &Version> {
+        self.versions.iter().filter(move |v| v.is_live(now_ms))
+    }
+
+    /// Drops the values of versions expired at `now_ms`, keeping their dots, histories and
+    /// expiry (so they stay expiring versions, see [`VersionSet::fingerprint`]). Returns
+    /// whether anything was dropped.
+    pub fn expire(&mut self, now_ms: u64) -> bool {
+        let mut changed = false;
+        for v in &mut self.versions {
+            if let Some(t) = v.expires_at()
+                && t <= now_ms
+                && v.value.is_some()
+            {
+                v.value = None;
+                v.meta = Meta {
+                    content_type: None,
+                    expires_at: Some(t),
+                }
+                .boxed();
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The earliest expiry among versions that still hold a value: when [`VersionSet::expire`]
+    /// has work to do.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.versions
+            .iter()
+            .filter(|v| v.value.is_some())
+            .filter_map(Version::expires_at)
+            .min()
+    }
+
+    /// A copy without the values (each live value replaced by an empty one) or content types:
+    /// enough for a reader to merge replicas' answers and tell live keys from dead ones.
+    pub fn without_values(&self) -> VersionSet {
+        let versions = self
+            .versions
+            .iter()
+            .map(|v| Version {
+                dot: v.dot.clone(),
+                history: v.history.clone(),
+                value: v.value.as_ref().map(|_| Bytes::new()),
+                meta: v.expires_at().and_then(|t| {
+                    Meta {
+                        content_type: None,
+                        expires_at: Some(t),
+                    }
+                    .boxed()
+                }),
+            })
+            .collect();
+        VersionSet { versions }
     }
 
     /// True iff the set is non-empty and holds only tombstones.
@@ -749,7 +881,9 @@ impl VersionSet {
 
     /// A 64-bit digest of `key` and this set, for anti-entropy: 0 for an empty set, never 0
     /// otherwise. A dot names exactly one write, so hashing the sorted dots (plus whether
-    /// each is a tombstone) identifies the set without reading the values.
+    /// each is a delete) identifies the set without reading the values. An expiring write
+    /// hashes as a write whether or not its value was dropped yet: expiry is decided by each
+    /// replica's clock, not exchanged, so it must not look like a difference.
     pub fn fingerprint(&self, key: &[u8]) -> u64 {
         if self.versions.is_empty() {
             return 0;
@@ -762,7 +896,7 @@ impl VersionSet {
             let mut fixed = [0u8; 17];
             fixed[..8].copy_from_slice(&v.dot.actor.generation.to_le_bytes());
             fixed[8..16].copy_from_slice(&v.dot.counter.to_le_bytes());
-            fixed[16] = v.value.is_some() as u8;
+            fixed[16] = (v.value.is_some() || v.expires_at().is_some()) as u8;
             h = xxh3_64_with_seed(&fixed, h);
             h = xxh3_64_with_seed(v.dot.actor.node.as_bytes(), h);
         }
@@ -1860,5 +1994,66 @@ mod tests {
         set.write(&a, Some(&forged), val("v3"));
         assert_well_formed(&set, "forged");
         assert!(set.len() <= 2);
+    }
+
+    #[test]
+    fn expiry_reads_as_absent_and_sweeping_keeps_the_fingerprint() {
+        let a = actor("n1", 1);
+        let mut set = VersionSet::new();
+        set.write(&a, None, val("old"));
+        let meta = Meta {
+            content_type: Some("text/plain".into()),
+            expires_at: Some(100),
+        };
+        set.write_above(&a, None, val("new"), meta.boxed(), 0);
+        assert_eq!(set.len(), 1, "the expiring write supersedes the old value");
+        assert_eq!(set.live(99).count(), 1);
+        assert_eq!(
+            set.live(99).next().unwrap().content_type(),
+            Some("text/plain")
+        );
+        assert_eq!(set.live(100).count(), 0, "expired at its expiry");
+        assert_eq!(set.next_expiry(), Some(100));
+        let fp = set.fingerprint(b"k");
+        let unswept = set.clone();
+        assert!(!set.expire(99));
+        assert!(set.expire(100));
+        assert!(!set.expire(100), "once");
+        assert!(set.is_deleted());
+        assert_eq!(set.next_expiry(), None);
+        assert_eq!(
+            set.fingerprint(b"k"),
+            fp,
+            "sweeping is invisible to anti-entropy"
+        );
+        // A replica that still has the old value learns the expired write and keeps nothing live.
+        let mut stale = VersionSet::new();
+        stale.write(&a, None, val("old"));
+        stale.merge(&set);
+        assert_eq!(stale.live(0).count(), 0);
+        // Swept and unswept copies merge to the same writes.
+        let mut m = unswept.clone();
+        m.merge(&set);
+        assert_eq!(m.fingerprint(b"k"), fp);
+        // Stripping values keeps what a reader needs to tell live from dead.
+        let stripped = unswept.without_values();
+        assert_eq!(stripped.live(99).count(), 1);
+        assert_eq!(stripped.live(100).count(), 0);
+        assert_eq!(stripped.live(99).next().unwrap().content_type(), None);
+        assert_eq!(stripped.fingerprint(b"k"), fp);
+    }
+
+    #[test]
+    fn conditions() {
+        let a = actor("n1", 1);
+        let mut set = VersionSet::new();
+        assert!(Condition::IfAbsent.holds(&set, 0));
+        let ctx = set.write(&a, None, val("x"));
+        assert!(!Condition::IfAbsent.holds(&set, 0));
+        assert!(Condition::IfMatch(ctx.clone()).holds(&set, 0));
+        set.write(&a, Some(&ctx), None);
+        assert!(Condition::IfAbsent.holds(&set, 0), "a tombstone is absent");
+        assert!(!Condition::IfMatch(ctx).holds(&set, 0), "stale");
+        assert!(Condition::None.holds(&set, 0));
     }
 }

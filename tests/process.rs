@@ -484,6 +484,7 @@ async fn garbage_on_every_port_never_takes_a_node_down() {
         body: Request::Read {
             key: bytes::Bytes::from_static(b"k"),
         },
+        trace: None,
     });
     bad_crc[HEADER_LEN - 1] ^= 0x5a;
     let _ = stream.write_all(&bad_crc).await;
@@ -788,4 +789,70 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(listening["fields"]["id"], "json-logs");
     assert_eq!(listening["level"], "INFO");
     assert_eq!(listening["fields"]["http"], node.http.to_string());
+}
+
+/// A request's id and coordinator appear in the logs of every replica it reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_follows_the_request_through_the_replicas_logs() {
+    let mut nodes: Vec<ProcessNode> = Vec::new();
+    for i in 0..3 {
+        let mut cmd = ringkv();
+        cmd.env("RUST_LOG", "ringkv=debug")
+            .args([
+                "serve",
+                "--id",
+                &format!("t{}", i + 1),
+                "--log-format",
+                "json",
+            ])
+            .args(["--http", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
+            .args(["--gossip", "127.0.0.1:0"]);
+        if let Some(first) = nodes.first() {
+            cmd.args(["--seeds", &first.gossip.to_string()]);
+        }
+        nodes.push(ProcessNode::spawn(cmd, &format!("trace-t{}", i + 1)).await);
+    }
+    let http = Http::new();
+    wait_until(Duration::from_secs(20), "three members alive", || async {
+        let members = nodes[0].members(&http).await;
+        members.len() == 3 && members.values().all(|m| m.alive)
+    })
+    .await;
+    let put = http
+        .send(
+            hyper::Method::PUT,
+            &format!("{}/kv/traced-key", nodes[0].url()),
+            "v",
+            &[("x-request-id", "trace-me-42")],
+        )
+        .await;
+    assert_eq!(put.status, hyper::StatusCode::NO_CONTENT, "{put:?}");
+    assert_eq!(put.headers["x-request-id"], "trace-me-42");
+    let replicas = http
+        .get(&format!("{}/cluster/replicas/traced-key", nodes[0].url()))
+        .await
+        .json();
+    let coordinator = replicas["replicas"][0].as_str().unwrap().to_string();
+    // Every other replica served a call for this request, logged under its id and the
+    // coordinator's name.
+    for node in nodes.iter().filter(|n| n.id != coordinator) {
+        wait_until(
+            Duration::from_secs(10),
+            "the replica's log line",
+            || async {
+                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                log.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .any(|v| {
+                        v["span"]["request"] == "trace-me-42"
+                            && v["span"]["coordinator"] == coordinator.as_str()
+                    })
+            },
+        )
+        .await;
+    }
+    // Without a request id the node makes one up.
+    let got = http.get(&format!("{}/kv/traced-key", nodes[1].url())).await;
+    let id = got.headers["x-request-id"].to_str().unwrap();
+    assert!(id.starts_with("t2-"), "{id}");
 }

@@ -103,7 +103,11 @@ impl Pool {
         // The whole call, queueing included, is bounded by the timeout: a peer that stops
         // reading without closing fills the queue, and callers must not wait on it forever.
         let deadline = tokio::time::Instant::now() + timeout;
-        let queued = conn.tx.send(Message::Request { id, body: req });
+        let queued = conn.tx.send(Message::Request {
+            id,
+            body: req,
+            trace: super::current_trace(),
+        });
         match tokio::time::timeout_at(deadline, queued).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {

@@ -16,6 +16,10 @@
 //!
 //! Messages are requests or responses, each a documented enum. Errors that cross the link keep
 //! their [`Error`] variant.
+//!
+//! A request made on behalf of a client carries a [`Trace`]: the client request's id and the
+//! node coordinating it. The serving node handles it inside a `rpc` tracing span with both, so
+//! one grep for a request id finds its lines in the logs of every node it touched.
 
 pub mod client;
 pub mod server;
@@ -28,11 +32,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::merkle::NodeRef;
-use crate::store::SegmentId;
-use crate::version::{Context, VersionSet};
+use crate::store::{ListPage, SegmentId};
+use crate::version::{Condition, Context, Meta, VersionSet};
+use crate::watch::{Announcement, Event};
 
 /// Bumped on any incompatible change to [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame each side sends on a new connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,11 +69,48 @@ impl Hello {
     }
 }
 
+/// Which client request an RPC serves, for logs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Trace {
+    /// The request id (`x-request-id`, or one the receiving node made up).
+    pub request: String,
+    /// The node coordinating the request.
+    pub coordinator: String,
+}
+
+tokio::task_local! {
+    /// The trace of the client request the current task works for, if any. Every RPC sent
+    /// from inside it carries it.
+    pub static TRACE: Trace;
+}
+
+/// The current task's trace.
+pub fn current_trace() -> Option<Trace> {
+    TRACE.try_with(Clone::clone).ok()
+}
+
+/// `fut`, run inside the current task's trace and tracing span: for work a request spawns.
+pub fn in_current_trace<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    use tracing::Instrument;
+    let trace = current_trace();
+    async move {
+        match trace {
+            Some(t) => TRACE.scope(t, fut).await,
+            None => fut.await,
+        }
+    }
+    .instrument(tracing::Span::current())
+}
+
 /// Every frame after the hello.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Message {
     /// A call; the peer answers with a `Response` of the same id.
-    Request { id: u64, body: Request },
+    Request {
+        id: u64,
+        body: Request,
+        trace: Option<Trace>,
+    },
     /// The answer to the request with this id.
     Response { id: u64, body: Result<Response> },
 }
@@ -117,9 +159,48 @@ pub enum Request {
     Coordinate {
         key: Bytes,
         value: Option<Bytes>,
+        meta: Option<Box<Meta>>,
         context: Option<Context>,
+        condition: Condition,
         quorum: WriteQuorum,
     },
+    /// Send me your keys starting with `prefix` after `after`, in key order, at most `limit`,
+    /// with their versions stripped of values.
+    List {
+        prefix: Bytes,
+        after: Option<Bytes>,
+        limit: u32,
+    },
+    /// These changes happened; hand them to your watchers.
+    Events { events: Vec<Event> },
+    /// `node`'s watchers follow these prefixes now: send it the matching events.
+    Watching {
+        node: String,
+        announcement: Announcement,
+    },
+    /// Send me your status, for the status page.
+    Status,
+}
+
+impl Request {
+    /// The request's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Replicate { .. } => "replicate",
+            Request::ReplicateMany { .. } => "replicate_many",
+            Request::Read { .. } => "read",
+            Request::ReadMany { .. } => "read_many",
+            Request::Fingerprints { .. } => "fingerprints",
+            Request::AeDigest { .. } => "ae_digest",
+            Request::AeChildren { .. } => "ae_children",
+            Request::AeLeafKeys { .. } => "ae_leaf_keys",
+            Request::Coordinate { .. } => "coordinate",
+            Request::List { .. } => "list",
+            Request::Events { .. } => "events",
+            Request::Watching { .. } => "watching",
+            Request::Status => "status",
+        }
+    }
 }
 
 /// What a write waits for.
@@ -157,6 +238,12 @@ pub enum Response {
         covered: usize,
         keys: Vec<(Bytes, u64, bool)>,
     },
+    /// Answer to `List`.
+    Listed(ListPage),
+    /// Answer to `Status`.
+    Status(crate::stats::NodeStatus),
+    /// Done (`Events`, `Watching`).
+    Done,
 }
 
 /// Size above which list answers stop growing, so that no answer approaches the frame limit

@@ -9,7 +9,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use super::{Hello, Message, Request, Service, read_one, write_frames};
 use crate::codec::{self, FrameCodec};
@@ -98,7 +98,7 @@ async fn connection<S: Service>(stream: TcpStream, ctx: &Arc<ServerContext<S>>) 
     let reader_loop = async {
         while let Some(frame) = reader.next().await {
             let msg: Message = codec::decode_payload(&frame?)?;
-            let Message::Request { id, body } = msg else {
+            let Message::Request { id, body, trace } = msg else {
                 return Err(Error::Protocol("peer sent a response to a server".into()));
             };
             // Forwarded writes wait on other replicas: run them beside the reader so they do
@@ -107,7 +107,25 @@ async fn connection<S: Service>(stream: TcpStream, ctx: &Arc<ServerContext<S>>) 
             let service = ctx.service.clone();
             let resp_tx = resp_tx.clone();
             let work = async move {
-                let body = service.call(body).await;
+                let body = match trace {
+                    // A client request's work: log it under the request's id and coordinator,
+                    // and pass both on to any RPC it makes.
+                    Some(t) => {
+                        let span = debug_span!(
+                            "rpc",
+                            request = %t.request,
+                            coordinator = %t.coordinator,
+                            op = body.kind(),
+                        );
+                        let call = async {
+                            let res = service.call(body).await;
+                            debug!(ok = res.is_ok(), "rpc served");
+                            res
+                        };
+                        super::TRACE.scope(t, call).instrument(span).await
+                    }
+                    None => service.call(body).await,
+                };
                 // The connection may be gone; the peer then times out, nothing to do here.
                 let _ = resp_tx.send(Message::Response { id, body }).await;
             };

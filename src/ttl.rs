@@ -1,0 +1,102 @@
+//! Time to live: the wall clock that expiry is judged by, and the sweep that frees expired
+//! values.
+//!
+//! A PUT with `?ttl=S` stores an absolute expiry, `now + S` by the clock of the node that
+//! received the PUT ([`crate::version::Meta::expires_at`]). Every read filters by the clock of
+//! the node answering it, so an expired value is a 404 through every node at once, without
+//! waiting for a sweep. The sweep ([`run`]) then drops the value on each replica, keeping its
+//! dot and history as a tombstone so that the write still supersedes what it overwrote; the
+//! tombstone is purged after the grace period like any other.
+//!
+//! **Clock skew.** Expiry is absolute wall-clock time, so nodes whose clocks differ by `d`
+//! disagree about the moment a value expires by `d`: for that long, a read through one node
+//! may return the value while a read through another returns 404. ringkv assumes NTP-level
+//! synchronisation (milliseconds); skew never resurrects a value or loses a write, it only
+//! moves the moment of expiry as seen through each node. A TTL much shorter than the skew
+//! between nodes is not meaningful.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+use crate::stats::Stats;
+use crate::watch::{Event, Op};
+
+/// Keys the sweep handles under one shard lock before it lets writers in.
+const SWEEP_BATCH: usize = 4096;
+
+/// Milliseconds since the Unix epoch, by this node's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `ms` since the Unix epoch in RFC 3339 (`2026-11-21T10:00:00.000Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Sweeps expired values every `interval` until `shutdown`.
+pub(crate) async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(node.config.ttl_sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        node.sweep_expired();
+    }
+}
+
+impl Node {
+    /// Drops every value expired by now, and announces each key whose last live value
+    /// expired, if this node is the key's first live home (one announcement per key while
+    /// views agree). Returns the number of values dropped.
+    pub fn sweep_expired(self: &Arc<Self>) -> usize {
+        let now = now_ms();
+        let mut total = 0;
+        loop {
+            let report = self.store.expire_due(now, SWEEP_BATCH);
+            total += report.processed;
+            Stats::add(&self.stats.ttl_values_expired, report.processed as u64);
+            Stats::add(&self.stats.ttl_bytes_freed, report.freed);
+            if !report.expired.is_empty() {
+                let view = self.view();
+                for (key, versions) in report.expired {
+                    let first = view
+                        .ring
+                        .preference_list(&key, self.config.replicas)
+                        .into_iter()
+                        .find(|id| *id == self.id || view.is_alive(id));
+                    if first.as_ref() == Some(&self.id) {
+                        self.emit_with(&key, || Event {
+                            op: Op::Expire,
+                            key: key.clone(),
+                            value: None,
+                            context: versions.context().encode(),
+                        });
+                    }
+                }
+            }
+            if report.processed < SWEEP_BATCH {
+                return total;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_is_utc_with_millis() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_763_700_000_123), "2025-11-21T04:40:00.123Z");
+    }
+}

@@ -1,0 +1,567 @@
+//! Watches: a live stream of changes to keys under a prefix, on any node, whichever node
+//! coordinated the change.
+//!
+//! **How an event travels.** The node that coordinates a write (or, for an expiry, the
+//! key's first live home replica when its sweep drops the value) builds one [`Event`] once
+//! the write met its quorum, just before it answers the client. It hands the event to its own
+//! watchers and sends it over RPC to every other live node that has a watcher whose prefix
+//! matches the key. A node knows which prefixes its peers watch from two sources, newest
+//! wins ([`Interest`]): each node gossips its prefixes (so a restarted or partitioned peer
+//! catches up), and a node that gains a watcher also tells every live peer directly and
+//! waits for them (bounded by the RPC timeout) before the WebSocket handshake completes, so
+//! a change acknowledged after the handshake is not missed for lack of gossip.
+//!
+//! **Delivery guarantee: at most once, while connected.** Events to one node from one
+//! coordinator leave in order through one queue per destination ([`Fanout`]), so a watcher
+//! sees one coordinator's changes to a key in the order they were acknowledged. An event is
+//! lost, never retried, when the coordinator dies between its answer and the send, when the
+//! watcher's node is unreachable from the coordinator (partition, RPC timeout) or its queue is
+//! full, and while the watcher is not connected. A watcher that falls behind by more than
+//! [`WATCH_BUFFER`] events gets one `{"op":"lagged","missed":n}` message instead of the
+//! events it missed; writes never wait for watchers. A client that needs every change
+//! reconnects and re-reads (list the prefix, read the keys) after a `lagged` message or a
+//! lost connection. Expiry events come from the first live home's sweep, up to
+//! [`crate::config::DEFAULT_TTL_SWEEP_INTERVAL`] after the expiry, and may come twice while
+//! nodes disagree on who is first. Changes made by anti-entropy, read repair or hint delivery
+//! are convergence of an already-announced write and are not announced again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::membership::{KEY_WATCH, View};
+use crate::node::Node;
+use crate::ring::NodeId;
+use crate::rpc::{Request, Response};
+
+/// Events a watcher may fall behind by before it gets a `lagged` message instead (the
+/// default of [`crate::Config::watch_buffer`]).
+pub const WATCH_BUFFER: usize = 1024;
+
+/// Events queued for one peer before new ones are dropped (and counted).
+const FANOUT_QUEUE: usize = 8192;
+
+/// Most events sent to a peer in one RPC.
+const FANOUT_BATCH: usize = 256;
+
+/// What happened to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Put,
+    Delete,
+    Expire,
+}
+
+/// One change, as sent to watchers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub op: Op,
+    pub key: Bytes,
+    /// The value written (puts only).
+    pub value: Option<Bytes>,
+    /// The key's context after the change, as a client would send it back.
+    pub context: String,
+}
+
+impl Event {
+    /// The WebSocket message: `{"op", "key", "value" (base64, puts only), "context"}`.
+    pub fn to_json(&self) -> String {
+        let mut msg = json!({
+            "op": self.op,
+            "key": String::from_utf8_lossy(&self.key),
+            "context": self.context,
+        });
+        if let Some(v) = &self.value {
+            msg["value"] = json!(B64.encode(v));
+        }
+        msg.to_string()
+    }
+}
+
+/// The message a watcher gets in place of the `missed` events that did not fit its buffer.
+pub fn lagged_json(missed: u64) -> String {
+    json!({"op": "lagged", "missed": missed}).to_string()
+}
+
+/// This node's watchers.
+#[derive(Default)]
+pub struct Watchers {
+    slots: Mutex<Vec<Slot>>,
+    next_id: AtomicU64,
+    /// Bumped on every subscribe and unsubscribe; the announced version of our prefixes.
+    version: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+struct Slot {
+    id: u64,
+    prefix: Bytes,
+    tx: mpsc::Sender<Event>,
+    missed: Arc<AtomicU64>,
+}
+
+/// One watcher's end: events in order, and a count of those dropped because the buffer was
+/// full. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    watchers: Arc<Watchers>,
+    pub events: mpsc::Receiver<Event>,
+    missed: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// Events dropped since the last call, resetting the count.
+    pub fn take_missed(&self) -> u64 {
+        self.missed.swap(0, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.watchers.slots).retain(|s| s.id != self.id);
+        self.watchers.bump();
+    }
+}
+
+impl Watchers {
+    /// Registers a watcher of `prefix` that may fall `buffer` events behind.
+    pub fn subscribe(self: &Arc<Self>, prefix: Bytes, buffer: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let missed = Arc::new(AtomicU64::new(0));
+        lock(&self.slots).push(Slot {
+            id,
+            prefix,
+            tx,
+            missed: missed.clone(),
+        });
+        self.bump();
+        Subscription {
+            id,
+            watchers: self.clone(),
+            events: rx,
+            missed,
+        }
+    }
+
+    fn bump(&self) {
+        self.version.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    /// Hands `event` to every matching watcher, never waiting: a full buffer counts a miss.
+    pub fn publish(&self, event: &Event) {
+        for slot in lock(&self.slots).iter() {
+            if event.key.starts_with(&slot.prefix)
+                && slot.tx.try_send(event.clone()).is_err()
+                && !slot.tx.is_closed()
+            {
+                slot.missed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The distinct prefixes watched here, sorted.
+    pub fn prefixes(&self) -> Vec<Bytes> {
+        let mut p: Vec<Bytes> = lock(&self.slots).iter().map(|s| s.prefix.clone()).collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+
+    /// Number of connected watchers.
+    pub fn count(&self) -> usize {
+        lock(&self.slots).len()
+    }
+
+    /// True if a watcher here would want `key`.
+    pub fn wants(&self, key: &[u8]) -> bool {
+        lock(&self.slots).iter().any(|s| key.starts_with(&s.prefix))
+    }
+}
+
+/// What one node watches, as announced: a version (newest wins) and its prefixes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// Announcements of one process only grow; a restarted node starts above its old ones
+    /// because versions start at its generation (start time in ms).
+    pub version: u64,
+    pub prefixes: Vec<Bytes>,
+}
+
+impl Announcement {
+    /// The gossiped form: JSON with base64url prefixes.
+    pub fn encode(&self) -> String {
+        let p: Vec<String> = self
+            .prefixes
+            .iter()
+            .map(|p| URL_SAFE_NO_PAD.encode(p))
+            .collect();
+        json!({"v": self.version, "p": p}).to_string()
+    }
+
+    /// Parses [`Announcement::encode`]; `None` for anything else.
+    pub fn decode(s: &str) -> Option<Announcement> {
+        #[derive(Deserialize)]
+        struct Wire {
+            v: u64,
+            p: Vec<String>,
+        }
+        let w: Wire = serde_json::from_str(s).ok()?;
+        let prefixes =
+            w.p.iter()
+                .map(|p| URL_SAFE_NO_PAD.decode(p).ok().map(Bytes::from))
+                .collect::<Option<Vec<_>>>()?;
+        Some(Announcement {
+            version: w.v,
+            prefixes,
+        })
+    }
+
+    fn matches(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p))
+    }
+}
+
+/// Peers' announcements received directly (RPC). Gossip carries the same announcements;
+/// [`Interest::nodes_for`] takes the newer of the two per node.
+#[derive(Debug, Default)]
+pub struct Interest {
+    direct: HashMap<NodeId, Announcement>,
+}
+
+impl Interest {
+    /// Records a direct announcement unless a newer one is known.
+    pub fn update(&mut self, node: NodeId, ann: Announcement) {
+        let newer = self
+            .direct
+            .get(&node)
+            .is_none_or(|old| old.version < ann.version);
+        if newer {
+            self.direct.insert(node, ann);
+        }
+    }
+
+    /// The live peers (not `me`) that watch a prefix of `key`, with their RPC addresses.
+    pub fn nodes_for(&self, view: &View, me: &str, key: &[u8]) -> Vec<SocketAddr> {
+        view.members
+            .values()
+            .filter(|m| &*m.id != me && m.alive)
+            .filter_map(|m| {
+                let direct = self.direct.get(&m.id);
+                let ann = match (m.watch.as_deref(), direct) {
+                    (Some(g), Some(d)) if d.version > g.version => d,
+                    (Some(g), _) => g,
+                    (None, Some(d)) => d,
+                    (None, None) => return None,
+                };
+                ann.matches(key).then_some(m.rpc).flatten()
+            })
+            .collect()
+    }
+}
+
+/// One queue and one sending task per destination node, so that events to a node leave in
+/// order and a slow peer never holds up the coordinator.
+#[derive(Default)]
+pub struct Fanout {
+    queues: Mutex<HashMap<SocketAddr, mpsc::Sender<Event>>>,
+    /// Events dropped because a peer's queue was full or its task ended.
+    pub dropped: AtomicU64,
+}
+
+impl Node {
+    /// Announces a change to `key`: to this node's watchers, and to every live peer watching
+    /// it. The event is only built if someone watches, so unwatched writes pay two lookups.
+    pub(crate) fn emit_with(self: &Arc<Self>, key: &[u8], event: impl FnOnce() -> Event) {
+        let view = self.view();
+        let dests = lock(&self.interest).nodes_for(&view, &self.id, key);
+        let local = self.watchers.wants(key);
+        if dests.is_empty() && !local {
+            return;
+        }
+        let event = event();
+        if local {
+            self.watchers.publish(&event);
+        }
+        for addr in dests {
+            self.send_event(addr, event.clone());
+        }
+    }
+
+    fn send_event(self: &Arc<Self>, addr: SocketAddr, event: Event) {
+        let mut queues = lock(&self.fanout.queues);
+        let tx = queues.entry(addr).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
+            let node = self.clone();
+            self.tracker
+                .spawn(async move { node.deliver_events(addr, rx).await });
+            tx
+        });
+        if tx.try_send(event).is_err() {
+            self.fanout.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends queued events to one peer, a batch at a time, until shutdown.
+    async fn deliver_events(self: Arc<Self>, addr: SocketAddr, mut rx: mpsc::Receiver<Event>) {
+        loop {
+            let first = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                ev = rx.recv() => match ev {
+                    Some(ev) => ev,
+                    None => return,
+                },
+            };
+            let mut events = vec![first];
+            while events.len() < FANOUT_BATCH {
+                match rx.try_recv() {
+                    Ok(ev) => events.push(ev),
+                    Err(_) => break,
+                }
+            }
+            let n = events.len() as u64;
+            if let Err(err) = self.pool.call(addr, Request::Events { events }).await {
+                debug!(%addr, %err, "could not deliver watch events");
+                self.fanout.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Starts watching `prefix` here. Returns once every live peer has been told (or did not
+    /// answer within the RPC timeout), so changes they acknowledge from then on reach us.
+    pub async fn watch(self: &Arc<Self>, prefix: Bytes) -> Subscription {
+        let sub = self.watchers.subscribe(prefix, self.config.watch_buffer);
+        self.announce_watches().await;
+        sub
+    }
+
+    /// The announcement of this node's current prefixes.
+    fn announcement(&self) -> Announcement {
+        Announcement {
+            version: self.actor.generation + self.watchers.version.load(Ordering::Relaxed),
+            prefixes: self.watchers.prefixes(),
+        }
+    }
+
+    /// Gossips this node's prefixes and tells every live peer directly.
+    pub(crate) async fn announce_watches(self: &Arc<Self>) {
+        let ann = self.announcement();
+        self.self_keys.set(KEY_WATCH, &ann.encode()).await;
+        let view = self.view();
+        let calls = view
+            .members
+            .values()
+            .filter(|m| m.id != self.id && m.alive)
+            .filter_map(|m| m.rpc)
+            .map(|addr| {
+                let req = Request::Watching {
+                    node: self.id.to_string(),
+                    announcement: ann.clone(),
+                };
+                async move {
+                    if let Err(err) = self.pool.call(addr, req).await {
+                        debug!(%addr, %err, "could not announce watches");
+                    }
+                }
+            });
+        join_all(calls).await;
+    }
+
+    /// Re-announces whenever watchers come or go (a dropped watcher is announced here).
+    pub(crate) async fn run_watch_announcer(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.watchers.changed.notified() => {}
+            }
+            // Coalesce a burst of (un)subscriptions into one announcement.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.announce_watches().await;
+        }
+    }
+
+    /// Answers a peer's `Watching` request.
+    pub(crate) fn peer_watching(&self, node: String, ann: Announcement) -> Response {
+        lock(&self.interest).update(NodeId::from(node), ann);
+        Response::Done
+    }
+
+    /// Answers a peer's `Events` request: hand them to our watchers.
+    pub(crate) fn peer_events(&self, events: Vec<Event>) -> Response {
+        for ev in &events {
+            self.watchers.publish(ev);
+        }
+        Response::Done
+    }
+
+    /// This node's watchers.
+    pub fn watchers(&self) -> &Watchers {
+        &self.watchers
+    }
+}
+
+/// Streams a subscription's events to a WebSocket until either side closes or the node
+/// shuts down. A `lagged` message stands in for the events that overflowed the buffer.
+pub async fn stream<S>(
+    mut ws: tokio_tungstenite::WebSocketStream<S>,
+    mut sub: Subscription,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = ws.close(None).await;
+                return;
+            }
+            ev = sub.events.recv() => {
+                let Some(ev) = ev else { return };
+                let missed = sub.take_missed();
+                if missed > 0 && ws.send(Message::text(lagged_json(missed))).await.is_err() {
+                    return;
+                }
+                if ws.send(Message::text(ev.to_json())).await.is_err() {
+                    return;
+                }
+            }
+            msg = ws.next() => match msg {
+                // Pings are answered by the library; anything else from the client is
+                // ignored, until it closes.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a plain map or vector update: a panic cannot leave
+    // them half-done, so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::Member;
+
+    fn event(key: &str) -> Event {
+        Event {
+            op: Op::Put,
+            key: Bytes::from(key.to_string()),
+            value: Some(Bytes::from_static(b"v")),
+            context: "c".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn watchers_get_matching_events_and_count_what_overflows() {
+        let w = Arc::new(Watchers::default());
+        let mut a = w.subscribe(Bytes::from_static(b"a/"), WATCH_BUFFER);
+        let mut b = w.subscribe(Bytes::from_static(b""), WATCH_BUFFER);
+        assert_eq!(w.count(), 2);
+        assert_eq!(w.prefixes(), vec![Bytes::new(), Bytes::from_static(b"a/")]);
+        w.publish(&event("a/1"));
+        w.publish(&event("b/1"));
+        assert_eq!(a.events.recv().await.unwrap().key, "a/1");
+        assert!(a.events.try_recv().is_err(), "b/1 is not under a/");
+        assert_eq!(b.events.recv().await.unwrap().key, "a/1");
+        assert_eq!(b.events.recv().await.unwrap().key, "b/1");
+        // A slow watcher: everything past the buffer is counted, not queued.
+        for i in 0..WATCH_BUFFER + 10 {
+            w.publish(&event(&format!("a/{i}")));
+        }
+        assert_eq!(a.take_missed(), 10);
+        assert_eq!(a.take_missed(), 0, "the count resets once taken");
+        drop(b);
+        assert_eq!(w.count(), 1);
+        assert!(w.wants(b"a/x") && !w.wants(b"b/x"));
+    }
+
+    #[test]
+    fn events_render_as_the_documented_json() {
+        let v: serde_json::Value = serde_json::from_str(&event("k").to_json()).unwrap();
+        assert_eq!(
+            v,
+            json!({"op": "put", "key": "k", "value": "dg==", "context": "c"})
+        );
+        let mut del = event("k");
+        del.op = Op::Delete;
+        del.value = None;
+        let v: serde_json::Value = serde_json::from_str(&del.to_json()).unwrap();
+        assert_eq!(v, json!({"op": "delete", "key": "k", "context": "c"}));
+        assert_eq!(lagged_json(3), r#"{"missed":3,"op":"lagged"}"#);
+    }
+
+    fn member(id: &str, port: u16, watch: Option<&Announcement>) -> Member {
+        Member {
+            id: NodeId::from(id),
+            generation: 1,
+            http: None,
+            rpc: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            alive: true,
+            status: "alive".into(),
+            dead_since: None,
+            watch: watch.map(|a| Arc::new(a.clone())),
+        }
+    }
+
+    #[test]
+    fn the_newer_of_gossip_and_direct_announcements_decides() {
+        let old = Announcement {
+            version: 5,
+            prefixes: vec![Bytes::from_static(b"x/")],
+        };
+        assert_eq!(Announcement::decode(&old.encode()), Some(old.clone()));
+        assert_eq!(Announcement::decode("garbage"), None);
+        let mut view = View::default();
+        for m in [
+            member("me", 1, Some(&old)),
+            member("p", 2, Some(&old)),
+            member("q", 3, None),
+        ] {
+            view.members.insert(m.id.clone(), m);
+        }
+        let mut interest = Interest::default();
+        let p = SocketAddr::from(([127, 0, 0, 1], 2));
+        let q = SocketAddr::from(([127, 0, 0, 1], 3));
+        assert_eq!(interest.nodes_for(&view, "me", b"x/1"), vec![p]);
+        assert!(interest.nodes_for(&view, "me", b"y/1").is_empty());
+        // q announced directly, before gossip carried it.
+        let newer = Announcement {
+            version: 6,
+            prefixes: vec![Bytes::from_static(b"y/")],
+        };
+        interest.update(NodeId::from("q"), newer.clone());
+        assert_eq!(interest.nodes_for(&view, "me", b"y/1"), vec![q]);
+        // p's direct announcement is newer than its gossip: it dropped x/.
+        interest.update(NodeId::from("p"), newer);
+        assert_eq!(
+            interest.nodes_for(&view, "me", b"x/1"),
+            Vec::<SocketAddr>::new()
+        );
+        // An older direct announcement never replaces a newer one.
+        interest.update(NodeId::from("p"), old);
+        assert!(interest.nodes_for(&view, "me", b"x/1").is_empty());
+        // Dead peers get nothing.
+        view.members.get_mut("q").unwrap().alive = false;
+        assert!(interest.nodes_for(&view, "me", b"y/1").contains(&p));
+        assert!(!interest.nodes_for(&view, "me", b"y/1").contains(&q));
+    }
+}

@@ -1,0 +1,529 @@
+//! In-process cluster tests of the features users of earlier stores relied on: TTL, key
+//! listing, WebSocket watches, files with their content type, and conditional writes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::{Http, TestCluster, wait_until};
+use futures_util::StreamExt;
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn counter(stats: &Value, name: &str) -> u64 {
+    stats["counters"][name].as_u64().unwrap_or(0)
+}
+
+async fn stats(http: &Http, url: &str) -> Value {
+    http.get(&format!("{url}/admin/stats")).await.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_value_is_gone_through_every_node_and_swept_without_repair_traffic() {
+    let c = TestCluster::start_with(5, |cfg| {
+        cfg.anti_entropy_interval = Duration::from_millis(100);
+        cfg.ttl_sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let http = Http::new();
+    let url = |i: usize, path: &str| format!("{}{path}", c.url(i));
+    // An older value without a TTL, then the expiring one over it: when the second expires,
+    // the key is gone, and the first must not come back.
+    assert_eq!(
+        http.put(&url(1, "/kv/t/key"), "old").await.status,
+        StatusCode::NO_CONTENT
+    );
+    let written = Instant::now();
+    let put = http.put(&url(2, "/kv/t/key?ttl=1"), "fresh").await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+    for i in 0..5 {
+        let got = http.get(&url(i, "/kv/t/key")).await;
+        // Unless the machine stalled past the TTL, every node still has it.
+        if written.elapsed() < Duration::from_millis(900) {
+            assert_eq!(got.status, StatusCode::OK, "node {i}: {got:?}");
+            assert_eq!(&got.body[..], b"fresh");
+            let expires = got.headers["x-ringkv-expires-at"].to_str().unwrap();
+            assert!(expires.ends_with('Z') && expires.contains('T'), "{expires}");
+        }
+        let json = http
+            .send(
+                Method::GET,
+                &url(i, "/kv/t/key"),
+                "",
+                &[("accept", "application/json")],
+            )
+            .await;
+        if json.status == StatusCode::OK {
+            assert!(json.json()["expires_at"].is_string(), "{json:?}");
+        }
+    }
+    // 404 through every node once the second has passed, without waiting for a sweep.
+    wait_until(Duration::from_secs(5), "expired everywhere", || async {
+        let mut all = true;
+        for i in 0..5 {
+            all &= http.get(&url(i, "/kv/t/key")).await.status == StatusCode::NOT_FOUND;
+        }
+        all
+    })
+    .await;
+    assert!(
+        written.elapsed() >= Duration::from_millis(900),
+        "expired early"
+    );
+    // The sweep drops the value on every replica.
+    let replicas = c.replicas(b"t/key");
+    wait_until(Duration::from_secs(5), "values dropped", || async {
+        let mut dropped = true;
+        for &i in &replicas {
+            let local = http.get(&url(i, "/admin/local/t%2Fkey")).await.json();
+            dropped &= local["versions"]
+                .as_array()
+                .is_some_and(|vs| vs.iter().all(|v| v["value"].is_null()));
+        }
+        dropped
+    })
+    .await;
+    let mut freed = 0;
+    for &i in &replicas {
+        freed += counter(&stats(&http, &c.url(i)).await, "ttl_bytes_freed");
+    }
+    assert!(
+        freed >= 3 * 5,
+        "the value's bytes were freed on each replica: {freed}"
+    );
+    // Expiry never makes replicas look different to anti-entropy: several rounds later,
+    // nothing was repaired.
+    let before: Vec<(u64, u64)> = futures_util::future::join_all((0..5).map(|i| {
+        let (http, u) = (http.clone(), c.url(i));
+        async move {
+            let s = stats(&http, &u).await;
+            (counter(&s, "ae_rounds"), counter(&s, "ae_keys_repaired"))
+        }
+    }))
+    .await;
+    wait_until(Duration::from_secs(10), "five more AE rounds", || async {
+        let mut done = true;
+        for (i, (rounds, _)) in before.iter().enumerate() {
+            done &= counter(&stats(&http, &c.url(i)).await, "ae_rounds") >= rounds + 5;
+        }
+        done
+    })
+    .await;
+    for (i, (_, repaired)) in before.iter().enumerate() {
+        let now = counter(&stats(&http, &c.url(i)).await, "ae_keys_repaired");
+        assert_eq!(
+            now, *repaired,
+            "node {i} repaired keys because of an expiry"
+        );
+    }
+    // A bad TTL is a 400.
+    for bad in ["0", "-1", "soon", "999999999999"] {
+        let r = http
+            .put(&url(0, &format!("/kv/t/bad?ttl={bad}")), "v")
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "ttl={bad}");
+        assert!(r.json()["error"].as_str().unwrap().contains("ttl"));
+    }
+    c.shutdown().await;
+}
+
+/// Lists every live key under `prefix` through node `i`, `limit` at a time.
+async fn list_all(http: &Http, base: &str, prefix: &str, limit: usize) -> (Vec<String>, usize) {
+    let mut keys = Vec::new();
+    let mut pages = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/kv?prefix={prefix}&limit={limit}");
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page = http.get(&url).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        let json = page.json();
+        let batch = json["keys"].as_array().expect("keys");
+        assert!(batch.len() <= limit);
+        keys.extend(batch.iter().map(|k| k.as_str().unwrap().to_string()));
+        pages += 1;
+        match json["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return (keys, pages),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_through_live_keys_only() {
+    let c = TestCluster::start(5).await;
+    let http = Http::new();
+    for i in 0..120 {
+        let r = http
+            .put(&format!("{}/kv/ls/{i:03}", c.url(i % 5)), "v")
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    }
+    http.put(&format!("{}/kv/other/x", c.url(0)), "v").await;
+    http.put(&format!("{}/kv/lr", c.url(0)), "v").await; // sorts just before ls/
+    assert_eq!(
+        http.delete(&format!("{}/kv/ls/007", c.url(3))).await.status,
+        StatusCode::NO_CONTENT
+    );
+    for k in ["ls/050x", "ls/100x"] {
+        let r = http.put(&format!("{}/kv/{k}?ttl=1", c.url(2)), "v").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    }
+    let mut expected: Vec<String> = (0..120)
+        .filter(|i| *i != 7)
+        .map(|i| format!("ls/{i:03}"))
+        .collect();
+    wait_until(Duration::from_secs(5), "TTL keys expired", || async {
+        http.get(&format!("{}/kv/ls/100x", c.url(0))).await.status == StatusCode::NOT_FOUND
+            && http.get(&format!("{}/kv/ls/050x", c.url(0))).await.status == StatusCode::NOT_FOUND
+    })
+    .await;
+    for node in 0..5 {
+        let (keys, pages) = list_all(&http, &c.url(node), "ls/", 50).await;
+        assert_eq!(keys, expected, "through node {node}");
+        assert_eq!(pages, 3);
+    }
+    // Small pages, and pages that resume after a key deleted meanwhile.
+    let (keys, pages) = list_all(&http, &c.url(1), "ls%2F", 7).await;
+    assert_eq!(keys, expected);
+    assert_eq!(pages, 119_usize.div_ceil(7));
+    let first = http
+        .get(&format!("{}/kv?prefix=ls/&limit=10", c.url(0)))
+        .await
+        .json();
+    let cursor = first["next"].as_str().unwrap().to_string();
+    http.delete(&format!("{}/kv/ls/009", c.url(1))).await;
+    http.delete(&format!("{}/kv/ls/010", c.url(1))).await;
+    let second = http
+        .get(&format!(
+            "{}/kv?prefix=ls/&limit=3&after={cursor}",
+            c.url(4)
+        ))
+        .await
+        .json();
+    assert_eq!(
+        second["keys"],
+        serde_json::json!(["ls/011", "ls/012", "ls/013"])
+    );
+    expected.retain(|k| k != "ls/009" && k != "ls/010");
+    // No prefix: everything, still sorted.
+    let (all, _) = list_all(&http, &c.url(2), "", 1000).await;
+    let mut want = vec!["lr".to_string()];
+    want.extend(expected.iter().cloned());
+    want.push("other/x".into());
+    assert_eq!(all, want);
+    // Bad input.
+    for bad in [
+        "limit=0",
+        "limit=10001",
+        "limit=x",
+        "after=%%%",
+        "after=***",
+    ] {
+        let r = http.get(&format!("{}/kv?prefix=ls/&{bad}", c.url(0))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {r:?}");
+        assert!(r.json()["error"].is_string());
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_needs_r_replicas_of_every_range() {
+    let mut c = TestCluster::start(5).await;
+    let http = Http::new();
+    for i in 0..30 {
+        http.put(&format!("{}/kv/q/{i:02}", c.url(0)), "v").await;
+    }
+    c.kill(3).await;
+    c.kill(4).await;
+    wait_until(Duration::from_secs(20), "two nodes seen dead", || async {
+        let view = c.node(0).view();
+        ["n4", "n5"].iter().all(|id| !view.is_alive(id))
+    })
+    .await;
+    // Some range has only one of its three homes left: r=2 cannot be met, r=1 can.
+    let r2 = http.get(&format!("{}/kv?prefix=q/&r=2", c.url(0))).await;
+    assert_eq!(r2.status, StatusCode::SERVICE_UNAVAILABLE, "{r2:?}");
+    assert_eq!(r2.json()["required"], 2);
+    let r1 = http.get(&format!("{}/kv?prefix=q/&r=1", c.url(1))).await;
+    assert_eq!(r1.status, StatusCode::OK);
+    assert_eq!(r1.json()["keys"].as_array().unwrap().len(), 30);
+    c.shutdown().await;
+}
+
+async fn connect(base: &str, prefix: &str) -> Socket {
+    let url = format!("{}/watch?prefix={prefix}", base.replace("http://", "ws://"));
+    let (ws, resp) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+/// The next JSON text message, within `timeout`.
+async fn next_event(ws: &mut Socket, timeout: Duration) -> Value {
+    loop {
+        let msg = tokio::time::timeout(timeout, ws.next())
+            .await
+            .expect("an event in time")
+            .expect("socket open")
+            .expect("no socket error");
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).expect("JSON event");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_changes_coordinated_anywhere() {
+    let c = TestCluster::start_with(5, |cfg| {
+        cfg.ttl_sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let http = Http::new();
+    let mut ws = connect(&c.url(0), "w/").await;
+    let mut everything = connect(&c.url(2), "").await;
+    let put = http.put(&format!("{}/kv/w/a", c.url(3)), "hello").await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    http.put(&format!("{}/kv/nw/b", c.url(1)), "not watched")
+        .await;
+    let del = http.delete(&format!("{}/kv/w/a", c.url(2))).await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    let wait = Duration::from_secs(5);
+    let ev = next_event(&mut ws, wait).await;
+    assert_eq!(ev["op"], "put", "{ev}");
+    assert_eq!(ev["key"], "w/a");
+    assert_eq!(B64.decode(ev["value"].as_str().unwrap()).unwrap(), b"hello");
+    assert_eq!(ev["context"].as_str(), put.context().as_deref());
+    let ev = next_event(&mut ws, wait).await;
+    assert_eq!(ev["op"], "delete", "{ev}");
+    assert_eq!(ev["key"], "w/a");
+    assert!(ev.get("value").is_none());
+    assert_eq!(ev["context"].as_str(), del.context().as_deref());
+    // The empty prefix watches everything, in order per key.
+    let ops: Vec<(String, String)> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let ev = next_event(&mut everything, wait).await;
+            v.push((
+                ev["op"].as_str().unwrap().into(),
+                ev["key"].as_str().unwrap().into(),
+            ));
+        }
+        v.sort();
+        v
+    };
+    assert!(ops.contains(&("put".into(), "nw/b".into())), "{ops:?}");
+    // An expiry is announced too.
+    http.put(&format!("{}/kv/w/ttl?ttl=1", c.url(4)), "brief")
+        .await;
+    let ev = next_event(&mut ws, wait).await;
+    assert_eq!(
+        (ev["op"].as_str(), ev["key"].as_str()),
+        (Some("put"), Some("w/ttl"))
+    );
+    let ev = next_event(&mut ws, wait).await;
+    assert_eq!(
+        (ev["op"].as_str(), ev["key"].as_str()),
+        (Some("expire"), Some("w/ttl")),
+        "{ev}"
+    );
+    // Nothing for nw/b reached the w/ watcher: the next event is the sentinel.
+    http.put(&format!("{}/kv/w/z", c.url(1)), "sentinel").await;
+    let ev = next_event(&mut ws, wait).await;
+    assert_eq!(ev["key"], "w/z", "{ev}");
+    // A watcher that goes away is forgotten.
+    drop(ws);
+    wait_until(Duration::from_secs(5), "watcher count drops", || async {
+        c.node(0).node().watchers().count() == 0
+    })
+    .await;
+    // /watch without an upgrade is a clear 400.
+    let plain = http.get(&format!("{}/watch?prefix=w/", c.url(0))).await;
+    assert_eq!(plain.status, StatusCode::BAD_REQUEST);
+    assert!(
+        plain.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("WebSocket")
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_told_what_it_missed_and_never_blocks_writes() {
+    let c = TestCluster::start_with(3, |cfg| cfg.watch_buffer = 8).await;
+    let http = Http::new();
+    let mut ws = connect(&c.url(0), "slow/").await;
+    // The watcher reads nothing while far more than its buffer (and the socket buffers)
+    // is written through another node.
+    let value = vec![b'x'; 32 * 1024];
+    const WRITES: usize = 600;
+    let started = Instant::now();
+    for i in 0..WRITES {
+        let r = http
+            .put(&format!("{}/kv/slow/{i:04}", c.url(1)), value.clone())
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    }
+    let took = started.elapsed();
+    // Drain what did arrive, then a sentinel makes any pending `lagged` come out.
+    let mut puts = 0u64;
+    let mut missed = 0u64;
+    let mut sentinel_sent = false;
+    loop {
+        let ev = match tokio::time::timeout(Duration::from_millis(500), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap(),
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("socket ended: {other:?}"),
+            Err(_) => {
+                assert!(!sentinel_sent, "the sentinel never came");
+                http.put(&format!("{}/kv/slow/zzzz", c.url(2)), "end").await;
+                sentinel_sent = true;
+                continue;
+            }
+        };
+        match ev["op"].as_str() {
+            Some("lagged") => missed += ev["missed"].as_u64().unwrap(),
+            Some("put") if ev["key"] == "slow/zzzz" => break,
+            Some("put") => puts += 1,
+            other => panic!("unexpected {other:?}: {ev}"),
+        }
+    }
+    assert!(missed > 0, "a watcher that fell behind is told so");
+    assert_eq!(
+        puts + missed,
+        WRITES as u64,
+        "every event delivered or counted"
+    );
+    println!("{WRITES} writes of 32 KiB in {took:?}; watcher got {puts}, missed {missed}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_round_trip_byte_exact_with_their_content_type() {
+    let c = TestCluster::start(3).await;
+    let http = Http::new();
+    let file: Vec<u8> = (0..4 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let put = http
+        .send(
+            Method::PUT,
+            &format!("{}/kv/files/photo.png", c.url(0)),
+            file.clone(),
+            &[("content-type", "image/png")],
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+    for i in 0..3 {
+        let got = http.get(&format!("{}/kv/files/photo.png", c.url(i))).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.headers["content-type"], "image/png");
+        assert!(got.body[..] == file[..], "byte-exact through node {i}");
+    }
+    // No content type given: the default comes back.
+    http.put(&format!("{}/kv/files/plain", c.url(1)), "x").await;
+    let got = http.get(&format!("{}/kv/files/plain", c.url(2))).await;
+    assert_eq!(got.headers["content-type"], "application/octet-stream");
+    // Past the limit: 413, and nothing stored.
+    let big = vec![0u8; 8 * 1024 * 1024 + 1];
+    let r = http.put(&format!("{}/kv/files/big", c.url(0)), big).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        http.get(&format!("{}/kv/files/big", c.url(0))).await.status,
+        StatusCode::NOT_FOUND
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes() {
+    let c = TestCluster::start(5).await;
+    let http = Http::new();
+    let url = |i: usize, k: &str| format!("{}/kv/{k}", c.url(i));
+    // if_absent: the first create wins, the second is a 412 with the current context.
+    let first = http
+        .put(&format!("{}?if_absent=true", url(0, "lock")), "a")
+        .await;
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    let second = http
+        .put(&format!("{}?if_absent=true", url(3, "lock")), "b")
+        .await;
+    assert_eq!(second.status, StatusCode::PRECONDITION_FAILED, "{second:?}");
+    assert_eq!(
+        second.json()["context"].as_str(),
+        first.context().as_deref()
+    );
+    assert_eq!(&http.get(&url(2, "lock")).await.body[..], b"a");
+    // After a delete there is no live value: creating works again.
+    http.delete(&url(1, "lock")).await;
+    let again = http
+        .put(&format!("{}?if_absent=true", url(4, "lock")), "c")
+        .await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT);
+    // if-match: with the context just read it succeeds; reusing it afterwards is stale.
+    let read = http.get(&url(2, "lock")).await;
+    let ctx = read.context().unwrap();
+    let ok = http
+        .send(
+            Method::PUT,
+            &url(1, "lock"),
+            "d",
+            &[("if-match", &format!("\"{ctx}\""))],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT, "{ok:?}");
+    let stale = http
+        .send(Method::PUT, &url(3, "lock"), "e", &[("if-match", &ctx)])
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(&http.get(&url(0, "lock")).await.body[..], b"d");
+    let del = http
+        .send(Method::DELETE, &url(3, "lock"), "", &[("if-match", &ctx)])
+        .await;
+    assert_eq!(
+        del.status,
+        StatusCode::PRECONDITION_FAILED,
+        "a stale delete too"
+    );
+    // Both at once is a usage error.
+    let both = http
+        .send(
+            Method::PUT,
+            &format!("{}?if_absent=true", url(0, "lock")),
+            "f",
+            &[("if-match", &ctx)],
+        )
+        .await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST);
+    // Racing creates through every node: in a healthy cluster exactly one wins.
+    for round in 0..5 {
+        let key = format!("race-{round}");
+        let tries = (0..5).map(|i| {
+            let (http, u) = (http.clone(), format!("{}?if_absent=true", url(i, &key)));
+            async move { http.put(&u, format!("writer {i}")).await.status }
+        });
+        let statuses = futures_util::future::join_all(tries).await;
+        let won = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::NO_CONTENT)
+            .count();
+        let lost = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::PRECONDITION_FAILED)
+            .count();
+        assert_eq!((won, lost), (1, 4), "round {round}: {statuses:?}");
+        let got = http.get(&url(0, &key)).await;
+        assert_eq!(got.status, StatusCode::OK, "one value, no siblings");
+    }
+    c.shutdown().await;
+}
