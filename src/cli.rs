@@ -1,13 +1,13 @@
-//! The client verbs of the `ringkv` binary: `get`, `put`, `del`, `members`, `replicas` and
-//! `leave`, all built on [`Client`].
+//! The client verbs of the `ringkv` binary: `get`, `put`, `del`, `ls`, `watch`, `members`,
+//! `replicas` and `leave`, all built on [`Client`].
 //!
 //! Output is for people by default and JSON with `--json`. Exit codes are part of the
 //! interface, so scripts can branch on them: [`EXIT_OK`], [`EXIT_NOT_FOUND`], [`EXIT_USAGE`]
-//! (clap uses 2 for bad arguments too) and [`EXIT_UNAVAILABLE`].
+//! (clap uses 2 for bad arguments too), [`EXIT_UNAVAILABLE`] and [`EXIT_CONFLICT`].
 
 use std::io::{IsTerminal, Read as _, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -15,7 +15,10 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::client::{Client, Context, DEFAULT_NODE, Read, ReadOptions, WriteOptions};
+use crate::client::{
+    Client, Context, DEFAULT_NODE, PutOptions, Read, ReadOptions, WatchEvent, WriteOptions,
+};
+use crate::config::DEFAULT_LIST_LIMIT;
 use crate::error::{Error, Result};
 
 /// The command did what was asked.
@@ -24,8 +27,16 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_NOT_FOUND: u8 = 1;
 /// Bad arguments, or a request the ring refused as malformed (400, 413).
 pub const EXIT_USAGE: u8 = 2;
-/// The ring could not serve the request: unreachable, quorum not met, timeout, server error.
+/// The ring could not serve the request: unreachable, quorum not met, timeout, server error;
+/// or a `watch` connection closed.
 pub const EXIT_UNAVAILABLE: u8 = 3;
+/// The key is not in the state the command needs: the `--if-absent` or `--if-match`
+/// condition of a `put` or `del` did not hold (HTTP 412; the key's current context is printed
+/// on stderr), or `get --output` found siblings where it needs one value.
+pub const EXIT_CONFLICT: u8 = 4;
+
+/// Longest value `watch` prints whole; a longer one is shown by its size.
+const WATCH_SHOW_BYTES: usize = 200;
 
 /// How often `leave` checks whether the node has handed everything over: a progress line
 /// every half second is readable, and costs the node nothing.
@@ -49,11 +60,32 @@ impl Target {
 #[derive(Subcommand, Debug)]
 pub enum Verb {
     /// Read a key: prints the value, or every sibling and the context.
+    ///
+    /// Exit codes: 0 found, 1 not found, 2 bad usage, 3 unavailable, 4 siblings found with
+    /// --output (nothing written; `get` without it shows them).
     Get(GetArgs),
     /// Write a key from an argument or a file; prints nothing unless --json.
+    ///
+    /// Exit codes: 0 written, 2 bad usage, 3 unavailable (the write may still have been
+    /// applied), 4 the --if-absent or --if-match condition did not hold: nothing was written,
+    /// and the key's current context is printed on stderr.
     Put(PutArgs),
     /// Delete a key (writes a tombstone).
+    ///
+    /// Exit codes: 0 deleted, 2 bad usage, 3 unavailable, 4 the --if-match condition did not
+    /// hold (nothing deleted; the current context is printed on stderr).
     Del(DelArgs),
+    /// List the live keys under a prefix, sorted, one per line (every page).
+    ///
+    /// Keys that are not UTF-8 are shown with U+FFFD for the invalid bytes.
+    Ls(LsArgs),
+    /// Print every change under a prefix as it happens, one line each, until Ctrl-C.
+    ///
+    /// Lines read `put KEY = VALUE`, `delete KEY`, `expire KEY`, or `lagged: N changes
+    /// missed` when this watcher fell behind. Changes are delivered at most once and only while
+    /// connected. Exit codes: 0 on Ctrl-C or when stdout closes, 3 when the connection closes
+    /// or breaks (the node went away).
+    Watch(WatchArgs),
     /// List the ring's members as the node sees them.
     Members(MembersArgs),
     /// The key's home replicas, in preference order.
@@ -69,9 +101,12 @@ pub struct GetArgs {
     /// Replies to wait for (1..N); the node's default otherwise.
     #[arg(long)]
     pub r: Option<usize>,
-    /// Print `{"key", "context", "siblings": [base64…]}`.
+    /// Print `{"key", "context", "siblings": [base64…], "content_types", "expires_at"}`.
     #[arg(long)]
     pub json: bool,
+    /// Write the value to this file, byte for byte, instead of stdout.
+    #[arg(long, short, value_name = "PATH", conflicts_with = "json")]
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -86,6 +121,17 @@ pub struct PutArgs {
     /// Read the value from this file, byte for byte (`-` reads stdin).
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// Expire the value after this long: seconds, or a duration such as 90s, 10m, 1h30m
+    /// (rounded up to whole seconds).
+    #[arg(long, value_name = "S", value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+    /// Store this content type with the value; reads return it. Never guessed from a file:
+    /// application/octet-stream unless given.
+    #[arg(long, value_name = "TYPE")]
+    pub content_type: Option<String>,
+    /// Write only if the key has no live value (exit 4 otherwise).
+    #[arg(long, conflicts_with = "if_match")]
+    pub if_absent: bool,
     #[command(flatten)]
     pub write: WriteArgs,
 }
@@ -104,6 +150,10 @@ pub struct WriteArgs {
     /// The context of the versions this write supersedes (from `get`).
     #[arg(long, value_name = "CTX")]
     pub context: Option<String>,
+    /// Write only if the key's versions are exactly those this context covers (exit 4
+    /// otherwise): a compare-and-swap with the context of a `get`.
+    #[arg(long, value_name = "CTX")]
+    pub if_match: Option<String>,
     /// Acknowledgements to wait for (1..N); the node's default otherwise.
     #[arg(long)]
     pub w: Option<usize>,
@@ -111,6 +161,34 @@ pub struct WriteArgs {
     #[arg(long)]
     pub pw: Option<usize>,
     /// Print `{"key", "context"}` with the new version's context.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Only keys that start with this (every key by default).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Print at most this many keys (all by default).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Print `{"keys": [...]}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Watch the keys that start with this ("" for every key).
+    pub prefix: String,
+    /// Print each change as the server sends it: one JSON object per line, `{"op": "put" |
+    /// "delete" | "expire", "key", "value" (base64, puts only), "context"}` or `{"op":
+    /// "lagged", "missed"}`.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -152,6 +230,7 @@ pub fn exit_code(err: &Error) -> u8 {
         Error::InvalidInput(_) | Error::ValueTooLarge { .. } | Error::MethodNotAllowed(_) => {
             EXIT_USAGE
         }
+        Error::PreconditionFailed { .. } => EXIT_CONFLICT,
         _ => EXIT_UNAVAILABLE,
     }
 }
@@ -162,6 +241,8 @@ pub async fn run(verb: Verb) -> u8 {
         Verb::Get(args) => get(args).await,
         Verb::Put(args) => put(args).await,
         Verb::Del(args) => del(args).await,
+        Verb::Ls(args) => ls(args).await,
+        Verb::Watch(args) => watch(args).await,
         Verb::Members(args) => members(args).await,
         Verb::Replicas(args) => replicas(args).await,
         Verb::Leave(args) => leave(args).await,
@@ -170,6 +251,9 @@ pub async fn run(verb: Verb) -> u8 {
         Ok(code) => code,
         Err(err) => {
             eprintln!("ringkv: {err}");
+            if let Error::PreconditionFailed { context } = &err {
+                eprintln!("current context: {context}");
+            }
             exit_code(&err)
         }
     }
@@ -180,12 +264,17 @@ async fn get(args: GetArgs) -> Result<u8> {
     let read = client
         .get_with(&args.key, &ReadOptions { r: args.r })
         .await?;
+    if let Some(path) = &args.output {
+        return get_to_file(&args.key, &read, path);
+    }
     if args.json {
         let siblings: Vec<String> = read.values().iter().map(|v| B64.encode(v)).collect();
         print_json(&json!({
             "key": args.key,
             "context": read.context(),
             "siblings": siblings,
+            "content_types": read.content_types(),
+            "expires_at": read.expires_at().map(rfc3339),
         }))?;
     } else {
         match &read {
@@ -198,7 +287,9 @@ async fn get(args: GetArgs) -> Result<u8> {
                 }
                 write_stdout(&out)?;
             }
-            Read::Siblings { values, context } => {
+            Read::Siblings {
+                values, context, ..
+            } => {
                 let mut text = format!("{} siblings:\n", values.len());
                 for (i, v) in values.iter().enumerate() {
                     text.push_str(&format!("  {}: {}\n", i + 1, show_value(v)));
@@ -213,6 +304,48 @@ async fn get(args: GetArgs) -> Result<u8> {
     } else {
         EXIT_NOT_FOUND
     })
+}
+
+/// `get --output`: the single value goes to the file; nothing is written otherwise.
+fn get_to_file(key: &str, read: &Read, path: &PathBuf) -> Result<u8> {
+    match read {
+        Read::NotFound { .. } => {
+            eprintln!("ringkv: key {key:?} not found");
+            Ok(EXIT_NOT_FOUND)
+        }
+        Read::Value { value, .. } => {
+            std::fs::write(path, value)
+                .map_err(|e| Error::invalid(format!("cannot write {}: {e}", path.display())))?;
+            Ok(EXIT_OK)
+        }
+        Read::Siblings { values, .. } => {
+            eprintln!(
+                "ringkv: key {key:?} has {} siblings, nothing written to {}; \
+                 `ringkv get {key}` shows them and the context to resolve them with",
+                values.len(),
+                path.display()
+            );
+            Ok(EXIT_CONFLICT)
+        }
+    }
+}
+
+/// A time as RFC 3339 UTC with milliseconds, as the server writes it.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `--ttl`: whole seconds, or a humantime duration (`90s`, `1h30m`); positive.
+fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
+    let ttl = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{e}; give seconds, or a duration such as 90s or 1h30m"))?,
+    };
+    if ttl.is_zero() {
+        return Err("the time to live must be positive".into());
+    }
+    Ok(ttl)
 }
 
 /// One sibling on one line: quoted text with escapes, or base64 for binary.
@@ -230,10 +363,14 @@ async fn put(args: PutArgs) -> Result<u8> {
         // clap requires one of the two.
         (None, None) => return Err(Error::invalid("give a VALUE or --file PATH")),
     };
+    let opts = PutOptions {
+        write: args.write.options()?,
+        ttl: args.ttl,
+        content_type: args.content_type.clone(),
+        if_absent: args.if_absent,
+    };
     let client = args.write.target.client()?;
-    let ctx = client
-        .put_with(&args.key, value, &args.write.options()?)
-        .await?;
+    let ctx = client.put_opts(&args.key, value, &opts).await?;
     args.write.report(&args.key, &ctx)
 }
 
@@ -247,12 +384,10 @@ async fn del(args: DelArgs) -> Result<u8> {
 
 impl WriteArgs {
     fn options(&self) -> Result<WriteOptions> {
+        let parse = |ctx: &Option<String>| ctx.as_deref().map(str::parse::<Context>).transpose();
         Ok(WriteOptions {
-            context: self
-                .context
-                .as_deref()
-                .map(str::parse::<Context>)
-                .transpose()?,
+            context: parse(&self.context)?,
+            if_match: parse(&self.if_match)?,
             w: self.w,
             pw: self.pw,
             retry: false,
@@ -275,6 +410,109 @@ fn read_value_file(path: &PathBuf) -> Result<Bytes> {
         return Ok(Bytes::from(buf));
     }
     std::fs::read(path).map(Bytes::from).map_err(cannot)
+}
+
+/// Lists every page (or up to `--limit` keys). Plain output is printed page by page, so a
+/// long listing starts at once and stops when the reader goes away.
+async fn ls(args: LsArgs) -> Result<u8> {
+    let client = args.target.client()?;
+    let max = args.limit.map_or(usize::MAX, |l| l as usize);
+    let mut keys: Vec<String> = Vec::new();
+    let mut printed = 0usize;
+    let mut after: Option<String> = None;
+    while printed < max {
+        let want = (max - printed).min(DEFAULT_LIST_LIMIT);
+        let page = client.list(&args.prefix, after.as_deref(), want).await?;
+        printed += page.keys.len();
+        if args.json {
+            keys.extend(page.keys);
+        } else if !page.keys.is_empty() {
+            let mut text = page.keys.join("\n");
+            text.push('\n');
+            if !write_out(text.as_bytes())? {
+                return Ok(EXIT_OK);
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    if args.json {
+        print_json(&json!({ "keys": keys }))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// Prints each change under the prefix until Ctrl-C, the connection closes or stdout does.
+async fn watch(args: WatchArgs) -> Result<u8> {
+    let client = args.target.client()?;
+    let mut ctrl_c = interrupted();
+    let mut watch = client.watch(&args.prefix).await?;
+    // Printed once the watch is in place: every change from now on is shown.
+    eprintln!(
+        "ringkv: watching {:?} through {}; Ctrl-C to stop",
+        args.prefix,
+        watch.node()
+    );
+    loop {
+        let line = tokio::select! {
+            _ = &mut ctrl_c => return Ok(EXIT_OK),
+            line = next_watch_line(&mut watch, args.json) => line,
+        };
+        match line {
+            None => {
+                eprintln!("ringkv: the watch connection to {} closed", watch.node());
+                return Ok(EXIT_UNAVAILABLE);
+            }
+            Some(line) => {
+                let mut line = line?;
+                line.push('\n');
+                if !write_out(line.as_bytes())? {
+                    return Ok(EXIT_OK);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT). The handler is in place when this returns, not only once the
+/// future is first polled, so an interrupt that comes at once is not lost.
+fn interrupted() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut int) = signal(SignalKind::interrupt()) {
+            return Box::pin(async move {
+                int.recv().await;
+            });
+        }
+    }
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+/// The next change as one line: the server's JSON, or [`show_event`].
+async fn next_watch_line(watch: &mut crate::client::Watch, json: bool) -> Option<Result<String>> {
+    if json {
+        watch.recv_raw().await
+    } else {
+        watch.recv().await.map(|ev| ev.map(|ev| show_event(&ev)))
+    }
+}
+
+/// A change for people: `put KEY = VALUE`, `delete KEY`, `expire KEY`, or the lag notice.
+fn show_event(ev: &WatchEvent) -> String {
+    match ev {
+        WatchEvent::Put { key, value, .. } if value.len() <= WATCH_SHOW_BYTES => {
+            format!("put {key} = {}", show_value(value))
+        }
+        WatchEvent::Put { key, value, .. } => format!("put {key} = ({} bytes)", value.len()),
+        WatchEvent::Delete { key, .. } => format!("delete {key}"),
+        WatchEvent::Expire { key, .. } => format!("expire {key}"),
+        WatchEvent::Lagged { missed } => format!("lagged: {missed} changes missed"),
+    }
 }
 
 async fn members(args: MembersArgs) -> Result<u8> {
@@ -358,10 +596,17 @@ fn print_json(value: &serde_json::Value) -> Result<()> {
 
 /// Writes to stdout. A closed pipe (`ringkv get k | head -c 10`) is not an error.
 fn write_stdout(bytes: &[u8]) -> Result<()> {
+    write_out(bytes).map(|_| ())
+}
+
+/// Writes to stdout and flushes; false if the reader has gone (a closed pipe), so a command
+/// that would print more can stop.
+fn write_out(bytes: &[u8]) -> Result<bool> {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|_| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -392,5 +637,51 @@ mod tests {
         );
         assert_eq!(exit_code(&Error::Unreachable("x".into())), EXIT_UNAVAILABLE);
         assert_eq!(exit_code(&Error::Timeout), EXIT_UNAVAILABLE);
+        assert_eq!(
+            exit_code(&Error::PreconditionFailed {
+                context: "c".into()
+            }),
+            EXIT_CONFLICT
+        );
+    }
+
+    #[test]
+    fn ttls_are_seconds_or_durations() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_ttl("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("-5").is_err());
+    }
+
+    #[test]
+    fn watch_events_show_on_one_line() {
+        let ctx: Context = "c".parse().unwrap();
+        let put = |value: &[u8]| WatchEvent::Put {
+            key: "a/1".into(),
+            value: Bytes::copy_from_slice(value),
+            context: ctx.clone(),
+        };
+        assert_eq!(show_event(&put(b"hi\n")), "put a/1 = \"hi\\n\"");
+        assert_eq!(
+            show_event(&put(&[0xff])),
+            "put a/1 = (1 bytes, base64) /w=="
+        );
+        assert_eq!(show_event(&put(&[b'x'; 201])), "put a/1 = (201 bytes)");
+        let del = WatchEvent::Delete {
+            key: "a/1".into(),
+            context: ctx.clone(),
+        };
+        assert_eq!(show_event(&del), "delete a/1");
+        let exp = WatchEvent::Expire {
+            key: "a/2".into(),
+            context: ctx,
+        };
+        assert_eq!(show_event(&exp), "expire a/2");
+        assert_eq!(
+            show_event(&WatchEvent::Lagged { missed: 3 }),
+            "lagged: 3 changes missed"
+        );
     }
 }

@@ -24,6 +24,19 @@
 //! one overwrites what the key's coordinator holds. [`Client::put_resolved`] does the whole
 //! read, merge, write-back cycle.
 //!
+//! ## Expiry, content types and conditional writes
+//!
+//! [`Client::put_opts`] takes [`PutOptions`]: a time to live, a content type (returned by
+//! every read), and a precondition: *if absent* (no live value) or *if match* (the key's
+//! versions are exactly those a context covers). A condition that does not hold fails with
+//! [`Error::PreconditionFailed`], which carries the key's current context.
+//!
+//! ## Listing and watching
+//!
+//! [`Client::list`] reads one page of the live keys under a prefix, [`Client::list_all`]
+//! walks every page. [`Client::watch`] opens a WebSocket that streams each change under a
+//! prefix as a [`WatchEvent`], at most once and only while connected (see [`crate::watch`]).
+//!
 //! ```no_run
 //! use ringkv::Client;
 //! use ringkv::client::Read;
@@ -47,25 +60,33 @@
 //! ```
 
 use std::fmt;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{ALLOW, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, IF_MATCH};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::debug;
 
-use crate::api::CONTEXT_HEADER;
+use crate::api::{CONTEXT_HEADER, EXPIRES_HEADER};
+use crate::config::DEFAULT_LIST_LIMIT;
 use crate::error::{Error, Result};
 
 /// The node a client talks to when given none: node 1 of `ringkv dev`.
@@ -95,9 +116,12 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// the server's default 8 MiB value limit; it only guards against a runaway peer.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
-/// Bytes of a key that go into a URL path unescaped. `/` stays as is (keys may contain it and
-/// the server takes the whole rest of the path); everything else but unreserved characters
-/// is percent-encoded, so any binary key round-trips.
+/// The content type of a value written without one, as reads report it.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Bytes of a key that go into a URL path (or a query value) unescaped. `/` stays as is (keys
+/// may contain it and the server takes the whole rest of the path); everything else but
+/// unreserved characters is percent-encoded, so any binary key round-trips.
 const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
@@ -144,15 +168,26 @@ impl FromStr for Context {
 /// What a GET found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {
-    /// No live value: the key was never written, or it was deleted. A deleted key carries its
-    /// tombstone's context.
+    /// No live value: the key was never written, it was deleted, or its value expired. A
+    /// deleted or expired key carries its tombstone's context.
     NotFound { context: Option<Context> },
     /// Exactly one value.
-    Value { value: Bytes, context: Context },
+    Value {
+        value: Bytes,
+        context: Context,
+        /// As written ([`DEFAULT_CONTENT_TYPE`] when the write gave none).
+        content_type: String,
+        /// When the value expires, if it was written with a time to live.
+        expires_at: Option<SystemTime>,
+    },
     /// Two or more concurrent values. Write back with `context` to resolve them.
     Siblings {
         values: Vec<Bytes>,
         context: Context,
+        /// One per value, in the same order.
+        content_types: Vec<String>,
+        /// The earliest expiry among the values, if any has one.
+        expires_at: Option<SystemTime>,
     },
 }
 
@@ -171,6 +206,32 @@ impl Read {
         match self {
             Read::Value { value, .. } => Some(value),
             _ => None,
+        }
+    }
+
+    /// The content type of each live value, in the order of [`Read::values`].
+    pub fn content_types(&self) -> &[String] {
+        match self {
+            Read::NotFound { .. } => &[],
+            Read::Value { content_type, .. } => std::slice::from_ref(content_type),
+            Read::Siblings { content_types, .. } => content_types,
+        }
+    }
+
+    /// The content type of the single value, if there is exactly one.
+    pub fn content_type(&self) -> Option<&str> {
+        match self {
+            Read::Value { content_type, .. } => Some(content_type),
+            _ => None,
+        }
+    }
+
+    /// When the live value expires (the earliest expiry among siblings); `None` if it does
+    /// not, or if nothing live was found.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match self {
+            Read::NotFound { .. } => None,
+            Read::Value { expires_at, .. } | Read::Siblings { expires_at, .. } => *expires_at,
         }
     }
 
@@ -200,13 +261,19 @@ pub struct ReadOptions {
 pub struct WriteOptions {
     /// The context this write supersedes; `None` overwrites what the coordinator holds.
     pub context: Option<Context>,
+    /// Apply the write only if the key's versions are exactly those this context covers
+    /// (`if-match`), as checked against a read quorum; otherwise fail with
+    /// [`Error::PreconditionFailed`]. Without [`WriteOptions::context`], a write that passes
+    /// supersedes the versions it matched.
+    pub if_match: Option<Context>,
     /// Acknowledgements to wait for (`?w=`), 1..N; the node's default when `None`.
     pub w: Option<usize>,
     /// How many of those must be home replicas (`?pw=`).
     pub pw: Option<usize>,
     /// Retry on the next node after a 503, a timeout or a connection that broke after the
     /// request was sent. Off by default: such a write may have been applied, and the retry
-    /// then adds a second version (a sibling if the context is the same).
+    /// then adds a second version (a sibling if the context is the same). A conditional write
+    /// that was applied fails its retry with [`Error::PreconditionFailed`].
     pub retry: bool,
 }
 
@@ -216,6 +283,147 @@ impl WriteOptions {
         WriteOptions {
             context: Some(context),
             ..WriteOptions::default()
+        }
+    }
+}
+
+/// Per-call options of a PUT: those of every write, plus expiry, content type and
+/// `if_absent`. Built field by field or with the chained setters.
+///
+/// ```no_run
+/// # async fn demo(client: ringkv::Client) -> ringkv::Result<()> {
+/// use std::time::Duration;
+/// use ringkv::Error;
+/// use ringkv::client::PutOptions;
+///
+/// // A lock that frees itself after 30 s unless renewed.
+/// let opts = PutOptions::new()
+///     .if_absent()
+///     .ttl(Duration::from_secs(30))
+///     .content_type("text/plain");
+/// match client.put_opts("locks/report", "worker-7", &opts).await {
+///     Ok(_) => println!("lock taken"),
+///     Err(Error::PreconditionFailed { context }) => println!("held by someone else ({context})"),
+///     Err(err) => return Err(err),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Context, `if_match`, quorum and retry, as for any write.
+    pub write: WriteOptions,
+    /// Expire the value this long after the receiving node got the write (`?ttl=`). The server
+    /// counts whole seconds, so a fraction is rounded up; from 1 s to 10 years.
+    pub ttl: Option<Duration>,
+    /// Stored with the value and returned by reads (`content-type`); [`DEFAULT_CONTENT_TYPE`]
+    /// when `None`.
+    pub content_type: Option<String>,
+    /// Apply the write only if the key has no live value (`?if_absent=true`); otherwise fail
+    /// with [`Error::PreconditionFailed`]. Excludes [`WriteOptions::if_match`].
+    pub if_absent: bool,
+}
+
+impl PutOptions {
+    /// No option set: the same as [`Client::put`].
+    pub fn new() -> PutOptions {
+        PutOptions::default()
+    }
+
+    /// Supersede the versions `context` covers.
+    pub fn context(mut self, context: Context) -> Self {
+        self.write.context = Some(context);
+        self
+    }
+
+    /// Write only if the key's versions are exactly those `context` covers.
+    pub fn if_match(mut self, context: Context) -> Self {
+        self.write.if_match = Some(context);
+        self
+    }
+
+    /// Write only if the key has no live value.
+    pub fn if_absent(mut self) -> Self {
+        self.if_absent = true;
+        self
+    }
+
+    /// Expire the value after `ttl` (rounded up to whole seconds).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Store `content_type` with the value.
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Acknowledgements to wait for (1..N).
+    pub fn w(mut self, w: usize) -> Self {
+        self.write.w = Some(w);
+        self
+    }
+
+    /// Home replicas among the acknowledgements.
+    pub fn pw(mut self, pw: usize) -> Self {
+        self.write.pw = Some(pw);
+        self
+    }
+
+    /// Retry after a 503 or a broken connection (see [`WriteOptions::retry`]).
+    pub fn retry(mut self, retry: bool) -> Self {
+        self.write.retry = retry;
+        self
+    }
+}
+
+impl From<WriteOptions> for PutOptions {
+    fn from(write: WriteOptions) -> PutOptions {
+        PutOptions {
+            write,
+            ..PutOptions::default()
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    /// Live keys under the prefix, sorted by their bytes. A key that is not UTF-8 comes as
+    /// the server renders it, with U+FFFD for the invalid bytes.
+    pub keys: Vec<String>,
+    /// An opaque cursor: pass it as `after` to read the next page. `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// A change under a watched prefix, as [`Watch`] yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// A value was written; `context` is the key's context after the write.
+    Put {
+        key: String,
+        value: Bytes,
+        context: Context,
+    },
+    /// The key was deleted.
+    Delete { key: String, context: Context },
+    /// The key's last live value expired.
+    Expire { key: String, context: Context },
+    /// The watcher fell behind and `missed` events were dropped in its place. Re-read what
+    /// matters (list the prefix, read the keys) to catch up.
+    Lagged { missed: u64 },
+}
+
+impl WatchEvent {
+    /// The key the event is about (`None` for [`WatchEvent::Lagged`]).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            WatchEvent::Put { key, .. }
+            | WatchEvent::Delete { key, .. }
+            | WatchEvent::Expire { key, .. } => Some(key),
+            WatchEvent::Lagged { .. } => None,
         }
     }
 }
@@ -291,6 +499,7 @@ impl ClientBuilder {
                 next: AtomicUsize::new(0),
                 epoch: Instant::now(),
                 timeout: self.timeout,
+                connect_timeout: self.connect_timeout,
                 read_retries: self.read_retries,
             }),
         })
@@ -381,6 +590,7 @@ struct Inner {
     /// Origin of the `down_until_ms` clocks.
     epoch: Instant,
     timeout: Duration,
+    connect_timeout: Duration,
     read_retries: usize,
 }
 
@@ -408,15 +618,21 @@ struct Call<'a> {
     path: &'a str,
     body: Bytes,
     context: Option<&'a Context>,
+    /// More request headers (`if-match`, `content-type`).
+    headers: Vec<(HeaderName, HeaderValue)>,
     /// May be sent again after it may have been applied (a 503, a timeout, a broken link).
     retryable: bool,
 }
 
 /// An answer with its status, before it is interpreted.
+#[derive(Default)]
 struct Answer {
     status: StatusCode,
     context: Option<Context>,
     allow: Option<String>,
+    content_type: Option<String>,
+    /// `x-ringkv-expires-at`, as sent.
+    expires_at: Option<String>,
     body: Bytes,
 }
 
@@ -483,18 +699,20 @@ impl Client {
             path: &path,
             body: Bytes::new(),
             context: None,
+            headers: Vec::new(),
             retryable: true,
         };
         let ans = self.call(&call).await?;
         match ans.status {
             StatusCode::OK => Ok(Read::Value {
                 context: required_context(ans.context, &path)?,
+                content_type: ans
+                    .content_type
+                    .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
+                expires_at: ans.expires_at.as_deref().map(parse_time).transpose()?,
                 value: ans.body,
             }),
-            StatusCode::MULTIPLE_CHOICES => {
-                let (values, context) = decode_siblings(&ans.body)?;
-                Ok(Read::Siblings { values, context })
-            }
+            StatusCode::MULTIPLE_CHOICES => decode_siblings(&ans.body),
             StatusCode::NOT_FOUND => Ok(Read::NotFound {
                 context: ans.context,
             }),
@@ -525,6 +743,65 @@ impl Client {
         value: impl Into<Bytes>,
         opts: &WriteOptions,
     ) -> Result<Context> {
+        let opts = PutOptions::from(opts.clone());
+        self.write(Method::PUT, key.as_ref(), value.into(), &opts)
+            .await
+    }
+
+    /// Writes a value with every option of a PUT: those of [`Client::put_with`], plus a time
+    /// to live, a content type and `if_absent`. A condition (`if_absent`, `if_match`) that
+    /// does not hold fails with [`Error::PreconditionFailed`] and the key's current context.
+    ///
+    /// This example runs a one-node ring in the process:
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use std::time::{Duration, SystemTime};
+    /// use ringkv::client::{PutOptions, Read};
+    /// use ringkv::{Client, Config, Error, GossipTransport, NodeHandle};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> ringkv::Result<()> {
+    /// let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    /// let mut config = Config::new("solo", any_port, any_port, any_port);
+    /// (config.replicas, config.read_quorum, config.write_quorum) = (1, 1, 1);
+    /// let node = NodeHandle::start(config, GossipTransport::Udp).await?;
+    /// let client = Client::new([format!("http://{}", node.http_addr())])?;
+    ///
+    /// // Create once: the second attempt finds a live value.
+    /// let create = PutOptions::new()
+    ///     .if_absent()
+    ///     .content_type("application/json")
+    ///     .ttl(Duration::from_secs(3600));
+    /// let first = client.put_opts("doc", r#"{"v":1}"#, &create).await?;
+    /// let Err(Error::PreconditionFailed { context }) = client.put_opts("doc", "{}", &create).await
+    /// else {
+    ///     panic!("the key exists");
+    /// };
+    /// assert_eq!(context.parse::<ringkv::client::Context>()?, first);
+    ///
+    /// let read = client.get("doc").await?;
+    /// assert_eq!(read.content_type(), Some("application/json"));
+    /// assert!(read.expires_at().is_some_and(|t| t > SystemTime::now()));
+    ///
+    /// // Compare and swap: only a writer that saw the current version wins.
+    /// let swap = PutOptions::new().if_match(first.clone());
+    /// client.put_opts("doc", r#"{"v":2}"#, &swap).await?;
+    /// assert!(matches!(
+    ///     client.put_opts("doc", r#"{"v":3}"#, &swap).await,
+    ///     Err(Error::PreconditionFailed { .. })
+    /// ));
+    /// assert!(matches!(client.get("doc").await?, Read::Value { value, .. } if value == r#"{"v":2}"#));
+    /// node.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn put_opts(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+        opts: &PutOptions,
+    ) -> Result<Context> {
         self.write(Method::PUT, key.as_ref(), value.into(), opts)
             .await
     }
@@ -534,9 +811,10 @@ impl Client {
         self.delete_with(key, &WriteOptions::default()).await
     }
 
-    /// Deletes a key with options: a context, `w`, `pw`, retries.
+    /// Deletes a key with options: a context, `if_match`, `w`, `pw`, retries.
     pub async fn delete_with(&self, key: impl AsRef<[u8]>, opts: &WriteOptions) -> Result<Context> {
-        self.write(Method::DELETE, key.as_ref(), Bytes::new(), opts)
+        let opts = PutOptions::from(opts.clone());
+        self.write(Method::DELETE, key.as_ref(), Bytes::new(), &opts)
             .await
     }
 
@@ -577,6 +855,185 @@ impl Client {
         self.put_with(key, merged, &opts).await
     }
 
+    /// One page of the live keys under `prefix` (empty: every key), sorted: at most `limit`
+    /// keys (1 to 10 000) after the cursor `after`, which is the `next` of the previous page
+    /// (`None` for the first page). Expired and deleted keys are not listed.
+    ///
+    /// Each page is a consistent read of the replicas that answered (`r` of them per part of
+    /// the ring); keys written or deleted while the pages are walked may or may not appear.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv::Client) -> ringkv::Result<()> {
+    /// let mut after = None;
+    /// loop {
+    ///     let page = client.list("user/", after.as_deref(), 100).await?;
+    ///     for key in &page.keys {
+    ///         println!("{key}");
+    ///     }
+    ///     match page.next {
+    ///         Some(next) => after = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list(
+        &self,
+        prefix: impl AsRef<[u8]>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page> {
+        let mut path = format!("/kv?prefix={}&limit={limit}", escape_key(prefix.as_ref()));
+        if let Some(after) = after {
+            path.push_str(&format!("&after={}", escape_key(after.as_bytes())));
+        }
+        let body = self.get_json(&path).await?;
+        serde_json::from_slice(&body).map_err(|e| Error::Protocol(format!("bad /kv answer: {e}")))
+    }
+
+    /// Every live key under `prefix`, sorted: [`Client::list`] page after page, until the
+    /// last.
+    pub async fn list_all(&self, prefix: impl AsRef<[u8]>) -> Result<Vec<String>> {
+        let prefix = prefix.as_ref();
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .list(prefix, after.as_deref(), DEFAULT_LIST_LIMIT)
+                .await?;
+            keys.extend(page.keys);
+            match page.next {
+                // A cursor that does not move would loop forever.
+                Some(next) if after.as_ref() == Some(&next) => {
+                    return Err(Error::Protocol(format!(
+                        "listing did not advance past cursor {next}"
+                    )));
+                }
+                Some(next) => after = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Watches the keys under `prefix` (empty: every key): opens a WebSocket to one of the
+    /// client's nodes (the next in the rotation that accepts a connection) and returns the
+    /// stream of changes.
+    ///
+    /// The node tells every live peer about the watch before it completes the handshake, so
+    /// every change acknowledged after this returns is delivered, whichever node coordinated
+    /// it; at most once, and only while connected. The stream ends when the connection
+    /// closes (the node shut down): watch again, and re-read to catch up. See
+    /// [`crate::watch`] for the exact guarantee.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv::Client) -> ringkv::Result<()> {
+    /// use ringkv::client::WatchEvent;
+    ///
+    /// let mut watch = client.watch("jobs/").await?;
+    /// while let Some(event) = watch.recv().await {
+    ///     match event? {
+    ///         WatchEvent::Put { key, value, .. } => println!("{key} = {value:?}"),
+    ///         WatchEvent::Delete { key, .. } | WatchEvent::Expire { key, .. } => {
+    ///             println!("{key} is gone")
+    ///         }
+    ///         WatchEvent::Lagged { missed } => println!("missed {missed} changes, re-reading"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// [`Watch`] is also a [`Stream`], for `futures` combinators.
+    pub async fn watch(&self, prefix: impl AsRef<[u8]>) -> Result<Watch> {
+        let query = format!("/watch?prefix={}", escape_key(prefix.as_ref()));
+        let nodes = &self.inner.nodes;
+        let n = nodes.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let rotation = (0..n).map(|k| (start + k) % n);
+        let is_down = |i: usize| nodes[i].down_until_ms.load(Ordering::Relaxed) > now;
+        let order: Vec<usize> = rotation
+            .clone()
+            .filter(|&i| !is_down(i))
+            .chain(rotation.filter(|&i| is_down(i)))
+            .collect();
+        let mut last_err = None;
+        // A watch has no side effect: any node that cannot open it is skipped.
+        for i in order {
+            let node = &nodes[i];
+            match self.open_watch(&node.base, &query).await {
+                Ok(ws) => {
+                    node.down_until_ms.store(0, Ordering::Relaxed);
+                    return Ok(Watch {
+                        ws,
+                        node: node.base.clone(),
+                        done: false,
+                    });
+                }
+                Err(Failure::NotSent(err)) => {
+                    debug!(node = %node.base, %err, "node unreachable, watching through the next one");
+                    let until = self.now_ms() + DOWN_COOLDOWN.as_millis() as u64;
+                    node.down_until_ms.store(until, Ordering::Relaxed);
+                    last_err = Some(err);
+                }
+                // A malformed request is malformed on every node.
+                Err(Failure::Sent(
+                    err
+                    @ (Error::InvalidInput(_) | Error::NotFound(_) | Error::MethodNotAllowed(_)),
+                )) => return Err(err),
+                Err(Failure::Sent(err)) => {
+                    debug!(node = %node.base, %err, "watch failed, trying the next node");
+                    last_err = Some(err);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::Unreachable("no node to watch through".into())))
+    }
+
+    /// Connects to `base` (within the connect timeout) and does the WebSocket handshake of
+    /// `path` (within the request timeout).
+    async fn open_watch(
+        &self,
+        base: &str,
+        path: &str,
+    ) -> std::result::Result<WebSocketStream<TcpStream>, Failure> {
+        let authority = base.strip_prefix("http://").unwrap_or(base);
+        let url = format!("ws://{authority}{path}");
+        let request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Failure::NotSent(Error::invalid(format!("bad watch URL {url}: {e}"))))?;
+        let unreachable = |e: &dyn fmt::Display| Error::Unreachable(format!("{base}: {e}"));
+        let stream =
+            tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(authority))
+                .await
+                .map_err(|_| Failure::NotSent(unreachable(&"connect timed out")))?
+                .map_err(|e| Failure::NotSent(unreachable(&e)))?;
+        let _ = stream.set_nodelay(true);
+        let handshake = tokio_tungstenite::client_async(request, stream);
+        match tokio::time::timeout(self.inner.timeout, handshake).await {
+            Err(_) => Err(Failure::Sent(Error::Timeout)),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(tungstenite::Error::Http(resp))) => {
+                let header = |name: HeaderName| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let ans = Answer {
+                    status: resp.status(),
+                    allow: header(ALLOW),
+                    body: Bytes::from(resp.body().clone().unwrap_or_default()),
+                    ..Answer::default()
+                };
+                Err(Failure::Sent(error_from_answer(&ans, path, 0)))
+            }
+            Ok(Err(e)) => Err(Failure::Sent(ws_error(&url, e))),
+        }
+    }
+
     /// The ring's members as one node sees them.
     pub async fn members(&self) -> Result<Vec<Member>> {
         #[derive(Deserialize)]
@@ -611,6 +1068,7 @@ impl Client {
             path: "/cluster/leave",
             body: Bytes::new(),
             context: None,
+            headers: Vec::new(),
             retryable: false,
         };
         let ans = self.call(&call).await?;
@@ -647,6 +1105,7 @@ impl Client {
             path,
             body: Bytes::new(),
             context: None,
+            headers: Vec::new(),
             retryable: true,
         };
         let ans = self.call(&call).await?;
@@ -657,28 +1116,50 @@ impl Client {
         }
     }
 
+    /// A PUT (`opts` whole) or a DELETE (`opts.write` only: a caller never sets the rest).
     async fn write(
         &self,
         method: Method,
         key: &[u8],
         value: Bytes,
-        opts: &WriteOptions,
+        opts: &PutOptions,
     ) -> Result<Context> {
+        let write = &opts.write;
+        // Whole seconds, rounded up: a value never expires before the caller asked.
+        let ttl = opts
+            .ttl
+            .map(|t| t.as_secs() + u64::from(t.subsec_nanos() > 0));
         let mut path = kv_path(key);
         let mut sep = '?';
-        for (name, v) in [("w", opts.w), ("pw", opts.pw)] {
+        let params = [
+            ("w", write.w.map(|v| v as u64)),
+            ("pw", write.pw.map(|v| v as u64)),
+            ("ttl", ttl),
+        ];
+        for (name, v) in params {
             if let Some(v) = v {
                 path.push_str(&format!("{sep}{name}={v}"));
                 sep = '&';
             }
+        }
+        if opts.if_absent {
+            path.push_str(&format!("{sep}if_absent=true"));
+        }
+        let mut headers = Vec::new();
+        if let Some(ctx) = &write.if_match {
+            headers.push((IF_MATCH, header_value(ctx.as_str(), "if-match context")?));
+        }
+        if let Some(ct) = &opts.content_type {
+            headers.push((CONTENT_TYPE, header_value(ct, "content type")?));
         }
         let size = value.len() as u64;
         let call = Call {
             method,
             path: &path,
             body: value,
-            context: opts.context.as_ref(),
-            retryable: opts.retry,
+            context: write.context.as_ref(),
+            headers,
+            retryable: write.retry,
         };
         let ans = self.call(&call).await?;
         if ans.status == StatusCode::NO_CONTENT {
@@ -767,6 +1248,9 @@ impl Client {
         if let Some(ctx) = call.context {
             req = req.header(CONTEXT_HEADER, ctx.as_str());
         }
+        for (name, value) in &call.headers {
+            req = req.header(name, value);
+        }
         let req = req
             .body(Full::new(call.body.clone()))
             .map_err(|e| Failure::NotSent(Error::invalid(format!("bad request {url}: {e}"))))?;
@@ -795,6 +1279,8 @@ impl Client {
                 status: parts.status,
                 context: header(CONTEXT_HEADER).and_then(|s| s.parse().ok()),
                 allow: header(ALLOW.as_str()),
+                content_type: header(CONTENT_TYPE.as_str()),
+                expires_at: header(EXPIRES_HEADER),
                 body,
             })
         };
@@ -804,6 +1290,146 @@ impl Client {
         node.down_until_ms.store(0, Ordering::Relaxed);
         Ok(ans)
     }
+}
+
+/// The changes under a watched prefix, from [`Client::watch`]: one [`WatchEvent`] per
+/// change, until the connection closes. Dropping it closes the WebSocket and ends the watch.
+pub struct Watch {
+    ws: WebSocketStream<TcpStream>,
+    /// The node watched through, `http://host:port`.
+    node: String,
+    /// The connection closed; nothing more will come.
+    done: bool,
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watch")
+            .field("node", &self.node)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl Watch {
+    /// The next change: `None` once the connection closed, an error if it broke or a
+    /// message could not be understood (the stream goes on after a bad message).
+    pub async fn recv(&mut self) -> Option<Result<WatchEvent>> {
+        self.next().await
+    }
+
+    /// The next message exactly as the server sent it (its JSON text), not decoded: for
+    /// tools that pass the events on.
+    pub async fn recv_raw(&mut self) -> Option<Result<String>> {
+        std::future::poll_fn(|cx| self.poll_text(cx)).await
+    }
+
+    /// The node this watch is connected to.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Closes the WebSocket cleanly.
+    pub async fn close(mut self) -> Result<()> {
+        match self.ws.close(None).await {
+            Ok(())
+            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                Ok(())
+            }
+            Err(e) => Err(ws_error(&self.node, e)),
+        }
+    }
+
+    /// The next text message; control frames are handled by the library, and a binary
+    /// message (the server sends none) is skipped.
+    fn poll_text(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<String>>> {
+        while !self.done {
+            match ready!(self.ws.poll_next_unpin(cx)) {
+                Some(Ok(Message::Text(text))) => return Poll::Ready(Some(Ok(text.to_string()))),
+                Some(Ok(Message::Close(_))) | None => self.done = true,
+                Some(Ok(_)) => {}
+                Some(Err(
+                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                )) => self.done = true,
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(ws_error(&self.node, e))));
+                }
+            }
+        }
+        Poll::Ready(None)
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<WatchEvent>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.poll_text(cx)
+            .map(|msg| msg.map(|text| text.and_then(|t| decode_event(&t))))
+    }
+}
+
+/// A WebSocket failure as a ringkv error: a connection that broke is [`Error::Interrupted`].
+fn ws_error(what: &str, err: tungstenite::Error) -> Error {
+    match err {
+        tungstenite::Error::Io(e) => Error::Interrupted(format!("{what}: {e}")),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            Error::Interrupted(format!("{what}: connection closed"))
+        }
+        e => Error::Protocol(format!("{what}: {e}")),
+    }
+}
+
+/// Decodes one watch message: `{"op", "key", "value" (base64, puts only), "context"}` or
+/// `{"op": "lagged", "missed"}`.
+fn decode_event(text: &str) -> Result<WatchEvent> {
+    #[derive(Deserialize)]
+    struct Wire {
+        op: String,
+        key: Option<String>,
+        value: Option<String>,
+        context: Option<String>,
+        missed: Option<u64>,
+    }
+    let bad = |e: &dyn fmt::Display| Error::Protocol(format!("bad watch message {text:?}: {e}"));
+    let w: Wire = serde_json::from_str(text).map_err(|e| bad(&e))?;
+    if w.op == "lagged" {
+        let missed = w.missed.ok_or_else(|| bad(&"no missed count"))?;
+        return Ok(WatchEvent::Lagged { missed });
+    }
+    let key = w.key.ok_or_else(|| bad(&"no key"))?;
+    let context: Context = w
+        .context
+        .ok_or_else(|| bad(&"no context"))?
+        .parse()
+        .map_err(|e: Error| bad(&e))?;
+    match w.op.as_str() {
+        "put" => {
+            let value = w.value.ok_or_else(|| bad(&"a put without a value"))?;
+            let value = B64.decode(value).map_err(|e| bad(&e))?;
+            Ok(WatchEvent::Put {
+                key,
+                value: Bytes::from(value),
+                context,
+            })
+        }
+        "delete" => Ok(WatchEvent::Delete { key, context }),
+        "expire" => Ok(WatchEvent::Expire { key, context }),
+        op => Err(bad(&format!("unknown op {op:?}"))),
+    }
+}
+
+/// An RFC 3339 time from the server (`x-ringkv-expires-at`, `expires_at`).
+fn parse_time(s: &str) -> Result<SystemTime> {
+    humantime::parse_rfc3339(s).map_err(|e| Error::Protocol(format!("bad time {s:?}: {e}")))
+}
+
+/// A request header value, checked before anything is sent.
+fn header_value(value: &str, what: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(value)
+        .map_err(|_| Error::invalid(format!("bad {what} {value:?}: not printable ASCII")))
 }
 
 /// An error and its sources, `: `-separated: hyper's own message ("client error (Connect)")
@@ -832,12 +1458,16 @@ fn required_context(ctx: Option<Context>, path: &str) -> Result<Context> {
     ctx.ok_or_else(|| Error::Protocol(format!("answer to {path} has no {CONTEXT_HEADER}")))
 }
 
-/// Decodes a 300's `{"context", "siblings": [base64…]}`.
-fn decode_siblings(body: &[u8]) -> Result<(Vec<Bytes>, Context)> {
+/// Decodes a 300's `{"context", "siblings": [base64…], "content_types", "expires_at"}`.
+fn decode_siblings(body: &[u8]) -> Result<Read> {
     #[derive(Deserialize)]
     struct Siblings {
         context: String,
         siblings: Vec<String>,
+        #[serde(default)]
+        content_types: Vec<String>,
+        #[serde(default)]
+        expires_at: Option<String>,
     }
     let bad = |e: &dyn fmt::Display| Error::Protocol(format!("bad siblings answer: {e}"));
     let parsed: Siblings = serde_json::from_slice(body).map_err(|e| bad(&e))?;
@@ -846,7 +1476,23 @@ fn decode_siblings(body: &[u8]) -> Result<(Vec<Bytes>, Context)> {
         .iter()
         .map(|s| B64.decode(s).map(Bytes::from).map_err(|e| bad(&e)))
         .collect::<Result<Vec<_>>>()?;
-    Ok((values, parsed.context.parse()?))
+    let mut content_types = parsed.content_types;
+    if content_types.is_empty() {
+        // A server that predates content types.
+        content_types = vec![DEFAULT_CONTENT_TYPE.to_string(); values.len()];
+    } else if content_types.len() != values.len() {
+        return Err(bad(&format!(
+            "{} content types for {} siblings",
+            content_types.len(),
+            values.len()
+        )));
+    }
+    Ok(Read::Siblings {
+        values,
+        context: parsed.context.parse()?,
+        content_types,
+        expires_at: parsed.expires_at.as_deref().map(parse_time).transpose()?,
+    })
 }
 
 /// `msg` without `prefix`, if it starts with it.
@@ -868,6 +1514,13 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
     match ans.status {
         StatusCode::BAD_REQUEST => Error::InvalidInput(msg),
         StatusCode::NOT_FOUND => Error::NotFound(path.to_string()),
+        StatusCode::PRECONDITION_FAILED => Error::PreconditionFailed {
+            context: field("context")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .or_else(|| ans.context.as_ref().map(|c| c.to_string()))
+                .unwrap_or_default(),
+        },
         StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed(ans.allow.clone().unwrap_or(msg)),
         StatusCode::PAYLOAD_TOO_LARGE => Error::ValueTooLarge {
             size: sent_bytes,
@@ -917,6 +1570,7 @@ mod tests {
                 _ => None,
             },
             body: Bytes::from(body.to_string()),
+            ..Answer::default()
         }
     }
 
@@ -929,6 +1583,9 @@ mod tests {
             Error::NotFound("/kv/x".into()),
             Error::MethodNotAllowed("GET".into()),
             Error::ValueTooLarge { size: 10, limit: 5 },
+            Error::PreconditionFailed {
+                context: "current".into(),
+            },
             Error::Unavailable {
                 replied: 1,
                 required: 2,
@@ -953,6 +1610,13 @@ mod tests {
                 std::mem::discriminant(&err),
                 "{err:?} came back as {back:?}"
             );
+            if let (
+                Error::PreconditionFailed { context: a },
+                Error::PreconditionFailed { context: b },
+            ) = (&err, &back)
+            {
+                assert_eq!(a, b, "the current context comes back");
+            }
         }
     }
 
@@ -994,14 +1658,96 @@ mod tests {
 
     #[test]
     fn siblings_answers_decode() {
-        let body = json!({"context": "abc", "siblings": [B64.encode("x"), B64.encode([0u8, 1])]});
-        let (values, ctx) = decode_siblings(body.to_string().as_bytes()).unwrap();
-        assert_eq!(values, vec![Bytes::from("x"), Bytes::from(vec![0u8, 1])]);
-        assert_eq!(ctx.as_str(), "abc");
-        assert!(matches!(
-            decode_siblings(b"{\"context\":\"a\",\"siblings\":[\"!!\"]}"),
-            Err(Error::Protocol(_))
-        ));
+        let body = json!({
+            "context": "abc",
+            "siblings": [B64.encode("x"), B64.encode([0u8, 1])],
+            "content_types": ["text/plain", "application/octet-stream"],
+            "expires_at": "2030-01-02T03:04:05.678Z",
+        });
+        let read = decode_siblings(body.to_string().as_bytes()).unwrap();
+        assert_eq!(read.values(), [Bytes::from("x"), Bytes::from(vec![0u8, 1])]);
+        assert_eq!(read.context().map(Context::as_str), Some("abc"));
+        assert_eq!(
+            read.content_types(),
+            ["text/plain", "application/octet-stream"]
+        );
+        let expiry = std::time::UNIX_EPOCH + Duration::from_millis(1_893_553_445_678);
+        assert_eq!(read.expires_at(), Some(expiry));
+        // Without content types or expiry (an older server): the defaults.
+        let body = json!({"context": "abc", "siblings": [B64.encode("x"), B64.encode("y")]});
+        let read = decode_siblings(body.to_string().as_bytes()).unwrap();
+        assert_eq!(read.content_types(), [DEFAULT_CONTENT_TYPE; 2]);
+        assert_eq!(read.expires_at(), None);
+        for bad in [
+            json!({"context": "a", "siblings": ["!!"]}),
+            json!({"context": "a", "siblings": ["eA=="], "content_types": ["a", "b"]}),
+            json!({"context": "a", "siblings": ["eA=="], "expires_at": "tomorrow"}),
+        ] {
+            assert!(
+                matches!(
+                    decode_siblings(bad.to_string().as_bytes()),
+                    Err(Error::Protocol(_))
+                ),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn watch_messages_decode() {
+        let ctx = "Y3R4";
+        let put = json!({"op": "put", "key": "a/1", "value": B64.encode("v"), "context": ctx});
+        assert_eq!(
+            decode_event(&put.to_string()).unwrap(),
+            WatchEvent::Put {
+                key: "a/1".into(),
+                value: Bytes::from("v"),
+                context: ctx.parse().unwrap(),
+            }
+        );
+        let del = json!({"op": "delete", "key": "a/1", "context": ctx});
+        assert!(
+            matches!(decode_event(&del.to_string()), Ok(WatchEvent::Delete { key, .. }) if key == "a/1")
+        );
+        let exp = json!({"op": "expire", "key": "a/2", "context": ctx});
+        assert!(
+            matches!(decode_event(&exp.to_string()), Ok(WatchEvent::Expire { key, .. }) if key == "a/2")
+        );
+        assert_eq!(
+            decode_event(r#"{"op":"lagged","missed":7}"#).unwrap(),
+            WatchEvent::Lagged { missed: 7 }
+        );
+        for bad in [
+            json!({"op": "put", "key": "k", "context": ctx}),
+            json!({"op": "delete", "key": "k"}),
+            json!({"op": "rename", "key": "k", "context": ctx}),
+            json!({"op": "lagged"}),
+            json!("not an object"),
+        ] {
+            assert!(
+                matches!(decode_event(&bad.to_string()), Err(Error::Protocol(_))),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn put_options_chain() {
+        let ctx: Context = "abc".parse().unwrap();
+        let opts = PutOptions::new()
+            .if_match(ctx.clone())
+            .ttl(Duration::from_millis(1500))
+            .content_type("text/plain")
+            .w(2)
+            .retry(true);
+        assert_eq!(opts.write.if_match, Some(ctx));
+        assert_eq!(opts.ttl, Some(Duration::from_millis(1500)));
+        assert_eq!(opts.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(
+            (opts.write.w, opts.write.retry, opts.if_absent),
+            (Some(2), true, false)
+        );
+        assert!(PutOptions::from(WriteOptions::default()).ttl.is_none());
     }
 
     #[test]

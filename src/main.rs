@@ -1,5 +1,5 @@
 //! The `ringkv` binary: `serve` one node, run a local `dev` ring, talk to a ring (`get`,
-//! `put`, `del`, `members`, `replicas`, `leave`), or load it (`bench`).
+//! `put`, `del`, `ls`, `watch`, `members`, `replicas`, `leave`), or load it (`bench`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -236,6 +236,22 @@ fn config_error(err: ringkv::Error) -> ExitCode {
 
 /// Runs `ringkv bench` and prints its summary: a table, or JSON with `--json`.
 async fn bench(args: ringkv::bench::BenchArgs) -> ExitCode {
+    if args.watch {
+        return match ringkv::bench::watch_latency(&args).await {
+            Ok(summary) if args.json => {
+                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("ringkv: {err}");
+                ExitCode::from(ringkv::cli::exit_code(&err))
+            }
+        };
+    }
     match ringkv::bench::run(&args).await {
         Ok(summary) => {
             if args.json {

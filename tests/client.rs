@@ -1,6 +1,7 @@
 //! Tests of the user-facing clients against in-process clusters: the `ringkv::Client`
-//! library (round-robin, failover, retries, siblings, `put_resolved`), the CLI verbs of the
-//! real binary (output, `--json` shapes, exit codes) and a short `ringkv bench` run.
+//! library (round-robin, failover, retries, siblings, `put_resolved`, expiry, content types,
+//! conditional writes, listing, watching), the CLI verbs of the real binary (output, `--json`
+//! shapes, exit codes) and a short `ringkv bench` run.
 
 mod common;
 
@@ -9,19 +10,22 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use common::{Http, TestCluster, wait_until};
+use futures_util::StreamExt;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ringkv::client::{DEFAULT_READ_RETRIES, Read, ReadOptions, WriteOptions};
+use ringkv::client::{
+    Context, DEFAULT_READ_RETRIES, PutOptions, Read, ReadOptions, Watch, WatchEvent, WriteOptions,
+};
 use ringkv::{Client, Error};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
@@ -154,7 +158,10 @@ async fn siblings_context_and_put_resolved() {
             .expect("put with context");
     }
     let read = client.get("color").await.expect("get");
-    let Read::Siblings { values, context } = &read else {
+    let Read::Siblings {
+        values, context, ..
+    } = &read
+    else {
         panic!("expected siblings, got {read:?}");
     };
     let mut values = values.clone();
@@ -334,6 +341,347 @@ async fn a_real_quorum_failure_is_retried_on_other_nodes() {
     c.shutdown().await;
 }
 
+/// The key's current context that a failed condition carries.
+fn precondition_context(res: ringkv::Result<Context>) -> Context {
+    match res {
+        Err(Error::PreconditionFailed { context }) => context.parse().expect("a valid context"),
+        other => panic!("expected a precondition failure, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_values_report_their_expiry_then_expire() {
+    let c = TestCluster::start(3).await;
+    let client = Client::new((0..3).map(|i| c.url(i))).expect("client");
+
+    // 1.5 s is rounded up to the server's whole seconds: 2 s.
+    let before = SystemTime::now();
+    let ttl = PutOptions::new().ttl(Duration::from_millis(1500));
+    client
+        .put_opts("ttl/short", "brief", &ttl)
+        .await
+        .expect("put");
+    let after = SystemTime::now();
+    client.put("ttl/kept", "stays").await.expect("put");
+
+    let read = client.get("ttl/short").await.expect("get");
+    assert_eq!(read.value(), Some(&Bytes::from("brief")));
+    let expires = read.expires_at().expect("an expiry");
+    // The nodes share this process's clock; the server keeps milliseconds.
+    let two = Duration::from_secs(2);
+    assert!(
+        expires + Duration::from_millis(1) > before + two && expires <= after + two,
+        "expiry {expires:?} not 2 s after the write ({before:?}..{after:?})"
+    );
+    assert_eq!(
+        client.get("ttl/kept").await.expect("get").expires_at(),
+        None
+    );
+    assert_eq!(
+        client.list_all("ttl/").await.expect("list"),
+        ["ttl/kept", "ttl/short"]
+    );
+
+    // Every node stops returning it once it expired, not before.
+    wait_until(Duration::from_secs(10), "the value expires", || async {
+        !client.get("ttl/short").await.expect("get").is_found()
+    })
+    .await;
+    assert!(SystemTime::now() >= expires, "not found before its expiry");
+    for i in 0..3 {
+        let one = Client::new([c.url(i)]).expect("client");
+        let gone = one.get("ttl/short").await.expect("get");
+        assert!(!gone.is_found(), "still found via n{}", i + 1);
+        assert!(gone.context().is_some(), "an expired key keeps its context");
+    }
+    assert_eq!(client.list_all("ttl/").await.expect("list"), ["ttl/kept"]);
+    // An expired key is absent again.
+    let again = PutOptions::new().if_absent();
+    client
+        .put_opts("ttl/short", "again", &again)
+        .await
+        .expect("if_absent after expiry");
+    let read = client.get("ttl/short").await.expect("get");
+    assert_eq!(read.value(), Some(&Bytes::from("again")));
+    assert_eq!(read.expires_at(), None);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_types_and_conditional_writes() {
+    let c = TestCluster::start(3).await;
+    let client = Client::new((0..3).map(|i| c.url(i))).expect("client");
+
+    // The content type comes back through every node; none given reads as octet-stream.
+    let json_type = "application/json; charset=utf-8";
+    let doc = PutOptions::new().content_type(json_type);
+    client
+        .put_opts("doc", r#"{"a":1}"#, &doc)
+        .await
+        .expect("put");
+    for i in 0..3 {
+        let one = Client::new([c.url(i)]).expect("client");
+        let read = one.get("doc").await.expect("get");
+        assert_eq!(read.content_type(), Some(json_type), "via n{}", i + 1);
+        assert_eq!(read.value(), Some(&Bytes::from(r#"{"a":1}"#)));
+    }
+    client.put("plain", "x").await.expect("put");
+    let read = client.get("plain").await.expect("get");
+    assert_eq!(read.content_type(), Some("application/octet-stream"));
+    // Siblings keep each value's own content type.
+    let base = client.put("mixed", "base").await.expect("put");
+    for (value, ct) in [("<p>", "text/html"), ("txt", "text/plain")] {
+        let opts = PutOptions::new().context(base.clone()).content_type(ct);
+        client.put_opts("mixed", value, &opts).await.expect("put");
+    }
+    let read = client.get("mixed").await.expect("get");
+    assert!(matches!(read, Read::Siblings { .. }), "{read:?}");
+    let mut pairs: Vec<(Bytes, String)> = read
+        .values()
+        .iter()
+        .cloned()
+        .zip(read.content_types().iter().cloned())
+        .collect();
+    pairs.sort();
+    assert_eq!(
+        pairs,
+        [
+            (Bytes::from("<p>"), "text/html".to_string()),
+            (Bytes::from("txt"), "text/plain".to_string())
+        ]
+    );
+    // A content type that cannot be a header is refused before anything is sent.
+    let before = writes(&c);
+    let bad = PutOptions::new().content_type("text/plain\nx: y");
+    assert!(matches!(
+        client.put_opts("doc", "x", &bad).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(writes(&c), before);
+
+    // if_absent: the first write wins, the second fails with the current context.
+    let create = PutOptions::new().if_absent();
+    let created = client
+        .put_opts("once", "first", &create)
+        .await
+        .expect("absent");
+    let current = precondition_context(client.put_opts("once", "second", &create).await);
+    assert_eq!(current, created);
+    assert_eq!(
+        client.get("once").await.expect("get").value(),
+        Some(&Bytes::from("first"))
+    );
+    // A deleted key is absent again.
+    client.delete("once").await.expect("delete");
+    client
+        .put_opts("once", "third", &create)
+        .await
+        .expect("absent after delete");
+
+    // if_match: a compare-and-swap on the context.
+    let v1 = client.put("cas", "1").await.expect("put");
+    let v2 = client
+        .put_opts("cas", "2", &PutOptions::new().if_match(v1.clone()))
+        .await
+        .expect("the fresh context matches");
+    let stale = PutOptions::new().if_match(v1.clone());
+    let current = precondition_context(client.put_opts("cas", "lost", &stale).await);
+    assert_eq!(current, v2);
+    let strict = ReadOptions { r: Some(3) };
+    assert_eq!(
+        client.get_with("cas", &strict).await.expect("get").value(),
+        Some(&Bytes::from("2"))
+    );
+    client
+        .put_opts("cas", "3", &PutOptions::new().if_match(current))
+        .await
+        .expect("the context from the failure matches");
+    assert_eq!(
+        client.get_with("cas", &strict).await.expect("get").value(),
+        Some(&Bytes::from("3"))
+    );
+    // Deletes take if_match too.
+    let stale_delete = WriteOptions {
+        if_match: Some(v1),
+        ..WriteOptions::default()
+    };
+    precondition_context(client.delete_with("cas", &stale_delete).await);
+    assert!(client.get("cas").await.expect("get").is_found());
+    // Both conditions at once is a malformed request.
+    let both = PutOptions::new().if_absent().if_match(v2);
+    assert!(matches!(
+        client.put_opts("cas", "x", &both).await,
+        Err(Error::InvalidInput(_))
+    ));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_walks_sorted_pages_of_live_keys() {
+    let c = TestCluster::start(3).await;
+    let client = Client::new((0..3).map(|i| c.url(i))).expect("client");
+    let keys: Vec<String> = (0..120).map(|i| format!("ls/{i}")).collect();
+    futures_util::future::try_join_all(keys.iter().map(|k| client.put(k, "v")))
+        .await
+        .expect("puts");
+    // Keys next to the prefix but not under it, and keys that need escaping in a query.
+    for k in ["ls", "ls-x", "lt/1", "q&a=1/x", "q&a=1/y", "q&b"] {
+        client.put(k, "v").await.expect("put");
+    }
+    let deleted = ["ls/0", "ls/7", "ls/50", "ls/99", "ls/119"];
+    for k in deleted {
+        client.delete(k).await.expect("delete");
+    }
+    let mut expected: Vec<String> = keys
+        .iter()
+        .filter(|k| !deleted.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    expected.sort();
+    assert_eq!(expected.len(), 115);
+
+    assert_eq!(client.list_all("ls/").await.expect("list_all"), expected);
+
+    // Page by page, with the cursor: the same keys, none twice, no page over the limit.
+    let mut walked = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list("ls/", after.as_deref(), 25)
+            .await
+            .expect("page");
+        assert!(page.keys.len() <= 25, "{} keys", page.keys.len());
+        pages += 1;
+        walked.extend(page.keys);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages < 100, "the listing does not end");
+    }
+    assert_eq!(walked, expected);
+    assert!(
+        pages >= 5,
+        "115 keys in pages of 25 take at least 5, got {pages}"
+    );
+
+    // The empty prefix lists everything.
+    let mut all: Vec<String> = expected.clone();
+    all.extend(["ls", "ls-x", "lt/1", "q&a=1/x", "q&a=1/y", "q&b"].map(String::from));
+    all.sort();
+    assert_eq!(client.list_all("").await.expect("list_all"), all);
+    assert_eq!(
+        client.list_all("q&a=1/").await.expect("list_all"),
+        ["q&a=1/x", "q&a=1/y"]
+    );
+    let none = client.list("none/", None, 10).await.expect("list");
+    assert!(none.keys.is_empty() && none.next.is_none(), "{none:?}");
+
+    // A bad limit or cursor is the caller's error.
+    assert!(matches!(
+        client.list("ls/", None, 0).await,
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        client.list("ls/", Some("not a cursor!"), 10).await,
+        Err(Error::InvalidInput(_))
+    ));
+    c.shutdown().await;
+}
+
+/// The next event of `watch`, within 10 s.
+async fn next_event(watch: &mut Watch) -> WatchEvent {
+    tokio::time::timeout(Duration::from_secs(10), watch.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the watch is open")
+        .expect("a valid event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_changes_made_through_other_nodes() {
+    let mut c = TestCluster::start_with(3, |cfg| {
+        cfg.ttl_sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    // A prefix that needs escaping in the query.
+    let prefix = "w &=/";
+    let key = format!("{prefix}a");
+    // The first node is down: the watch is opened through the next one.
+    let watcher = Client::new([closed_url().await, c.url(0)]).expect("client");
+    let mut watch = watcher.watch(prefix).await.expect("watch");
+    assert_eq!(watch.node(), c.url(0));
+
+    let writer = Client::new([c.url(1), c.url(2)]).expect("client");
+    writer.put("elsewhere", "x").await.expect("put");
+    let put_ctx = writer.put(&key, "hello").await.expect("put");
+    assert_eq!(
+        next_event(&mut watch).await,
+        WatchEvent::Put {
+            key: key.clone(),
+            value: Bytes::from("hello"),
+            context: put_ctx,
+        }
+    );
+    let del_ctx = writer.delete(&key).await.expect("delete");
+    assert_eq!(
+        next_event(&mut watch).await,
+        WatchEvent::Delete {
+            key: key.clone(),
+            context: del_ctx,
+        }
+    );
+
+    // An expiry, announced after the sweep of the key's first home. Watch is a Stream too.
+    let short = format!("{prefix}ttl");
+    let opts = PutOptions::new().ttl(Duration::from_secs(1));
+    let ctx = writer.put_opts(&short, "brief", &opts).await.expect("put");
+    let ev = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("open")
+        .expect("valid");
+    assert_eq!(
+        ev,
+        WatchEvent::Put {
+            key: short.clone(),
+            value: Bytes::from("brief"),
+            context: ctx,
+        }
+    );
+    match next_event(&mut watch).await {
+        WatchEvent::Expire { key, .. } => assert_eq!(key, short),
+        other => panic!("expected the expiry of {short}, got {other:?}"),
+    }
+    watch.close().await.expect("close");
+
+    // No node to watch through: unreachable.
+    let nobody = Client::new([closed_url().await]).expect("client");
+    assert!(matches!(
+        nobody.watch("x").await,
+        Err(Error::Unreachable(_))
+    ));
+
+    // The stream ends when its node goes away.
+    let mut watch = Client::new([c.url(2)])
+        .expect("client")
+        .watch("")
+        .await
+        .expect("watch");
+    c.kill(2).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(item) = watch.recv().await {
+            if let Ok(ev) = item {
+                assert!(!matches!(ev, WatchEvent::Lagged { .. }), "{ev:?}");
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch did not end when its node stopped");
+    c.shutdown().await;
+}
+
 /// Runs the real binary with `args` (no `RINGKV_*` variable inherited), optional stdin.
 async fn ringkv(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     let mut cmd = tokio::process::Command::new(BIN);
@@ -456,12 +804,23 @@ async fn cli_json_output_shapes() {
     assert_eq!(get["key"], "j");
     assert_eq!(get["siblings"], serde_json::json!([B64.encode("v")]));
     assert_eq!(get["context"], put["context"]);
+    assert_eq!(
+        get["content_types"],
+        serde_json::json!(["application/octet-stream"])
+    );
+    assert_eq!(get["expires_at"], serde_json::Value::Null);
 
     let missing = run(&["get", "none", "--json"]).await;
     assert_eq!(code(&missing), 1);
     assert_eq!(
         json(&missing),
-        serde_json::json!({"key": "none", "context": null, "siblings": []})
+        serde_json::json!({
+            "key": "none",
+            "context": null,
+            "siblings": [],
+            "content_types": [],
+            "expires_at": null,
+        })
     );
 
     let members = run(&["members", "--json"]).await;
@@ -701,5 +1060,301 @@ async fn bench_runs_closed_and_open_loop() {
     let closed = closed_url().await;
     let out = ringkv(&["bench", "--node", &closed, "--duration", "1s"], &[], None).await;
     assert_eq!(code(&out), 3, "{out:?}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_ls_walks_every_page() {
+    let c = TestCluster::start(3).await;
+    let client = Client::new((0..3).map(|i| c.url(i))).expect("client");
+    // More keys than one page of 1000.
+    let keys: Vec<String> = (0..1100).map(|i| format!("p/{i:04}")).collect();
+    for chunk in keys.chunks(100) {
+        futures_util::future::try_join_all(chunk.iter().map(|k| client.put(k, "v")))
+            .await
+            .expect("puts");
+    }
+    client.put("q/other", "v").await.expect("put");
+    let deleted = ["p/0000", "p/0999", "p/1000"];
+    for k in deleted {
+        client.delete(k).await.expect("delete");
+    }
+    let expected: Vec<&str> = keys
+        .iter()
+        .map(String::as_str)
+        .filter(|k| !deleted.contains(k))
+        .collect();
+    let node = c.url(1);
+    let env = [("RINGKV_NODE", node.as_str())];
+    let lines = |out: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+
+    let out = ringkv(&["ls", "--prefix", "p/"], &env, None).await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert!(out.stdout.ends_with(b"\n"));
+    assert_eq!(lines(&out), expected);
+    let out = ringkv(&["ls", "--prefix", "p/", "--json"], &env, None).await;
+    assert_eq!(code(&out), 0, "{out:?}");
+    assert_eq!(json(&out), serde_json::json!({ "keys": expected }));
+
+    // --limit stops early, across a page boundary too.
+    let out = ringkv(&["ls", "--prefix", "p/", "--limit", "3"], &env, None).await;
+    assert_eq!(lines(&out), expected[..3]);
+    let out = ringkv(&["ls", "--prefix", "p/", "--limit", "1001"], &env, None).await;
+    assert_eq!(lines(&out), expected[..1001]);
+    let out = ringkv(&["ls", "--limit", "2", "--json"], &env, None).await;
+    assert_eq!(json(&out), serde_json::json!({ "keys": expected[..2] }));
+
+    // No prefix: every key.
+    let out = ringkv(&["ls"], &env, None).await;
+    let all = lines(&out);
+    assert_eq!(all.len(), expected.len() + 1);
+    assert_eq!(all.last().map(String::as_str), Some("q/other"));
+
+    let out = ringkv(&["ls", "--prefix", "none/"], &env, None).await;
+    assert_eq!((code(&out), out.stdout.as_slice()), (0, &b""[..]));
+    let out = ringkv(&["ls", "--prefix", "none/", "--json"], &env, None).await;
+    assert_eq!(json(&out), serde_json::json!({ "keys": [] }));
+    assert_eq!(code(&ringkv(&["ls", "--limit", "0"], &env, None).await), 2);
+    let closed = closed_url().await;
+    assert_eq!(
+        code(&ringkv(&["ls", "--node", &closed], &[], None).await),
+        3
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_put_ttl_content_type_output_and_conditions() {
+    let c = TestCluster::start(3).await;
+    let node = c.url(0);
+    let env = [("RINGKV_NODE", node.as_str())];
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let pid = std::process::id();
+    let input = dir.join(format!("cli-put-in-{pid}.json"));
+    let output = dir.join(format!("cli-get-out-{pid}.bin"));
+    let _ = std::fs::remove_file(&output);
+    let value: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    std::fs::write(&input, &value).expect("write input");
+    let input_s = input.to_string_lossy().into_owned();
+    let output_s = output.to_string_lossy().into_owned();
+
+    // --file with --ttl and --content-type.
+    let before = SystemTime::now();
+    let put = ringkv(
+        &[
+            "put",
+            "img",
+            "--file",
+            &input_s,
+            "--content-type",
+            "image/png",
+            "--ttl",
+            "3",
+        ],
+        &env,
+        None,
+    )
+    .await;
+    assert_eq!(code(&put), 0, "{put:?}");
+    let get = json(&ringkv(&["get", "img", "--json"], &env, None).await);
+    assert_eq!(get["content_types"], serde_json::json!(["image/png"]));
+    let expires = get["expires_at"].as_str().expect("an expiry");
+    let expires = humantime::parse_rfc3339(expires).expect("RFC 3339");
+    let three = Duration::from_secs(3);
+    assert!(
+        expires + Duration::from_millis(1) > before + three && expires <= SystemTime::now() + three,
+        "{get}"
+    );
+    // --output writes the exact bytes, and nothing on stdout.
+    let got = ringkv(&["get", "img", "--output", &output_s], &env, None).await;
+    assert_eq!(code(&got), 0, "{got:?}");
+    assert!(got.stdout.is_empty());
+    assert!(std::fs::read(&output).expect("output") == value);
+    std::fs::remove_file(&output).expect("remove output");
+
+    // A .json file without --content-type: nothing is guessed.
+    let put = ringkv(&["put", "raw", "--file", &input_s], &env, None).await;
+    assert_eq!(code(&put), 0, "{put:?}");
+    let get = json(&ringkv(&["get", "raw", "--json"], &env, None).await);
+    assert_eq!(
+        get["content_types"],
+        serde_json::json!(["application/octet-stream"])
+    );
+    assert_eq!(get["expires_at"], serde_json::Value::Null);
+
+    // The TTL runs out: not found (1), and --output then writes nothing.
+    wait_until(Duration::from_secs(15), "img expires", || async {
+        code(&ringkv(&["get", "img"], &env, None).await) == 1
+    })
+    .await;
+    assert!(SystemTime::now() >= expires);
+    let got = ringkv(&["get", "img", "--output", &output_s], &env, None).await;
+    assert_eq!(code(&got), 1, "{got:?}");
+    assert!(!output.exists());
+
+    // --if-absent: 4 the second time, with the current context on stderr.
+    let first = ringkv(&["put", "once", "a", "--if-absent"], &env, None).await;
+    assert_eq!(code(&first), 0, "{first:?}");
+    let second = ringkv(&["put", "once", "b", "--if-absent"], &env, None).await;
+    assert_eq!(code(&second), 4, "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr).into_owned();
+    assert!(stderr.contains("precondition failed"), "{stderr}");
+    let current = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("current context: "))
+        .unwrap_or_else(|| panic!("no context in {stderr}"))
+        .to_string();
+    // --if-match with that context wins once; then it is stale.
+    let swap = ringkv(&["put", "once", "c", "--if-match", &current], &env, None).await;
+    assert_eq!(code(&swap), 0, "{swap:?}");
+    let stale = ringkv(&["put", "once", "d", "--if-match", &current], &env, None).await;
+    assert_eq!(code(&stale), 4, "{stale:?}");
+    let stale = ringkv(&["del", "once", "--if-match", &current], &env, None).await;
+    assert_eq!(code(&stale), 4, "{stale:?}");
+    let get = ringkv(&["get", "once"], &env, None).await;
+    assert_eq!((code(&get), get.stdout.as_slice()), (0, &b"c"[..]));
+
+    // get --output with siblings: 4, nothing written.
+    let base = json(&ringkv(&["put", "sib", "base", "--json"], &env, None).await);
+    let ctx = base["context"].as_str().expect("context").to_string();
+    for v in ["x", "y"] {
+        let out = ringkv(&["put", "sib", v, "--context", &ctx], &env, None).await;
+        assert_eq!(code(&out), 0, "{out:?}");
+    }
+    let got = ringkv(&["get", "sib", "--output", &output_s], &env, None).await;
+    assert_eq!(code(&got), 4, "{got:?}");
+    assert!(!output.exists());
+
+    // Usage errors.
+    for args in [
+        &["put", "k", "v", "--ttl", "0"][..],
+        &["put", "k", "v", "--ttl", "soon"],
+        &["put", "k", "v", "--if-absent", "--if-match", &current],
+        &["put", "k", "v", "--if-match", "not-a-context"],
+        &["get", "k", "--json", "--output", &output_s],
+    ] {
+        let out = ringkv(args, &env, None).await;
+        assert_eq!(code(&out), 2, "ringkv {args:?}: {out:?}");
+    }
+    let _ = std::fs::remove_file(&input);
+    c.shutdown().await;
+}
+
+/// A running `ringkv watch`: its stdout lines, and its stderr gathered in the background
+/// (so that its last message is never written to a closed pipe).
+struct WatchCli {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl WatchCli {
+    /// Starts `ringkv watch` and waits until it says the watch is in place.
+    async fn start(args: &[&str]) -> WatchCli {
+        let mut cmd = tokio::process::Command::new(BIN);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("RINGKV_") {
+                cmd.env_remove(name);
+            }
+        }
+        let mut child = cmd
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn ringkv watch");
+        let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let first = tokio::time::timeout(CLI_TIMEOUT, err.next_line())
+            .await
+            .expect("ringkv watch starts")
+            .expect("stderr")
+            .unwrap_or_default();
+        assert!(first.contains("watching"), "{first}");
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            while let Ok(Some(line)) = err.next_line().await {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        WatchCli {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .expect("a line within 10 s")
+            .expect("stdout")
+            .expect("not closed")
+    }
+
+    async fn exit_code(mut self) -> (i32, String) {
+        let status = tokio::time::timeout(CLI_TIMEOUT, self.child.wait())
+            .await
+            .expect("ringkv watch exits")
+            .expect("wait");
+        let stderr = self.stderr.await.expect("stderr task");
+        (status.code().expect("exited, not killed"), stderr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_watch_prints_each_change() {
+    let mut c = TestCluster::start(3).await;
+    let node = c.url(0);
+    let mut raw = WatchCli::start(&["watch", "cw/", "--json", "--node", &node]).await;
+    let mut human = WatchCli::start(&["watch", "cw/", "--node", &node]).await;
+
+    let writer = Client::new([c.url(1)]).expect("client");
+    writer.put("other/k", "x").await.expect("put");
+    let put_ctx = writer.put("cw/k", "hello").await.expect("put");
+    let del_ctx = writer.delete("cw/k").await.expect("delete");
+
+    let put: serde_json::Value = serde_json::from_str(&raw.line().await).expect("JSON");
+    assert_eq!(
+        put,
+        serde_json::json!({
+            "op": "put",
+            "key": "cw/k",
+            "value": B64.encode("hello"),
+            "context": put_ctx.as_str(),
+        })
+    );
+    let del: serde_json::Value = serde_json::from_str(&raw.line().await).expect("JSON");
+    assert_eq!(
+        del,
+        serde_json::json!({"op": "delete", "key": "cw/k", "context": del_ctx.as_str()})
+    );
+    assert_eq!(human.line().await, r#"put cw/k = "hello""#);
+    assert_eq!(human.line().await, "delete cw/k");
+
+    // Ctrl-C ends it cleanly.
+    let pid = human.child.id().expect("pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill -INT");
+    assert!(sent.success());
+    let (code, stderr) = human.exit_code().await;
+    assert_eq!(code, 0, "{stderr}");
+
+    // Its node going away ends it as unavailable.
+    c.kill(0).await;
+    let (code, stderr) = raw.exit_code().await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("closed"), "{stderr}");
     c.shutdown().await;
 }
