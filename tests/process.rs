@@ -813,10 +813,19 @@ async fn a_request_id_follows_the_request_through_the_replicas_logs() {
         nodes.push(ProcessNode::spawn(cmd, &format!("trace-t{}", i + 1)).await);
     }
     let http = Http::new();
-    wait_until(Duration::from_secs(20), "three members alive", || async {
-        let members = nodes[0].members(&http).await;
-        members.len() == 3 && members.values().all(|m| m.alive)
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "three members alive everywhere",
+        || async {
+            for node in &nodes {
+                let members = node.members(&http).await;
+                if members.len() != 3 || !members.values().all(|m| m.alive) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
     .await;
     let put = http
         .send(
