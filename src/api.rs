@@ -569,17 +569,30 @@ async fn list_kv(node: Arc<Node>, req: &Request<Incoming>) -> Result<Response<Bo
         )?)),
     };
     let r = quorum_param(req, "r")?;
+    let base64 = key_encoding(req)?;
     let listing = node.list(prefix, after, limit, r).await?;
     let keys: Vec<String> = listing
         .keys
         .iter()
-        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .map(|k| crate::watch::show_key(k, base64))
         .collect();
     let next = listing.next.map(|k| URL_SAFE_NO_PAD.encode(k));
     Ok(json_response(
         StatusCode::OK,
         json!({"keys": keys, "next": next}),
     ))
+}
+
+/// `?encoding=base64` asks for keys in base64url (binary keys); `utf8`, the default, shows
+/// them as text (invalid UTF-8 replaced).
+fn key_encoding(req: &Request<Incoming>) -> Result<bool> {
+    match query_param(req, "encoding").as_deref() {
+        None | Some("utf8") => Ok(false),
+        Some("base64") => Ok(true),
+        Some(other) => Err(Error::invalid(format!(
+            "encoding must be utf8 or base64, got {other:?}"
+        ))),
+    }
 }
 
 /// `GET /watch?prefix=P`: upgrades to a WebSocket that streams the prefix's changes. The
@@ -598,6 +611,7 @@ async fn watch(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<B
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let prefix = Bytes::from(query_bytes(&req, "prefix").unwrap_or_default());
+    let base64 = key_encoding(&req)?;
     let sub = node.watch(prefix).await;
     let upgrade = hyper::upgrade::on(&mut req);
     let shutdown = node.shutdown.clone();
@@ -610,7 +624,7 @@ async fn watch(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<B
                     None,
                 )
                 .await;
-                crate::watch::stream(ws, sub, shutdown).await;
+                crate::watch::stream(ws, sub, base64, shutdown).await;
             }
             Err(err) => debug!(%err, "websocket upgrade failed"),
         }

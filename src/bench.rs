@@ -259,7 +259,10 @@ pub async fn watch_latency(args: &BenchArgs) -> Result<WatchSummary> {
         tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
         let key = format!("{prefix}{i:08}");
         let conn = &mut conns[i as usize % writers.len()];
-        match conn.send(Method::PUT, &format!("/kv/{key}"), value.clone()).await {
+        match conn
+            .send(Method::PUT, &format!("/kv/{key}"), value.clone())
+            .await
+        {
             Ok(StatusCode::NO_CONTENT) => responses.push((key, Instant::now())),
             Ok(status) => return Err(Error::invalid(format!("PUT answered {status}"))),
             Err(failure) => return Err(Error::Unreachable(failure.kind().to_string())),

@@ -540,7 +540,14 @@ impl Node {
                     if frontier.as_ref().is_some_and(|f| key > *f) {
                         break;
                     }
-                    merged.entry(key).or_default().merge(&vs);
+                    match merged.entry(key) {
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            e.insert(vs);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut e) => {
+                            e.get_mut().merge(&vs);
+                        }
+                    }
                 }
             }
             let mut live = merged

@@ -47,8 +47,9 @@
 //! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
 //!
 //! Around the node: [`client::Client`] (an async client of the HTTP API), [`cli`] (the
-//! `get`/`put`/`del`/`members`/`replicas`/`leave` verbs of the binary) and [`bench`](mod@bench) (the
-//! `ringkv bench` load generator).
+//! `get`/`put`/`del`/`ls`/`watch`/`members`/`replicas`/`leave` verbs of the binary) and
+//! [`bench`](mod@bench) (the `ringkv bench` load generator, and `--watch` for watch latency).
+//! `GET /` on any node is a status page ([`api`]), fed by `GET /cluster/status`.
 //!
 //! ## Versions and siblings
 //!

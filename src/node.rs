@@ -355,7 +355,7 @@ impl NodeHandle {
             leave_tx: watch::channel(LeaveState::Member).0,
             http_metrics: HttpMetrics::default(),
             shutdown: shutdown.clone(),
-            watchers: Arc::default(),
+            watchers: Arc::new(crate::watch::Watchers::starting_now()),
             interest: Mutex::default(),
             fanout: Fanout::default(),
             config,

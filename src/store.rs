@@ -355,54 +355,68 @@ impl Store {
     /// reader merges them with other replicas' answers. `more` is false when no further key
     /// matches.
     ///
-    /// Each shard is read in small batches and the batches are merged, so a page costs about
-    /// `limit` key visits whatever the store holds, and no lock is held for long.
+    /// Each shard's keys are read in small batches and the batches merged, so a page costs
+    /// about `limit` key visits whatever the store holds, and no lock is held for long; then
+    /// the versions of the chosen keys are copied, one lock per shard.
     pub fn list(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> ListPage {
-        let batch = (limit / 16).clamp(8, 1024);
+        // Keys spread evenly over the shards: a little over a page's share per batch.
+        let batch = (limit / SHARDS) * 3 / 2 + 4;
         let start: Bound<&[u8]> = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
             _ => Bound::Included(prefix),
         };
         // Per shard: the keys read but not yet merged, and whether the shard has more.
-        let read = |i: usize, from: Bound<&[u8]>| -> (VecDeque<(Bytes, VersionSet)>, bool) {
+        let read = |i: usize, from: Bound<&[u8]>| -> (VecDeque<Bytes>, bool) {
             let shard = lock(&self.shards[i]);
-            let keys: VecDeque<(Bytes, VersionSet)> = shard
+            let keys: VecDeque<Bytes> = shard
                 .by_key
                 .range::<[u8], _>((from, Bound::Unbounded))
                 .take_while(|k| k.starts_with(prefix))
                 .take(batch)
-                .filter_map(|k| {
-                    let vs = find(&shard.map, key_hash(k), k)?;
-                    Some((k.clone(), vs.without_values()))
-                })
+                .cloned()
                 .collect();
             let more = keys.len() == batch;
             (keys, more)
         };
-        let mut runs: Vec<(VecDeque<(Bytes, VersionSet)>, bool)> =
-            (0..SHARDS).map(|i| read(i, start)).collect();
+        let mut runs: Vec<(VecDeque<Bytes>, bool)> = (0..SHARDS).map(|i| read(i, start)).collect();
         let mut heap: BinaryHeap<Reverse<(Bytes, usize)>> = runs
             .iter()
             .enumerate()
-            .filter_map(|(i, (keys, _))| keys.front().map(|(k, _)| Reverse((k.clone(), i))))
+            .filter_map(|(i, (keys, _))| keys.front().map(|k| Reverse((k.clone(), i))))
             .collect();
-        let mut entries = Vec::with_capacity(limit.min(4096));
-        while entries.len() < limit {
+        let mut chosen: Vec<(usize, Bytes)> = Vec::with_capacity(limit.min(16 * 1024));
+        while chosen.len() < limit {
             let Some(Reverse((_, i))) = heap.pop() else {
                 break;
             };
             let run = &mut runs[i];
-            let Some(entry) = run.0.pop_front() else {
+            let Some(key) = run.0.pop_front() else {
                 continue;
             };
             if run.0.is_empty() && run.1 {
-                *run = read(i, Bound::Excluded(&entry.0));
+                *run = read(i, Bound::Excluded(&key));
             }
-            if let Some((k, _)) = runs[i].0.front() {
+            if let Some(k) = runs[i].0.front() {
                 heap.push(Reverse((k.clone(), i)));
             }
-            entries.push(entry);
+            chosen.push((i, key));
         }
+        // The versions, shard by shard; a key removed meanwhile is simply left out.
+        let mut sets: Vec<Option<VersionSet>> = vec![None; chosen.len()];
+        let mut order: Vec<usize> = (0..chosen.len()).collect();
+        order.sort_by_key(|&j| chosen[j].0);
+        for group in order.chunk_by(|&a, &b| chosen[a].0 == chosen[b].0) {
+            let shard = lock(&self.shards[chosen[group[0]].0]);
+            for &j in group {
+                let key = &chosen[j].1;
+                sets[j] = find(&shard.map, key_hash(key), key).map(VersionSet::without_values);
+            }
+        }
+        let entries = chosen
+            .into_iter()
+            .zip(sets)
+            .filter_map(|((_, key), vs)| Some((key, vs?)))
+            .collect();
         ListPage {
             more: !heap.is_empty(),
             entries,

@@ -76,17 +76,27 @@ pub struct Event {
 }
 
 impl Event {
-    /// The WebSocket message: `{"op", "key", "value" (base64, puts only), "context"}`.
-    pub fn to_json(&self) -> String {
+    /// The WebSocket message: `{"op", "key", "value" (base64, puts only), "context"}`, with
+    /// the key in base64url if `base64_key`.
+    pub fn to_json(&self, base64_key: bool) -> String {
         let mut msg = json!({
             "op": self.op,
-            "key": String::from_utf8_lossy(&self.key),
+            "key": show_key(&self.key, base64_key),
             "context": self.context,
         });
         if let Some(v) = &self.value {
             msg["value"] = json!(B64.encode(v));
         }
         msg.to_string()
+    }
+}
+
+/// A key as shown to clients: text (invalid UTF-8 replaced), or base64url for binary keys.
+pub fn show_key(key: &[u8], base64: bool) -> String {
+    if base64 {
+        URL_SAFE_NO_PAD.encode(key)
+    } else {
+        String::from_utf8_lossy(key).into_owned()
     }
 }
 
@@ -100,7 +110,8 @@ pub fn lagged_json(missed: u64) -> String {
 pub struct Watchers {
     slots: Mutex<Vec<Slot>>,
     next_id: AtomicU64,
-    /// Bumped on every subscribe and unsubscribe; the announced version of our prefixes.
+    /// The version of our prefixes, raised on every subscribe and unsubscribe to at least the
+    /// wall clock in ms, so that a restarted node's announcements supersede its old ones.
     version: AtomicU64,
     changed: tokio::sync::Notify,
 }
@@ -136,6 +147,15 @@ impl Drop for Subscription {
 }
 
 impl Watchers {
+    /// No watchers, announced as of now: a restarted node's first announcement supersedes
+    /// whatever its previous process announced.
+    pub fn starting_now() -> Watchers {
+        Watchers {
+            version: AtomicU64::new(crate::ttl::now_ms()),
+            ..Watchers::default()
+        }
+    }
+
     /// Registers a watcher of `prefix` that may fall `buffer` events behind.
     pub fn subscribe(self: &Arc<Self>, prefix: Bytes, buffer: usize) -> Subscription {
         let (tx, rx) = mpsc::channel(buffer.max(1));
@@ -157,7 +177,12 @@ impl Watchers {
     }
 
     fn bump(&self) {
-        self.version.fetch_add(1, Ordering::Relaxed);
+        let now = crate::ttl::now_ms();
+        let _ = self
+            .version
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add(1).max(now))
+            });
         self.changed.notify_one();
     }
 
@@ -195,8 +220,8 @@ impl Watchers {
 /// What one node watches, as announced: a version (newest wins) and its prefixes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
-    /// Announcements of one process only grow; a restarted node starts above its old ones
-    /// because versions start at its generation (start time in ms).
+    /// Announcements of one node only grow, across restarts too: a version is at least the
+    /// wall-clock time in ms of the change it announces.
     pub version: u64,
     pub prefixes: Vec<Bytes>,
 }
@@ -351,7 +376,7 @@ impl Node {
     /// The announcement of this node's current prefixes.
     fn announcement(&self) -> Announcement {
         Announcement {
-            version: self.actor.generation + self.watchers.version.load(Ordering::Relaxed),
+            version: self.watchers.version.load(Ordering::Relaxed),
             prefixes: self.watchers.prefixes(),
         }
     }
@@ -380,8 +405,11 @@ impl Node {
         join_all(calls).await;
     }
 
-    /// Re-announces whenever watchers come or go (a dropped watcher is announced here).
+    /// Announces this node's (empty) prefixes at start, then re-announces whenever watchers
+    /// come or go (a dropped watcher is announced here).
     pub(crate) async fn run_watch_announcer(self: Arc<Self>) {
+        let first = self.announcement();
+        self.self_keys.set(KEY_WATCH, &first.encode()).await;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -418,6 +446,7 @@ impl Node {
 pub async fn stream<S>(
     mut ws: tokio_tungstenite::WebSocketStream<S>,
     mut sub: Subscription,
+    base64_keys: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -436,7 +465,7 @@ pub async fn stream<S>(
                 if missed > 0 && ws.send(Message::text(lagged_json(missed))).await.is_err() {
                     return;
                 }
-                if ws.send(Message::text(ev.to_json())).await.is_err() {
+                if ws.send(Message::text(ev.to_json(base64_keys))).await.is_err() {
                     return;
                 }
             }
@@ -496,7 +525,7 @@ mod tests {
 
     #[test]
     fn events_render_as_the_documented_json() {
-        let v: serde_json::Value = serde_json::from_str(&event("k").to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&event("k").to_json(false)).unwrap();
         assert_eq!(
             v,
             json!({"op": "put", "key": "k", "value": "dg==", "context": "c"})
@@ -504,8 +533,10 @@ mod tests {
         let mut del = event("k");
         del.op = Op::Delete;
         del.value = None;
-        let v: serde_json::Value = serde_json::from_str(&del.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&del.to_json(false)).unwrap();
         assert_eq!(v, json!({"op": "delete", "key": "k", "context": "c"}));
+        let v: serde_json::Value = serde_json::from_str(&event("k?").to_json(true)).unwrap();
+        assert_eq!(v["key"], "az8");
         assert_eq!(lagged_json(3), r#"{"missed":3,"op":"lagged"}"#);
     }
 
