@@ -526,33 +526,41 @@ impl Node {
                     required: r,
                 });
             }
-            let pages: Vec<ListPage> = answers.into_iter().filter_map(|(_, p)| p.ok()).collect();
+            let pages: Vec<(usize, ListPage)> = answers
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, (_, p))| p.ok().map(|p| (i, p)))
+                .collect();
             // Every key up to the frontier is in every answer that could hold it: past the
             // last key of an answer that was cut short, that node may hold more.
             let frontier = pages
                 .iter()
-                .filter(|p| p.more)
-                .filter_map(|p| p.entries.last().map(|(k, _)| k.clone()))
+                .filter(|(_, p)| p.more)
+                .filter_map(|(_, p)| p.entries.last().map(|e| e.key.clone()))
                 .min();
-            let mut merged: std::collections::BTreeMap<Bytes, VersionSet> = Default::default();
-            for page in pages {
-                for (key, vs) in page.entries {
-                    if frontier.as_ref().is_some_and(|f| key > *f) {
+            let mut merged: std::collections::BTreeMap<Bytes, Seen> = Default::default();
+            for (i, page) in pages {
+                for e in page.entries {
+                    if frontier.as_ref().is_some_and(|f| e.key > *f) {
                         break;
                     }
-                    match merged.entry(key) {
-                        std::collections::btree_map::Entry::Vacant(e) => {
-                            e.insert(vs);
-                        }
-                        std::collections::btree_map::Entry::Occupied(mut e) => {
-                            e.get_mut().merge(&vs);
-                        }
-                    }
+                    let seen = merged.entry(e.key).or_insert(Seen {
+                        fingerprint: e.fingerprint,
+                        agree: true,
+                        live: false,
+                        holders: Vec::new(),
+                    });
+                    seen.agree &= seen.fingerprint == e.fingerprint;
+                    seen.live |= e.live_until > now;
+                    seen.holders.push(i);
                 }
             }
+            // Replicas that hold the same writes agree on liveness. Where they differ (one
+            // missed a write or a delete), merge their versions to decide.
+            self.settle_disagreements(&nodes, &mut merged, now).await?;
             let mut live = merged
                 .into_iter()
-                .filter(|(_, vs)| vs.live(now).next().is_some())
+                .filter(|(_, seen)| seen.live)
                 .map(|(key, _)| key);
             for key in live.by_ref() {
                 keys.push(key);
@@ -572,6 +580,68 @@ impl Node {
                 None => return Ok(Listing { keys, next: None }),
             }
         }
+    }
+}
+
+/// What a listing learned of one key from the nodes' answers.
+struct Seen {
+    /// The first answer's fingerprint.
+    fingerprint: u64,
+    /// Whether every answer had that fingerprint.
+    agree: bool,
+    /// Whether the key has a live value (decided by merging when answers disagree).
+    live: bool,
+    /// The nodes (indexes into the listing's node list) that hold the key.
+    holders: Vec<usize>,
+}
+
+impl Node {
+    /// Decides liveness for the keys whose holders disagree, by reading their versions from
+    /// every holder and merging them.
+    async fn settle_disagreements(
+        self: &Arc<Self>,
+        nodes: &[(NodeId, Replica)],
+        merged: &mut std::collections::BTreeMap<Bytes, Seen>,
+        now: u64,
+    ) -> Result<()> {
+        let mut per_node: Vec<Vec<Bytes>> = vec![Vec::new(); nodes.len()];
+        for (key, seen) in merged.iter().filter(|(_, s)| !s.agree) {
+            for &i in &seen.holders {
+                per_node[i].push(key.clone());
+            }
+        }
+        let mut sets: std::collections::HashMap<Bytes, VersionSet> = Default::default();
+        for (i, mut keys) in per_node.into_iter().enumerate() {
+            while !keys.is_empty() {
+                let got: Vec<VersionSet> = match nodes[i].1 {
+                    Replica::Local => keys
+                        .iter()
+                        .map(|k| self.store.get(k).unwrap_or_default())
+                        .collect(),
+                    Replica::Remote(addr) => {
+                        let req = Request::ReadMany { keys: keys.clone() };
+                        match self.pool.call(addr, req).await? {
+                            Response::VersionsMany(v) if !v.is_empty() => v,
+                            other => {
+                                return Err(Error::Protocol(format!(
+                                    "unexpected answer to a listing read: {other:?}"
+                                )));
+                            }
+                        }
+                    }
+                };
+                let answered = got.len().min(keys.len());
+                for (key, vs) in keys.drain(..answered).zip(got) {
+                    sets.entry(key).or_default().merge(&vs);
+                }
+            }
+        }
+        for (key, vs) in sets {
+            if let Some(seen) = merged.get_mut(&key) {
+                seen.live = vs.live(now).next().is_some();
+            }
+        }
+        Ok(())
     }
 }
 

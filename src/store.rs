@@ -170,11 +170,21 @@ pub struct ExpireReport {
     pub freed: u64,
 }
 
+/// One key of a listing page.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListEntry {
+    pub key: Bytes,
+    /// [`VersionSet::fingerprint`]: replicas with equal fingerprints hold the same writes.
+    pub fingerprint: u64,
+    /// [`VersionSet::live_until`].
+    pub live_until: u64,
+}
+
 /// One node's answer to a listing ([`Store::list`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListPage {
-    /// Keys in order with their versions, values stripped.
-    pub entries: Vec<(Bytes, VersionSet)>,
+    /// Keys in order.
+    pub entries: Vec<ListEntry>,
     /// Whether keys after the last entry may match.
     pub more: bool,
 }
@@ -350,10 +360,9 @@ impl Store {
     }
 
     /// One node's page of a listing: up to `limit` keys starting with `prefix` and after
-    /// `after`, in key order, with their versions stripped of values
-    /// ([`VersionSet::without_values`]); tombstones and expired values included, since the
-    /// reader merges them with other replicas' answers. `more` is false when no further key
-    /// matches.
+    /// `after`, in key order, each with its fingerprint and until when it holds a live value
+    /// ([`ListEntry`]); tombstones and expired values included, since the reader weighs them
+    /// against other replicas' answers. `more` is false when no further key matches.
     ///
     /// Each shard's keys are read in small batches and the batches merged, so a page costs
     /// about `limit` key visits whatever the store holds, and no lock is held for long; then
@@ -401,21 +410,29 @@ impl Store {
             }
             chosen.push((i, key));
         }
-        // The versions, shard by shard; a key removed meanwhile is simply left out.
-        let mut sets: Vec<Option<VersionSet>> = vec![None; chosen.len()];
+        // The summaries, shard by shard; a key removed meanwhile is simply left out.
+        let mut sums: Vec<Option<(u64, u64)>> = vec![None; chosen.len()];
         let mut order: Vec<usize> = (0..chosen.len()).collect();
         order.sort_by_key(|&j| chosen[j].0);
         for group in order.chunk_by(|&a, &b| chosen[a].0 == chosen[b].0) {
             let shard = lock(&self.shards[chosen[group[0]].0]);
             for &j in group {
                 let key = &chosen[j].1;
-                sets[j] = find(&shard.map, key_hash(key), key).map(VersionSet::without_values);
+                sums[j] = find(&shard.map, key_hash(key), key)
+                    .map(|vs| (vs.fingerprint(key), vs.live_until()));
             }
         }
         let entries = chosen
             .into_iter()
-            .zip(sets)
-            .filter_map(|((_, key), vs)| Some((key, vs?)))
+            .zip(sums)
+            .filter_map(|((_, key), sum)| {
+                let (fingerprint, live_until) = sum?;
+                Some(ListEntry {
+                    key,
+                    fingerprint,
+                    live_until,
+                })
+            })
             .collect();
         ListPage {
             more: !heap.is_empty(),
@@ -779,7 +796,7 @@ mod tests {
     }
 
     fn keys_of(page: &ListPage) -> Vec<&[u8]> {
-        page.entries.iter().map(|(k, _)| k.as_ref()).collect()
+        page.entries.iter().map(|e| e.key.as_ref()).collect()
     }
 
     /// Listing merges the 64 shards into key order, pages by cursor, and respects the prefix,
@@ -804,16 +821,16 @@ mod tests {
             loop {
                 let page = s.list(b"p/", after.as_deref(), limit);
                 assert!(page.entries.len() <= limit);
-                assert!(
-                    page.entries
-                        .iter()
-                        .all(|(_, vs)| vs.live_values().all(|v| v.is_empty()))
-                );
-                seen.extend(page.entries.iter().map(|(k, _)| k.clone()));
+                for e in &page.entries {
+                    let live = e.key != all[3];
+                    assert_eq!(e.live_until, if live { u64::MAX } else { 0 });
+                    assert_eq!(e.fingerprint, s.get(&e.key).unwrap().fingerprint(&e.key));
+                }
+                seen.extend(page.entries.iter().map(|e| e.key.clone()));
                 if !page.more {
                     break;
                 }
-                after = page.entries.last().map(|(k, _)| k.clone());
+                after = page.entries.last().map(|e| e.key.clone());
             }
             assert_eq!(seen, all, "limit {limit}");
         }

@@ -852,26 +852,16 @@ impl VersionSet {
             .min()
     }
 
-    /// A copy without the values (each live value replaced by an empty one) or content types:
-    /// enough for a reader to merge replicas' answers and tell live keys from dead ones.
-    pub fn without_values(&self) -> VersionSet {
-        let versions = self
-            .versions
+    /// Until when (ms since the Unix epoch, exclusive) some version holds a value: 0 if none
+    /// does, `u64::MAX` if one never expires. A reader at `now` sees a live value iff
+    /// `live_until > now`.
+    pub fn live_until(&self) -> u64 {
+        self.versions
             .iter()
-            .map(|v| Version {
-                dot: v.dot.clone(),
-                history: v.history.clone(),
-                value: v.value.as_ref().map(|_| Bytes::new()),
-                meta: v.expires_at().and_then(|t| {
-                    Meta {
-                        content_type: None,
-                        expires_at: Some(t),
-                    }
-                    .boxed()
-                }),
-            })
-            .collect();
-        VersionSet { versions }
+            .filter(|v| v.value.is_some())
+            .map(|v| v.expires_at().unwrap_or(u64::MAX))
+            .max()
+            .unwrap_or(0)
     }
 
     /// True iff the set is non-empty and holds only tombstones.
@@ -2035,12 +2025,12 @@ mod tests {
         let mut m = unswept.clone();
         m.merge(&set);
         assert_eq!(m.fingerprint(b"k"), fp);
-        // Stripping values keeps what a reader needs to tell live from dead.
-        let stripped = unswept.without_values();
-        assert_eq!(stripped.live(99).count(), 1);
-        assert_eq!(stripped.live(100).count(), 0);
-        assert_eq!(stripped.live(99).next().unwrap().content_type(), None);
-        assert_eq!(stripped.fingerprint(b"k"), fp);
+        // What a listing reports: live until the expiry, and nothing once swept.
+        assert_eq!(unswept.live_until(), 100);
+        assert_eq!(set.live_until(), 0);
+        let mut forever = VersionSet::new();
+        forever.write(&a, None, val("x"));
+        assert_eq!(forever.live_until(), u64::MAX);
     }
 
     #[test]

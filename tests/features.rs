@@ -528,3 +528,43 @@ async fn conditional_writes() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_merges_replicas_that_disagree() {
+    // No anti-entropy: a replica that missed a write stays stale for the whole test.
+    let c = TestCluster::start_with(3, |cfg| {
+        cfg.anti_entropy_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let http = Http::new();
+    for k in ["d/1", "d/2", "d/3"] {
+        let r = http.put(&format!("{}/kv/{k}?w=3", c.url(0)), "old").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    }
+    // n3 stops hearing from the others over RPC (gossip still calls it alive), so it misses
+    // a delete and a new write that two replicas acknowledge.
+    let n3 = c.node(2).rpc_addr();
+    c.node(0).set_rpc_blocked(n3, true);
+    c.node(1).set_rpc_blocked(n3, true);
+    assert_eq!(
+        http.delete(&format!("{}/kv/d/2", c.url(0))).await.status,
+        StatusCode::NO_CONTENT
+    );
+    http.delete(&format!("{}/kv/d/3", c.url(1))).await;
+    c.node(0).set_rpc_blocked(n3, false);
+    c.node(1).set_rpc_blocked(n3, false);
+    let stale = http
+        .get(&format!("{}/admin/local/d%2F2", c.url(2)))
+        .await
+        .json();
+    assert!(
+        stale["versions"][0]["value"].is_string(),
+        "n3 still has the deleted value: {stale}"
+    );
+    // Every node's listing merges the replicas' versions: the stale copies do not count.
+    for i in 0..3 {
+        let page = http.get(&format!("{}/kv?prefix=d/", c.url(i))).await.json();
+        assert_eq!(page["keys"], serde_json::json!(["d/1"]), "through node {i}");
+    }
+    c.shutdown().await;
+}
