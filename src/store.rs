@@ -813,7 +813,8 @@ mod tests {
         for k in ["o", "p", "q/1", "p0"] {
             s.write(&Bytes::from(k), &actor("n1"), None, Some(Bytes::new()));
         }
-        s.write(&all[3], &actor("n1"), None, None); // tombstones are listed too
+        let deleted = all[3].clone();
+        s.write(&deleted, &actor("n1"), None, None); // tombstones are listed too
         all.sort();
         for limit in [1, 7, 64, 1000, 5000] {
             let mut seen: Vec<Bytes> = Vec::new();
@@ -822,7 +823,7 @@ mod tests {
                 let page = s.list(b"p/", after.as_deref(), limit);
                 assert!(page.entries.len() <= limit);
                 for e in &page.entries {
-                    let live = e.key != all[3];
+                    let live = e.key != deleted;
                     assert_eq!(e.live_until, if live { u64::MAX } else { 0 });
                     assert_eq!(e.fingerprint, s.get(&e.key).unwrap().fingerprint(&e.key));
                 }

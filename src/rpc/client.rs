@@ -43,6 +43,8 @@ struct Conn {
     pending: Pending,
     next_id: AtomicU64,
     dead: Arc<AtomicBool>,
+    /// Resets the connection (see [`Pool::call_with_timeout`]).
+    abort: CancellationToken,
 }
 
 /// The settings every connection shares.
@@ -126,6 +128,18 @@ impl Pool {
             Ok(Err(_)) => Err(Error::Interrupted(format!("connection to {addr} lost"))),
             Err(_) => {
                 lock(&conn.pending).remove(&id);
+                // The request may still sit unsent in this connection's socket (a cut link
+                // holds it in the kernel's send buffer, retransmitted when the link heals). A
+                // write the caller reported as failed must not be applied minutes later, over
+                // writes acknowledged since: reset the connection, which discards whatever the
+                // peer has not received yet (SO_LINGER 0). Its other calls fail with it; the
+                // next call reconnects.
+                conn.dead.store(true, Ordering::Release);
+                conn.abort.cancel();
+                let mut conns = lock(&self.conns);
+                if conns.get(&addr).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    conns.remove(&addr);
+                }
                 Err(Error::Timeout)
             }
         }
@@ -157,16 +171,19 @@ impl Pool {
             pending: Arc::default(),
             next_id: AtomicU64::new(1),
             dead: Arc::default(),
+            abort: CancellationToken::new(),
         });
         conns.insert(addr, conn.clone());
         let cfg = self.cfg.clone();
         let pending = conn.pending.clone();
         let dead = conn.dead.clone();
+        let abort = conn.abort.clone();
         self.cfg.tracker.spawn(async move {
             let mut rx = rx;
             let mut established = false;
             let res = tokio::select! {
                 _ = cfg.shutdown.cancelled() => Err(Error::Shutdown),
+                _ = abort.cancelled() => Err(Error::Timeout),
                 res = run(addr, &cfg, &mut rx, &pending, &mut established) => res,
             };
             dead.store(true, Ordering::Release);
@@ -219,6 +236,8 @@ async fn run(
         .map_err(|_| Error::Unreachable(format!("connect to {addr} timed out")))?
         .map_err(|e| Error::Unreachable(format!("connect to {addr}: {e}")))?;
     stream.set_nodelay(true)?;
+    // Closing resets the connection and drops unsent requests (see `call_with_timeout`).
+    stream.set_zero_linger()?;
     let (rd, mut wr) = stream.into_split();
     let mut reader = FramedRead::new(rd, FrameCodec::new(cfg.max_payload));
     let mut buf = bytes::BytesMut::new();

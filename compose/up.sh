@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Runs a five-node ringkv ring in Docker containers (compose/docker-compose.yml).
+#
+#   compose/up.sh [up]     build the static binary and the image, start n1..n5, and wait
+#                          until all five are healthy and n1 sees five alive members
+#   compose/up.sh down     stop and remove the ring's containers and network
+#   compose/up.sh build    only build the binary and the image
+#   compose/up.sh ARGS...  any other compose command on the ring, e.g. `ps`, `logs n1`,
+#                          `stop n2 n3`, `start n2 n3` (with the same project and variables)
+#
+# The image is FROM scratch: the binary is linked statically (glibc, +crt-static), so the
+# image needs no base image and no registry. Nodes publish HTTP on 127.0.0.1:8001..8005.
+#
+# Environment (all optional):
+#   RINGKV_PROJECT      compose project name (default ringkv); two names, two rings
+#   RINGKV_PORT_BASE    host port of n1's HTTP API; node i gets base+i-1 (default 8001)
+#   RINGKV_NET          first three octets of the ring's /24 network (default 172.28.213)
+#   RINGKV_IMAGE        image tag (default ringkv:local)
+#   RINGKV_BINARY       a static ringkv binary to put in the image instead of building one
+#   RINGKV_SKIP_BUILD=1 use the image as it is (`up`): no cargo, no docker build
+#   RINGKV_UP_TIMEOUT   seconds to wait for five healthy nodes (default 180)
+#   COMPOSE             the compose command, e.g. "docker-compose" (default: `docker compose`
+#                       if that works, else docker-compose)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+compose_file="$here/docker-compose.yml"
+target=x86_64-unknown-linux-gnu
+binary="${RINGKV_BINARY:-$repo/target/$target/release/ringkv}"
+
+export RINGKV_PROJECT="${RINGKV_PROJECT:-ringkv}"
+export RINGKV_IMAGE="${RINGKV_IMAGE:-ringkv:local}"
+export RINGKV_NET="${RINGKV_NET:-172.28.213}"
+port_base="${RINGKV_PORT_BASE:-8001}"
+for i in 1 2 3 4 5; do
+    export "RINGKV_PORT_$i=$((port_base + i - 1))"
+done
+up_timeout="${RINGKV_UP_TIMEOUT:-180}"
+# Where this host reaches the published ports.
+host_addr="${RINGKV_PUBLISH_ADDR:-127.0.0.1}"
+[[ "$host_addr" != 0.0.0.0 ]] || host_addr=127.0.0.1
+
+log() { printf '[up.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# `docker compose` (v2 plugin) when it works, else the v1 `docker-compose` binary.
+if [[ -n "${COMPOSE:-}" ]]; then
+    read -r -a compose_cmd <<<"$COMPOSE"
+elif docker compose version >/dev/null 2>&1; then
+    compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+    compose_cmd=(docker-compose)
+else
+    die "neither 'docker compose' nor 'docker-compose' is available"
+fi
+compose() { "${compose_cmd[@]}" -f "$compose_file" -p "$RINGKV_PROJECT" "$@"; }
+
+build() {
+    local t0=$SECONDS
+    if [[ -n "${RINGKV_BINARY:-}" ]]; then
+        log "using the binary $binary (RINGKV_BINARY): no cargo build"
+    else
+        log "building the static binary (cargo build --release --target $target, +crt-static)"
+        # One cargo build at a time on this machine: wait for the shared lock.
+        (cd "$repo" && RUSTFLAGS='-C target-feature=+crt-static' \
+            flock /tmp/ringkv-cargo.lock cargo build --release --target "$target" --bin ringkv)
+    fi
+    [[ -x "$binary" ]] || die "no binary at $binary"
+    if command -v file >/dev/null && ! file "$binary" | grep -q 'static'; then
+        die "$binary is not statically linked: a FROM scratch image cannot run it"
+    fi
+    # A small build context: the Dockerfile and the binary, not the whole repository.
+    local ctx old new
+    ctx="$(mktemp -d)"
+    cp "$here/Dockerfile" "$binary" "$ctx/"
+    old="$(docker image inspect -f '{{.Id}}' "$RINGKV_IMAGE" 2>/dev/null || true)"
+    log "building the image $RINGKV_IMAGE (FROM scratch)"
+    # The legacy builder: it needs no buildx plugin (BuildKit would), and FROM scratch needs
+    # nothing else. Its deprecation notice is only shown when the build fails.
+    if ! DOCKER_BUILDKIT=0 docker build -q -t "$RINGKV_IMAGE" "$ctx" >"$ctx/build.log" 2>&1; then
+        cat "$ctx/build.log" >&2
+        rm -rf "$ctx"
+        die "docker build failed"
+    fi
+    rm -rf "$ctx"
+    new="$(docker image inspect -f '{{.Id}}' "$RINGKV_IMAGE")"
+    # The previous build is now untagged: drop it unless a container still uses it.
+    if [[ -n "$old" && "$old" != "$new" ]]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
+    log "built $RINGKV_IMAGE ($new) in $((SECONDS - t0)) s"
+}
+
+# Waits until the five containers are healthy and n1 reports five alive members.
+wait_ready() {
+    local t0=$1 deadline=$(($1 + up_timeout)) healthy alive ids id status
+    while :; do
+        healthy=0
+        ids="$(compose ps -q)"
+        for id in $ids; do
+            status="$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null || true)"
+            [[ "$status" == healthy ]] && healthy=$((healthy + 1))
+        done
+        alive="$(curl -fsS -m 2 "http://$host_addr:$RINGKV_PORT_1/cluster/members" 2>/dev/null |
+            grep -o '"status":"alive"' | wc -l || true)"
+        if ((healthy == 5 && alive == 5)); then
+            log "ring up: 5 healthy containers, 5 alive members, $((SECONDS - t0)) s after 'up'"
+            return 0
+        fi
+        if ((SECONDS >= deadline)); then
+            compose ps >&2 || true
+            compose logs --tail 20 >&2 || true
+            die "not ready after ${up_timeout} s: $healthy/5 healthy, $alive/5 alive as seen by n1"
+        fi
+        sleep 0.5
+    done
+}
+
+cmd="${1:-up}"
+case "$cmd" in
+up)
+    command -v curl >/dev/null || die "curl is needed to check the ring"
+    t_all=$SECONDS
+    if [[ "${RINGKV_SKIP_BUILD:-0}" != 1 ]]; then
+        build
+    fi
+    docker image inspect "$RINGKV_IMAGE" >/dev/null 2>&1 ||
+        die "no image $RINGKV_IMAGE: run compose/up.sh build (there is no registry to pull it from)"
+    log "starting the ring: project $RINGKV_PROJECT, network $RINGKV_NET.0/24, HTTP on $host_addr:$RINGKV_PORT_1..$RINGKV_PORT_5 (${compose_cmd[*]})"
+    t_up=$SECONDS
+    compose up -d
+    wait_ready "$t_up"
+    log "total $((SECONDS - t_all)) s (build included)"
+    for i in 1 2 3 4 5; do
+        port_var="RINGKV_PORT_$i"
+        echo "  n$i  http://$host_addr:${!port_var}"
+    done
+    ;;
+down)
+    compose down --remove-orphans --timeout 15
+    ;;
+build)
+    build
+    ;;
+help | -h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    ;;
+*)
+    compose "$@"
+    ;;
+esac
