@@ -390,9 +390,11 @@ fn read_response(versions: &VersionSet, wants_json: bool, now: u64) -> Response<
         [] => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
         [one] if !wants_json => {
             let mut r = Response::new(Full::new(one.value.clone().unwrap_or_default()));
-            let ct = one.content_type().unwrap_or("application/octet-stream");
-            let ct = HeaderValue::from_str(ct)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+            let default = HeaderValue::from_static("application/octet-stream");
+            let ct = match one.content_type() {
+                Some(ct) => HeaderValue::from_str(ct).unwrap_or(default),
+                None => default,
+            };
             r.headers_mut().insert(CONTENT_TYPE, ct);
             r
         }

@@ -242,15 +242,7 @@ pub async fn watch_latency(args: &BenchArgs) -> Result<WatchSummary> {
     };
     let mut conns = Vec::new();
     for base in &writers {
-        let authority = base.trim_start_matches("http://").to_string();
-        let addr = tokio::net::lookup_host(authority.as_str())
-            .await
-            .map_err(|e| Error::invalid(format!("cannot resolve {authority}: {e}")))?
-            .next()
-            .ok_or_else(|| Error::invalid(format!("{authority} resolves to no address")))?;
-        let host = HeaderValue::from_str(&authority)
-            .map_err(|_| Error::invalid(format!("bad host {authority:?}")))?;
-        conns.push(Conn::open(Arc::new(Target { addr, host })).await?);
+        conns.push(Conn::open(Target::resolve(base).await?).await?);
     }
     let value = Bytes::from(vec![b'w'; args.value_size]);
     let mut responses: Vec<(String, Instant)> = Vec::with_capacity(writes as usize);
@@ -327,6 +319,21 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 struct Target {
     addr: SocketAddr,
     host: HeaderValue,
+}
+
+impl Target {
+    /// The address and `host` header of a normalized `http://host:port` URL.
+    async fn resolve(base: &str) -> Result<Arc<Target>> {
+        let authority = base.trim_start_matches("http://");
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .map_err(|e| Error::invalid(format!("cannot resolve {authority}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::invalid(format!("{authority} resolves to no address")))?;
+        let host = HeaderValue::from_str(authority)
+            .map_err(|_| Error::invalid(format!("bad host {authority:?}")))?;
+        Ok(Arc::new(Target { addr, host }))
+    }
 }
 
 /// Latency percentiles of one kind of operation, in microseconds.
@@ -626,15 +633,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
     let mut targets = Vec::new();
     for url in args.nodes.iter().filter(|u| !u.trim().is_empty()) {
         let base = normalize_url(url)?;
-        let authority = base.trim_start_matches("http://").to_string();
-        let addr = tokio::net::lookup_host(authority.as_str())
-            .await
-            .map_err(|e| Error::invalid(format!("cannot resolve {authority}: {e}")))?
-            .next()
-            .ok_or_else(|| Error::invalid(format!("{authority} resolves to no address")))?;
-        let host = HeaderValue::from_str(&authority)
-            .map_err(|_| Error::invalid(format!("bad host {authority:?}")))?;
-        targets.push(Arc::new(Target { addr, host }));
+        targets.push(Target::resolve(&base).await?);
         nodes.push(base);
     }
     if targets.is_empty() {

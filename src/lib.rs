@@ -110,6 +110,16 @@
 //!   applied under the same lock: exactly one of racing conditional writes wins in a healthy
 //!   ring, best-effort under partitions (both survive as siblings).
 //!
+//! ## Operations
+//!
+//! - `GET /metrics` (Prometheus / OpenMetrics), `GET /` (a status page drawing the ring,
+//!   fed by `GET /cluster/status`), `GET /admin/stats`.
+//! - Every HTTP request runs in a `request` tracing span with its id (`x-request-id`, given
+//!   or made up, and echoed); every RPC it causes carries the id and the coordinating node
+//!   ([`rpc::Trace`]), so the replicas log their part under the same id.
+//! - A forwarded call that times out resets its connection: a request the peer has not
+//!   received is discarded rather than delivered late, when a cut link heals.
+//!
 //! ## Guarantees
 //!
 //! - A write acknowledged with W = w is stored in memory on at least w replicas (homes, or

@@ -4,7 +4,8 @@
 //! A PUT with `?ttl=S` stores an absolute expiry, `now + S` by the clock of the node that
 //! received the PUT ([`crate::version::Meta::expires_at`]). Every read filters by the clock of
 //! the node answering it, so an expired value is a 404 through every node at once, without
-//! waiting for a sweep. The sweep ([`run`]) then drops the value on each replica, keeping its
+//! waiting for a sweep. The sweep (every
+//! [`crate::config::DEFAULT_TTL_SWEEP_INTERVAL`]) then drops the value on each replica, keeping its
 //! dot and history as a tombstone so that the write still supersedes what it overwrote; the
 //! tombstone is purged after the grace period like any other.
 //!
