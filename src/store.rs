@@ -410,28 +410,28 @@ impl Store {
             }
             chosen.push((i, key));
         }
-        // The summaries, shard by shard; a key removed meanwhile is simply left out.
-        let mut sums: Vec<Option<(u64, u64)>> = vec![None; chosen.len()];
+        // The summaries, shard by shard. A key removed meanwhile is reported as absent
+        // (fingerprint 0, not live) rather than left out, so the page still says how far it
+        // got.
+        let mut sums: Vec<(u64, u64)> = vec![(0, 0); chosen.len()];
         let mut order: Vec<usize> = (0..chosen.len()).collect();
         order.sort_by_key(|&j| chosen[j].0);
         for group in order.chunk_by(|&a, &b| chosen[a].0 == chosen[b].0) {
             let shard = lock(&self.shards[chosen[group[0]].0]);
             for &j in group {
                 let key = &chosen[j].1;
-                sums[j] = find(&shard.map, key_hash(key), key)
-                    .map(|vs| (vs.fingerprint(key), vs.live_until()));
+                if let Some(vs) = find(&shard.map, key_hash(key), key) {
+                    sums[j] = (vs.fingerprint(key), vs.live_until());
+                }
             }
         }
         let entries = chosen
             .into_iter()
             .zip(sums)
-            .filter_map(|((_, key), sum)| {
-                let (fingerprint, live_until) = sum?;
-                Some(ListEntry {
-                    key,
-                    fingerprint,
-                    live_until,
-                })
+            .map(|((_, key), (fingerprint, live_until))| ListEntry {
+                key,
+                fingerprint,
+                live_until,
             })
             .collect();
         ListPage {
