@@ -79,12 +79,13 @@ struct NodeCollector {
     dead: u64,
     watchers: u64,
     events_dropped: u64,
+    events_lagged: u64,
 }
 
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.counters;
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "quorum_failures",
                 "Client requests answered 503: quorum not met",
@@ -171,6 +172,11 @@ impl Collector for NodeCollector {
                 self.events_dropped,
             ),
             (
+                "watch_events_lagged",
+                "Watch events a slow watcher missed (it was sent a lagged message)",
+                self.events_lagged,
+            ),
+            (
                 "rpc_frames_rejected",
                 "RPC connections closed for a bad frame",
                 c.rpc_frames_rejected,
@@ -243,6 +249,7 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         alive,
         dead: view.members.len() as u64 - alive,
         watchers: node.watchers().count() as u64,
+        events_lagged: node.watchers().lagged(),
         events_dropped: node
             .fanout
             .dropped

@@ -114,6 +114,8 @@ pub struct Watchers {
     /// wall clock in ms, so that a restarted node's announcements supersede its old ones.
     version: AtomicU64,
     changed: tokio::sync::Notify,
+    /// Events dropped because a watcher's buffer was full, ever (all watchers).
+    lagged: AtomicU64,
 }
 
 struct Slot {
@@ -194,6 +196,7 @@ impl Watchers {
                 && !slot.tx.is_closed()
             {
                 slot.missed.fetch_add(1, Ordering::Relaxed);
+                self.lagged.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -204,6 +207,11 @@ impl Watchers {
         p.sort();
         p.dedup();
         p
+    }
+
+    /// Events dropped since start because a watcher fell behind (each told with `lagged`).
+    pub fn lagged(&self) -> u64 {
+        self.lagged.load(Ordering::Relaxed)
     }
 
     /// Number of connected watchers.
@@ -517,6 +525,7 @@ mod tests {
             w.publish(&event(&format!("a/{i}")));
         }
         assert_eq!(a.take_missed(), 10);
+        assert_eq!(w.lagged(), 10);
         assert_eq!(a.take_missed(), 0, "the count resets once taken");
         drop(b);
         assert_eq!(w.count(), 1);
