@@ -28,6 +28,19 @@ use crate::watch::{Event, Op};
 /// Keys the sweep handles under one shard lock before it lets writers in.
 const SWEEP_BATCH: usize = 4096;
 
+/// How much the store must have shrunk since the last trim before the allocator is asked to
+/// give free memory back to the OS ([`release_free_memory`]): trimming walks the whole heap,
+/// so it is worth it only after a large drop.
+const TRIM_AFTER_FREED: u64 = 16 * 1024 * 1024;
+
+/// Sweep ticks without the store shrinking before a trim: longer than the pause between two
+/// tombstone-purge passes, so a trim comes after a purge, not in the middle of it.
+const TRIM_WHEN_STEADY_TICKS: u32 = 20;
+
+/// Rough memory of one stored key beyond its key and value bytes (versions, index entries),
+/// for estimating how much a drop in keys freed.
+const BOOKKEEPING_PER_KEY: u64 = 300;
+
 /// Milliseconds since the Unix epoch, by this node's clock.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -41,16 +54,47 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Sweeps expired values every `interval` until `shutdown`.
+/// Sweeps expired values every `interval` until `shutdown`, and hands memory back to the OS
+/// once the store shrank by [`TRIM_AFTER_FREED`] and stopped shrinking (after a sweep, a
+/// tombstone purge, a handoff).
 pub(crate) async fn run(node: Arc<Node>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(node.config.ttl_sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut peak, mut last, mut steady) = (0u64, 0u64, 0u32);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         node.sweep_expired();
+        let stats = node.store.stats();
+        let size = stats.bytes + stats.keys * BOOKKEEPING_PER_KEY;
+        peak = peak.max(size);
+        // Trim once the store stopped shrinking for a while (a purge runs in passes for
+        // minutes; trimming midway frees little, the pages still holding survivors).
+        steady = if size < last {
+            0
+        } else {
+            steady.saturating_add(1)
+        };
+        last = size;
+        if peak - size >= TRIM_AFTER_FREED && steady >= TRIM_WHEN_STEADY_TICKS {
+            tracing::debug!(id = %node.id, shrunk = peak - size, "store shrank: trimming the heap");
+            peak = size;
+            node.tracker.spawn_blocking(release_free_memory);
+        }
+    }
+}
+
+/// Asks glibc's allocator to return its free pages to the OS (`malloc_trim`). Without it, a
+/// process keeps its peak RSS after a sweep or purge freed much memory (it reuses it, but
+/// other processes cannot).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and has no preconditions: it only walks the
+    // allocator's own free lists, under the allocator's locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
