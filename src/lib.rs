@@ -119,6 +119,8 @@
 //!   ([`rpc::Trace`]), so the replicas log their part under the same id.
 //! - A forwarded call that times out resets its connection: a request the peer has not
 //!   received is discarded rather than delivered late, when a cut link heals.
+//! - Once a node's store has shrunk by 16 MiB and settled (a TTL sweep and tombstone purge,
+//!   a handoff), it returns the free heap to the OS ([`ttl::release_free_memory`]).
 //!
 //! ## Guarantees
 //!
