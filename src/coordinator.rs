@@ -257,11 +257,6 @@ impl Node {
                 .map_err(|current| Error::PreconditionFailed {
                     context: current.encode(),
                 })?;
-        let event_value = versions
-            .versions()
-            .iter()
-            .find(|v| v.history == new_ctx)
-            .and_then(|v| v.value.clone());
 
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
         let mut all = QuorumTracker::new(dests.len(), quorum.w);
@@ -316,15 +311,19 @@ impl Node {
             }
         }
         if all.status() == QuorumStatus::Met && homes.status() == QuorumStatus::Met {
-            self.emit_with(&key, || Event {
-                op: if event_value.is_some() {
-                    Op::Put
-                } else {
-                    Op::Delete
-                },
-                key: key.clone(),
-                value: event_value.clone(),
-                context: new_ctx.encode(),
+            // Built only if someone watches the key.
+            self.emit_with(&key, || {
+                let value = versions
+                    .versions()
+                    .iter()
+                    .find(|v| v.history == new_ctx)
+                    .and_then(|v| v.value.clone());
+                Event {
+                    op: if value.is_some() { Op::Put } else { Op::Delete },
+                    key: key.clone(),
+                    value,
+                    context: new_ctx.encode(),
+                }
             });
             return Ok(new_ctx);
         }

@@ -296,26 +296,27 @@ impl Store {
     ) -> std::result::Result<(Context, VersionSet), Context> {
         let hash = key_hash(key);
         let mut shard = self.shard(hash);
-        let (stored, old, ctx, after) = {
-            let current = find(&shard.map, hash, key);
-            let empty = VersionSet::new();
-            if !op.condition.holds(current.unwrap_or(&empty), op.now_ms) {
-                return Err(current.map(VersionSet::context).unwrap_or_default());
+        let floor = self.minted.load(Ordering::Relaxed);
+        // One lookup for a stored key; a new key is inserted only once its condition held.
+        let (stored, old, ctx, after) = match find_mut(&mut shard.map, hash, key) {
+            Some(set) => {
+                if !op.condition.holds(set, op.now_ms) {
+                    return Err(set.context());
+                }
+                let old = Summary::of(key, set);
+                let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
+                (key.clone(), old, ctx, set.clone())
             }
-            let stored = match current {
-                Some(_) => key.clone(),
-                None => Bytes::copy_from_slice(key),
-            };
-            if current.is_none() {
-                shard.map.insert((hash, stored.clone()), VersionSet::new());
+            None => {
+                let mut set = VersionSet::new();
+                if !op.condition.holds(&set, op.now_ms) {
+                    return Err(Context::default());
+                }
+                let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
+                let stored = Bytes::copy_from_slice(key);
+                shard.map.insert((hash, stored.clone()), set.clone());
+                (stored, Summary::default(), ctx, set)
             }
-            let Some(set) = find_mut(&mut shard.map, hash, key) else {
-                unreachable!("inserted above")
-            };
-            let old = Summary::of(key, set);
-            let floor = self.minted.load(Ordering::Relaxed);
-            let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
-            (stored, old, ctx, set.clone())
         };
         // Keys in other shards may mint the same counter concurrently: harmless, a dot only
         // has to be unique within its key, which this shard's lock serialises.

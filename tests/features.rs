@@ -40,12 +40,12 @@ async fn an_expired_value_is_gone_through_every_node_and_swept_without_repair_tr
         StatusCode::NO_CONTENT
     );
     let written = Instant::now();
-    let put = http.put(&url(2, "/kv/t/key?ttl=1"), "fresh").await;
+    let put = http.put(&url(2, "/kv/t/key?ttl=3"), "fresh").await;
     assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
     for i in 0..5 {
         let got = http.get(&url(i, "/kv/t/key")).await;
-        // Unless the machine stalled past the TTL, every node still has it.
-        if written.elapsed() < Duration::from_millis(900) {
+        // Unless the machine stalled for most of the TTL, every node still has it.
+        if written.elapsed() < Duration::from_millis(2800) {
             assert_eq!(got.status, StatusCode::OK, "node {i}: {got:?}");
             assert_eq!(&got.body[..], b"fresh");
             let expires = got.headers["x-ringkv-expires-at"].to_str().unwrap();
@@ -64,7 +64,7 @@ async fn an_expired_value_is_gone_through_every_node_and_swept_without_repair_tr
         }
     }
     // 404 through every node once the second has passed, without waiting for a sweep.
-    wait_until(Duration::from_secs(5), "expired everywhere", || async {
+    wait_until(Duration::from_secs(8), "expired everywhere", || async {
         let mut all = true;
         for i in 0..5 {
             all &= http.get(&url(i, "/kv/t/key")).await.status == StatusCode::NOT_FOUND;
@@ -73,7 +73,7 @@ async fn an_expired_value_is_gone_through_every_node_and_swept_without_repair_tr
     })
     .await;
     assert!(
-        written.elapsed() >= Duration::from_millis(900),
+        written.elapsed() >= Duration::from_millis(2900),
         "expired early"
     );
     // The sweep drops the value on every replica.

@@ -40,6 +40,16 @@ impl Drop for Guard {
     }
 }
 
+/// Port 0 for every listener: the node picks free ports and prints them.
+const PORT_ZERO: [&str; 6] = [
+    "--http",
+    "127.0.0.1:0",
+    "--rpc",
+    "127.0.0.1:0",
+    "--gossip",
+    "127.0.0.1:0",
+];
+
 /// A `ringkv` command with no `RINGKV_*` variable inherited from the test's environment.
 fn ringkv() -> Command {
     let mut cmd = Command::new(BIN);
@@ -78,10 +88,7 @@ impl ProcessNode {
     /// `ringkv serve --id <id>` on port 0 everywhere, seeded with `seeds`.
     async fn start(id: &str, seeds: &[SocketAddr]) -> ProcessNode {
         let mut cmd = ringkv();
-        cmd.args(["serve", "--id", id])
-            .args(["--http", "127.0.0.1:0"])
-            .args(["--rpc", "127.0.0.1:0"])
-            .args(["--gossip", "127.0.0.1:0"]);
+        cmd.args(["serve", "--id", id]).args(PORT_ZERO);
         if !seeds.is_empty() {
             let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
             cmd.args(["--seeds", &seeds.join(",")]);
@@ -609,14 +616,7 @@ async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configuration_exits_2_naming_the_flag() {
     // Port 0 everywhere, so a configuration wrongly accepted cannot collide with anything.
-    let ports = [
-        "--http",
-        "127.0.0.1:0",
-        "--rpc",
-        "127.0.0.1:0",
-        "--gossip",
-        "127.0.0.1:0",
-    ];
+    let ports = PORT_ZERO;
     /// Extra arguments, extra environment, and the flag the error must name.
     struct Case {
         args: &'static [&'static str],
@@ -767,14 +767,7 @@ async fn json_logs_are_one_object_per_line() {
     let mut cmd = ringkv();
     cmd.env("RUST_LOG", "info")
         .args(["serve", "--id", "json-logs", "--log-format", "json"])
-        .args([
-            "--http",
-            "127.0.0.1:0",
-            "--rpc",
-            "127.0.0.1:0",
-            "--gossip",
-            "127.0.0.1:0",
-        ]);
+        .args(PORT_ZERO);
     let node = ProcessNode::spawn(cmd, "json-logs").await;
     // The node logs its addresses before it prints the listening line we waited for.
     let log = std::fs::read_to_string(&node.log).expect("log file");
@@ -805,8 +798,7 @@ async fn a_request_id_follows_the_request_through_the_replicas_logs() {
                 "--log-format",
                 "json",
             ])
-            .args(["--http", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
-            .args(["--gossip", "127.0.0.1:0"]);
+            .args(PORT_ZERO);
         if let Some(first) = nodes.first() {
             cmd.args(["--seeds", &first.gossip.to_string()]);
         }
