@@ -20,10 +20,38 @@
 //!
 //! The store never decides *what* to keep: that is the version algebra's job
 //! ([`crate::version`]).
+//!
+//! # Memory layout
+//!
+//! What a replica pays per key beyond the key and value bytes is the store's main cost, so
+//! the common case (one version, a value of at most [`PACKED_VALUE_MAX`] bytes) is stored
+//! *packed*: the key, the version's dot, history, metadata and value in one allocation of
+//! plain bytes, where each writer ([`Actor`], 24 bytes and named twice per version) is a
+//! number of a byte or two in a per-shard table. The hash-ordered B-tree maps the bare hash
+//! to a 16-byte handle of that allocation, and the key-order index holds the key inline when
+//! it has at most [`INLINE_KEY`] bytes. For a million keys like `key00000001` with 100-byte
+//! values, `tests/memory.rs` measures 123 bytes per key and replica beyond the key and value:
+//!
+//! - the packed allocation, about 125 bytes in a 144-byte malloc chunk: 33;
+//! - the hash-ordered B-tree, a 24-byte slot in nodes about 70% full, and its inner nodes: 40;
+//! - the key-order index, a 24-byte slot: 50 in the test, whose keys arrive in key order and
+//!   leave B-tree nodes about 55% full, nearer 40 for keys arriving in random order.
+//!
+//! A `VersionSet` per key, `(hash, Bytes)` B-tree keys and a second `Bytes` copy of each key
+//! in the key-order index cost 410 to 440 bytes.
+//!
+//! The price is a copy: a read or a write unpacks the key's versions into a [`VersionSet`]
+//! (copying the value out) and a change packs them again (copying it in). For values this
+//! small the copies cost less than the allocations they replace (a shared `Bytes` header per
+//! value, which a clone allocates, and a context vector per version), and larger values are
+//! not packed. Neither are siblings: a set of several versions is kept as it is, and packed
+//! again once it is down to one version.
 
+use std::borrow::{Borrow, Cow};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::ops::Bound;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque, btree_map};
+use std::hash::{Hash, Hasher};
+use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,17 +61,25 @@ use serde::Serialize;
 
 use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
 use crate::ring::{SHARD_BITS, Segment, key_hash, shard_of};
-use crate::version::{Actor, Condition, Context, Meta, VersionSet};
+use crate::version::{Actor, Condition, Context, Dot, Meta, Version, VersionSet, fingerprint_of};
 
 /// Number of independently locked shards.
 pub const SHARDS: usize = 1 << SHARD_BITS;
 
+/// Largest value stored packed (see the module docs). A packed value is copied out on every
+/// read, which stays a small part of a read up to a few KiB; a larger value is kept as the
+/// `Bytes` it arrived in, shared by reads, and its key pays about 380 bytes of bookkeeping
+/// instead of about 125: under 10% of such a value.
+pub const PACKED_VALUE_MAX: usize = 4 * 1024;
+
+/// Longest key the key-order, tombstone and expiry indexes hold inline, without an
+/// allocation of its own. With a length byte and a tag this makes a `Key` 24 bytes, the
+/// size a boxed slice and its tag need anyway.
+pub const INLINE_KEY: usize = 22;
+
 /// A segment's position in the ring's segment list ([`crate::ring::Ring::segments`]): the
 /// same on every node with the same ring.
 pub type SegmentId = u32;
-
-/// Keys are ordered by ring hash first, so a hash range is a B-tree range.
-type Slot = (u64, Bytes);
 
 struct SegTree {
     id: SegmentId,
@@ -52,17 +88,20 @@ struct SegTree {
 
 #[derive(Default)]
 struct Shard {
-    map: BTreeMap<Slot, VersionSet>,
+    /// Every key's versions, ordered by `(hash, key)`.
+    entries: Entries,
+    /// The writers packed entries name by number.
+    packer: Packer,
     /// This shard's segments, ordered by end. Empty until the ring is known.
     trees: Vec<SegTree>,
     /// When each key whose versions are all tombstones became so, for tombstone GC.
-    tombstones: HashMap<Bytes, Instant>,
+    tombstones: HashMap<Key, Instant>,
     /// Bytes of keys and values held.
     bytes: u64,
-    /// Every key of `map`, in key order.
-    by_key: BTreeSet<Bytes>,
+    /// Every key of `entries`, in key order.
+    by_key: BTreeSet<Key>,
     /// `(expiry, hash, key)` of every key with an expiring value not yet dropped.
-    expiry: BTreeSet<(u64, u64, Bytes)>,
+    expiry: BTreeSet<(u64, u64, Key)>,
 }
 
 impl Shard {
@@ -77,7 +116,7 @@ impl Shard {
 
     /// Records that `key` went from `old` to `new` (fingerprints, and whether each was
     /// only tombstones).
-    fn changed(&mut self, hash: u64, key: &Bytes, old: Summary, new: Summary) {
+    fn changed(&mut self, hash: u64, key: &[u8], old: Summary, new: Summary) {
         if old.fp != new.fp
             && let Some(tree) = self.tree_mut(hash)
         {
@@ -85,20 +124,20 @@ impl Shard {
         }
         self.bytes = (self.bytes + new.bytes).saturating_sub(old.bytes);
         if old.fp == 0 && new.fp != 0 {
-            self.by_key.insert(key.clone());
+            self.by_key.insert(Key::new(key));
         } else if old.fp != 0 && new.fp == 0 {
             self.by_key.remove(key);
         }
         if old.expires != new.expires {
             if let Some(t) = old.expires {
-                self.expiry.remove(&(t, hash, key.clone()));
+                self.expiry.remove(&(t, hash, Key::new(key)));
             }
             if let Some(t) = new.expires {
-                self.expiry.insert((t, hash, key.clone()));
+                self.expiry.insert((t, hash, Key::new(key)));
             }
         }
         if new.deleted && !old.deleted {
-            self.tombstones.insert(key.clone(), Instant::now());
+            self.tombstones.insert(Key::new(key), Instant::now());
         } else if old.deleted && !new.deleted {
             self.tombstones.remove(key);
         }
@@ -106,7 +145,7 @@ impl Shard {
 }
 
 /// What the trees and the tombstone index need to know of a key's state.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Summary {
     fp: u64,
     deleted: bool,
@@ -223,40 +262,39 @@ impl Store {
     /// A copy of the versions stored for `key`.
     pub fn get(&self, key: &Bytes) -> Option<VersionSet> {
         let hash = key_hash(key);
-        find(&self.shard(hash).map, hash, key).cloned()
+        let shard = self.shard(hash);
+        let entry = shard.entries.get(hash, key)?;
+        Some(entry.versions(&shard.packer))
     }
 
     /// Merges `incoming` into the versions of `key`. Returns true if anything changed.
     pub fn merge(&self, key: &Bytes, incoming: &VersionSet) -> bool {
-        self.merge_owned(key, incoming.clone())
+        self.merge_in(key, Cow::Borrowed(incoming))
     }
 
-    /// As [`Store::merge`], taking the versions by value: a key new to this store then keeps
-    /// the decoded set as it is, and its values keep sole ownership of their buffers (a
-    /// cloned `Bytes` would allocate a shared header per stored value).
+    /// As [`Store::merge`], taking the versions by value: a set the store does not pack
+    /// (siblings, a large value) is then kept as it is rather than copied.
     pub fn merge_owned(&self, key: &Bytes, incoming: VersionSet) -> bool {
+        self.merge_in(key, Cow::Owned(incoming))
+    }
+
+    fn merge_in(&self, key: &[u8], incoming: Cow<'_, VersionSet>) -> bool {
         if incoming.is_empty() {
             return false;
         }
         let hash = key_hash(key);
-        let mut shard = self.shard(hash);
-        let (old, new) = match find_mut(&mut shard.map, hash, key) {
-            Some(current) => {
-                let old = Summary::of(key, current);
-                if !current.merge(&incoming) {
-                    return false;
-                }
-                (old, Summary::of(key, current))
-            }
-            None => {
-                // A private copy of the key, so the stored key does not share (and pin) the
-                // buffer of the request it arrived in; the indexes share it.
-                let stored = Bytes::copy_from_slice(key);
-                let new = Summary::of(key, &incoming);
-                shard.map.insert((hash, stored.clone()), incoming);
-                shard.changed(hash, &stored, Summary::default(), new);
-                return true;
-            }
+        let mut guard = self.shard(hash);
+        let shard = &mut *guard;
+        let Some(entry) = shard.entries.get_mut(hash, key) else {
+            let new = Summary::of(key, &incoming);
+            let entry = Entry::new(key, incoming, &mut shard.packer);
+            shard.entries.insert(hash, entry);
+            shard.changed(hash, key, Summary::default(), new);
+            return true;
+        };
+        let old = entry.summary(&shard.packer);
+        let Some(new) = entry.merge(key, incoming, &mut shard.packer) else {
+            return false;
         };
         shard.changed(hash, key, old, new);
         true
@@ -295,17 +333,22 @@ impl Store {
         op: WriteOp<'_>,
     ) -> std::result::Result<(Context, VersionSet), Context> {
         let hash = key_hash(key);
-        let mut shard = self.shard(hash);
+        let mut guard = self.shard(hash);
+        let shard = &mut *guard;
         let floor = self.minted.load(Ordering::Relaxed);
         // One lookup for a stored key; a new key is inserted only once its condition held.
-        let (stored, old, ctx, after) = match find_mut(&mut shard.map, hash, key) {
-            Some(set) => {
-                if !op.condition.holds(set, op.now_ms) {
+        // The versions written are returned as they are (the stored copy is packed from
+        // them), so the caller's value is moved, never shared with the store.
+        let (old, ctx, after) = match shard.entries.get_mut(hash, key) {
+            Some(entry) => {
+                let mut set = entry.versions(&shard.packer);
+                if !op.condition.holds(&set, op.now_ms) {
                     return Err(set.context());
                 }
-                let old = Summary::of(key, set);
+                let old = entry.summary(&shard.packer);
                 let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
-                (key.clone(), old, ctx, set.clone())
+                *entry = Entry::new(key, Cow::Borrowed(&set), &mut shard.packer);
+                (old, ctx, set)
             }
             None => {
                 let mut set = VersionSet::new();
@@ -313,9 +356,9 @@ impl Store {
                     return Err(Context::default());
                 }
                 let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
-                let stored = Bytes::copy_from_slice(key);
-                shard.map.insert((hash, stored.clone()), set.clone());
-                (stored, Summary::default(), ctx, set)
+                let entry = Entry::new(key, Cow::Borrowed(&set), &mut shard.packer);
+                shard.entries.insert(hash, entry);
+                (Summary::default(), ctx, set)
             }
         };
         // Keys in other shards may mint the same counter concurrently: harmless, a dot only
@@ -323,7 +366,7 @@ impl Store {
         self.minted
             .fetch_max(ctx.max_counter(actor), Ordering::Relaxed);
         let new = Summary::of(key, &after);
-        shard.changed(hash, &stored, old, new);
+        shard.changed(hash, key, old, new);
         Ok((ctx, after))
     }
 
@@ -331,7 +374,8 @@ impl Store {
     pub fn expire_due(&self, now_ms: u64, max: usize) -> ExpireReport {
         let mut report = ExpireReport::default();
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
             while report.processed < max {
                 let Some((t, hash, key)) = shard.expiry.first().cloned() else {
                     break;
@@ -343,17 +387,21 @@ impl Store {
                 // Taken out first, so the loop always advances; `changed` re-adds the key
                 // if another of its values expires later.
                 shard.expiry.pop_first();
-                let Some(set) = find_mut(&mut shard.map, hash, &key) else {
+                let key = key.as_bytes();
+                let Some(entry) = shard.entries.get_mut(hash, key) else {
                     continue;
                 };
-                let old = Summary::of(&key, set);
-                let dropped = set.expire(now_ms);
-                let after = set.clone();
-                let new = Summary::of(&key, &after);
+                let old = entry.summary(&shard.packer);
+                let mut after = entry.versions(&shard.packer);
+                let dropped = after.expire(now_ms);
+                if dropped {
+                    *entry = Entry::new(key, Cow::Borrowed(&after), &mut shard.packer);
+                }
+                let new = Summary::of(key, &after);
                 report.freed += old.bytes.saturating_sub(new.bytes);
-                shard.changed(hash, &key, old, new);
+                shard.changed(hash, key, old, new);
                 if dropped && after.live(now_ms).next().is_none() {
-                    report.expired.push((key, after));
+                    report.expired.push((Bytes::copy_from_slice(key), after));
                 }
             }
         }
@@ -367,7 +415,7 @@ impl Store {
     ///
     /// Each shard's keys are read in small batches and the batches merged, so a page costs
     /// about `limit` key visits whatever the store holds, and no lock is held for long; then
-    /// the versions of the chosen keys are copied, one lock per shard.
+    /// the versions of the chosen keys are summarised, one lock per shard.
     pub fn list(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> ListPage {
         // Keys spread evenly over the shards: a little over a page's share per batch.
         let batch = (limit / SHARDS) * 3 / 2 + 4;
@@ -376,25 +424,25 @@ impl Store {
             _ => Bound::Included(prefix),
         };
         // Per shard: the keys read but not yet merged, and whether the shard has more.
-        let read = |i: usize, from: Bound<&[u8]>| -> (VecDeque<Bytes>, bool) {
+        let read = |i: usize, from: Bound<&[u8]>| -> (VecDeque<Key>, bool) {
             let shard = lock(&self.shards[i]);
-            let keys: VecDeque<Bytes> = shard
+            let keys: VecDeque<Key> = shard
                 .by_key
                 .range::<[u8], _>((from, Bound::Unbounded))
-                .take_while(|k| k.starts_with(prefix))
+                .take_while(|k| k.as_bytes().starts_with(prefix))
                 .take(batch)
                 .cloned()
                 .collect();
             let more = keys.len() == batch;
             (keys, more)
         };
-        let mut runs: Vec<(VecDeque<Bytes>, bool)> = (0..SHARDS).map(|i| read(i, start)).collect();
-        let mut heap: BinaryHeap<Reverse<(Bytes, usize)>> = runs
+        let mut runs: Vec<(VecDeque<Key>, bool)> = (0..SHARDS).map(|i| read(i, start)).collect();
+        let mut heap: BinaryHeap<Reverse<(Key, usize)>> = runs
             .iter()
             .enumerate()
             .filter_map(|(i, (keys, _))| keys.front().map(|k| Reverse((k.clone(), i))))
             .collect();
-        let mut chosen: Vec<(usize, Bytes)> = Vec::with_capacity(limit.min(16 * 1024));
+        let mut chosen: Vec<(usize, Key)> = Vec::with_capacity(limit.min(16 * 1024));
         while chosen.len() < limit {
             let Some(Reverse((_, i))) = heap.pop() else {
                 break;
@@ -404,7 +452,7 @@ impl Store {
                 continue;
             };
             if run.0.is_empty() && run.1 {
-                *run = read(i, Bound::Excluded(&key));
+                *run = read(i, Bound::Excluded(key.as_bytes()));
             }
             if let Some(k) = runs[i].0.front() {
                 heap.push(Reverse((k.clone(), i)));
@@ -420,9 +468,9 @@ impl Store {
         for group in order.chunk_by(|&a, &b| chosen[a].0 == chosen[b].0) {
             let shard = lock(&self.shards[chosen[group[0]].0]);
             for &j in group {
-                let key = &chosen[j].1;
-                if let Some(vs) = find(&shard.map, key_hash(key), key) {
-                    sums[j] = (vs.fingerprint(key), vs.live_until());
+                let key = chosen[j].1.as_bytes();
+                if let Some(entry) = shard.entries.get(key_hash(key), key) {
+                    sums[j] = (entry.fingerprint(&shard.packer), entry.live_until());
                 }
             }
         }
@@ -430,7 +478,7 @@ impl Store {
             .into_iter()
             .zip(sums)
             .map(|((_, key), (fingerprint, live_until))| ListEntry {
-                key,
+                key: Bytes::copy_from_slice(key.as_bytes()),
                 fingerprint,
                 live_until,
             })
@@ -450,17 +498,17 @@ impl Store {
     /// caller looked). Returns true if it was removed.
     pub fn remove_if(&self, key: &Bytes, expected: u64) -> bool {
         let hash = key_hash(key);
-        let mut shard = self.shard(hash);
-        let slot = (hash, key.clone());
-        match shard.map.get(&slot) {
-            Some(vs) if vs.fingerprint(key) == expected => {
-                let old = Summary::of(key, vs);
-                shard.map.remove(&slot);
-                shard.changed(hash, key, old, Summary::default());
-                true
+        let mut guard = self.shard(hash);
+        let shard = &mut *guard;
+        let old = match shard.entries.get(hash, key) {
+            Some(entry) if entry.fingerprint(&shard.packer) == expected => {
+                entry.summary(&shard.packer)
             }
-            _ => false,
-        }
+            _ => return false,
+        };
+        shard.entries.remove(hash, key);
+        shard.changed(hash, key, old, Summary::default());
+        true
     }
 
     /// Rebuilds the Merkle trees for a new ring. `segments` is the ring's whole segment list;
@@ -481,9 +529,9 @@ impl Store {
             trees.sort_by_key(|t| t.tree.arc().1);
             shard.trees = trees;
             let digests: Vec<(u64, u64)> = shard
-                .map
-                .iter()
-                .map(|((hash, key), vs)| (*hash, vs.fingerprint(key)))
+                .entries
+                .range(..)
+                .map(|(hash, entry)| (hash, entry.fingerprint(&shard.packer)))
                 .collect();
             for (hash, fp) in digests {
                 if let Some(tree) = shard.tree_mut(hash) {
@@ -518,14 +566,23 @@ impl Store {
         let Some(tree) = shard.tree(id) else {
             return Vec::new();
         };
-        let (start, end) = tree.leaf_range(leaf);
-        range(&shard.map, start, end)
-            .map(|((_, k), vs)| {
+        let Some(hashes) = leaf_hashes(tree.leaf_range(leaf)) else {
+            return Vec::new();
+        };
+        shard
+            .entries
+            .range(hashes)
+            .map(|(_, entry)| {
+                let key = entry.key();
                 let expired = shard
                     .tombstones
-                    .get(k)
+                    .get(key)
                     .is_some_and(|since| since.elapsed() >= grace);
-                (k.clone(), vs.fingerprint(k), expired)
+                (
+                    Bytes::copy_from_slice(key),
+                    entry.fingerprint(&shard.packer),
+                    expired,
+                )
             })
             .collect()
     }
@@ -539,16 +596,19 @@ impl Store {
         max: usize,
     ) -> Vec<((u64, Bytes), VersionSet)> {
         let shard = self.shard(seg.end);
-        let start = match after {
-            Some(pos) => Bound::Excluded(pos.clone()),
-            None => Bound::Included((seg.start.wrapping_add(1), Bytes::new())),
-        };
+        let from = after.map_or(seg.start.wrapping_add(1), |(hash, _)| *hash);
         shard
-            .map
-            .range((start, Bound::Unbounded))
-            .take_while(|((h, _), _)| *h <= seg.end)
+            .entries
+            .range(from..)
+            .skip_while(|(hash, entry)| {
+                after.is_some_and(|(h, k)| *hash == *h && entry.key() <= k.as_ref())
+            })
+            .take_while(|(hash, _)| *hash <= seg.end)
             .take(max)
-            .map(|(slot, vs)| (slot.clone(), vs.clone()))
+            .map(|(hash, entry)| {
+                let key = Bytes::copy_from_slice(entry.key());
+                ((hash, key), entry.versions(&shard.packer))
+            })
             .collect()
     }
 
@@ -566,9 +626,10 @@ impl Store {
                     return out;
                 }
                 if since.elapsed() >= grace {
-                    let hash = key_hash(key);
-                    if let Some(vs) = shard.map.get(&(hash, key.clone())) {
-                        out.push((key.clone(), vs.fingerprint(key)));
+                    let key = key.as_bytes();
+                    if let Some(entry) = shard.entries.get(key_hash(key), key) {
+                        let fp = entry.fingerprint(&shard.packer);
+                        out.push((Bytes::copy_from_slice(key), fp));
                     }
                 }
             }
@@ -581,7 +642,7 @@ impl Store {
         let mut stats = StoreStats::default();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            stats.keys += shard.map.len() as u64;
+            stats.keys += shard.entries.len() as u64;
             stats.tombstones += shard.tombstones.len() as u64;
             stats.bytes += shard.bytes;
         }
@@ -589,49 +650,602 @@ impl Store {
     }
 }
 
-/// The versions of `key`, whose hash is `hash`. Looked up by range rather than by a
-/// `(hash, key)` tuple, so the hot path never clones the caller's `Bytes` (a first clone of
-/// a `Bytes` built from a `Vec` allocates a shared header).
-fn find<'a>(map: &'a BTreeMap<Slot, VersionSet>, hash: u64, key: &[u8]) -> Option<&'a VersionSet> {
-    map.range((hash, Bytes::new())..)
-        .take_while(|((h, _), _)| *h == hash)
-        .find(|((_, k), _)| k.as_ref() == key)
-        .map(|(_, vs)| vs)
-}
-
-fn find_mut<'a>(
-    map: &'a mut BTreeMap<Slot, VersionSet>,
-    hash: u64,
-    key: &[u8],
-) -> Option<&'a mut VersionSet> {
-    map.range_mut((hash, Bytes::new())..)
-        .take_while(|((h, _), _)| *h == hash)
-        .find(|((_, k), _)| k.as_ref() == key)
-        .map(|(_, vs)| vs)
-}
-
-/// The entries with hash in `(start, end]` (a leaf range never wraps: leaves split a
-/// segment, and a wrapping segment starts at u64::MAX, i.e. covers `[0, end]`).
-fn range(
-    map: &BTreeMap<Slot, VersionSet>,
-    start: u64,
-    end: u64,
-) -> impl Iterator<Item = (&Slot, &VersionSet)> {
-    // An empty leaf is `(x, x)`; without this, `(MAX, MAX)` would read as "from 0".
-    let empty = start == end;
-    let lower = if start == u64::MAX {
-        Bound::Included((0, Bytes::new()))
-    } else {
-        Bound::Included((start + 1, Bytes::new()))
-    };
-    map.range((lower, Bound::Unbounded))
-        .take_while(move |((h, _), _)| !empty && *h <= end)
+/// The hashes of a Merkle leaf `(start, end]`, as a B-tree range. A leaf range never wraps
+/// (leaves split a segment, and a wrapping segment starts at u64::MAX, i.e. covers
+/// `[0, end]`); an empty leaf is `(x, x)`, which without this check would read as "from 0"
+/// for `(MAX, MAX)`.
+fn leaf_hashes((start, end): (u64, u64)) -> Option<std::ops::RangeInclusive<u64>> {
+    let lower = start.wrapping_add(1);
+    (start != end && lower <= end).then_some(lower..=end)
 }
 
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // Poisoning means a panic mid-operation; every operation builds its new state before
     // swapping it in, so the shard is intact and serving on is the right call.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every key's versions in a shard, by hash and then key.
+///
+/// The B-tree is keyed by the bare hash: keys are compared only once the hash matched,
+/// through the entry. Keys whose 64-bit hashes are equal (vanishingly rare, but nothing
+/// prevents it) share one slot ([`Other::Collided`]).
+#[derive(Default)]
+struct Entries {
+    map: BTreeMap<u64, Entry>,
+    /// Keys held (more than `map.len()` when hashes collide).
+    len: usize,
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        self.map
+            .get(&hash)?
+            .members()
+            .iter()
+            .find(|e| e.key() == key)
+    }
+
+    fn get_mut(&mut self, hash: u64, key: &[u8]) -> Option<&mut Entry> {
+        self.map
+            .get_mut(&hash)?
+            .members_mut()
+            .iter_mut()
+            .find(|e| e.key() == key)
+    }
+
+    /// Adds the entry of a key not held yet.
+    fn insert(&mut self, hash: u64, entry: Entry) {
+        self.len += 1;
+        let slot = match self.map.entry(hash) {
+            btree_map::Entry::Vacant(v) => {
+                v.insert(entry);
+                return;
+            }
+            btree_map::Entry::Occupied(o) => o.into_mut(),
+        };
+        let mut members = match std::mem::replace(slot, Entry::Packed(Box::default())) {
+            Entry::Other(other) => match *other {
+                Other::Collided(members) => members,
+                single => vec![Entry::Other(Box::new(single))],
+            },
+            single => vec![single],
+        };
+        let at = members.partition_point(|e| e.key() < entry.key());
+        members.insert(at, entry);
+        *slot = Entry::Other(Box::new(Other::Collided(members)));
+    }
+
+    fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Entry> {
+        let btree_map::Entry::Occupied(mut slot) = self.map.entry(hash) else {
+            return None;
+        };
+        let members = slot.get().members();
+        let i = members.iter().position(|e| e.key() == key)?;
+        self.len -= 1;
+        if members.len() == 1 {
+            return Some(slot.remove());
+        }
+        let Entry::Other(other) = slot.get_mut() else {
+            unreachable!("several members are a collided slot");
+        };
+        let Other::Collided(members) = &mut **other else {
+            unreachable!("several members are a collided slot");
+        };
+        let removed = members.remove(i);
+        if members.len() == 1
+            && let Some(last) = members.pop()
+        {
+            slot.insert(last);
+        }
+        Some(removed)
+    }
+
+    /// The entries whose hashes are in `hashes`, in `(hash, key)` order.
+    fn range(&self, hashes: impl RangeBounds<u64>) -> impl Iterator<Item = (u64, &Entry)> {
+        self.map
+            .range(hashes)
+            .flat_map(|(hash, slot)| slot.members().iter().map(move |e| (*hash, e)))
+    }
+}
+
+/// One key and its versions, or (only as a slot of [`Entries`]) several keys with equal
+/// hashes. 16 bytes, so that a B-tree slot is 24.
+enum Entry {
+    /// One version, packed with its key (see [`Packer`]).
+    Packed(Box<[u8]>),
+    /// Anything else.
+    Other(Box<Other>),
+}
+
+enum Other {
+    /// Siblings, or a value over [`PACKED_VALUE_MAX`]: the key and its versions as they are.
+    Versions {
+        key: Box<[u8]>,
+        versions: VersionSet,
+    },
+    /// Keys with equal hashes, in key order; none of them `Collided`.
+    Collided(Vec<Entry>),
+}
+
+impl Entry {
+    /// The entry of `key` holding `set`: packed if it can be.
+    fn new(key: &[u8], set: Cow<'_, VersionSet>, packer: &mut Packer) -> Entry {
+        match packer.pack(key, &set) {
+            Some(packed) => Entry::Packed(packed),
+            None => Entry::Other(Box::new(Other::Versions {
+                key: key.into(),
+                versions: set.into_owned(),
+            })),
+        }
+    }
+
+    /// The keys in this slot: itself, or the colliding ones.
+    fn members(&self) -> &[Entry] {
+        match self {
+            Entry::Other(other) if matches!(**other, Other::Collided(_)) => match &**other {
+                Other::Collided(members) => members,
+                Other::Versions { .. } => unreachable!("matched as collided"),
+            },
+            single => std::slice::from_ref(single),
+        }
+    }
+
+    fn members_mut(&mut self) -> &mut [Entry] {
+        let collided = matches!(self, Entry::Other(other) if matches!(**other, Other::Collided(_)));
+        if !collided {
+            return std::slice::from_mut(self);
+        }
+        match self {
+            Entry::Other(other) => match &mut **other {
+                Other::Collided(members) => members,
+                Other::Versions { .. } => unreachable!("matched as collided"),
+            },
+            Entry::Packed(_) => unreachable!("matched as collided"),
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        match self {
+            Entry::Packed(packed) => View::key(packed),
+            Entry::Other(other) => match &**other {
+                Other::Versions { key, .. } => key,
+                Other::Collided(_) => unreachable!("a collided slot is never one key"),
+            },
+        }
+    }
+
+    /// The entry's versions as a set of their own.
+    fn versions(&self, packer: &Packer) -> VersionSet {
+        match self {
+            Entry::Packed(packed) => packer.unpack(packed),
+            Entry::Other(other) => match &**other {
+                Other::Versions { versions, .. } => versions.clone(),
+                Other::Collided(_) => unreachable!("a collided slot is never one key"),
+            },
+        }
+    }
+
+    fn summary(&self, packer: &Packer) -> Summary {
+        match self {
+            Entry::Packed(packed) => {
+                let v = View::parse(packed);
+                Summary {
+                    fp: v.fingerprint(packer),
+                    deleted: v.value.is_none(),
+                    bytes: (v.key.len() + v.value.map_or(0, <[u8]>::len)) as u64,
+                    expires: v.value.and(v.expires),
+                }
+            }
+            Entry::Other(other) => match &**other {
+                Other::Versions { key, versions } => Summary::of(key, versions),
+                Other::Collided(_) => unreachable!("a collided slot is never one key"),
+            },
+        }
+    }
+
+    /// [`VersionSet::fingerprint`].
+    fn fingerprint(&self, packer: &Packer) -> u64 {
+        match self {
+            Entry::Packed(packed) => View::parse(packed).fingerprint(packer),
+            Entry::Other(other) => match &**other {
+                Other::Versions { key, versions } => versions.fingerprint(key),
+                Other::Collided(_) => unreachable!("a collided slot is never one key"),
+            },
+        }
+    }
+
+    /// [`VersionSet::live_until`].
+    fn live_until(&self) -> u64 {
+        match self {
+            Entry::Packed(packed) => {
+                let v = View::parse(packed);
+                v.value.map_or(0, |_| v.expires.unwrap_or(u64::MAX))
+            }
+            Entry::Other(other) => match &**other {
+                Other::Versions { versions, .. } => versions.live_until(),
+                Other::Collided(_) => unreachable!("a collided slot is never one key"),
+            },
+        }
+    }
+
+    /// [`VersionSet::merge`] of `incoming` into this entry of `key`: the summary afterwards
+    /// if anything changed.
+    fn merge(
+        &mut self,
+        key: &[u8],
+        incoming: Cow<'_, VersionSet>,
+        packer: &mut Packer,
+    ) -> Option<Summary> {
+        let packed = match self {
+            Entry::Packed(packed) => packed,
+            Entry::Other(other) => {
+                let Other::Versions { versions, .. } = &mut **other else {
+                    unreachable!("a collided slot is never one key");
+                };
+                if !versions.merge(&incoming) {
+                    return None;
+                }
+                let new = Summary::of(key, versions);
+                if let Some(packed) = packer.pack(key, versions) {
+                    *self = Entry::Packed(packed);
+                }
+                return Some(new);
+            }
+        };
+        // A replica mostly receives one version that it already holds, or that supersedes
+        // or is superseded by the one it holds. Decided here on the packed form by the
+        // algebra's rule (`v` is superseded by `w` iff `w`'s history holds `v`'s dot and the
+        // dots differ), without unpacking; siblings take the general merge.
+        if let [theirs] = incoming.versions() {
+            let ours = View::parse(packed);
+            if ours.is_dot(packer, &theirs.dot) {
+                return None;
+            }
+            let ours_seen = theirs
+                .history
+                .contains_counter(packer.actor(ours.actor), ours.counter);
+            let theirs_seen = ours.history_contains(packer, &theirs.dot);
+            match (ours_seen, theirs_seen) {
+                (false, true) => return None,
+                (true, false) => {
+                    let new = Summary::of(key, &incoming);
+                    *self = Entry::new(key, incoming, packer);
+                    return Some(new);
+                }
+                // Concurrent, or (only with forged histories) each superseding the other.
+                _ => {}
+            }
+        }
+        let mut set = packer.unpack(packed);
+        if !set.merge(&incoming) {
+            return None;
+        }
+        let new = Summary::of(key, &set);
+        *self = Entry::new(key, Cow::Owned(set), packer);
+        Some(new)
+    }
+}
+
+/// A key as the secondary indexes hold it: inline up to [`INLINE_KEY`] bytes. Ordered,
+/// compared and hashed as its bytes, so the indexes can be searched with a `&[u8]`.
+#[derive(Clone)]
+enum Key {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    fn new(key: &[u8]) -> Key {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key);
+            Key::Inline(key.len() as u8, bytes)
+        } else {
+            Key::Heap(key.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline(len, bytes) => &bytes[..*len as usize],
+            Key::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes, which `Borrow<[u8]>` requires.
+        self.as_bytes().hash(state);
+    }
+}
+
+/// Flags of a packed entry.
+const HAS_VALUE: u8 = 1;
+const HAS_EXPIRY: u8 = 2;
+const HAS_CONTENT_TYPE: u8 = 4;
+
+/// Packs a key and its one version into bytes, and unpacks them; holds the table of the
+/// writers packed entries name by number.
+///
+/// A packed entry is, with every number a LEB128 varint:
+///
+/// ```text
+/// flags: u8 (HAS_VALUE | HAS_EXPIRY | HAS_CONTENT_TYPE)
+/// key length, key
+/// dot: actor number, counter
+/// expiry (if HAS_EXPIRY)
+/// content type length, content type (if HAS_CONTENT_TYPE)
+/// value length, value (if HAS_VALUE)
+/// history: entry count, then per entry actor number, max, missing count, missing counters
+/// ```
+///
+/// Everything a fingerprint, a summary or a key comparison needs comes before the history,
+/// so those read a few bytes and never walk it. For a key like `key00000001`, a 100-byte
+/// value and one writer this is about 125 bytes: one 144-byte malloc chunk.
+///
+/// Writers are numbered in the order a shard first packs them and the numbers are never
+/// reused, so the table grows by one entry per node generation that ever wrote to the
+/// shard (a few dozen bytes each): the same accumulation as in every context (see the
+/// [`crate::version`] caveats).
+#[derive(Default)]
+struct Packer {
+    actors: Vec<Actor>,
+    numbers: HashMap<Actor, u32>,
+    /// The number last looked up: nearly every lookup, on a node whose own writes dominate.
+    last: u32,
+    /// Where a packed entry's fields are assembled before its one allocation.
+    scratch: Vec<u8>,
+}
+
+impl Packer {
+    fn number(&mut self, actor: &Actor) -> u32 {
+        if self.actors.get(self.last as usize) == Some(actor) {
+            return self.last;
+        }
+        let n = match self.numbers.get(actor) {
+            Some(&n) => n,
+            None => {
+                let n = u32::try_from(self.actors.len()).expect("fewer than 2^32 writers");
+                self.actors.push(actor.clone());
+                self.numbers.insert(actor.clone(), n);
+                n
+            }
+        };
+        self.last = n;
+        n
+    }
+
+    fn actor(&self, number: u32) -> &Actor {
+        &self.actors[number as usize]
+    }
+
+    /// `set` with `key`, packed; `None` if `set` is not one version with a value of at most
+    /// [`PACKED_VALUE_MAX`] bytes (or is one whose history lacks its own dot, or whose
+    /// metadata is present but empty, which unpacking would not give back exactly).
+    fn pack(&mut self, key: &[u8], set: &VersionSet) -> Option<Box<[u8]>> {
+        let [v] = set.versions() else {
+            return None;
+        };
+        let value = v.value.as_deref();
+        if value.is_some_and(|b| b.len() > PACKED_VALUE_MAX)
+            || !v.history.contains(&v.dot)
+            || v.meta.as_deref() == Some(&Meta::default())
+        {
+            return None;
+        }
+        let expires = v.expires_at();
+        let content_type = v.content_type();
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        let flags = if value.is_some() { HAS_VALUE } else { 0 }
+            | if expires.is_some() { HAS_EXPIRY } else { 0 }
+            | if content_type.is_some() {
+                HAS_CONTENT_TYPE
+            } else {
+                0
+            };
+        out.push(flags);
+        put_bytes(&mut out, key);
+        put_varint(&mut out, self.number(&v.dot.actor).into());
+        put_varint(&mut out, v.dot.counter);
+        if let Some(t) = expires {
+            put_varint(&mut out, t);
+        }
+        if let Some(ct) = content_type {
+            put_bytes(&mut out, ct.as_bytes());
+        }
+        if let Some(value) = value {
+            put_varint(&mut out, value.len() as u64);
+        }
+        let head = out.len();
+        put_varint(&mut out, v.history.actors() as u64);
+        for (actor, max, missing) in v.history.entries() {
+            put_varint(&mut out, self.number(actor).into());
+            put_varint(&mut out, max);
+            put_varint(&mut out, missing.len() as u64);
+            for &m in missing {
+                put_varint(&mut out, m);
+            }
+        }
+        // Assembled so that the value is copied once, into an allocation of exactly the
+        // packed size.
+        let value = value.unwrap_or_default();
+        let mut packed = Vec::with_capacity(out.len() + value.len());
+        packed.extend_from_slice(&out[..head]);
+        packed.extend_from_slice(value);
+        packed.extend_from_slice(&out[head..]);
+        self.scratch = out;
+        Some(packed.into_boxed_slice())
+    }
+
+    fn unpack(&self, packed: &[u8]) -> VersionSet {
+        let v = View::parse(packed);
+        let mut history = Reader(v.history);
+        let entries = history.varint() as usize;
+        let history = Context::from_canonical((0..entries).map(|_| {
+            let actor = self.actor(history.varint() as u32).clone();
+            let max = history.varint();
+            let missing = history.varint() as usize;
+            (actor, max, (0..missing).map(|_| history.varint()).collect())
+        }));
+        let meta = Meta {
+            content_type: v
+                .content_type
+                .map(|ct| std::str::from_utf8(ct).expect("packed from a str").into()),
+            expires_at: v.expires,
+        };
+        VersionSet::sole(Version {
+            dot: Dot {
+                actor: self.actor(v.actor).clone(),
+                counter: v.counter,
+            },
+            history,
+            value: v.value.map(Bytes::copy_from_slice),
+            meta: meta.boxed(),
+        })
+    }
+}
+
+/// The fields of a packed entry (see [`Packer`]), read in place.
+struct View<'a> {
+    key: &'a [u8],
+    actor: u32,
+    counter: u64,
+    expires: Option<u64>,
+    content_type: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    /// The encoded history.
+    history: &'a [u8],
+}
+
+impl<'a> View<'a> {
+    fn key(packed: &[u8]) -> &[u8] {
+        let mut r = Reader(&packed[1..]);
+        r.bytes()
+    }
+
+    fn parse(packed: &'a [u8]) -> View<'a> {
+        let flags = packed[0];
+        let mut r = Reader(&packed[1..]);
+        let key = r.bytes();
+        let actor = r.varint() as u32;
+        let counter = r.varint();
+        let expires = (flags & HAS_EXPIRY != 0).then(|| r.varint());
+        let content_type = (flags & HAS_CONTENT_TYPE != 0).then(|| r.bytes());
+        let value = (flags & HAS_VALUE != 0).then(|| r.bytes());
+        View {
+            key,
+            actor,
+            counter,
+            expires,
+            content_type,
+            value,
+            history: r.0,
+        }
+    }
+
+    fn fingerprint(&self, packer: &Packer) -> u64 {
+        let written = self.value.is_some() || self.expires.is_some();
+        fingerprint_of(
+            self.key,
+            [(packer.actor(self.actor), self.counter, written)],
+        )
+    }
+
+    fn is_dot(&self, packer: &Packer, dot: &Dot) -> bool {
+        self.counter == dot.counter && *packer.actor(self.actor) == dot.actor
+    }
+
+    /// [`Context::contains`] on the packed history.
+    fn history_contains(&self, packer: &Packer, dot: &Dot) -> bool {
+        let mut r = Reader(self.history);
+        for _ in 0..r.varint() {
+            let actor = packer.actor(r.varint() as u32);
+            let max = r.varint();
+            let missing = r.varint();
+            if *actor == dot.actor {
+                return dot.counter >= 1
+                    && dot.counter <= max
+                    && (0..missing).all(|_| r.varint() != dot.counter);
+            }
+            for _ in 0..missing {
+                r.varint();
+            }
+        }
+        false
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Reads what `put_varint` and `put_bytes` wrote. Packed entries are only ever written by
+/// [`Packer::pack`], so running off the end is a bug, and panics.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> u64 {
+        let mut n = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = self.0[0];
+            self.0 = &self.0[1..];
+            n |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+
+    fn bytes(&mut self) -> &'a [u8] {
+        let len = self.varint() as usize;
+        let (bytes, rest) = self.0.split_at(len);
+        self.0 = rest;
+        bytes
+    }
 }
 
 #[cfg(test)]
@@ -936,5 +1550,300 @@ mod tests {
         // A new value clears the tombstone mark.
         s.write(&key, &actor("n1"), None, Some(Bytes::from_static(b"back")));
         assert!(s.old_tombstones(Duration::ZERO, 10).is_empty());
+    }
+
+    /// The sizes the memory figures in the module docs rest on.
+    #[test]
+    fn entries_and_index_keys_are_small() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        assert_eq!(std::mem::size_of::<Key>(), 24);
+    }
+
+    fn history(entries: &[(&Actor, u64, Vec<u64>)]) -> Context {
+        let mut ctx = Context::new();
+        for (a, max, missing) in entries {
+            ctx.set_entry(a, *max, missing.clone());
+        }
+        ctx
+    }
+
+    fn sole(dot: (&Actor, u64), history: Context, value: Option<&[u8]>, meta: Meta) -> VersionSet {
+        VersionSet::sole(Version {
+            dot: Dot {
+                actor: dot.0.clone(),
+                counter: dot.1,
+            },
+            history,
+            value: value.map(Bytes::copy_from_slice),
+            meta: meta.boxed(),
+        })
+    }
+
+    /// Every single version packs and unpacks to itself, and what the store reads in place
+    /// (key, summary, fingerprint, expiry, dots in the history) agrees with the set.
+    #[test]
+    fn packed_entries_round_trip_and_read_in_place() {
+        let (a, b, c) = (actor("n1"), actor("n2"), Actor::new("node-3", u64::MAX));
+        let big = vec![7u8; PACKED_VALUE_MAX];
+        let histories = [
+            history(&[(&a, 1, vec![])]),
+            history(&[(&a, 300_000, vec![])]),
+            history(&[(&a, u64::MAX, vec![1, 200, u64::MAX - 1])]),
+            history(&[(&a, 9, vec![2, 3]), (&b, 4, vec![]), (&c, 1 << 40, vec![7])]),
+        ];
+        let metas = [
+            Meta::default(),
+            Meta {
+                content_type: Some("text/plain; charset=utf-8".into()),
+                expires_at: None,
+            },
+            Meta {
+                content_type: Some("".into()),
+                expires_at: Some(1_700_000_000_000),
+            },
+            Meta {
+                content_type: None,
+                expires_at: Some(0),
+            },
+        ];
+        let values: [Option<&[u8]>; 4] = [None, Some(b""), Some(b"value"), Some(&big)];
+        let long_key = vec![b'k'; 300];
+        let keys: [&[u8]; 5] = [
+            b"",
+            b"k",
+            &[b'x'; INLINE_KEY],
+            &[b'y'; INLINE_KEY + 1],
+            &long_key,
+        ];
+        let mut packer = Packer::default();
+        let mut n = 0;
+        for key in keys {
+            assert_eq!(Key::new(key).as_bytes(), key);
+            for h in &histories {
+                for (who, counter) in h.entries().map(|(a, max, _)| (a, max)) {
+                    for meta in &metas {
+                        for value in values {
+                            let set = sole((who, counter), h.clone(), value, meta.clone());
+                            let packed = packer.pack(key, &set).expect("packable");
+                            let entry = Entry::Packed(packed);
+                            assert_eq!(entry.key(), key);
+                            assert_eq!(entry.versions(&packer), set);
+                            assert_eq!(entry.summary(&packer), Summary::of(key, &set));
+                            assert_eq!(entry.fingerprint(&packer), set.fingerprint(key));
+                            assert_eq!(entry.live_until(), set.live_until());
+                            let Entry::Packed(packed) = &entry else {
+                                unreachable!()
+                            };
+                            let view = View::parse(packed);
+                            for probe in [&a, &b, &c, &actor("n4")] {
+                                for k in [0, 1, 2, 3, 4, 9, 10, 1 << 40, u64::MAX - 1, u64::MAX] {
+                                    let d = Dot {
+                                        actor: probe.clone(),
+                                        counter: k,
+                                    };
+                                    assert_eq!(view.history_contains(&packer, &d), h.contains(&d));
+                                    assert_eq!(
+                                        view.is_dot(&packer, &d),
+                                        set.versions()[0].dot == d
+                                    );
+                                }
+                            }
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(n > 300);
+        assert_eq!(packer.actors.len(), 3, "one number per writer");
+
+        // What is not packed: siblings, a larger value, present but empty metadata, and a
+        // version whose history lacks its own dot.
+        let h = history(&[(&a, 2, vec![])]);
+        let too_big = vec![0u8; PACKED_VALUE_MAX + 1];
+        let odd = sole((&a, 5), h.clone(), None, Meta::default());
+        let mut siblings = sole((&a, 2), h.clone(), Some(b"x"), Meta::default());
+        siblings.merge(&sole(
+            (&b, 1),
+            history(&[(&b, 1, vec![])]),
+            None,
+            Meta::default(),
+        ));
+        let plain = sole((&a, 2), h.clone(), Some(b"x"), Meta::default());
+        let empty_meta = VersionSet::sole(Version {
+            meta: Some(Box::default()),
+            ..plain.versions()[0].clone()
+        });
+        for set in [
+            sole((&a, 2), h, Some(&too_big), Meta::default()),
+            odd,
+            siblings,
+            empty_meta,
+        ] {
+            assert!(packer.pack(b"k", &set).is_none());
+            let entry = Entry::new(b"k", Cow::Borrowed(&set), &mut packer);
+            assert_eq!(entry.versions(&packer), set);
+            assert_eq!(entry.summary(&packer), Summary::of(b"k", &set));
+        }
+    }
+
+    /// The store's merge, which decides the common cases on the packed form, agrees with
+    /// the version algebra on every pair of simulated states, and keeps siblings and large
+    /// values unpacked only as long as they need it.
+    #[test]
+    fn store_merges_agree_with_the_algebra() {
+        let actors = [actor("n1"), actor("n2"), actor("n3")];
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut states: Vec<VersionSet> = vec![VersionSet::new()];
+        let mut contexts: Vec<Context> = vec![Context::new()];
+        for step in 0..300 {
+            let mut set = states[rng.random_range(0..states.len())].clone();
+            let ctx = contexts[rng.random_range(0..contexts.len())].clone();
+            let who = &actors[rng.random_range(0..actors.len())];
+            let value = match step % 5 {
+                0 => None,
+                1 => Some(Bytes::from(vec![1u8; PACKED_VALUE_MAX + 1])),
+                _ => Some(Bytes::from(format!("v{step}"))),
+            };
+            let ctx = if rng.random_bool(0.5) {
+                None
+            } else {
+                Some(&ctx)
+            };
+            contexts.push(set.write(who, ctx, value));
+            states.push(set);
+        }
+        let key = Bytes::from_static(b"key");
+        for x in states.iter().step_by(3) {
+            for y in states.iter().step_by(4) {
+                let store = Store::new();
+                store.merge(&key, x);
+                let mut want = x.clone();
+                let changed = want.merge(y);
+                // Merging an empty set stores nothing, so then `y` alone counts.
+                let expected = if x.is_empty() { !y.is_empty() } else { changed };
+                assert_eq!(store.merge_owned(&key, y.clone()), expected);
+                let got = store.get(&key);
+                assert_eq!(got.clone().unwrap_or_default(), want);
+                let shard = store.shard(key_hash(&key));
+                if let Some(entry) = shard.entries.get(key_hash(&key), &key) {
+                    let packable = want.len() == 1
+                        && want.versions()[0]
+                            .value
+                            .as_ref()
+                            .is_none_or(|v| v.len() <= PACKED_VALUE_MAX);
+                    assert_eq!(matches!(entry, Entry::Packed(_)), packable, "{want:?}");
+                }
+            }
+        }
+    }
+
+    /// Keys whose hashes collide share a slot, and every operation still finds each of them,
+    /// in `(hash, key)` order.
+    #[test]
+    fn colliding_hashes_share_a_slot() {
+        let mut packer = Packer::default();
+        let mut entries = Entries::default();
+        let set = |v: &str| {
+            let mut s = VersionSet::new();
+            s.write(&actor("n1"), None, Some(Bytes::from(v.to_string())));
+            s
+        };
+        let mut siblings = set("s1");
+        siblings.merge(&{
+            let mut s = VersionSet::new();
+            s.write(&actor("n2"), None, None);
+            s
+        });
+        let mut insert = |entries: &mut Entries, hash, key: &str, s: &VersionSet| {
+            let entry = Entry::new(key.as_bytes(), Cow::Borrowed(s), &mut packer);
+            entries.insert(hash, entry);
+        };
+        insert(&mut entries, 7, "m", &set("m"));
+        insert(&mut entries, 8, "a", &set("a"));
+        insert(&mut entries, 7, "z", &siblings);
+        insert(&mut entries, 7, "b", &set("b"));
+        insert(&mut entries, 6, "q", &set("q"));
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries.map.len(), 3);
+        let order = |entries: &Entries| -> Vec<(u64, Vec<u8>)> {
+            entries
+                .range(..)
+                .map(|(h, e)| (h, e.key().to_vec()))
+                .collect()
+        };
+        let want: Vec<(u64, Vec<u8>)> = [(6, "q"), (7, "b"), (7, "m"), (7, "z"), (8, "a")]
+            .map(|(h, k)| (h, k.as_bytes().to_vec()))
+            .to_vec();
+        assert_eq!(order(&entries), want);
+        assert!(
+            entries
+                .get(7, b"z")
+                .is_some_and(|e| matches!(e, Entry::Other(_)))
+        );
+        assert!(entries.get(7, b"a").is_none() && entries.get(8, b"z").is_none());
+        let m = entries.get_mut(7, b"m").expect("held");
+        assert!(
+            m.merge(b"m", Cow::Owned(siblings.clone()), &mut packer)
+                .is_some()
+        );
+        let mut want = set("m");
+        want.merge(&siblings);
+        assert_eq!(entries.get(7, b"m").expect("held").versions(&packer), want);
+        assert!(entries.remove(7, b"x").is_none());
+        assert!(entries.remove(7, b"m").is_some());
+        assert!(entries.remove(7, b"z").is_some());
+        assert!(
+            matches!(entries.map.get(&7), Some(Entry::Packed(_))),
+            "back to one key"
+        );
+        assert_eq!(entries.get(7, b"b").map(Entry::key), Some(&b"b"[..]));
+        assert!(entries.remove(7, b"b").is_some());
+        assert!(!entries.map.contains_key(&7));
+        assert_eq!(entries.len(), 2);
+        assert_eq!(order(&entries).len(), 2);
+    }
+
+    /// Siblings are kept unpacked while they last and packed again once resolved; the
+    /// writes hand back the caller's value, not a copy shared with the store.
+    #[test]
+    fn siblings_unpack_and_pack_again() {
+        let s = Store::new();
+        let key = Bytes::from_static(b"k");
+        let packed = |s: &Store| {
+            let shard = s.shard(key_hash(&key));
+            matches!(
+                shard.entries.get(key_hash(&key), &key),
+                Some(Entry::Packed(_))
+            )
+        };
+        let (c1, _) = s.write(&key, &actor("n1"), None, Some(Bytes::from_static(b"1")));
+        assert!(packed(&s));
+        s.write(
+            &key,
+            &actor("n1"),
+            Some(&c1),
+            Some(Bytes::from_static(b"2")),
+        );
+        let (_, both) = s.write(
+            &key,
+            &actor("n1"),
+            Some(&c1),
+            Some(Bytes::from_static(b"3")),
+        );
+        assert_eq!(both.len(), 2);
+        assert!(!packed(&s));
+        assert_eq!(s.get(&key), Some(both.clone()));
+        let value = Bytes::from(vec![5u8; 64]);
+        let ptr = value.as_ptr();
+        let (_, one) = s.write(&key, &actor("n1"), Some(&both.context()), Some(value));
+        assert_eq!(one.len(), 1);
+        assert_eq!(
+            one.versions()[0].value.as_ref().map(|v| v.as_ptr()),
+            Some(ptr)
+        );
+        assert!(packed(&s));
+        assert_eq!(s.get(&key), Some(one));
     }
 }
