@@ -16,11 +16,14 @@
 //! without a context never make siblings. If no home replica is alive the write fails (503):
 //! only a home replica may mint versions, see [`crate::version`].
 //!
-//! **Reads.** A read goes to every live home replica and, when fewer than R homes are alive,
-//! to as many fallbacks as are missing (they may hold hinted copies). It is answered after R
-//! replies, merged by the version algebra. The remaining
-//! replies are still collected in the background, and every *home* replica whose versions
-//! differ from the merge is sent the merge (read repair).
+//! **Reads.** A read asks R replicas, not all N (Cassandra's choice; Dynamo and Riak ask all
+//! N): the coordinator's own copy first if it is a home, then the other live homes, taking
+//! turns, and fallbacks only when fewer than R homes are alive (they may hold hinted copies).
+//! R + W > N still puts every acknowledged write on one of them, and a read costs one or two
+//! round trips fewer. A replica that fails is replaced by the next candidate at once, one that
+//! is slow after [`SPECULATIVE_READ_DELAY`]. The answer is the merge of the R replies; every
+//! *home* replica asked whose versions differ from it is sent the merge (read repair). Homes
+//! that were not asked are compared on later reads (the turns rotate) and by anti-entropy.
 //!
 //! **Conditional writes.** A write with a [`Condition`] is checked by the coordinator against
 //! its own copy, after it merged in a quorum read (R replicas), and applied under the same
