@@ -16,11 +16,14 @@
 //! without a context never make siblings. If no home replica is alive the write fails (503):
 //! only a home replica may mint versions, see [`crate::version`].
 //!
-//! **Reads.** A read goes to every live home replica and, when fewer than R homes are alive,
-//! to as many fallbacks as are missing (they may hold hinted copies). It is answered after R
-//! replies, merged by the version algebra. The remaining
-//! replies are still collected in the background, and every *home* replica whose versions
-//! differ from the merge is sent the merge (read repair).
+//! **Reads.** A read asks R replicas, not all N (Cassandra's choice; Dynamo and Riak ask all
+//! N): the coordinator's own copy first if it is a home, then the other live homes, taking
+//! turns, and fallbacks only when fewer than R homes are alive (they may hold hinted copies).
+//! R + W > N still puts every acknowledged write on one of them, and a read costs one or two
+//! round trips fewer. A replica that fails is replaced by the next candidate at once, one that
+//! is slow after [`SPECULATIVE_READ_DELAY`]. The answer is the merge of the R replies; every
+//! *home* replica asked whose versions differ from it is sent the merge (read repair). Homes
+//! that were not asked are compared on later reads (the turns rotate) and by anti-entropy.
 //!
 //! **Conditional writes.** A write with a [`Condition`] is checked by the coordinator against
 //! its own copy, after it merged in a quorum read (R replicas), and applied under the same
@@ -43,6 +46,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -61,6 +66,12 @@ use crate::store::{ListPage, WriteOp};
 use crate::ttl::now_ms;
 use crate::version::{Condition, Context, Meta, VersionSet};
 use crate::watch::{Event, Op};
+
+/// How long a GET waits for the R replicas it asked before it also asks the next candidate.
+/// Far above a healthy replica's answer (well under a millisecond on a LAN), so it costs
+/// nothing in the common case, and far below the RPC timeout, so one slow replica (a full
+/// socket buffer, a paused process) does not hold reads for seconds.
+pub const SPECULATIVE_READ_DELAY: Duration = Duration::from_millis(20);
 
 /// Where a copy lives: this node, or a peer's RPC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,23 +361,39 @@ impl Node {
         let view = self.view();
         // Live homes first; fallbacks only to make up for missing homes, since a fallback
         // that holds no hint for this key answers "nothing" and would count toward R.
-        let (homes, fallbacks): (Vec<Dest>, Vec<Dest>) = self
+        let (mut homes, fallbacks): (Vec<Dest>, Vec<Dest>) = self
             .destinations(&view, &key)
             .into_iter()
             .partition(Dest::is_home);
+        // Our own copy is asked first: it costs no round trip. The remote homes take turns
+        // coming next, so that reads spread over them and, over repeated reads, every home's
+        // copy is compared (and repaired) even though each read asks only R of them.
+        let local = homes.iter().position(|d| d.replica == Replica::Local);
+        if let Some(i) = local {
+            homes.swap(0, i);
+        }
+        let first_remote = usize::from(local.is_some());
+        if homes.len() > first_remote + 1 {
+            let turn = self.read_turn.fetch_add(1, Ordering::Relaxed);
+            let len = homes.len() - first_remote;
+            homes[first_remote..].rotate_left(turn % len);
+        }
         let missing = r.saturating_sub(homes.len());
-        let dests: Vec<Dest> = homes
-            .into_iter()
-            .chain(fallbacks.into_iter().take(missing))
-            .collect();
-        let mut quorum = QuorumTracker::new(dests.len(), r);
-        let mut replies: Vec<(Dest, VersionSet)> = Vec::with_capacity(dests.len());
+        homes.extend(fallbacks.into_iter().take(missing));
+        let mut candidates = homes.into_iter();
+        let total = candidates.len();
+        let mut quorum = QuorumTracker::new(total, r);
+        let mut replies: Vec<(Dest, VersionSet)> = Vec::with_capacity(total);
         let mut merged = VersionSet::new();
         // Remote reads are driven right here, not spawned: a read has no effect to finish
         // if the client goes away. What is still outstanding at the quorum moves to the
         // read-repair task below.
         let mut calls = FuturesUnordered::new();
-        for dest in dests {
+        let ask = |dest: Dest,
+                   calls: &mut FuturesUnordered<_>,
+                   quorum: &mut QuorumTracker,
+                   merged: &mut VersionSet,
+                   replies: &mut Vec<(Dest, VersionSet)>| {
             match dest.replica {
                 Replica::Local => {
                     let vs = self.local_read(&key);
@@ -387,18 +414,46 @@ impl Node {
                     });
                 }
             }
+        };
+        // Ask R replicas, not all N (as Cassandra does; Dynamo and Riak ask all N): R + W > N
+        // still guarantees that one of them holds every acknowledged write, and a read costs
+        // one or two round trips fewer. A replica that fails is replaced by the next one at
+        // once, and one that is slow by the next one after SPECULATIVE_READ_DELAY. A read
+        // that cannot succeed whatever the answers (fewer candidates than R) asks everyone,
+        // so that its error says how many replied.
+        let first = if total < r { total } else { r };
+        for dest in candidates.by_ref().take(first) {
+            ask(dest, &mut calls, &mut quorum, &mut merged, &mut replies);
         }
+        let speculate = tokio::time::sleep(SPECULATIVE_READ_DELAY);
+        tokio::pin!(speculate);
+        let mut speculated = false;
         while !quorum.is_done() {
-            match calls.next().await {
-                Some((dest, Some(vs))) => {
-                    merged.merge(&vs);
-                    replies.push((dest, vs));
-                    quorum.success();
+            tokio::select! {
+                biased;
+                reply = calls.next() => match reply {
+                    Some((dest, Some(vs))) => {
+                        merged.merge(&vs);
+                        replies.push((dest, vs));
+                        quorum.success();
+                    }
+                    Some((_, None)) => {
+                        quorum.failure();
+                        if let Some(dest) = candidates.next() {
+                            ask(dest, &mut calls, &mut quorum, &mut merged, &mut replies);
+                        }
+                    }
+                    None => match candidates.next() {
+                        Some(dest) => ask(dest, &mut calls, &mut quorum, &mut merged, &mut replies),
+                        None => break,
+                    },
+                },
+                () = &mut speculate, if !speculated && candidates.len() > 0 && !calls.is_empty() => {
+                    speculated = true;
+                    if let Some(dest) = candidates.next() {
+                        ask(dest, &mut calls, &mut quorum, &mut merged, &mut replies);
+                    }
                 }
-                Some((_, None)) => {
-                    quorum.failure();
-                }
-                None => break,
             }
         }
         if quorum.status() != QuorumStatus::Met {
@@ -407,6 +462,18 @@ impl Node {
                 replied: quorum.successes(),
                 required: r,
             });
+        }
+        if calls.is_empty() {
+            // The common case: everyone asked has answered. Repair only if they disagree.
+            if needs_repair(&key, &merged, &replies) {
+                let node = self.clone();
+                let result = merged.clone();
+                self.tracker.spawn(crate::rpc::in_current_trace(async move {
+                    node.read_repair(key, merged, replies).await;
+                }));
+                return Ok(result);
+            }
+            return Ok(merged);
         }
         let node = self.clone();
         let result = merged.clone();
@@ -453,6 +520,19 @@ impl Node {
             }
         }
     }
+}
+
+/// True if some home replica's reply differs from the merge of all replies, so that a read
+/// repair has work to do. Fingerprints, not equality: a replica that has not yet dropped an
+/// expired value holds the same writes as one that has.
+fn needs_repair(key: &[u8], merged: &VersionSet, replies: &[(Dest, VersionSet)]) -> bool {
+    if merged.is_empty() || replies.len() < 2 {
+        return false;
+    }
+    let fp = merged.fingerprint(key);
+    replies
+        .iter()
+        .any(|(dest, vs)| dest.is_home() && vs.fingerprint(key) != fp)
 }
 
 impl Node {

@@ -12,8 +12,9 @@
 //!                                                       │    fallback (with a hint) per dead home
 //!                                                       │ 3. answer after W acks (quorum)
 //!                                                       ▼
-//!      reads: the receiving node asks the live homes (fallbacks only for missing homes),
-//!      answers after R replies, merges them, and repairs stale homes (read repair)
+//!      reads: the receiving node asks R live homes (its own copy first; fallbacks only for
+//!      missing homes; the next one if one fails or is slow), merges the replies, and
+//!      repairs the stale ones among them (read repair)
 //!
 //!      background, per node: hinted handoff (hints → their homes once alive), Merkle
 //!      anti-entropy with one peer per round, ownership handoff after ring changes,
@@ -114,9 +115,11 @@
 //!
 //! - `GET /metrics` (Prometheus / OpenMetrics), `GET /` (a status page drawing the ring,
 //!   fed by `GET /cluster/status`), `GET /admin/stats`.
-//! - Every HTTP request runs in a `request` tracing span with its id (`x-request-id`, given
-//!   or made up, and echoed); every RPC it causes carries the id and the coordinating node
-//!   ([`rpc::Trace`]), so the replicas log their part under the same id.
+//! - Every HTTP request has an id (`x-request-id`, given or made up, and echoed); every RPC
+//!   it causes carries the id and the coordinating node ([`rpc::Trace`]). At debug level
+//!   (`RUST_LOG=ringkv=debug`) the request runs in a `request` span with that id and the
+//!   replicas log their part under it. The span is debug, not info, because building and
+//!   entering it on every request cost 10-15% of a quorum request's CPU.
 //! - A forwarded call that times out resets its connection: a request the peer has not
 //!   received is discarded rather than delivered late, when a cut link heals.
 //! - Once a node's store has shrunk by 16 MiB and settled (a TTL sweep and tombstone purge,

@@ -64,6 +64,8 @@ pub struct Node {
     pub(crate) interest: Mutex<Interest>,
     /// Queues of events on their way to watching peers.
     pub(crate) fanout: Fanout,
+    /// Turns of the remote homes a GET asks (see [`Node::get`]).
+    pub(crate) read_turn: std::sync::atomic::AtomicUsize,
 }
 
 /// Progress of a decommission (`POST /cluster/leave`).
@@ -243,7 +245,7 @@ impl Service for Node {
                 };
                 // This node coordinates: the replicas' logs name it.
                 let trace = crate::rpc::current_trace().map(|t| crate::rpc::Trace {
-                    coordinator: self.id.to_string(),
+                    coordinator: self.actor.node.clone(),
                     ..t
                 });
                 let run = self.coordinate_write(write, quorum);
@@ -358,6 +360,7 @@ impl NodeHandle {
             watchers: Arc::new(crate::watch::Watchers::starting_now()),
             interest: Mutex::default(),
             fanout: Fanout::default(),
+            read_turn: Default::default(),
             config,
         });
 

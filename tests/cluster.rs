@@ -542,3 +542,33 @@ async fn metrics_are_prometheus_text_with_requests_and_node_state() {
     assert!(text.contains("ringkv_bytes_stored 3"), "{text}");
     c.shutdown().await;
 }
+
+/// A GET asks R replicas, its own copy first and the other homes taking turns: when the turn
+/// falls on a replica it cannot reach, it asks the next one at once instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_replaces_an_unreachable_replica_with_the_next_home() {
+    let c = TestCluster::start(3).await;
+    let http = Http::new();
+    let key = "turns";
+    let reps = c.replicas(key.as_bytes());
+    let put = http
+        .put(&format!("{}/kv/{key}?w=3", c.url(reps[0])), "v1")
+        .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    c.node(reps[0])
+        .set_rpc_blocked(c.node(reps[2]).rpc_addr(), true);
+    // The remote turn alternates, so every other read starts with the cut replica; each
+    // must still be answered by two replicas.
+    for _ in 0..4 {
+        let got = http.get(&format!("{}/kv/{key}?r=2", c.url(reps[0]))).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, "v1");
+    }
+    // With R = 3 there is nobody to replace it: the read fails as soon as the cut replica
+    // does, saying how many had answered by then.
+    let got = http.get(&format!("{}/kv/{key}?r=3", c.url(reps[0]))).await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    let replied = got.json()["replied"].as_u64().unwrap();
+    assert!((1..=2).contains(&replied), "replied {replied}");
+    c.shutdown().await;
+}

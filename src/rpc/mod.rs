@@ -73,9 +73,9 @@ impl Hello {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Trace {
     /// The request id (`x-request-id`, or one the receiving node made up).
-    pub request: String,
+    pub request: Arc<str>,
     /// The node coordinating the request.
-    pub coordinator: String,
+    pub coordinator: Arc<str>,
 }
 
 tokio::task_local! {
