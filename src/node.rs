@@ -106,8 +106,14 @@ impl Node {
 
     /// Starts a decommission: announce `leaving` through gossip, which takes this node out of
     /// every ring at once; anti-entropy's ownership handoff then pushes every key to its new
-    /// homes and drops it here after they acknowledge. Once the store is empty (and hints are
-    /// delivered, or `LEAVE_HINT_PATIENCE` passed) the state becomes [`LeaveState::Left`].
+    /// homes and drops it here after they acknowledge. Once the store has stayed empty for
+    /// [`STOP_ANNOUNCE_ROUNDS`] gossip rounds (and hints are delivered, or
+    /// `LEAVE_HINT_PATIENCE` passed) the state becomes [`LeaveState::Left`].
+    ///
+    /// Why wait with an empty store: a peer that has not heard `leaving` yet still counts this
+    /// node as a home and sends it writes, which land here after the handover. Those writes
+    /// refill the store, which restarts the wait and gets them handed over too; the node only
+    /// leaves once gossip had the rounds a stop also gives it to reach every peer.
     pub async fn leave(self: &Arc<Self>) {
         if self.leave_state() != LeaveState::Member {
             return;
@@ -117,6 +123,7 @@ impl Node {
         info!(id = %self.id, "leaving the ring: handing data over");
         let node = self.clone();
         let shutdown = self.shutdown.clone();
+        let settle = self.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
         self.tracker.spawn(async move {
             let mut emptied: Option<Instant> = None;
             loop {
@@ -129,6 +136,9 @@ impl Node {
                     continue;
                 }
                 let since = *emptied.get_or_insert_with(Instant::now);
+                if since.elapsed() < settle {
+                    continue;
+                }
                 if node.hints_pending() == 0 || since.elapsed() > LEAVE_HINT_PATIENCE {
                     info!(id = %node.id, "all data handed over; leaving");
                     node.leave_tx.send_replace(LeaveState::Left);
