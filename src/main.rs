@@ -522,6 +522,3 @@ async fn wait_for_signal() {
     }
     let _ = tokio::signal::ctrl_c().await;
 }
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
