@@ -25,7 +25,9 @@
 //! purged once every other ring member reports the same tombstones or nothing (it purged them
 //! already, or never held the key). A member that still has an older value (a home that
 //! missed the delete, or a former owner yet to hand the key over), or is unreachable, blocks
-//! the purge, so a delete is never undone by a node's return.
+//! the purge, so a delete is never undone by a node's return. The node that purges tells
+//! every member to drop the same tombstone too, so that a replica whose grace period began
+//! later does not hand it back and restart the others' grace periods.
 //!
 //! All transfers are batched by [`ANSWER_BUDGET`] and paced to `anti_entropy_rate` bytes per
 //! second, so repair never starves clients.
@@ -561,14 +563,34 @@ async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
         }
     }
     let mut purged = 0;
+    let mut everywhere = Vec::new();
     for (i, (key, fp)) in candidates.iter().enumerate() {
         if !blocked[i] && node.store().remove_if(key, *fp) {
             purged += 1;
+            everywhere.push((key.clone(), *fp));
         }
     }
     if purged > 0 {
         Stats::add(&node.stats.tombstones_purged, purged);
         debug!(purged, "tombstones purged");
+    }
+    // Every member holds these tombstones or nothing: have them drop theirs now too. A
+    // replica whose grace period started later (it got the tombstone later) would otherwise
+    // keep it, anti-entropy would hand it back to the members that purged it, restarting
+    // their grace periods, and two replicas could pass it back and forth for ever. The
+    // peers drop only the same tombstone, never anything written since.
+    if !everywhere.is_empty() {
+        for peer in segs.ring.nodes().iter().filter(|h| *h != node.id()) {
+            let Some(addr) = view.member(peer).and_then(|m| m.rpc) else {
+                continue;
+            };
+            let req = Request::Purge {
+                items: everywhere.clone(),
+            };
+            if let Err(err) = node.pool.call(addr, req).await {
+                debug!(%peer, %err, "tombstone purge not delivered");
+            }
+        }
     }
 }
 

@@ -231,6 +231,14 @@ impl Service for Node {
                 Ok(Response::Replicated)
             }
             Request::Read { key } => Ok(Response::Versions(self.local_read(&key))),
+            Request::Purge { items } => {
+                let purged = items
+                    .iter()
+                    .filter(|(key, fp)| self.store.remove_if(key, *fp))
+                    .count();
+                Stats::add(&self.stats.tombstones_purged, purged as u64);
+                Ok(Response::Replicated)
+            }
             bulk @ (Request::ReadMany { .. }
             | Request::Fingerprints { .. }
             | Request::AeDigest { .. }

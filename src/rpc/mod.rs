@@ -37,7 +37,7 @@ use crate::version::{Condition, Context, Meta, VersionSet};
 use crate::watch::{Announcement, Event};
 
 /// Bumped on any incompatible change to [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first frame each side sends on a new connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -134,6 +134,9 @@ pub enum Request {
     ReadMany { keys: Vec<Bytes> },
     /// Send me the fingerprints of these keys (0 if absent), in order.
     Fingerprints { keys: Vec<Bytes> },
+    /// Tombstone GC: every member holds these tombstones (key, fingerprint) or nothing;
+    /// drop each one you still hold with that fingerprint.
+    Purge { items: Vec<(Bytes, u64)> },
     /// Anti-entropy, step 1: here is a digest of the roots of every segment whose home
     /// replicas include both of us, on the ring with fingerprint `ring`. Equal: answer
     /// `AeSame`; otherwise send your roots of those segments, in segment order.
@@ -191,6 +194,7 @@ impl Request {
             Request::Read { .. } => "read",
             Request::ReadMany { .. } => "read_many",
             Request::Fingerprints { .. } => "fingerprints",
+            Request::Purge { .. } => "purge",
             Request::AeDigest { .. } => "ae_digest",
             Request::AeChildren { .. } => "ae_children",
             Request::AeLeafKeys { .. } => "ae_leaf_keys",
