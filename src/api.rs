@@ -145,7 +145,7 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     // it on every poll cost 10-15% of a quorum request's CPU (measured with wrk).
     let span = tracing::debug_span!("request", request = %id, node = %node.id(), method = op, route = label);
     let trace = crate::rpc::Trace {
-        request: Arc::from(id.as_str()),
+        request: id.clone(),
         coordinator: node.actor().node.clone(),
     };
     let answer = crate::rpc::TRACE.scope(trace, route(node.clone(), req));
@@ -168,15 +168,21 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The client's request id if it is short printable ASCII, else a new `<node>-<n>`.
-fn request_id(node: &Node, req: &Request<Incoming>) -> String {
+fn request_id(node: &Node, req: &Request<Incoming>) -> Arc<str> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     req.headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{}-{}", node.id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+        .map(Arc::from)
+        .unwrap_or_else(|| {
+            Arc::from(format!(
+                "{}-{}",
+                node.id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ))
+        })
 }
 
 /// The route a path belongs to, for metrics: a fixed set, so a key never becomes a label.

@@ -415,13 +415,9 @@ impl Node {
                 }
             }
         };
-        // Ask R replicas, not all N (as Cassandra does; Dynamo and Riak ask all N): R + W > N
-        // still guarantees that one of them holds every acknowledged write, and a read costs
-        // one or two round trips fewer. A replica that fails is replaced by the next one at
-        // once, and one that is slow by the next one after SPECULATIVE_READ_DELAY. A read
-        // that cannot succeed whatever the answers (fewer candidates than R) asks everyone,
-        // so that its error says how many replied.
-        let first = if total < r { total } else { r };
+        // R at first (see the module docs); everyone if fewer than R can answer, so that the
+        // error says how many replied.
+        let first = r.min(total);
         for dest in candidates.by_ref().take(first) {
             ask(dest, &mut calls, &mut quorum, &mut merged, &mut replies);
         }
@@ -463,16 +459,8 @@ impl Node {
                 required: r,
             });
         }
-        if calls.is_empty() {
-            // The common case: everyone asked has answered. Repair only if they disagree.
-            if needs_repair(&key, &merged, &replies) {
-                let node = self.clone();
-                let result = merged.clone();
-                self.tracker.spawn(crate::rpc::in_current_trace(async move {
-                    node.read_repair(key, merged, replies).await;
-                }));
-                return Ok(result);
-            }
+        if calls.is_empty() && !needs_repair(&key, &merged, &replies) {
+            // The common case: everyone asked has answered, and they agree.
             return Ok(merged);
         }
         let node = self.clone();
@@ -496,10 +484,9 @@ impl Node {
         if merged.is_empty() {
             return;
         }
+        let fp = merged.fingerprint(&key);
         for (dest, vs) in replies {
-            // Fingerprints, not equality: a replica that has not yet dropped an expired value
-            // holds the same writes as one that has.
-            if vs.fingerprint(&key) == merged.fingerprint(&key) || !dest.is_home() {
+            if !is_stale(&key, fp, &dest, &vs) {
                 continue;
             }
             Stats::incr(&self.stats.read_repairs);
@@ -523,16 +510,21 @@ impl Node {
 }
 
 /// True if some home replica's reply differs from the merge of all replies, so that a read
-/// repair has work to do. Fingerprints, not equality: a replica that has not yet dropped an
-/// expired value holds the same writes as one that has.
+/// repair has work to do.
 fn needs_repair(key: &[u8], merged: &VersionSet, replies: &[(Dest, VersionSet)]) -> bool {
     if merged.is_empty() || replies.len() < 2 {
         return false;
     }
     let fp = merged.fingerprint(key);
-    replies
-        .iter()
-        .any(|(dest, vs)| dest.is_home() && vs.fingerprint(key) != fp)
+    replies.iter().any(|(dest, vs)| is_stale(key, fp, dest, vs))
+}
+
+/// True if `dest` is a home whose reply `vs` lacks something of the merge (fingerprint
+/// `merged_fp`). Fingerprints, not equality: a replica that has not yet dropped an expired
+/// value holds the same writes as one that has. Fallbacks are never stale: their copies are
+/// hints, which handoff delivers.
+fn is_stale(key: &[u8], merged_fp: u64, dest: &Dest, vs: &VersionSet) -> bool {
+    dest.is_home() && vs.fingerprint(key) != merged_fp
 }
 
 impl Node {
