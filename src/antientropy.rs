@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::merkle::{NodeRef, differing_children};
@@ -168,7 +168,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             next_peer = next_peer.wrapping_add(1);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                res = exchange(&node, &segs, peer, *addr, &mut pacer) => if let Err(err) = res {
+                res = exchange(&node, &segs, peer, *addr, &mut pacer) => if let Err(err) = res.map(drop) {
                     debug!(%peer, %err, "anti-entropy round ended early");
                 },
             }
@@ -249,9 +249,10 @@ async fn call(node: &Node, addr: SocketAddr, req: Request, pacer: &mut Pacer) ->
     Ok(resp)
 }
 
-/// Runs one anti-entropy exchange with `peer` now, outside the worker's schedule (tests and
-/// measurements use it). Fails if the peer is unknown, down, or has another ring.
-pub async fn exchange_once(node: &Arc<Node>, peer: &str) -> Result<()> {
+/// Runs one anti-entropy exchange with `peer` now, outside the worker's schedule (tests,
+/// measurements and the start-up catch-up use it), and returns the keys it moved. Fails if
+/// the peer is unknown, down, or has another ring.
+pub async fn exchange_once(node: &Arc<Node>, peer: &str) -> Result<usize> {
     let segs = node.segments();
     let (id, addr) = peers_of(node, &segs)
         .into_iter()
@@ -261,6 +262,89 @@ pub async fn exchange_once(node: &Arc<Node>, peer: &str) -> Result<()> {
     exchange(node, &segs, &id, addr, &mut pacer).await
 }
 
+/// How long the catch-up waits before it tries a peer again after a failed exchange (most
+/// often the two rings differ for a gossip round while the new member spreads).
+const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
+
+/// How long the catch-up keeps trying one peer whose exchanges fail before it moves on with
+/// a warning: the peer's copies are also on other replicas and anti-entropy keeps running,
+/// while a node stuck in `joining` for ever would serve nobody.
+const CATCH_UP_PEER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A node's start-up catch-up ([`crate::readiness`]): once it has heard a seed and sees a
+/// quorum, it runs one full exchange with every serving peer it shares segments with (more
+/// while an exchange hits [`MAX_KEYS_PER_ROUND`]), then announces `alive`. A node restarted
+/// empty thus has its copies back before peers route requests to it. Peers that stop serving
+/// meanwhile are skipped: their copies are on the other replicas.
+pub async fn catch_up(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut views = node.subscribe_view();
+    loop {
+        let view = node.view();
+        let q = node.quorums();
+        let quorum =
+            crate::readiness::quorum(&view, node.id(), true, q, crate::readiness::Counting::Up);
+        if view.heard_seed && quorum.ok {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            res = views.changed() => if res.is_err() { return },
+        }
+    }
+    // The worker rebuilds the trees on a ring change; make sure they follow this view's ring
+    // before comparing them with anyone.
+    refresh_segments(&node);
+    let segs = node.segments();
+    let peers: Vec<NodeId> = peers_of(&node, &segs)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let total = peers.len();
+    let started = Instant::now();
+    let mut moved = 0usize;
+    for (done, peer) in peers.iter().enumerate() {
+        node.set_catch_up(crate::readiness::CatchUp::Running { done, of: total });
+        let first_try = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if !node.view().is_alive(peer) {
+                debug!(%peer, "catch-up: peer stopped serving; its replicas cover it");
+                break;
+            }
+            refresh_segments(&node);
+            match exchange_once(&node, peer).await {
+                Ok(n) => {
+                    moved += n;
+                    if n < MAX_KEYS_PER_ROUND {
+                        break;
+                    }
+                }
+                Err(err) if first_try.elapsed() > CATCH_UP_PEER_PATIENCE => {
+                    warn!(%peer, %err, "catch-up: giving up on this peer; anti-entropy goes on");
+                    break;
+                }
+                Err(err) => {
+                    debug!(%peer, %err, "catch-up exchange failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(CATCH_UP_RETRY) => {}
+                    }
+                }
+            }
+        }
+    }
+    node.set_catch_up(crate::readiness::CatchUp::Done);
+    info!(
+        peers = total,
+        keys = moved,
+        took_ms = started.elapsed().as_millis() as u64,
+        "caught up with peers; announcing alive"
+    );
+    node.announce(crate::membership::STATUS_ALIVE).await;
+}
+
 /// One anti-entropy exchange with `peer`.
 async fn exchange(
     node: &Arc<Node>,
@@ -268,7 +352,7 @@ async fn exchange(
     peer: &NodeId,
     addr: SocketAddr,
     pacer: &mut Pacer,
-) -> Result<()> {
+) -> Result<usize> {
     Stats::incr(&node.stats.ae_rounds);
     let store = node.store();
     let shared = segs.shared(node.id(), peer);
@@ -282,7 +366,7 @@ async fn exchange(
         digest: digest_of(&roots),
     };
     let theirs = match call(node, addr, req, pacer).await? {
-        Response::AeSame => return Ok(()),
+        Response::AeSame => return Ok(0),
         Response::AeRoots(theirs) => theirs,
         other => return Err(unexpected(other)),
     };
@@ -360,7 +444,7 @@ async fn exchange(
     if moved > 0 {
         debug!(%peer, keys = moved, "anti-entropy repaired keys");
     }
-    Ok(())
+    Ok(moved)
 }
 
 /// One key of a leaf listing.
@@ -468,7 +552,7 @@ async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
         let Some(addrs): Option<Vec<SocketAddr>> = seg
             .homes
             .iter()
-            .map(|h| view.is_alive(h).then(|| view.member(h)?.rpc).flatten())
+            .map(|h| view.is_up(h).then(|| view.member(h)?.rpc).flatten())
             .collect()
         else {
             continue;
@@ -542,11 +626,7 @@ async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
         }
     }
     for (peer, idxs) in by_peer {
-        let Some(addr) = view
-            .is_alive(&peer)
-            .then(|| view.member(&peer)?.rpc)
-            .flatten()
-        else {
+        let Some(addr) = view.is_up(&peer).then(|| view.member(&peer)?.rpc).flatten() else {
             idxs.iter().for_each(|&i| blocked[i] = true);
             continue;
         };

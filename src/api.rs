@@ -20,7 +20,8 @@
 //! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
 //! | GET | `/admin/stats` | this node's counters |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
-//! | GET | `/health` | 200 once the node serves |
+//! | GET | `/health` | liveness: 200 as soon as the process serves HTTP |
+//! | GET | `/ready` | readiness: 200 when the node can serve requests, else 503 with a reason ([`crate::readiness`]) |
 //!
 //! A key is the percent-decoded rest of the path after `/kv/`, so it may contain `/`, and is
 //! 1 to 1024 bytes of arbitrary binary.
@@ -193,11 +194,12 @@ fn route_label(path: &str) -> &'static str {
         ("/admin/local/", "admin_local"),
         ("/kv", "kv"),
     ];
-    const EXACT: [(&str, &str); 8] = [
+    const EXACT: [(&str, &str); 9] = [
         ("/cluster/members", "cluster_members"),
         ("/cluster/leave", "cluster_leave"),
         ("/admin/stats", "admin_stats"),
         ("/health", "health"),
+        ("/ready", "ready"),
         ("/metrics", "metrics"),
         ("/watch", "watch"),
         ("/cluster/status", "cluster_status"),
@@ -277,6 +279,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
             list_kv(node, &req).await
         }
         "/health" => get_only(Ok(json_response(StatusCode::OK, json!({"status": "ok"})))),
+        "/ready" => get_only(Ok(ready(&node))),
         "/cluster/members" => get_only(Ok(members(&node))),
         "/cluster/leave" => {
             if method != Method::POST {
@@ -480,10 +483,21 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
     if let Some(size) = declared
         && size > limit as u64
     {
-        return Err(Error::ValueTooLarge {
+        let too_large = Error::ValueTooLarge {
             size,
             limit: limit as u64,
-        });
+        };
+        // A client that sent `Expect: 100-continue` waits for hyper's `100 Continue`, which
+        // hyper only sends when the body is first polled: answering without touching the body
+        // refuses the upload before it starts. A body larger than the drain bound could not
+        // be drained anyway, so reading any of it would only waste bandwidth.
+        if expects_continue(&req) || size > drain_bound(limit) {
+            return Err(too_large);
+        }
+        // Everything else is drained first (see `drain`), so the answer is not lost to a reset.
+        let mut body = req.into_body();
+        drain(&mut body, 0, limit).await;
+        return Err(too_large);
     }
     let value = read_body(req.into_body(), declared, limit).await?;
     let write = Write {
@@ -507,8 +521,8 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
 /// in one piece is kept as it is (copied only when small, so that it does not pin hyper's
 /// larger read buffer), and pieces are gathered into one buffer sized from `content-length`.
 async fn read_body(mut body: Incoming, declared: Option<u64>, limit: usize) -> Result<Bytes> {
-    let too_large = |size: usize| Error::ValueTooLarge {
-        size: size as u64,
+    let too_large = |size: u64| Error::ValueTooLarge {
+        size,
         limit: limit as u64,
     };
     let mut first: Option<Bytes> = None;
@@ -521,7 +535,11 @@ async fn read_body(mut body: Incoming, declared: Option<u64>, limit: usize) -> R
         };
         let so_far = first.as_ref().map_or(0, Bytes::len) + gathered.len();
         if so_far + data.len() > limit {
-            return Err(too_large(so_far + data.len()));
+            let seen = (so_far + data.len()) as u64;
+            // Free what was gathered before draining the rest, which may take seconds.
+            drop((first, gathered, data));
+            let size = drain(&mut body, seen, limit).await.unwrap_or(seen);
+            return Err(too_large(size));
         }
         if first.is_none() && gathered.is_empty() {
             first = Some(data);
@@ -541,6 +559,75 @@ async fn read_body(mut body: Incoming, declared: Option<u64>, limit: usize) -> R
         Some(one) => one,
         None => gathered.freeze(),
     })
+}
+
+// Draining a rejected body ("lingering close", as nginx calls it).
+//
+// A client that sends its whole body before reading the answer (Python's urllib, most
+// scripts) is still sending when a 413 goes out early. If the node then closes with unread
+// bytes in its socket buffer, the kernel sends a TCP RST instead of a FIN: the client's next
+// write fails (BrokenPipe) or the reset discards the 413 it had not read yet (ConnectionReset),
+// so it never learns why. Reading the rest of the body and throwing it away before answering
+// lets the close be clean. The bounds keep that from costing much: past them the node answers
+// and closes anyway, and such a client may see a reset, as it would without draining.
+
+/// A rejected body is drained only if it is at most `DRAIN_LIMIT_FACTOR` times
+/// `--max-value-bytes` in all, or `DRAIN_MIN_BYTES`, whichever is larger. The common mistake is
+/// a value somewhat over the limit, which this covers; a body announced larger than the bound
+/// is refused at once (reading part of it would not prevent the reset). The floor keeps small
+/// limits useful (a 4 MiB upload against a 1 MiB limit still sees its 413). Drained bytes are
+/// dropped frame by frame, so the cost is bandwidth and a few seconds, never memory.
+const DRAIN_LIMIT_FACTOR: u64 = 2;
+
+/// See [`DRAIN_LIMIT_FACTOR`].
+const DRAIN_MIN_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The longest a node drains one rejected body, so a slow client cannot hold a connection
+/// (and a task) by trickling bytes. Enough for the largest drained body at the default limit
+/// (16 MiB) at 30 Mbit/s; nginx's `lingering_time`, the same bound, is 30 s, but its bodies
+/// are not capped by size.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Draining also stops if no byte arrives for this long: the client has stopped sending (it
+/// may be waiting for the answer before sending more), so nothing is left to cause a reset,
+/// and it should not wait the whole `DRAIN_TIME` for its 413. Several of Linux's 200 ms
+/// minimum retransmission timeouts, so a lossy link does not cut a drain short; nginx's
+/// `lingering_timeout` plays this part.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
+/// The most bytes, in all, of a rejected body that is drained (see [`DRAIN_LIMIT_FACTOR`]).
+fn drain_bound(limit: usize) -> u64 {
+    (limit as u64)
+        .saturating_mul(DRAIN_LIMIT_FACTOR)
+        .max(DRAIN_MIN_BYTES)
+}
+
+/// Whether the client asked for `100 Continue` before sending its body.
+fn expects_continue(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and discards the rest of a rejected body of which `seen` bytes were already read,
+/// within [`drain_bound`], [`DRAIN_TIME`] and [`DRAIN_IDLE`]. Returns the body's whole size if
+/// it ended within them, else `None` (the caller answers and the connection closes with the
+/// rest unread).
+async fn drain(body: &mut Incoming, mut seen: u64, limit: usize) -> Option<u64> {
+    let bound = drain_bound(limit);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    while seen <= bound {
+        let wait = deadline.min(tokio::time::Instant::now() + DRAIN_IDLE);
+        match tokio::time::timeout_at(wait, body.frame()).await {
+            Ok(None) => return Some(seen),
+            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, |d| d.len() as u64),
+            // The connection broke or a bound passed: nothing more to wait for.
+            Ok(Some(Err(_))) | Err(_) => break,
+        }
+    }
+    debug!(seen, bound, "gave up draining a rejected body");
+    None
 }
 
 async fn delete_kv(node: Arc<Node>, key: Bytes, req: &Request<Incoming>) -> Result<Response<Body>> {
@@ -697,7 +784,7 @@ fn history_json(ctx: &Context) -> serde_json::Value {
         .collect()
 }
 
-/// How a member looks from here: `leaving`, `dead`, `stopping` or `alive`.
+/// How a member looks from here: `leaving`, `dead`, `joining`, `stopping` or `alive`.
 fn member_status<'a>(view: &View, m: &'a Member) -> &'a str {
     if m.status == STATUS_LEAVING {
         STATUS_LEAVING
@@ -707,6 +794,22 @@ fn member_status<'a>(view: &View, m: &'a Member) -> &'a str {
         "alive"
     } else {
         &m.status
+    }
+}
+
+/// `GET /ready`: 200 when the node can serve a request at its default quorums, else 503 with
+/// the first unmet condition as `reason` ([`crate::readiness`]).
+fn ready(node: &Node) -> Response<Body> {
+    let r = node.readiness();
+    match r.reason() {
+        None => json_response(
+            StatusCode::OK,
+            json!({"ready": true, "conditions": r.conditions}),
+        ),
+        Some(reason) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "reason": reason, "conditions": r.conditions}),
+        ),
     }
 }
 
@@ -847,6 +950,13 @@ fn error_response(err: &Error) -> Response<Body> {
         && let Ok(v) = HeaderValue::from_str(allow)
     {
         resp.headers_mut().insert(ALLOW, v);
+    }
+    // Part of a rejected body may still be unread (refused on `Expect: 100-continue`, or past
+    // the drain bounds), and then the connection cannot carry another request: say so, so the
+    // client does not send one into a closing socket.
+    if let Error::ValueTooLarge { .. } = err {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

@@ -17,6 +17,27 @@
 //! A GET answered 200, 300 (siblings) or 404 (never written) and a PUT answered 204 are
 //! successes; anything else is an error, counted by kind (`status_503`, `connect`, `broken`,
 //! `timeout`).
+//!
+//! The flags (`ringkv bench --help` prints the same):
+//!
+//! | flag | default | meaning |
+//! |---|---|---|
+//! | `--node URL` | `http://127.0.0.1:8001` | nodes to drive, repeated or comma-separated (`RINGKV_NODE` too) |
+//! | `-c`, `--connections` | 16 | concurrent connections |
+//! | `--duration` | 10s | measuring time (`500ms`, `10s`, `2m`) |
+//! | `--ops` | none | stop after this many operations instead (or too) |
+//! | `--reads` | 50 | percentage of GETs; the rest are PUTs |
+//! | `--keys` | 10000 | key space: `key00000000`, `key00000001`, … |
+//! | `--dist` | `uniform` | `uniform` or `zipf` (`--zipf-exponent`, 0.99) |
+//! | `--value-size` | 100 | bytes per PUT |
+//! | `--r`, `--w` | node's | quorums sent with each GET / PUT |
+//! | `--rate OPS` | none | open loop at this many operations per second |
+//! | `--prefill` | off | write every key once before measuring, so GETs find values |
+//! | `--json` | off | the summary as JSON (`ops`, `ops_per_sec`, `errors.by_kind`, `latency_us.{all,get,put}.{p50,p90,p99,p999,max}`, …) |
+//! | `--watch` | off | measure watch latency instead: writes through every node but the last, a WebSocket watcher on the last; time from each PUT's response to its event (p50/p90/p99/max), and events missed |
+//!
+//! A sample summary, and the figures measured with it, are in the crate docs'
+//! [Measurements](crate#measurements).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -92,6 +92,10 @@ pub enum Verb {
     Replicas(ReplicasArgs),
     /// Decommission a node: it hands its data to the new owners, then exits.
     Leave(LeaveArgs),
+    /// Wait until nodes are ready to serve (`GET /ready` answers 200 on each).
+    ///
+    /// Exit codes: 0 ready, 3 not ready within --timeout (the last reason is printed).
+    Wait(WaitArgs),
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +228,21 @@ pub struct LeaveArgs {
     pub target: Target,
 }
 
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Wait for readiness: the node sees a quorum, has heard a seed and caught up with its
+    /// peers (the only condition there is to wait for, for now; the flag keeps scripts
+    /// explicit).
+    #[arg(long, required = true)]
+    pub ready: bool,
+    /// Give up after this long: seconds, or a duration such as 500ms, 30s, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The nodes to wait for (repeat the flag, or separate URLs with commas).
+    #[arg(long, env = "RINGKV_NODE", default_value = DEFAULT_NODE, value_name = "URL", value_delimiter = ',')]
+    pub node: Vec<String>,
+}
+
 /// The exit code for a failed command.
 pub fn exit_code(err: &Error) -> u8 {
     match err {
@@ -246,6 +265,7 @@ pub async fn run(verb: Verb) -> u8 {
         Verb::Members(args) => members(args).await,
         Verb::Replicas(args) => replicas(args).await,
         Verb::Leave(args) => leave(args).await,
+        Verb::Wait(args) => wait(args).await,
     };
     match res {
         Ok(code) => code,
@@ -336,6 +356,14 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// `--ttl`: whole seconds, or a humantime duration (`90s`, `1h30m`); positive.
+/// A duration: whole seconds, or humantime (`500ms`, `30s`, `2m`).
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}")),
+    }
+}
+
 fn parse_ttl(s: &str) -> std::result::Result<Duration, String> {
     let ttl = match s.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
@@ -586,6 +614,18 @@ async fn leave(args: LeaveArgs) -> Result<u8> {
         }
     }
     Err(Error::Timeout)
+}
+
+async fn wait(args: WaitArgs) -> Result<u8> {
+    let client = Client::new(&args.node)?;
+    let started = std::time::Instant::now();
+    client.wait_ready(args.timeout).await?;
+    println!(
+        "ready: {} ({:.2} s)",
+        args.node.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(EXIT_OK)
 }
 
 fn print_json(value: &serde_json::Value) -> Result<()> {

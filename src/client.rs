@@ -116,6 +116,10 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// the server's default 8 MiB value limit; it only guards against a runaway peer.
 pub const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
 
+/// How often [`Client::wait_ready`] asks a node again. Short: a ring gets ready in well under a
+/// second, and a script waiting for it should not add much to that.
+pub const READY_POLL: Duration = Duration::from_millis(50);
+
 /// The content type of a value written without one, as reads report it.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
@@ -1032,6 +1036,41 @@ impl Client {
             }
             Ok(Err(e)) => Err(Failure::Sent(ws_error(&url, e))),
         }
+    }
+
+    /// Waits until every node of this client answers `GET /ready` with 200, polling every
+    /// [`READY_POLL`]. Fails with [`Error::Unreachable`] naming a
+    /// node that is still not ready after `timeout`, with its last reason.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let call = Call {
+            method: Method::GET,
+            path: "/ready",
+            body: Bytes::new(),
+            context: None,
+            headers: Vec::new(),
+            retryable: false,
+        };
+        for i in 0..self.inner.nodes.len() {
+            loop {
+                let why = match self.send_once(i, &call).await {
+                    Ok(ans) if ans.status == StatusCode::OK => break,
+                    Ok(ans) => serde_json::from_slice::<serde_json::Value>(&ans.body)
+                        .ok()
+                        .and_then(|v| v["reason"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| format!("answered {}", ans.status)),
+                    Err(Failure::NotSent(err) | Failure::Sent(err)) => err.to_string(),
+                };
+                if tokio::time::Instant::now() + READY_POLL > deadline {
+                    return Err(Error::Unreachable(format!(
+                        "{} not ready after {timeout:?}: {why}",
+                        self.inner.nodes[i].base
+                    )));
+                }
+                tokio::time::sleep(READY_POLL).await;
+            }
+        }
+        Ok(())
     }
 
     /// The ring's members as one node sees them.

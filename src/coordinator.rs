@@ -126,11 +126,11 @@ impl Node {
         self.view().ring.preference_list(key, self.config.replicas)
     }
 
-    /// The sloppy-quorum destinations of `key` in `view`, resolved to addresses.
-    fn destinations(&self, view: &View, key: &[u8]) -> Vec<Dest> {
+    /// The sloppy-quorum destinations of `key` in `view`, resolved to addresses, taking the
+    /// nodes for which `usable` holds as alive.
+    fn destinations(&self, view: &View, key: &[u8], usable: impl Fn(&NodeId) -> bool) -> Vec<Dest> {
         let walk = view.ring.preference_list(key, view.ring.nodes().len());
-        let alive = |id: &NodeId| *id == self.id || view.is_alive(id);
-        sloppy_targets(&walk, self.config.replicas, alive)
+        sloppy_targets(&walk, self.config.replicas, usable)
             .into_iter()
             .filter_map(|Target { node, hint_for }| {
                 let replica = if node == self.id {
@@ -175,10 +175,13 @@ impl Node {
         self.check_write_quorum(quorum)?;
         let view = self.view();
         let homes = view.ring.preference_list(&write.key, self.config.replicas);
-        for id in homes
+        // Serving homes first; joining ones (up, still catching up) only when no home serves,
+        // which happens only while a whole ring starts: better they coordinate than nobody.
+        let serving = homes.iter().filter(|id| view.is_alive(id));
+        let joining = homes
             .iter()
-            .filter(|id| **id == self.id || view.is_alive(id))
-        {
+            .filter(|id| (**id == self.id || view.is_up(id)) && !view.is_alive(id));
+        for id in serving.chain(joining) {
             if *id == self.id {
                 return self.coordinate_write(write, quorum).await;
             }
@@ -254,7 +257,8 @@ impl Node {
             self.store.merge_owned(&key, read);
         }
         let view = self.view();
-        let dests = self.destinations(&view, &key);
+        // Copies go to joining nodes too: they take writes while they catch up.
+        let dests = self.destinations(&view, &key, |id| *id == self.id || view.is_up(id));
         let op = WriteOp {
             context: context.as_ref().or(if_match),
             value,
@@ -361,8 +365,9 @@ impl Node {
         let view = self.view();
         // Live homes first; fallbacks only to make up for missing homes, since a fallback
         // that holds no hint for this key answers "nothing" and would count toward R.
+        // Only serving replicas answer reads: a joining one may still be catching up.
         let (mut homes, fallbacks): (Vec<Dest>, Vec<Dest>) = self
-            .destinations(&view, &key)
+            .destinations(&view, &key, |id| view.is_alive(id))
             .into_iter()
             .partition(Dest::is_home);
         // Our own copy is asked first: it costs no round trip. The remote homes take turns
@@ -380,6 +385,13 @@ impl Node {
         }
         let missing = r.saturating_sub(homes.len());
         homes.extend(fallbacks.into_iter().take(missing));
+        // Joining homes come last, as reserves: asked only if the others cannot make R.
+        let asked: Vec<Replica> = homes.iter().map(|d| d.replica).collect();
+        homes.extend(
+            self.destinations(&view, &key, |id| *id == self.id || view.is_up(id))
+                .into_iter()
+                .filter(|d| d.is_home() && !asked.contains(&d.replica)),
+        );
         let mut candidates = homes.into_iter();
         let total = candidates.len();
         let mut quorum = QuorumTracker::new(total, r);

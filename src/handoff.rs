@@ -50,7 +50,8 @@ pub async fn deliver(node: &Arc<Node>) {
     let view = node.view();
     let targets = lock(&node.hints).targets();
     for target in targets {
-        if !view.is_alive(&target) {
+        // A joining target takes its hints too: they are part of what it catches up on.
+        if !view.is_up(&target) {
             continue;
         }
         let Some(addr) = view.member(&target).and_then(|m| m.rpc) else {

@@ -337,6 +337,8 @@ enum DevEvent {
         gossip: SocketAddr,
     },
     Failed(ringkv::Error),
+    /// The node can serve requests (`GET /ready` answers 200).
+    Ready(usize),
     /// The node was asked to leave (POST /cluster/leave), handed over, and stopped.
     Left(usize),
 }
@@ -382,7 +384,14 @@ fn spawn_dev_node(
                     rpc: handle.rpc_addr(),
                     gossip: handle.gossip_addr(),
                 });
+                let node = handle.node().clone();
+                let ready = async {
+                    node.wait_ready().await;
+                    let _ = events.send(DevEvent::Ready(index));
+                    std::future::pending::<()>().await
+                };
                 tokio::select! {
+                    _ = ready => {}
                     _ = stop.cancelled() => handle.shutdown_gracefully(STOP_DEADLINE).await,
                     _ = handle.left() => {
                         handle.shutdown().await;
@@ -421,6 +430,7 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
         cfg.validate()?;
         configs.push(cfg);
     }
+    let began = std::time::Instant::now();
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let stop = tokio_util::sync::CancellationToken::new();
     let mut threads = Vec::new();
@@ -435,9 +445,18 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
         started.push(None);
     }
     drop(events_tx);
+    let mut ready = vec![false; started.len()];
     let mut failure = None;
-    while started.iter().any(Option::is_none) {
-        match events.recv().await {
+    // The banner waits until every node is ready, so its `try:` lines work when pasted at
+    // once. Ctrl-C still stops a ring that never gets there.
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    while started.iter().any(Option::is_none) || ready.contains(&false) {
+        let event = tokio::select! {
+            _ = &mut signal => None,
+            event = events.recv() => event,
+        };
+        match event {
             Some(DevEvent::Started {
                 index,
                 id,
@@ -445,20 +464,31 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
                 rpc,
                 gossip,
             }) => started[index] = Some((id, http, rpc, gossip)),
+            Some(DevEvent::Ready(index)) => ready[index] = true,
             Some(DevEvent::Failed(err)) => {
                 failure = Some(err);
                 break;
             }
-            Some(DevEvent::Left(_)) | None => break,
+            Some(DevEvent::Left(_)) | None => {
+                failure = Some(ringkv::Error::Shutdown);
+                break;
+            }
         }
     }
     if let Some(err) = failure {
         stop.cancel();
         join_all(threads).await;
-        return Err(err);
+        return match err {
+            ringkv::Error::Shutdown => Ok(()),
+            err => Err(err),
+        };
     }
     let started: Vec<_> = started.into_iter().flatten().collect();
-    println!("ringkv dev ring: {} nodes on 127.0.0.1", started.len());
+    println!(
+        "ringkv dev ring: {} nodes on 127.0.0.1, ready in {:.2} s",
+        started.len(),
+        began.elapsed().as_secs_f64()
+    );
     for (id, http, rpc, gossip) in &started {
         println!("  {id}  http://{http}  (rpc {rpc}, gossip {gossip})");
     }
@@ -472,8 +502,6 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
     println!();
     println!("Ctrl-C stops the ring.");
     let mut running = started.len();
-    let signal = wait_for_signal();
-    tokio::pin!(signal);
     loop {
         tokio::select! {
             _ = &mut signal => break,
@@ -486,7 +514,7 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
                         return Ok(());
                     }
                 }
-                Some(DevEvent::Started { .. } | DevEvent::Failed(_)) => {}
+                Some(DevEvent::Started { .. } | DevEvent::Ready(_) | DevEvent::Failed(_)) => {}
                 None => break,
             },
         }

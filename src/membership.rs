@@ -40,11 +40,17 @@ use crate::ring::{NodeId, Ring};
 pub const KEY_HTTP: &str = "http";
 /// Node-state key holding the node's RPC address.
 pub const KEY_RPC: &str = "rpc";
-/// Node-state key holding the node's status: [`STATUS_ALIVE`] or [`STATUS_LEAVING`].
+/// Node-state key holding the node's status: [`STATUS_JOINING`], [`STATUS_ALIVE`],
+/// [`STATUS_STOPPING`] or [`STATUS_LEAVING`].
 pub const KEY_STATUS: &str = "status";
 /// Node-state key holding the prefixes the node's watchers follow
 /// ([`crate::watch::Announcement`]).
 pub const KEY_WATCH: &str = "watch";
+/// A node that started but cannot serve yet: it has not heard a seed, does not see a quorum, or
+/// has not caught up with its peers by anti-entropy ([`crate::readiness`]). Peers keep it in
+/// the ring and send it copies and hints, but route no client request to it, so a node
+/// restarted empty never coordinates a write or answers a read from a partial store.
+pub const STATUS_JOINING: &str = "joining";
 /// A node serving normally.
 pub const STATUS_ALIVE: &str = "alive";
 /// A node handing its data over before it exits. It is out of the ring at once.
@@ -98,6 +104,8 @@ pub enum GossipTransport {
 pub struct Member {
     pub id: NodeId,
     pub generation: u64,
+    /// Its gossip address, as it advertises it.
+    pub gossip: SocketAddr,
     pub http: Option<SocketAddr>,
     pub rpc: Option<SocketAddr>,
     pub alive: bool,
@@ -114,14 +122,26 @@ pub struct Member {
 pub struct View {
     pub members: BTreeMap<NodeId, Member>,
     pub ring: Arc<Ring>,
+    /// This node has heard gossip from one of its seeds (always true without seeds other
+    /// than itself): until then its view may be a partition of one.
+    pub heard_seed: bool,
 }
 
 impl View {
-    /// True if gossip says `id` is up and not leaving.
+    /// True if `id` serves client requests: up, and announcing `alive` (not joining,
+    /// stopping or leaving). Only such nodes coordinate writes and answer reads.
     pub fn is_alive(&self, id: &str) -> bool {
         self.members
             .get(id)
             .is_some_and(|m| m.alive && m.status == STATUS_ALIVE)
+    }
+
+    /// True if `id` is up and takes copies: serving, or still joining. Writes, hints and
+    /// handoffs go to joining nodes too, so they catch up sooner.
+    pub fn is_up(&self, id: &str) -> bool {
+        self.members
+            .get(id)
+            .is_some_and(|m| m.alive && (m.status == STATUS_ALIVE || m.status == STATUS_JOINING))
     }
 
     /// The member with this id.
@@ -188,7 +208,7 @@ impl Membership {
             cluster_id: cfg.cluster_id,
             gossip_interval: cfg.gossip.interval,
             listen_addr: gossip_addr,
-            seed_nodes: cfg.seeds,
+            seed_nodes: cfg.seeds.clone(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: cfg.gossip.phi_threshold,
                 sampling_window_size: 1000,
@@ -204,7 +224,8 @@ impl Membership {
         let keys = vec![
             (KEY_HTTP.to_string(), cfg.http_addr.to_string()),
             (KEY_RPC.to_string(), cfg.rpc_addr.to_string()),
-            (KEY_STATUS.to_string(), STATUS_ALIVE.to_string()),
+            // Joining until readiness says otherwise (see `crate::readiness`).
+            (KEY_STATUS.to_string(), STATUS_JOINING.to_string()),
         ];
         let chitchat = spawn_chitchat(config, keys, transport.as_ref())
             .await
@@ -212,7 +233,11 @@ impl Membership {
 
         let cc = chitchat.chitchat();
         let mut live_rx = cc.lock().await.live_nodes_watcher();
-        let first = compute_view(&*cc.lock().await, None, cfg.vnodes);
+        // Seeds that are not this node itself: hearing one of them proves this node joined the
+        // ring rather than sitting alone.
+        let own = gossip_addr.to_string();
+        let needs_seed = cfg.seeds.iter().any(|s| *s != own);
+        let first = compute_view(&*cc.lock().await, None, cfg.vnodes, needs_seed);
         let (view_tx, view_rx) = watch::channel(Arc::new(first));
         let vnodes = cfg.vnodes;
         tracker.spawn(async move {
@@ -224,8 +249,8 @@ impl Membership {
                     _ = tick.tick() => {}
                 }
                 let prev = view_tx.borrow().clone();
-                let next = compute_view(&*cc.lock().await, Some(&prev), vnodes);
-                if next.members != prev.members {
+                let next = compute_view(&*cc.lock().await, Some(&prev), vnodes, needs_seed);
+                if next.members != prev.members || next.heard_seed != prev.heard_seed {
                     log_changes(&prev, &next);
                     let _ = view_tx.send(Arc::new(next));
                 }
@@ -277,7 +302,12 @@ impl SelfKeys {
     }
 }
 
-fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize) -> View {
+fn compute_view(
+    cc: &chitchat::Chitchat,
+    prev: Option<&Arc<View>>,
+    vnodes: usize,
+    needs_seed: bool,
+) -> View {
     let live: std::collections::HashSet<&ChitchatId> = cc.live_nodes().collect();
     let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
     for (cid, state) in cc.node_states() {
@@ -304,6 +334,7 @@ fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize
             Member {
                 id,
                 generation: cid.generation_id,
+                gossip: cid.gossip_advertise_addr,
                 http: addr(KEY_HTTP),
                 rpc: addr(KEY_RPC),
                 alive,
@@ -327,15 +358,28 @@ fn compute_view(cc: &chitchat::Chitchat, prev: Option<&Arc<View>>, vnodes: usize
         Some(p) if p.ring.nodes() == in_ring.as_slice() => p.ring.clone(),
         _ => Arc::new(Ring::new(in_ring, vnodes)),
     };
-    View { members, ring }
+    // Once heard, a seed stays heard: readiness must not flap when a seed later dies.
+    let heard_seed = !needs_seed || prev.is_some_and(|p| p.heard_seed) || {
+        let seeds = cc.seed_nodes();
+        let me = cc.self_chitchat_id();
+        live.iter()
+            .any(|cid| *cid != me && seeds.contains(&cid.gossip_advertise_addr))
+    };
+    View {
+        members,
+        ring,
+        heard_seed,
+    }
 }
 
 fn log_changes(prev: &View, next: &View) {
     for (id, m) in &next.members {
         match prev.members.get(id) {
             None => info!(node = %id, generation = m.generation, alive = m.alive, "member joined"),
-            Some(p) if p.alive != m.alive || p.generation != m.generation => {
-                info!(node = %id, generation = m.generation, alive = m.alive, "member changed")
+            Some(p)
+                if p.alive != m.alive || p.generation != m.generation || p.status != m.status =>
+            {
+                info!(node = %id, generation = m.generation, alive = m.alive, status = %m.status, "member changed")
             }
             _ => {}
         }

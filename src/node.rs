@@ -6,6 +6,7 @@
 //! for them: nothing outlives the handle. The shared state every task sees is [`Node`].
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,10 +23,11 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hints::{HintLimits, HintStore};
 use crate::membership::{
-    GossipTransport, KEY_STATUS, Membership, MembershipConfig, STATUS_LEAVING, STATUS_STOPPING,
-    SelfKeys, View,
+    GossipTransport, KEY_STATUS, Membership, MembershipConfig, STATUS_ALIVE, STATUS_JOINING,
+    STATUS_LEAVING, STATUS_STOPPING, SelfKeys, View,
 };
 use crate::metrics::HttpMetrics;
+use crate::readiness::{CatchUp, Lifecycle, Quorums, Readiness};
 use crate::ring::NodeId;
 use crate::rpc::client::{Pool, PoolConfig};
 use crate::rpc::server::ServerContext;
@@ -66,6 +68,15 @@ pub struct Node {
     pub(crate) fanout: Fanout,
     /// Turns of the remote homes a GET asks (see [`Node::get`]).
     pub(crate) read_turn: std::sync::atomic::AtomicUsize,
+    /// The status this node announces through gossip. A tokio mutex held across the gossip
+    /// update, so that a late `alive` can never overwrite `stopping` or `leaving`.
+    status: tokio::sync::Mutex<&'static str>,
+    /// Set once this node announced `alive` (readable without the lock).
+    announced: AtomicBool,
+    /// Set when a graceful stop begins.
+    stopping: AtomicBool,
+    /// Where the start-up catch-up stands ([`crate::readiness`]).
+    catch_up: watch::Sender<CatchUp>,
 }
 
 /// Progress of a decommission (`POST /cluster/leave`).
@@ -104,6 +115,75 @@ impl Node {
         *self.leave_tx.borrow()
     }
 
+    /// N, R and W.
+    pub fn quorums(&self) -> Quorums {
+        Quorums {
+            replicas: self.config.replicas,
+            read: self.config.read_quorum,
+            write: self.config.write_quorum,
+        }
+    }
+
+    /// Whether this node is running, stopping or leaving.
+    pub fn lifecycle(&self) -> Lifecycle {
+        if self.leave_state() != LeaveState::Member {
+            Lifecycle::Leaving
+        } else if self.stopping.load(Ordering::Acquire) {
+            Lifecycle::Stopping
+        } else {
+            Lifecycle::Running
+        }
+    }
+
+    /// Whether this node can serve requests at its default quorums (`GET /ready`).
+    pub fn readiness(&self) -> Readiness {
+        crate::readiness::evaluate(
+            &self.view(),
+            &self.id,
+            self.quorums(),
+            *self.catch_up.borrow(),
+            self.lifecycle(),
+            self.announced.load(Ordering::Acquire),
+        )
+    }
+
+    /// Resolves once [`Node::readiness`] holds (re-checked on every view change and at least
+    /// every 100 ms, since the catch-up also changes it).
+    pub async fn wait_ready(&self) {
+        let mut views = self.subscribe_view();
+        let mut catch_up = self.catch_up.subscribe();
+        while !self.readiness().is_ready() {
+            tokio::select! {
+                _ = views.changed() => {}
+                _ = catch_up.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    pub(crate) fn set_catch_up(&self, state: CatchUp) {
+        self.catch_up.send_replace(state);
+    }
+
+    /// Announces `status` through gossip, unless that would undo a later step: `alive` only
+    /// follows `joining`, and nothing follows `leaving` but `leaving`.
+    pub(crate) async fn announce(&self, status: &'static str) {
+        let mut current = self.status.lock().await;
+        let allowed = match status {
+            STATUS_ALIVE => *current == STATUS_JOINING,
+            STATUS_STOPPING => *current == STATUS_JOINING || *current == STATUS_ALIVE,
+            _ => true,
+        };
+        if !allowed {
+            return;
+        }
+        self.self_keys.set(KEY_STATUS, status).await;
+        *current = status;
+        if status == STATUS_ALIVE {
+            self.announced.store(true, Ordering::Release);
+        }
+    }
+
     /// Starts a decommission: announce `leaving` through gossip, which takes this node out of
     /// every ring at once; anti-entropy's ownership handoff then pushes every key to its new
     /// homes and drops it here after they acknowledge. Once the store has stayed empty for
@@ -119,7 +199,7 @@ impl Node {
             return;
         }
         self.leave_tx.send_replace(LeaveState::Leaving);
-        self.self_keys.set(KEY_STATUS, STATUS_LEAVING).await;
+        self.announce(STATUS_LEAVING).await;
         info!(id = %self.id, "leaving the ring: handing data over");
         let node = self.clone();
         let shutdown = self.shutdown.clone();
@@ -379,6 +459,10 @@ impl NodeHandle {
             interest: Mutex::default(),
             fanout: Fanout::default(),
             read_turn: Default::default(),
+            status: tokio::sync::Mutex::new(STATUS_JOINING),
+            announced: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            catch_up: watch::channel(CatchUp::Waiting).0,
             config,
         });
 
@@ -393,6 +477,7 @@ impl NodeHandle {
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
         tracker.spawn(crate::handoff::run(node.clone(), shutdown.clone()));
         tracker.spawn(crate::antientropy::run(node.clone(), shutdown.clone()));
+        tracker.spawn(crate::antientropy::catch_up(node.clone(), shutdown.clone()));
         tracker.spawn(crate::ttl::run(node.clone(), shutdown.clone()));
         tracker.spawn(node.clone().run_watch_announcer());
         let http_stop = crate::api::Stop {
@@ -475,9 +560,8 @@ impl NodeHandle {
     pub async fn shutdown_gracefully(self, deadline: Duration) {
         info!(id = %self.node.id, "stopping: announcing it to the ring");
         // A node in the middle of a leave stays `leaving`: it is out of the ring for good.
-        if self.node.leave_state() == LeaveState::Member {
-            self.node.self_keys.set(KEY_STATUS, STATUS_STOPPING).await;
-        }
+        self.node.stopping.store(true, Ordering::Release);
+        self.node.announce(STATUS_STOPPING).await;
         let announce = self.node.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
         tokio::time::sleep(announce.min(deadline)).await;
         self.http_stop.drain.cancel();

@@ -15,6 +15,13 @@
 //! synchronisation (milliseconds); skew never resurrects a value or loses a write, it only
 //! moves the moment of expiry as seen through each node. A TTL much shorter than the skew
 //! between nodes is not meaningful.
+//!
+//! **Giving memory back.** Once a node's store has shrunk by 16 MiB (`TRIM_AFTER_FREED`) or
+//! more and stopped shrinking, the sweep asks glibc to return the free heap to the OS
+//! ([`release_free_memory`], `malloc_trim`). Measured on `ringkv dev --tombstone-grace-secs 10`
+//! (on the development machine, a 2-core VM): 100,000 keys written with `ttl=15` (300,000
+//! copies) took RSS from 28 MB to 157 MB, and back to 59 MB within 50 s of their expiry, once
+//! their tombstones were purged. Without the trim a process keeps its peak RSS.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

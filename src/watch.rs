@@ -557,6 +557,7 @@ mod tests {
         Member {
             id: NodeId::from(id),
             generation: 1,
+            gossip: SocketAddr::from(([127, 0, 0, 1], port + 1000)),
             http: None,
             rpc: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             alive: true,
