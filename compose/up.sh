@@ -2,7 +2,7 @@
 # Runs a five-node ringkv ring in Docker containers (compose/docker-compose.yml).
 #
 #   compose/up.sh [up]     build the static binary and the image, start n1..n5, and wait
-#                          until all five are healthy and n1 sees five alive members
+#                          until all five are healthy (ready) and n1 sees five alive members
 #   compose/up.sh down     stop and remove the ring's containers and network
 #   compose/up.sh build    only build the binary and the image
 #   compose/up.sh ARGS...  any other compose command on the ring, e.g. `ps`, `logs n1`,
@@ -92,7 +92,8 @@ build() {
     log "built $RINGKV_IMAGE ($new) in $((SECONDS - t0)) s"
 }
 
-# Waits until the five containers are healthy and n1 reports five alive members.
+# Waits until the five containers are healthy (their healthcheck is GET /ready) and n1 reports
+# five alive members.
 wait_ready() {
     local t0=$1 deadline=$(($1 + up_timeout)) healthy alive ids id status
     while :; do

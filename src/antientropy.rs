@@ -273,10 +273,11 @@ const CATCH_UP_PEER_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A node's start-up catch-up ([`crate::readiness`]): once it has heard a seed and sees a
 /// quorum, it runs one full exchange with every serving peer it shares segments with (more
-/// while an exchange hits [`MAX_KEYS_PER_ROUND`]), then announces `alive`. A node restarted
-/// empty thus has its copies back before peers route requests to it. Peers that stop serving
-/// meanwhile are skipped: their copies are on the other replicas.
-pub async fn catch_up(node: Arc<Node>, shutdown: CancellationToken) {
+/// while an exchange hits [`MAX_KEYS_PER_ROUND`]). The node announces `alive` after it, so a
+/// node restarted empty has its copies back before peers route requests to it. Peers that
+/// stop serving meanwhile are skipped: their copies are on the other replicas. Returns false
+/// if the node shut down first.
+pub(crate) async fn catch_up(node: &Arc<Node>, shutdown: &CancellationToken) -> bool {
     let mut views = node.subscribe_view();
     loop {
         let view = node.view();
@@ -287,15 +288,15 @@ pub async fn catch_up(node: Arc<Node>, shutdown: CancellationToken) {
             break;
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            res = views.changed() => if res.is_err() { return },
+            _ = shutdown.cancelled() => return false,
+            res = views.changed() => if res.is_err() { return false },
         }
     }
     // The worker rebuilds the trees on a ring change; make sure they follow this view's ring
     // before comparing them with anyone.
-    refresh_segments(&node);
+    refresh_segments(node);
     let segs = node.segments();
-    let peers: Vec<NodeId> = peers_of(&node, &segs)
+    let peers: Vec<NodeId> = peers_of(node, &segs)
         .into_iter()
         .map(|(id, _)| id)
         .collect();
@@ -303,18 +304,18 @@ pub async fn catch_up(node: Arc<Node>, shutdown: CancellationToken) {
     let started = Instant::now();
     let mut moved = 0usize;
     for (done, peer) in peers.iter().enumerate() {
-        node.set_catch_up(crate::readiness::CatchUp::Running { done, of: total });
+        node.set_startup(crate::readiness::Startup::CatchingUp { done, of: total });
         let first_try = Instant::now();
         loop {
             if shutdown.is_cancelled() {
-                return;
+                return false;
             }
             if !node.view().is_alive(peer) {
                 debug!(%peer, "catch-up: peer stopped serving; its replicas cover it");
                 break;
             }
-            refresh_segments(&node);
-            match exchange_once(&node, peer).await {
+            refresh_segments(node);
+            match exchange_once(node, peer).await {
                 Ok(n) => {
                     moved += n;
                     if n < MAX_KEYS_PER_ROUND {
@@ -328,21 +329,20 @@ pub async fn catch_up(node: Arc<Node>, shutdown: CancellationToken) {
                 Err(err) => {
                     debug!(%peer, %err, "catch-up exchange failed; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => return false,
                         _ = tokio::time::sleep(CATCH_UP_RETRY) => {}
                     }
                 }
             }
         }
     }
-    node.set_catch_up(crate::readiness::CatchUp::Done);
     info!(
         peers = total,
         keys = moved,
         took_ms = started.elapsed().as_millis() as u64,
-        "caught up with peers; announcing alive"
+        "caught up with peers"
     );
-    node.announce(crate::membership::STATUS_ALIVE).await;
+    true
 }
 
 /// One anti-entropy exchange with `peer`.

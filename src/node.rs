@@ -27,7 +27,7 @@ use crate::membership::{
     STATUS_LEAVING, STATUS_STOPPING, SelfKeys, View,
 };
 use crate::metrics::HttpMetrics;
-use crate::readiness::{CatchUp, Lifecycle, Quorums, Readiness};
+use crate::readiness::{Lifecycle, Quorums, Readiness, Startup};
 use crate::ring::NodeId;
 use crate::rpc::client::{Pool, PoolConfig};
 use crate::rpc::server::ServerContext;
@@ -75,8 +75,8 @@ pub struct Node {
     announced: AtomicBool,
     /// Set when a graceful stop begins.
     stopping: AtomicBool,
-    /// Where the start-up catch-up stands ([`crate::readiness`]).
-    catch_up: watch::Sender<CatchUp>,
+    /// Where the start-up stands ([`crate::readiness`]).
+    startup: watch::Sender<Startup>,
 }
 
 /// Progress of a decommission (`POST /cluster/leave`).
@@ -89,6 +89,15 @@ pub enum LeaveState {
     /// Every key handed over: the process may exit.
     Left,
 }
+
+/// How often a node that announced `alive` asks its peers whether they route to it yet. About
+/// one gossip round: that is how fast the news can spread.
+const ANNOUNCE_POLL: Duration = Duration::from_millis(100);
+
+/// How long a node waits for every serving peer to route to it before it says ready anyway: a
+/// peer that cannot see it (a one-way partition) must not keep it unready for ever; it is
+/// logged instead.
+const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long a leaving node waits for undeliverable hints (their targets are down) once its
 /// own data is handed over, before it exits anyway; anti-entropy covers what they held.
@@ -141,28 +150,81 @@ impl Node {
             &self.view(),
             &self.id,
             self.quorums(),
-            *self.catch_up.borrow(),
+            *self.startup.borrow(),
             self.lifecycle(),
             self.announced.load(Ordering::Acquire),
         )
     }
 
-    /// Resolves once [`Node::readiness`] holds (re-checked on every view change and at least
-    /// every 100 ms, since the catch-up also changes it).
+    /// Resolves once [`Node::readiness`] holds (re-checked on every view or start-up change,
+    /// and at least every 100 ms).
     pub async fn wait_ready(&self) {
         let mut views = self.subscribe_view();
-        let mut catch_up = self.catch_up.subscribe();
+        let mut startup = self.startup.subscribe();
         while !self.readiness().is_ready() {
             tokio::select! {
                 _ = views.changed() => {}
-                _ = catch_up.changed() => {}
-                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                _ = startup.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
     }
 
-    pub(crate) fn set_catch_up(&self, state: CatchUp) {
-        self.catch_up.send_replace(state);
+    pub(crate) fn set_startup(&self, state: Startup) {
+        self.startup.send_replace(state);
+    }
+
+    /// The start-up ([`crate::readiness`]): catch up with the peers, announce `alive`, then
+    /// wait until every serving peer routes to this node.
+    async fn start_up(self: Arc<Self>, shutdown: CancellationToken) {
+        if !crate::antientropy::catch_up(&self, &shutdown).await {
+            return;
+        }
+        self.set_startup(Startup::Announcing { seen_by: 0, of: 0 });
+        self.announce(STATUS_ALIVE).await;
+        let began = Instant::now();
+        loop {
+            let view = self.view();
+            let peers: Vec<(NodeId, SocketAddr)> = view
+                .members
+                .values()
+                .filter(|m| m.id != self.id && view.is_alive(&m.id))
+                .filter_map(|m| Some((m.id.clone(), m.rpc?)))
+                .collect();
+            let asks = peers
+                .iter()
+                .map(|(_, addr)| self.pool.call(*addr, Request::Status));
+            let answers = futures_util::future::join_all(asks).await;
+            let me = (self.id.to_string(), self.actor.generation);
+            let seen_by = answers
+                .iter()
+                .filter(|a| matches!(a, Ok(Response::Status(s)) if s.serving.contains(&me)))
+                .count();
+            if seen_by == peers.len() {
+                break;
+            }
+            if began.elapsed() > ANNOUNCE_PATIENCE {
+                warn!(
+                    seen_by,
+                    of = peers.len(),
+                    "not every serving peer routes to this node yet; ready anyway"
+                );
+                break;
+            }
+            self.set_startup(Startup::Announcing {
+                seen_by,
+                of: peers.len(),
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ANNOUNCE_POLL) => {}
+            }
+        }
+        info!(
+            took_ms = began.elapsed().as_millis() as u64,
+            "every serving peer routes to this node"
+        );
+        self.set_startup(Startup::Done);
     }
 
     /// Announces `status` through gossip, unless that would undo a later step: `alive` only
@@ -285,6 +347,14 @@ impl Node {
             ae_bytes_received: c.ae_bytes_received,
             requests: c.http_requests,
             watchers: self.watchers.count() as u64,
+            serving: {
+                let view = self.view();
+                view.members
+                    .values()
+                    .filter(|m| view.is_alive(&m.id))
+                    .map(|m| (m.id.to_string(), m.generation))
+                    .collect()
+            },
         }
     }
 }
@@ -309,6 +379,15 @@ impl Service for Node {
                     self.store.merge_owned(&key, versions);
                 }
                 Ok(Response::Replicated)
+            }
+            // A stopping node refuses reads: peers that have not heard it is stopping still
+            // ask it, but since it announced `stopping` the coordinators send its share of new
+            // writes to fallbacks, so its copy may be stale. Refused, the reader asks the next
+            // replica at once. Writes it still takes: it is up until it exits.
+            Request::Read { .. } | Request::List { .. }
+                if self.lifecycle() == Lifecycle::Stopping =>
+            {
+                Err(Error::Shutdown)
             }
             Request::Read { key } => Ok(Response::Versions(self.local_read(&key))),
             Request::Purge { items } => {
@@ -462,7 +541,7 @@ impl NodeHandle {
             status: tokio::sync::Mutex::new(STATUS_JOINING),
             announced: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            catch_up: watch::channel(CatchUp::Waiting).0,
+            startup: watch::channel(Startup::Waiting).0,
             config,
         });
 
@@ -477,7 +556,7 @@ impl NodeHandle {
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
         tracker.spawn(crate::handoff::run(node.clone(), shutdown.clone()));
         tracker.spawn(crate::antientropy::run(node.clone(), shutdown.clone()));
-        tracker.spawn(crate::antientropy::catch_up(node.clone(), shutdown.clone()));
+        tracker.spawn(node.clone().start_up(shutdown.clone()));
         tracker.spawn(crate::ttl::run(node.clone(), shutdown.clone()));
         tracker.spawn(node.clone().run_watch_announcer());
         let http_stop = crate::api::Stop {

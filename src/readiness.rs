@@ -13,25 +13,30 @@
 //! | `gossip` | the node heard gossip from a seed (always, with no seed but itself) |
 //! | `quorum` | it sees at least max(R, W) serving members, itself included, and fewer than N ring members that cannot serve, so every key has a serving home replica |
 //! | `caught_up` | after its start it ran one anti-entropy exchange with every serving peer it shares data with, so a node restarted empty has its copies back |
+//! | `announced` | every serving peer sees it serving (asked over RPC), so the next node of a rolling restart is stopped only once this one carries its share |
 //! | `serving` | it is not stopping (SIGTERM) or leaving the ring |
 //!
-//! A node announces the member status `joining` until `gossip`, `quorum` (counting joining
+//! A node announces the member status `joining` until `gossip` and `quorum` (counting joining
 //! members as well, so a whole ring can start at once) and `caught_up` hold; then it announces
-//! `alive`, and peers start routing client requests to it ([`crate::membership`]). Everything
-//! here is pure: the node gathers the inputs, this module decides.
+//! `alive`, and peers start routing client requests to it ([`crate::membership`]). It waits
+//! for them to do so before it says ready. The start-up moves forward only ([`Startup`]):
+//! once ready, only `quorum` and `serving` can turn it unready again. Everything here is
+//! pure: the node gathers the inputs, this module decides.
 
 use serde::Serialize;
 
 use crate::membership::View;
 
-/// Where a node's start-up catch-up stands.
+/// Where a node's start-up stands. It moves forward only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CatchUp {
-    /// Waiting for `gossip` and `quorum` before it starts.
+pub enum Startup {
+    /// Waiting for `gossip` and `quorum` before it catches up.
     Waiting,
-    /// Exchanging with peers: `done` of `of` finished.
-    Running { done: usize, of: usize },
-    /// Caught up with every serving peer it shares data with.
+    /// Exchanging with peers by anti-entropy: `done` of `of` finished.
+    CatchingUp { done: usize, of: usize },
+    /// Announced `alive`; `seen_by` of the `of` serving peers already route to it.
+    Announcing { seen_by: usize, of: usize },
+    /// Caught up, and every serving peer sees it serving.
     Done,
 }
 
@@ -159,20 +164,39 @@ pub fn gossip(view: &View) -> Condition {
 }
 
 /// The `caught_up` condition.
-pub fn caught_up(state: CatchUp) -> Condition {
+pub fn caught_up(state: Startup) -> Condition {
     let (ok, detail) = match state {
-        CatchUp::Waiting => (
+        Startup::Waiting => (
             false,
             "waits for gossip and a quorum before catching up with its peers".to_string(),
         ),
-        CatchUp::Running { done, of } => (
+        Startup::CatchingUp { done, of } => (
             false,
             format!("catching up with peers by anti-entropy: {done} of {of} done"),
         ),
-        CatchUp::Done => (true, "caught up with its peers".to_string()),
+        Startup::Announcing { .. } | Startup::Done => (true, "caught up with its peers".into()),
     };
     Condition {
         name: "caught_up",
+        ok,
+        detail,
+    }
+}
+
+/// The `announced` condition.
+pub fn announced(state: Startup) -> Condition {
+    let (ok, detail) = match state {
+        Startup::Waiting | Startup::CatchingUp { .. } => {
+            (false, "has not announced itself alive yet".to_string())
+        }
+        Startup::Announcing { seen_by, of } => (
+            false,
+            format!("announced alive; {seen_by} of {of} serving peers route to it so far"),
+        ),
+        Startup::Done => (true, "every serving peer routes to it".into()),
+    };
+    Condition {
+        name: "announced",
         ok,
         detail,
     }
@@ -200,27 +224,22 @@ pub fn serving(life: Lifecycle) -> Condition {
     }
 }
 
-/// Whether a joining node may announce `alive`: `gossip`, `quorum` counting live members, and
-/// `caught_up`.
-pub fn may_announce(view: &View, me: &str, q: Quorums, catch_up: CatchUp) -> bool {
-    gossip(view).ok && quorum(view, me, true, q, Counting::Up).ok && catch_up == CatchUp::Done
-}
-
 /// Everything `/ready` reports. `announced` says whether this node announced `alive`.
 pub fn evaluate(
     view: &View,
     me: &str,
     q: Quorums,
-    catch_up: CatchUp,
+    startup: Startup,
     life: Lifecycle,
-    announced: bool,
+    announced_alive: bool,
 ) -> Readiness {
-    let me_serves = announced && life == Lifecycle::Running;
+    let me_serves = announced_alive && life == Lifecycle::Running;
     Readiness {
         conditions: vec![
             gossip(view),
             quorum(view, me, me_serves, q, Counting::Serving),
-            caught_up(catch_up),
+            caught_up(startup),
+            announced(startup),
             serving(life),
         ],
     }
@@ -284,7 +303,7 @@ mod tests {
     fn a_node_alone_is_not_ready_and_says_how_many_it_sees() {
         let v = view(&[("n1", true, STATUS_ALIVE)], true);
         let mut q = Q;
-        let r = evaluate(&v, "n1", q, CatchUp::Done, Lifecycle::Running, true);
+        let r = evaluate(&v, "n1", q, Startup::Done, Lifecycle::Running, true);
         assert!(!r.is_ready());
         assert_eq!(
             r.reason(),
@@ -293,20 +312,20 @@ mod tests {
         // With R = W = 1 a single node serves.
         q.read = 1;
         q.write = 1;
-        let r = evaluate(&v, "n1", q, CatchUp::Done, Lifecycle::Running, true);
+        let r = evaluate(&v, "n1", q, Startup::Done, Lifecycle::Running, true);
         assert!(r.is_ready(), "{r:?}");
     }
 
     #[test]
     fn every_condition_must_hold() {
         let all_alive = five([(true, STATUS_ALIVE); 5]);
-        let ready = evaluate(&all_alive, "n1", Q, CatchUp::Done, Lifecycle::Running, true);
+        let ready = evaluate(&all_alive, "n1", Q, Startup::Done, Lifecycle::Running, true);
         assert!(ready.is_ready(), "{ready:?}");
         assert_eq!(ready.reason(), None);
 
         let mut no_seed = all_alive.clone();
         no_seed.heard_seed = false;
-        let r = evaluate(&no_seed, "n1", Q, CatchUp::Done, Lifecycle::Running, true);
+        let r = evaluate(&no_seed, "n1", Q, Startup::Done, Lifecycle::Running, true);
         assert!(!r.is_ready());
         assert!(r.reason().unwrap().contains("seed"));
 
@@ -314,7 +333,7 @@ mod tests {
             &all_alive,
             "n1",
             Q,
-            CatchUp::Running { done: 2, of: 4 },
+            Startup::CatchingUp { done: 2, of: 4 },
             Lifecycle::Running,
             true,
         );
@@ -327,7 +346,7 @@ mod tests {
             &all_alive,
             "n1",
             Q,
-            CatchUp::Done,
+            Startup::Done,
             Lifecycle::Stopping,
             true,
         );
@@ -345,7 +364,7 @@ mod tests {
             (false, STATUS_ALIVE),
             (true, STATUS_STOPPING),
         ]);
-        assert!(evaluate(&two_down, "n1", Q, CatchUp::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&two_down, "n1", Q, Startup::Done, Lifecycle::Running, true).is_ready());
         // Three of five cannot serve: some key may have all three homes among them.
         let three_down = five([
             (true, STATUS_ALIVE),
@@ -358,7 +377,7 @@ mod tests {
             &three_down,
             "n1",
             Q,
-            CatchUp::Done,
+            Startup::Done,
             Lifecycle::Running,
             true,
         );
@@ -373,14 +392,23 @@ mod tests {
     fn a_whole_ring_starting_together_may_announce_before_anyone_serves() {
         let starting = five([(true, STATUS_JOINING); 5]);
         // Nobody serves yet, so /ready says no...
-        let r = evaluate(&starting, "n1", Q, CatchUp::Done, Lifecycle::Running, false);
+        let r = evaluate(&starting, "n1", Q, Startup::Done, Lifecycle::Running, false);
         assert!(!r.is_ready());
-        // ...but each may announce alive: joining members count as live.
-        assert!(may_announce(&starting, "n1", Q, CatchUp::Done));
-        assert!(!may_announce(&starting, "n1", Q, CatchUp::Waiting));
-        let mut alone = starting.clone();
-        alone.heard_seed = false;
-        assert!(!may_announce(&alone, "n1", Q, CatchUp::Done));
+        // ...but each may go on to catch up and announce: joining members count as live.
+        assert!(quorum(&starting, "n1", true, Q, Counting::Up).ok);
+        let r = evaluate(
+            &starting,
+            "n1",
+            Q,
+            Startup::Announcing { seen_by: 1, of: 4 },
+            Lifecycle::Running,
+            true,
+        );
+        assert_eq!(
+            r.reason(),
+            Some("sees 1 of the 2 serving members a quorum needs (R=2, W=2)")
+        );
+        assert!(r.holds("caught_up") && !r.holds("announced"));
     }
 
     #[test]
@@ -393,9 +421,9 @@ mod tests {
             (true, STATUS_ALIVE),
             (true, STATUS_ALIVE),
         ]);
-        assert!(evaluate(&v, "n1", Q, CatchUp::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&v, "n1", Q, Startup::Done, Lifecycle::Running, true).is_ready());
         // Before it announced, it does not count itself.
-        let r = evaluate(&v, "n1", Q, CatchUp::Done, Lifecycle::Running, false);
+        let r = evaluate(&v, "n1", Q, Startup::Done, Lifecycle::Running, false);
         assert!(r.holds("quorum"), "four others serve: {r:?}");
     }
 
@@ -405,7 +433,7 @@ mod tests {
             &[("n1", true, STATUS_ALIVE), ("n2", true, STATUS_ALIVE)],
             true,
         );
-        assert!(evaluate(&v, "n1", Q, CatchUp::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&v, "n1", Q, Startup::Done, Lifecycle::Running, true).is_ready());
         let v = view(
             &[("n1", true, STATUS_ALIVE), ("n2", false, STATUS_ALIVE)],
             true,
@@ -415,6 +443,6 @@ mod tests {
             read: 1,
             write: 1,
         };
-        assert!(evaluate(&v, "n1", q, CatchUp::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&v, "n1", q, Startup::Done, Lifecycle::Running, true).is_ready());
     }
 }

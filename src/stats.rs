@@ -63,6 +63,11 @@ pub struct NodeStatus {
     pub requests: u64,
     /// Connected WebSocket watchers.
     pub watchers: u64,
+    /// The members this node routes requests to (serving), with their generations: a node
+    /// that just started asks its peers for this to learn that they see it
+    /// ([`crate::readiness`]'s `announced`). Defaults to empty from an older peer.
+    #[serde(default)]
+    pub serving: Vec<(String, u64)>,
 }
 
 /// A point-in-time copy of [`Stats`], for JSON.

@@ -393,7 +393,8 @@ async fn chunked_values_over_the_limit_are_413() {
     assert_eq!(got.body.as_ref(), exact.as_slice());
 
     // One byte over, split across chunks; and a large single chunk. The body is still open
-    // when the node answers: it must stop reading at the limit.
+    // when the node answers: it drains what comes (bounded, see `api::drain`) and must answer
+    // 413 once the client stops sending, without waiting for a body that never ends.
     let cases: [(&str, Vec<Bytes>); 3] = [
         (
             "limit + 1 in two chunks",

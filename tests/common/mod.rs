@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -313,7 +315,7 @@ impl Http {
         }
     }
 
-    /// Sends one request; `headers` are (name, value) pairs.
+    /// Sends one request; `headers` are (name, value) pairs. Panics if it fails.
     pub async fn send(
         &self,
         method: Method,
@@ -321,6 +323,19 @@ impl Http {
         body: impl Into<Bytes>,
         headers: &[(&str, &str)],
     ) -> Reply {
+        self.try_send(method, url, body, headers)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sends one request; a failure to get an answer is an `Err` saying why.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -328,16 +343,29 @@ impl Http {
         let req = req.body(Full::new(body.into())).expect("valid request");
         let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
-            .unwrap_or_else(|_| panic!("request to {url} timed out"))
-            .unwrap_or_else(|e| panic!("request to {url} failed: {e}"));
+            .map_err(|_| format!("request to {url} timed out"))?
+            .map_err(|e| format!("request to {url} failed: {e}"))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        Reply {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("answer from {url}: {e}"))?
+            .to_bytes();
+        Ok(Reply {
             status,
             headers,
             body,
-        }
+        })
+    }
+
+    pub async fn try_get(&self, url: &str) -> Result<Reply, String> {
+        self.try_send(Method::GET, url, Bytes::new(), &[]).await
+    }
+
+    pub async fn try_put(&self, url: &str, body: impl Into<Bytes>) -> Result<Reply, String> {
+        self.try_send(Method::PUT, url, body, &[]).await
     }
 
     pub async fn get(&self, url: &str) -> Reply {

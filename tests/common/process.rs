@@ -1,0 +1,261 @@
+//! Real `ringkv` processes for tests: one OS process per node, real UDP gossip, SIGKILL.
+//!
+//! Every node binds port 0 and announces the addresses it bound on stdout; [`ProcessNode`]
+//! reads that line. A node's stderr (RUST_LOG=warn) goes to a file under the target's tmp
+//! directory, removed again unless the test fails. Every child is SIGKILLed and reaped on
+//! drop, so a failing test leaves no process behind.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+
+use super::{Http, wait_until};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// How long a node may take to print its `listening` line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A child process that is SIGKILLed and reaped when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Port 0 for every listener: the node picks free ports and prints them.
+pub const PORT_ZERO: [&str; 6] = [
+    "--http",
+    "127.0.0.1:0",
+    "--rpc",
+    "127.0.0.1:0",
+    "--gossip",
+    "127.0.0.1:0",
+];
+
+/// A `ringkv` command with no `RINGKV_*` variable inherited from the test's environment.
+pub fn ringkv() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("RINGKV_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A fresh file for one process's stderr.
+pub fn log_path(label: &str) -> PathBuf {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("process-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir.join(format!(
+        "{}-{}-{label}.log",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// One running `ringkv serve` process.
+pub struct ProcessNode {
+    pub id: String,
+    pub http: SocketAddr,
+    pub rpc: SocketAddr,
+    pub gossip: SocketAddr,
+    pub log: PathBuf,
+    pub child: Option<Guard>,
+}
+
+impl ProcessNode {
+    /// `ringkv serve --id <id>` on port 0 everywhere, seeded with `seeds`.
+    pub async fn start(id: &str, seeds: &[SocketAddr]) -> ProcessNode {
+        let mut cmd = ringkv();
+        cmd.args(["serve", "--id", id]).args(PORT_ZERO);
+        if !seeds.is_empty() {
+            let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        ProcessNode::spawn(cmd, id).await
+    }
+
+    /// Runs `cmd` (a `serve` command) and waits for its `listening` line.
+    pub async fn spawn(mut cmd: Command, label: &str) -> ProcessNode {
+        let log = log_path(label);
+        let stderr = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        let mut child = Guard(cmd.spawn().expect("spawn ringkv"));
+        let stdout = child.0.stdout.take().expect("piped stdout");
+        let (line_tx, line_rx) = tokio::sync::oneshot::channel::<String>();
+        // Reads the first line, then drains stdout until the process exits so that the node
+        // never blocks or fails on a full or closed pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut line_tx = Some(line_tx);
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(tx) = line_tx.take() {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match tokio::time::timeout(START_TIMEOUT, line_rx).await {
+            Ok(Ok(line)) => line,
+            Ok(Err(_)) => {
+                drop(child);
+                panic!(
+                    "{label} exited before listening; stderr:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            Err(_) => panic!(
+                "{label} did not print its listening line within {START_TIMEOUT:?}; stderr in {}",
+                log.display()
+            ),
+        };
+        let fields: BTreeMap<&str, &str> = line
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected first line from {label}: {line:?}"))
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let addr = |k: &str| -> SocketAddr {
+            fields
+                .get(k)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k}= address in {line:?}"))
+        };
+        let node = ProcessNode {
+            id: fields.get("id").expect("id=").to_string(),
+            http: addr("http"),
+            rpc: addr("rpc"),
+            gossip: addr("gossip"),
+            log,
+            child: Some(child),
+        };
+        for a in [node.http, node.rpc, node.gossip] {
+            assert!(a.ip().is_loopback() && a.port() != 0, "bound address {a}");
+        }
+        node
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// SIGKILLs the process and waits until it is gone.
+    pub fn kill(&mut self) {
+        let mut guard = self.child.take().expect("process is running");
+        guard.0.kill().expect("SIGKILL");
+        guard.0.wait().expect("reap");
+    }
+
+    /// GET /cluster/members, by id.
+    pub async fn members(&self, http: &Http) -> BTreeMap<String, MemberInfo> {
+        let got = http.get(&format!("{}/cluster/members", self.url())).await;
+        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+        got.json()["members"]
+            .as_array()
+            .expect("members array")
+            .iter()
+            .map(|m| {
+                let info = MemberInfo {
+                    alive: m["status"] == "alive",
+                    generation: m["generation"].as_u64().expect("generation"),
+                    http: m["http"].as_str().map(str::to_string),
+                };
+                (m["id"].as_str().expect("id").to_string(), info)
+            })
+            .collect()
+    }
+
+    /// GET /admin/stats `counters`.
+    pub async fn counters(&self, http: &Http) -> serde_json::Value {
+        let got = http.get(&format!("{}/admin/stats", self.url())).await;
+        assert_eq!(got.status, StatusCode::OK, "{got:?}");
+        got.json()["counters"].clone()
+    }
+}
+
+impl Drop for ProcessNode {
+    fn drop(&mut self) {
+        self.child.take();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!("stderr of {} kept in {}", self.id, self.log.display());
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub alive: bool,
+    pub generation: u64,
+    pub http: Option<String>,
+}
+
+/// Several processes: `n1` has no seeds, every later node is seeded with `n1`'s gossip port.
+pub struct ProcessCluster {
+    pub nodes: Vec<ProcessNode>,
+    pub http: Http,
+}
+
+impl ProcessCluster {
+    pub async fn start(n: usize) -> ProcessCluster {
+        let mut nodes: Vec<ProcessNode> = Vec::new();
+        for i in 0..n {
+            let seeds: Vec<SocketAddr> = nodes.first().map(|n| n.gossip).into_iter().collect();
+            nodes.push(ProcessNode::start(&format!("n{}", i + 1), &seeds).await);
+        }
+        ProcessCluster {
+            nodes,
+            http: Http::new(),
+        }
+    }
+
+    /// True if every running node lists exactly the running nodes, alive, at their
+    /// self-reported generation and HTTP address, and `dead` as dead.
+    pub async fn agrees(&self, running: &[usize], dead: &[&str]) -> bool {
+        let mut own = BTreeMap::new();
+        for &i in running {
+            let node = &self.nodes[i];
+            match node.members(&self.http).await.remove(&node.id) {
+                Some(me) => own.insert(node.id.clone(), me),
+                None => return false,
+            };
+        }
+        for &i in running {
+            let seen = self.nodes[i].members(&self.http).await;
+            let alive: BTreeMap<String, MemberInfo> = seen
+                .iter()
+                .filter(|(_, m)| m.alive)
+                .map(|(id, m)| (id.clone(), m.clone()))
+                .collect();
+            if alive != own || !dead.iter().all(|d| seen.get(*d).is_some_and(|m| !m.alive)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until every running node agrees, and returns how long that took.
+    pub async fn converge(&self, running: &[usize], dead: &[&str], timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        wait_until(timeout, "process cluster to converge", || {
+            self.agrees(running, dead)
+        })
+        .await;
+        t0.elapsed()
+    }
+}
