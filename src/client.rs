@@ -436,7 +436,7 @@ impl WatchEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     pub id: String,
-    /// `alive`, `dead` or `leaving`.
+    /// `alive`, `joining`, `stopping`, `leaving` or `dead` (see the README's member statuses).
     pub status: String,
     /// HTTP address (`host:port`), once gossip carried it.
     pub http: Option<String>,

@@ -133,12 +133,20 @@
 //!   keep it in the ring), drains its HTTP connections, pushes its hints and exits 0
 //!   ([`node::NodeHandle::shutdown_gracefully`]).
 //! - **Readiness** ([`readiness`]). `GET /ready` is a list of named conditions (`gossip`,
-//!   `quorum`, `caught_up`, `serving`); `/health` is liveness only. A started node announces
-//!   the member status `joining` until it has heard a seed, sees a quorum and has run one
-//!   anti-entropy exchange with every serving peer it shares data with; peers keep it in the
-//!   ring and send it copies but route no client requests to it, so a node restarted empty
-//!   never coordinates or answers a read from a partial store. Then it announces `alive`.
-//!   The member statuses are `alive`, `joining`, `stopping`, `leaving` and `dead`.
+//!   `quorum`, `caught_up`, `announced`, `serving`); `/health` is liveness only. A started
+//!   node announces the member status `joining` until it has heard a seed, sees a quorum and
+//!   has run one anti-entropy exchange with every serving peer it shares data with; peers
+//!   keep it in the ring and send it copies but route no client requests to it, so a node
+//!   restarted empty never coordinates or answers a read from a partial store. Then it
+//!   announces `alive`, and says ready once every serving peer routes to it. A stopping node
+//!   refuses replica reads, so a peer with a stale view asks the next replica. The member
+//!   statuses are `alive`, `joining`, `stopping`, `leaving` and `dead`.
+//!
+//!   Why: in a rolling restart, peers forwarded writes to a node that had just restarted
+//!   while its own view did not yet count its peers alive, so it could not find W replicas
+//!   (503 "quorum not met: 1 replicas answered, 2 required"); and a reader that had not yet
+//!   heard a node was stopping asked it, and it had missed the writes meanwhile sent to
+//!   fallbacks. `tests/rolling.rs` runs the scenario.
 //!
 //! ## TTL, listing, watches, conditional writes
 //!
