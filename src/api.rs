@@ -1,7 +1,8 @@
 //! The HTTP API every node serves (hyper 1, HTTP/1.1 with keep-alive).
 //!
 //! This is the only place that chooses HTTP status codes: [`status_of`] maps each
-//! [`Error`] variant to one. Every error body is JSON, `{"error": "...", ...}`.
+//! [`Error`] variant to one. Every error body is JSON, `{"error": message, "kind":
+//! Error::kind, ...}` ([`error_body`]).
 //!
 //! Routes:
 //!
@@ -398,7 +399,7 @@ fn read_response(versions: &VersionSet, wants_json: bool, now: u64) -> Response<
     let ctx = versions.context().encode();
     let expires = live.iter().filter_map(|v| v.expires_at()).min();
     let mut resp = match live.as_slice() {
-        [] => json_response(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+        [] => key_not_found("not found"),
         [one] if !wants_json => {
             let mut r = Response::new(Full::new(one.value.clone().unwrap_or_default()));
             let default = HeaderValue::from_static("application/octet-stream");
@@ -748,7 +749,7 @@ fn written(ctx: &Context) -> Response<Body> {
 
 fn local_versions(node: &Node, key: &Bytes) -> Response<Body> {
     let Some(set) = node.store().get(key) else {
-        return json_response(StatusCode::NOT_FOUND, json!({"error": "not stored here"}));
+        return key_not_found("not stored here");
     };
     let versions: Vec<_> = set
         .versions()
@@ -924,14 +925,15 @@ pub fn status_of(err: &Error) -> StatusCode {
         | Error::Unreachable(_)
         | Error::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
         Error::Protocol(_) => StatusCode::BAD_GATEWAY,
-        Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Error::Io(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-/// The JSON body of an error answer: `{"error": ...}` plus the counts of a quorum failure or
-/// the limit of a too-large value.
+/// The JSON body of an error answer: `{"error": message, "kind": Error::kind}` plus the
+/// counts of a quorum failure, the limit of a too-large value or the context of a failed
+/// condition.
 pub fn error_body(err: &Error) -> serde_json::Value {
-    let mut body = json!({ "error": err.to_string() });
+    let mut body = json!({ "error": err.to_string(), "kind": err.kind() });
     match err {
         Error::Unavailable { replied, required } => {
             body["replied"] = json!(replied);
@@ -962,14 +964,20 @@ fn error_response(err: &Error) -> Response<Body> {
 }
 
 fn metrics_response(node: &Node) -> Result<Response<Body>> {
-    let text = crate::metrics::render(node)
-        .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))?;
+    let text = crate::metrics::render(node).map_err(Error::internal)?;
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     Ok(resp)
+}
+
+/// The 404 of a key without a live value: an answer, not an [`Error`], but shaped like an
+/// error body so every 404 reads alike.
+fn key_not_found(msg: &str) -> Response<Body> {
+    let kind = Error::NotFound(String::new()).kind();
+    json_response(StatusCode::NOT_FOUND, json!({ "error": msg, "kind": kind }))
 }
 
 fn html_response(page: &'static str) -> Response<Body> {
@@ -987,4 +995,57 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// Serves HTTP while a node loads its data dir, until dropped: `/health` answers 200,
+/// `/ready` 503 with the progress ("loading data dir: N of M bytes", as the `loaded`
+/// condition), anything else 503 with the same reason. Each connection answers one request
+/// and closes, so none outlives the loading.
+pub async fn serve_loading(listener: &TcpListener, progress: Arc<crate::durable::Progress>) {
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let progress = progress.clone();
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let progress = progress.clone();
+                async move { Ok::<_, Infallible>(loading_answer(req.uri().path(), &progress)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = conn => {}
+            }
+        });
+    }
+}
+
+fn loading_answer(path: &str, progress: &crate::durable::Progress) -> Response<Body> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let reason = format!(
+        "loading data dir: {} of {} bytes",
+        progress.done.load(Relaxed),
+        progress.total.load(Relaxed)
+    );
+    match path {
+        "/health" => json_response(StatusCode::OK, json!({"status": "ok"})),
+        "/ready" => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({
+                "ready": false,
+                "reason": reason,
+                "conditions": [{"name": "loaded", "ok": false, "detail": reason}],
+            }),
+        ),
+        _ => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": reason })),
+    }
 }

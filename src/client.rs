@@ -1534,14 +1534,10 @@ fn decode_siblings(body: &[u8]) -> Result<Read> {
     })
 }
 
-/// `msg` without `prefix`, if it starts with it.
-fn strip<'a>(msg: &'a str, prefix: &str) -> &'a str {
-    msg.strip_prefix(prefix).unwrap_or(msg)
-}
-
-/// Rebuilds the server's [`Error`] from an error answer. The status picks the variant where
-/// it is unambiguous; a 503 without quorum counts is told apart by the message, which is the
-/// server variant's `Display` (the unit test below keeps the two in step).
+/// Rebuilds the server's [`Error`] from an error answer: by the body's `kind`
+/// ([`Error::kind`]), or by the status code for an answer without one (a node that predates
+/// kinds). A variant carrying text gets the message back without the prefix its `Display`
+/// adds (the unit tests below keep the two in step).
 fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
     let json: Option<serde_json::Value> = serde_json::from_slice(&ans.body).ok();
     let field = |name: &str| json.as_ref().and_then(|j| j.get(name));
@@ -1550,48 +1546,62 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(&ans.body).into_owned());
     let count = |name: &str| field(name).and_then(|v| v.as_u64());
-    match ans.status {
-        StatusCode::BAD_REQUEST => Error::InvalidInput(msg),
-        StatusCode::NOT_FOUND => Error::NotFound(path.to_string()),
-        StatusCode::PRECONDITION_FAILED => Error::PreconditionFailed {
-            context: field("context")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-                .or_else(|| ans.context.as_ref().map(|c| c.to_string()))
-                .unwrap_or_default(),
-        },
-        StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed(ans.allow.clone().unwrap_or(msg)),
-        StatusCode::PAYLOAD_TOO_LARGE => Error::ValueTooLarge {
-            size: sent_bytes,
-            limit: count("limit").unwrap_or(0),
-        },
-        StatusCode::SERVICE_UNAVAILABLE => {
-            if let (Some(replied), Some(required)) = (count("replied"), count("required")) {
-                return Error::Unavailable {
-                    replied: replied as usize,
-                    required: required as usize,
-                };
+    let text = |prefix: &str| msg.strip_prefix(prefix).unwrap_or(&msg).to_string();
+    let of_kind = |kind: &str| {
+        Some(match kind {
+            "invalid_input" => Error::InvalidInput(msg.clone()),
+            "not_found" => Error::NotFound(path.to_string()),
+            "method_not_allowed" => {
+                Error::MethodNotAllowed(ans.allow.clone().unwrap_or_else(|| msg.clone()))
             }
-            if msg == Error::Shutdown.to_string() {
-                Error::Shutdown
-            } else if msg == Error::Timeout.to_string() {
-                Error::Timeout
-            } else if let Some(rest) = msg.strip_prefix("outcome unknown: ") {
-                Error::Interrupted(rest.to_string())
-            } else if let Some(rest) = msg.strip_prefix("copy refused: ") {
-                Error::Rejected(rest.to_string())
-            } else if let Some(rest) = msg.strip_prefix("peer unreachable: ") {
-                Error::Unreachable(rest.to_string())
-            } else {
-                Error::Unreachable(msg)
-            }
-        }
-        StatusCode::BAD_GATEWAY => Error::Protocol(strip(&msg, "protocol error: ").to_string()),
-        StatusCode::INTERNAL_SERVER_ERROR => Error::Io(Arc::new(std::io::Error::other(
-            strip(&msg, "I/O error: ").to_string(),
-        ))),
-        status => Error::Protocol(format!("unexpected answer {status} to {path}: {msg}")),
-    }
+            "value_too_large" => Error::ValueTooLarge {
+                size: sent_bytes,
+                limit: count("limit").unwrap_or(0),
+            },
+            "precondition_failed" => Error::PreconditionFailed {
+                context: field("context")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .or_else(|| ans.context.as_ref().map(|c| c.to_string()))
+                    .unwrap_or_default(),
+            },
+            "unavailable" => Error::Unavailable {
+                replied: count("replied").unwrap_or(0) as usize,
+                required: count("required").unwrap_or(0) as usize,
+            },
+            "rejected" => Error::Rejected(text("copy refused: ")),
+            "interrupted" => Error::Interrupted(text("outcome unknown: ")),
+            "timeout" => Error::Timeout,
+            "unreachable" => Error::Unreachable(text("peer unreachable: ")),
+            "protocol" => Error::Protocol(text("protocol error: ")),
+            "shutdown" => Error::Shutdown,
+            "io" => Error::Io(Arc::new(std::io::Error::other(text("I/O error: ")))),
+            "internal" => Error::internal(text("internal error: ")),
+            _ => return None,
+        })
+    };
+    // An older node's answer, or a kind newer than this client: the status decides, and
+    // the 503s it cannot tell apart read as unreachable.
+    let by_status = match ans.status {
+        StatusCode::BAD_REQUEST => "invalid_input",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PRECONDITION_FAILED => "precondition_failed",
+        StatusCode::PAYLOAD_TOO_LARGE => "value_too_large",
+        StatusCode::SERVICE_UNAVAILABLE if count("replied").is_some() => "unavailable",
+        StatusCode::SERVICE_UNAVAILABLE => "unreachable",
+        StatusCode::BAD_GATEWAY => "protocol",
+        StatusCode::INTERNAL_SERVER_ERROR => "io",
+        _ => "",
+    };
+    field("kind")
+        .and_then(|v| v.as_str())
+        .and_then(of_kind)
+        .or_else(|| of_kind(by_status))
+        .unwrap_or_else(|| {
+            let status = ans.status;
+            Error::Protocol(format!("unexpected answer {status} to {path}: {msg}"))
+        })
 }
 
 #[cfg(test)]
@@ -1613,11 +1623,9 @@ mod tests {
         }
     }
 
-    /// Every error the server can answer comes back as the same variant, so callers can
-    /// match on what went wrong whichever side of HTTP it happened on.
-    #[test]
-    fn server_errors_round_trip_through_http() {
-        let cases = [
+    /// Every error the server can answer, once.
+    fn server_errors() -> Vec<Error> {
+        vec![
             Error::invalid("bad key"),
             Error::NotFound("/kv/x".into()),
             Error::MethodNotAllowed("GET".into()),
@@ -1636,19 +1644,25 @@ mod tests {
             Error::Shutdown,
             Error::Protocol("bad frame".into()),
             Error::Io(Arc::new(std::io::Error::other("disk"))),
-        ];
-        for err in cases {
-            let back = error_from_answer(&answer(&err), "/kv/x", 10);
+            Error::internal(std::fmt::Error),
+        ]
+    }
+
+    /// Every error the server can answer comes back as the same variant, decoded by its
+    /// kind, so callers can match on what went wrong whichever side of HTTP it happened on.
+    #[test]
+    fn server_errors_round_trip_through_http() {
+        for err in server_errors() {
+            let ans = answer(&err);
+            let body: serde_json::Value = serde_json::from_slice(&ans.body).unwrap();
+            assert_eq!(body["kind"], err.kind(), "{body}");
+            let back = error_from_answer(&ans, "/kv/x", 10);
             assert_eq!(
                 back.to_string(),
                 err.to_string(),
                 "{err:?} came back as {back:?}"
             );
-            assert_eq!(
-                std::mem::discriminant(&back),
-                std::mem::discriminant(&err),
-                "{err:?} came back as {back:?}"
-            );
+            assert_eq!(back.kind(), err.kind(), "{err:?} came back as {back:?}");
             if let (
                 Error::PreconditionFailed { context: a },
                 Error::PreconditionFailed { context: b },
@@ -1657,6 +1671,48 @@ mod tests {
                 assert_eq!(a, b, "the current context comes back");
             }
         }
+    }
+
+    /// The kind decides, not the message or the status: a message that reads like another
+    /// variant's does not fool the decoding.
+    #[test]
+    fn errors_decode_by_kind() {
+        let mut ans = answer(&Error::Unreachable(Error::Shutdown.to_string()));
+        assert!(matches!(
+            error_from_answer(&ans, "/kv/x", 0),
+            Error::Unreachable(msg) if msg == "node is shutting down"
+        ));
+        ans.status = StatusCode::IM_A_TEAPOT;
+        assert_eq!(error_from_answer(&ans, "/kv/x", 0).kind(), "unreachable");
+    }
+
+    /// An answer without a kind (from a node that predates kinds) is decoded by its status;
+    /// a 503 without quorum counts, which the status alone cannot place, is unreachable.
+    #[test]
+    fn answers_without_a_kind_decode_by_status() {
+        for err in server_errors() {
+            let mut ans = answer(&err);
+            let mut body: serde_json::Value = serde_json::from_slice(&ans.body).unwrap();
+            body.as_object_mut().unwrap().remove("kind");
+            ans.body = Bytes::from(body.to_string());
+            let back = error_from_answer(&ans, "/kv/x", 10);
+            let want = match err.kind() {
+                "rejected" | "interrupted" | "timeout" | "shutdown" => "unreachable",
+                "internal" => "io",
+                kind => kind,
+            };
+            assert_eq!(back.kind(), want, "{err:?} came back as {back:?}");
+            assert_eq!(crate::api::status_of(&back), ans.status, "{err:?}");
+        }
+        let teapot = Answer {
+            status: StatusCode::IM_A_TEAPOT,
+            body: Bytes::from_static(b"short and stout"),
+            ..Answer::default()
+        };
+        assert!(matches!(
+            error_from_answer(&teapot, "/kv/x", 0),
+            Error::Protocol(msg) if msg.contains("418") && msg.contains("short and stout")
+        ));
     }
 
     #[test]

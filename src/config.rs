@@ -94,7 +94,16 @@ pub struct Config {
     pub ttl_sweep_interval: Duration,
     /// Events a WebSocket watcher may fall behind by before it is sent `lagged`.
     pub watch_buffer: usize,
+    /// Where the node keeps its write-ahead log and snapshots; `None`: in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// When the log reaches the disk ([`crate::durable`]).
+    pub fsync: crate::durable::Fsync,
+    /// The period of `--fsync periodic` (and of writes with `never`).
+    pub fsync_interval: Duration,
 }
+
+/// Default `--fsync-interval-ms`: what `periodic` may lose on a crash of the node.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Config {
     /// A configuration with every default, listening on the given addresses.
@@ -130,6 +139,9 @@ impl Config {
             tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
             ttl_sweep_interval: DEFAULT_TTL_SWEEP_INTERVAL,
             watch_buffer: crate::watch::WATCH_BUFFER,
+            data_dir: None,
+            fsync: crate::durable::Fsync::Always,
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
         }
     }
 
@@ -178,6 +190,9 @@ impl Config {
         }
         if self.handoff_interval.is_zero() {
             return bad("--handoff-interval-ms must be positive".into());
+        }
+        if self.fsync_interval.is_zero() || self.fsync_interval > Duration::from_secs(60) {
+            return bad("--fsync-interval-ms must be between 1 and 60000".into());
         }
         Ok(())
     }

@@ -51,9 +51,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::membership::View;
@@ -276,13 +277,26 @@ impl Node {
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
         let mut all = QuorumTracker::new(dests.len(), quorum.w);
         let mut homes = QuorumTracker::new(homes_total, quorum.pw);
-        let mut calls = FuturesUnordered::new();
+        let mut calls: FuturesUnordered<BoxFuture<'static, (bool, bool)>> = FuturesUnordered::new();
         for dest in dests {
             let addr = match dest.replica {
-                // The coordinator is always a home replica, and has stored the write.
-                Replica::Local => {
+                // The coordinator is always a home replica, and has stored the write. With a
+                // data dir its own copy counts once logged, like any replica's; meanwhile
+                // the copies go out, so the fsync and the round trips overlap.
+                Replica::Local if self.store.log().is_none() => {
                     all.success();
                     homes.success();
+                    continue;
+                }
+                Replica::Local => {
+                    let node = self.clone();
+                    calls.push(Box::pin(async move {
+                        let res = node.sync().await;
+                        if let Err(err) = &res {
+                            warn!(%err, "a write was not acknowledged here: it could not be logged");
+                        }
+                        (true, res.is_ok())
+                    }));
                     continue;
                 }
                 Replica::Remote(addr) => addr,
@@ -294,10 +308,10 @@ impl Node {
                 versions: versions.clone(),
                 hint_for: dest.hint_for.map(|h| h.to_string()),
             };
-            calls.push(async move {
+            calls.push(Box::pin(async move {
                 let ok = matches!(node.pool.call(addr, req).await, Ok(Response::Replicated));
                 (is_home, ok)
-            });
+            }));
         }
         // One task drives every replica call, so each target gets the write even after the
         // quorum is met or the client went away (each call is bounded by the RPC timeout).

@@ -19,10 +19,12 @@
 //! This module is pure: time is passed in.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::durable::{Record, Wal};
 use crate::ring::NodeId;
 use crate::version::VersionSet;
 
@@ -74,6 +76,8 @@ pub struct HintStore {
     targets: HashMap<NodeId, HashMap<Bytes, Hint>>,
     count: usize,
     bytes: usize,
+    /// Where every change is logged when the node has a data dir ([`crate::durable`]).
+    log: Option<Arc<Wal>>,
 }
 
 fn size_of(key: &[u8], versions: &VersionSet) -> usize {
@@ -93,7 +97,58 @@ impl HintStore {
             targets: HashMap::new(),
             count: 0,
             bytes: 0,
+            log: None,
         }
+    }
+
+    /// An empty store that logs every change to `log`.
+    pub fn with_log(limits: HintLimits, log: Option<Arc<Wal>>) -> HintStore {
+        HintStore {
+            log,
+            ..HintStore::new(limits)
+        }
+    }
+
+    /// Attaches the log, after recovery filled the store.
+    pub fn set_log(&mut self, log: Arc<Wal>) {
+        self.log = Some(log);
+    }
+
+    fn logged(&self, target: &NodeId, key: &Bytes, versions: VersionSet) {
+        if let Some(log) = &self.log {
+            log.append(&Record::Hint {
+                home: target.to_string(),
+                key: key.clone(),
+                versions,
+            });
+        }
+    }
+
+    /// Puts back a hint recovery read from the log (not logged again; limits still apply).
+    pub fn restore(&mut self, target: &NodeId, key: Bytes, versions: VersionSet, now: Instant) {
+        if let Some(h) = self.targets.get_mut(target).and_then(|m| m.remove(&key)) {
+            self.count -= 1;
+            self.bytes -= h.bytes;
+        }
+        if !versions.is_empty() {
+            let log = self.log.take();
+            let _ = self.add(target, key, &versions, None, now);
+            self.log = log;
+        }
+    }
+
+    /// Every hint, for a snapshot.
+    pub fn records(&self) -> Vec<Record> {
+        self.targets
+            .iter()
+            .flat_map(|(target, m)| {
+                m.iter().map(move |(key, h)| Record::Hint {
+                    home: target.to_string(),
+                    key: key.clone(),
+                    versions: h.versions.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Keeps `versions` of `key` for `target`, merged with any hint already held.
@@ -123,6 +178,9 @@ impl HintStore {
         let created = existing.map_or(now, |h| h.created);
         self.count = new_count;
         self.bytes = self.bytes - old_bytes + new_bytes;
+        if self.log.is_some() {
+            self.logged(target, &key, merged.clone());
+        }
         self.targets.entry(target.clone()).or_default().insert(
             key,
             Hint {
@@ -160,6 +218,7 @@ impl HintStore {
         if m.is_empty() {
             self.targets.remove(target);
         }
+        self.logged(target, key, VersionSet::new());
         true
     }
 
@@ -179,13 +238,18 @@ impl HintStore {
         let ttl = self.limits.ttl;
         let mut dropped = 0;
         let (mut count, mut bytes) = (self.count, self.bytes);
-        self.targets.retain(|_, m| {
-            m.retain(|_, h| {
+        let mut gone = Vec::new();
+        let logging = self.log.is_some();
+        self.targets.retain(|target, m| {
+            m.retain(|key, h| {
                 let keep = now.saturating_duration_since(h.created) <= ttl;
                 if !keep {
                     dropped += 1;
                     count -= 1;
                     bytes -= h.bytes;
+                    if logging {
+                        gone.push((target.clone(), key.clone()));
+                    }
                 }
                 keep
             });
@@ -193,6 +257,9 @@ impl HintStore {
         });
         self.count = count;
         self.bytes = bytes;
+        for (target, key) in gone {
+            self.logged(&target, &key, VersionSet::new());
+        }
         dropped
     }
 

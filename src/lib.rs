@@ -319,6 +319,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod coordinator;
+pub mod durable;
 pub mod error;
 pub mod handoff;
 pub mod hints;

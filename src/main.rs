@@ -72,6 +72,10 @@ struct ServeArgs {
     /// Gossip addresses of other nodes, comma-separated.
     #[arg(long, env = "RINGKV_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
+    /// Keep a write-ahead log and snapshots here, so the node's data survives restarts
+    /// (created if missing; locked while the node runs). Without it the node is in memory only.
+    #[arg(long, env = "RINGKV_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     /// Worker threads; 0 means one per core. Use 1 when several nodes share a machine's
     /// cores: each node then runs on one thread and no request pays for waking another core.
     #[arg(long, env = "RINGKV_THREADS", default_value_t = 0)]
@@ -134,6 +138,14 @@ struct Tuning {
     /// How long tombstones are kept once every replica holds them, in seconds.
     #[arg(long, env = "RINGKV_TOMBSTONE_GRACE_SECS", default_value_t = 3600)]
     tombstone_grace_secs: u64,
+    /// With --data-dir: when the log reaches the disk. always: before a write counts toward
+    /// W (concurrent writes share an fsync); periodic: every --fsync-interval-ms; never: when
+    /// the OS decides.
+    #[arg(long, env = "RINGKV_FSYNC", value_enum, default_value_t = ringkv::durable::Fsync::Always)]
+    fsync: ringkv::durable::Fsync,
+    /// The period of --fsync periodic (and of log writes with never), in milliseconds.
+    #[arg(long, env = "RINGKV_FSYNC_INTERVAL_MS", default_value_t = 100)]
+    fsync_interval_ms: u64,
 }
 
 #[derive(Args)]
@@ -145,6 +157,9 @@ struct DevArgs {
     /// gossip on base-1001+i.
     #[arg(long, default_value_t = 8001)]
     base_port: u16,
+    /// Make the nodes durable: node i keeps its log and snapshots in DIR/n<i>.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -174,6 +189,8 @@ impl Tuning {
         cfg.anti_entropy_interval = Duration::from_millis(self.anti_entropy_interval_ms);
         cfg.anti_entropy_rate = self.anti_entropy_rate;
         cfg.tombstone_grace = Duration::from_secs(self.tombstone_grace_secs);
+        cfg.fsync = self.fsync;
+        cfg.fsync_interval = Duration::from_millis(self.fsync_interval_ms);
     }
 }
 
@@ -299,6 +316,7 @@ async fn bench(args: ringkv::bench::BenchArgs) -> ExitCode {
 async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     let mut cfg = Config::new(args.id, args.http, args.rpc, args.gossip);
     cfg.seeds = args.seeds.into_iter().filter(|s| !s.is_empty()).collect();
+    cfg.data_dir = args.data_dir;
     args.tuning.apply(&mut cfg);
     cfg.validate()?;
     let handle = NodeHandle::start(cfg, GossipTransport::Udp).await?;
@@ -426,6 +444,10 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
             addr(port(-1000, i)?),
         );
         cfg.seeds = seeds.clone();
+        cfg.data_dir = args
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(format!("n{}", i + 1)));
         args.tuning.apply(&mut cfg);
         cfg.validate()?;
         configs.push(cfg);

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ring::{NodeId, Ring};
 
 /// Node-state key holding the node's HTTP address.
@@ -189,12 +189,9 @@ impl Membership {
         // Bind before building the identity, so that port 0 advertises the real port.
         let (transport, gossip_addr): (Box<dyn Transport>, SocketAddr) = match transport {
             GossipTransport::Udp => {
-                let socket = UdpSocket::open(cfg.gossip_addr)
-                    .await
-                    .map_err(|e| Error::Io(Arc::new(std::io::Error::other(format!("{e:#}")))))?;
-                let addr = socket
-                    .local_addr()
-                    .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))?;
+                // chitchat's errors are `anyhow`; `?` keeps them whole (see `Error::from`).
+                let socket = UdpSocket::open(cfg.gossip_addr).await?;
+                let addr = socket.local_addr()?;
                 (
                     Box::new(PreboundUdp(std::sync::Mutex::new(Some(socket)))),
                     addr,
@@ -227,9 +224,7 @@ impl Membership {
             // Joining until readiness says otherwise (see `crate::readiness`).
             (KEY_STATUS.to_string(), STATUS_JOINING.to_string()),
         ];
-        let chitchat = spawn_chitchat(config, keys, transport.as_ref())
-            .await
-            .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))?;
+        let chitchat = spawn_chitchat(config, keys, transport.as_ref()).await?;
 
         let cc = chitchat.chitchat();
         let mut live_rx = cc.lock().await.live_nodes_watcher();

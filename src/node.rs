@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::antientropy::Segments;
 use crate::config::Config;
+use crate::durable::Record;
 use crate::error::{Error, Result};
 use crate::hints::{HintLimits, HintStore};
 use crate::membership::{
@@ -122,6 +123,15 @@ impl Node {
     /// Where a decommission stands.
     pub fn leave_state(&self) -> LeaveState {
         *self.leave_tx.borrow()
+    }
+
+    /// Resolves once every change made so far is durable per `--fsync` (at once without a
+    /// data dir). Fails if the log cannot be written: the change must not be acknowledged.
+    pub async fn sync(&self) -> Result<()> {
+        match self.store.log() {
+            Some(log) => log.barrier().await,
+            None => Ok(()),
+        }
     }
 
     /// N, R and W.
@@ -368,16 +378,20 @@ impl Service for Node {
                 hint_for: Some(home),
             } if *home != *self.id => {
                 self.store_hint(NodeId::from(home), key, &versions)?;
+                self.sync().await?;
                 Ok(Response::Replicated)
             }
+            // A copy counts toward W only once it is logged (with `--fsync always`, on disk).
             Request::Replicate { key, versions, .. } => {
                 self.store.merge_owned(&key, versions);
+                self.sync().await?;
                 Ok(Response::Replicated)
             }
             Request::ReplicateMany { items } => {
                 for (key, versions) in items {
                     self.store.merge_owned(&key, versions);
                 }
+                self.sync().await?;
                 Ok(Response::Replicated)
             }
             // A stopping node refuses reads: peers that have not heard it is stopping still
@@ -462,6 +476,8 @@ pub struct NodeHandle {
     http_stop: crate::api::Stop,
     /// HTTP connection tasks, tracked apart so a graceful stop can wait for them alone.
     http_tracker: TaskTracker,
+    /// The snapshot thread, with its stop flag, when the node has a data dir.
+    snapshots: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
 
 /// How long a stopping node keeps serving after it announced itself down, so that gossip
@@ -476,6 +492,9 @@ impl NodeHandle {
         let rpc_listener = TcpListener::bind(config.rpc).await?;
         let http_addr = http.local_addr()?;
         let rpc_addr = rpc_listener.local_addr()?;
+        // The data dir is loaded before anything else starts: gossip and RPC wait, so no
+        // peer sends copies into a half-loaded store; HTTP answers `/ready` with the progress.
+        let (store, hints) = open_data(&config, &http).await?;
 
         let generation = new_generation();
         let id: NodeId = NodeId::from(config.id.as_str());
@@ -520,11 +539,8 @@ impl NodeHandle {
                 generation,
             },
             id,
-            store: Store::new(),
-            hints: Mutex::new(HintStore::new(HintLimits {
-                ttl: config.tombstone_grace,
-                ..config.hint_limits
-            })),
+            store,
+            hints: Mutex::new(hints),
             pool,
             stats: stats.clone(),
             tracker: tracker.clone(),
@@ -557,6 +573,25 @@ impl NodeHandle {
         tracker.spawn(crate::handoff::run(node.clone(), shutdown.clone()));
         tracker.spawn(crate::antientropy::run(node.clone(), shutdown.clone()));
         tracker.spawn(node.clone().start_up(shutdown.clone()));
+        let snapshots = match node.store.log() {
+            Some(log) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let (live, fill) = (node.clone(), node.clone());
+                let thread = log.spawn_snapshots(
+                    stop.clone(),
+                    move || live.store.stats().bytes,
+                    move |put| {
+                        for shard in 0..crate::store::SHARDS {
+                            fill.store.snapshot_shard(shard, put)?;
+                        }
+                        let hints = lock(&fill.hints).records();
+                        hints.iter().try_for_each(|r| put(r))
+                    },
+                )?;
+                Some((stop, thread))
+            }
+            None => None,
+        };
         tracker.spawn(crate::ttl::run(node.clone(), shutdown.clone()));
         tracker.spawn(node.clone().run_watch_announcer());
         let http_stop = crate::api::Stop {
@@ -588,6 +623,7 @@ impl NodeHandle {
             tracker,
             http_stop,
             http_tracker,
+            snapshots,
         })
     }
 
@@ -667,8 +703,79 @@ impl NodeHandle {
         self.membership.shutdown().await;
         self.tracker.close();
         self.tracker.wait().await;
+        // Last, the log: everything the node did is written, and the data dir is unlocked
+        // for the next process.
+        if let Some((stop, thread)) = self.snapshots {
+            stop.store(true, Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(log) = self.node.store.log().cloned() {
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
         info!(id = %self.node.id, "ringkv node stopped");
     }
+}
+
+/// The store and hints of a node: empty without a data dir; otherwise recovered from it
+/// ([`crate::durable`]), with the log attached for every change from now on. While recovery
+/// runs, `http` answers `/health`, and `/ready` with the progress.
+async fn open_data(config: &Config, http: &TcpListener) -> Result<(Store, HintStore)> {
+    let limits = HintLimits {
+        ttl: config.tombstone_grace,
+        ..config.hint_limits
+    };
+    let Some(dir) = config.data_dir.clone() else {
+        return Ok((Store::new(), HintStore::new(limits)));
+    };
+    let lock = crate::durable::lock_dir(&dir)?;
+    let progress = Arc::new(crate::durable::Progress::default());
+    let loading = progress.clone();
+    let load_dir = dir.clone();
+    let load = tokio::task::spawn_blocking(move || {
+        let store = Store::new();
+        let mut hints = HintStore::new(limits);
+        let now = Instant::now();
+        let report = crate::durable::recover(&load_dir, &loading, |record| match record {
+            Record::Key { key, versions } => store.restore(&key, versions),
+            Record::Hint {
+                home,
+                key,
+                versions,
+            } => hints.restore(&NodeId::from(home.as_str()), key, versions, now),
+        })?;
+        Ok::<_, Error>((store, hints, report))
+    });
+    let (store, hints, report) = tokio::select! {
+        res = load => res.map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))??,
+        () = crate::api::serve_loading(http, progress) => unreachable!("serves until dropped"),
+    };
+    info!(
+        dir = %dir.display(),
+        snapshot = ?report.snapshot,
+        records = report.records,
+        bytes = report.bytes,
+        keys = store.stats().keys,
+        set_aside = report.set_aside.len(),
+        torn_tail = report.torn_tail,
+        took_ms = report.took.as_millis() as u64,
+        "data dir loaded"
+    );
+    let wal = crate::durable::Wal::open(
+        &crate::durable::DurableConfig {
+            dir,
+            fsync: config.fsync,
+            interval: config.fsync_interval,
+        },
+        lock,
+    )?;
+    wal.stats
+        .corrupt_files
+        .fetch_add(report.set_aside.len() as u64, Ordering::Relaxed);
+    let mut store = store;
+    let mut hints = hints;
+    store.set_log(wal.clone());
+    hints.set_log(wal);
+    Ok((store, hints))
 }
 
 /// Locks a std mutex, ignoring poisoning: every critical section in ringkv is a single map

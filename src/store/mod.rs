@@ -25,12 +25,13 @@
 //!
 //! What a replica pays per key beyond the key and value bytes is the store's main cost, so
 //! the common case (one version, a value of at most [`PACKED_VALUE_MAX`] bytes) is stored
-//! *packed*: the key, the version's dot, history, metadata and value in one allocation of
-//! plain bytes, where each writer ([`Actor`], 24 bytes and named twice per version) is a
-//! number of a byte or two in a per-shard table. The hash-ordered B-tree maps the bare hash
-//! to a 16-byte handle of that allocation, and the key-order index holds the key inline when
-//! it has at most [`INLINE_KEY`] bytes. For a million keys like `key00000001` with 100-byte
-//! values, `tests/memory.rs` measures 123 bytes per key and replica beyond the key and value:
+//! *packed* (the `packed` submodule owns the encoding): the key, the version's dot, history,
+//! metadata and value in one allocation of plain bytes, where each writer ([`Actor`], 24
+//! bytes and named twice per version) is a number of a byte or two in a per-shard table. The
+//! hash-ordered B-tree maps the bare hash to a 16-byte handle of that allocation, and the
+//! key-order index holds the key inline when it has at most [`INLINE_KEY`] bytes. For a
+//! million keys like `key00000001` with 100-byte values, `tests/memory.rs` measures 123 bytes
+//! per key and replica beyond the key and value:
 //!
 //! - the packed allocation, about 125 bytes in a 144-byte malloc chunk: 33;
 //! - the hash-ordered B-tree, a 24-byte slot in nodes about 70% full, and its inner nodes: 40;
@@ -58,15 +59,20 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque, btree_
 use std::hash::{Hash, Hasher};
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::durable::{Record, Wal};
 use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
 use crate::ring::{SHARD_BITS, Segment, key_hash, shard_of};
-use crate::version::{Actor, Condition, Context, Dot, Meta, Version, VersionSet, fingerprint_of};
+use crate::version::{Actor, Condition, Context, Meta, VersionSet};
+
+mod packed;
+
+use packed::{Packer, View};
 
 /// Number of independently locked shards.
 pub const SHARDS: usize = 1 << SHARD_BITS;
@@ -188,6 +194,9 @@ pub struct Store {
     minted: AtomicU64,
     /// Where the next tombstone-GC pass starts.
     gc_cursor: AtomicUsize,
+    /// The write-ahead log every change is appended to, under the key's shard lock, when the
+    /// node has a data dir ([`crate::durable`]).
+    log: Option<Arc<Wal>>,
 }
 
 /// A write as the coordinator applies it (see [`Store::write_with`]).
@@ -257,7 +266,76 @@ impl Store {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             minted: AtomicU64::new(0),
             gc_cursor: AtomicUsize::new(0),
+            log: None,
         }
+    }
+
+    /// An empty store that appends every change to `log` (recovery fills it first, through
+    /// [`Store::restore`], which logs nothing).
+    pub fn with_log(log: Arc<Wal>) -> Store {
+        Store {
+            log: Some(log),
+            ..Store::new()
+        }
+    }
+
+    /// Attaches the log, after recovery filled the store.
+    pub fn set_log(&mut self, log: Arc<Wal>) {
+        self.log = Some(log);
+    }
+
+    /// The log, if this store has one.
+    pub fn log(&self) -> Option<&Arc<Wal>> {
+        self.log.as_ref()
+    }
+
+    /// Appends the key's state after a change; the caller holds the key's shard lock.
+    fn logged(&self, key: &[u8], versions: impl FnOnce() -> VersionSet) {
+        if let Some(log) = &self.log {
+            log.append(&Record::Key {
+                key: Bytes::copy_from_slice(key),
+                versions: versions(),
+            });
+        }
+    }
+
+    /// Sets `key` to `versions` (removes it if empty), as recovery replays the log. Not
+    /// logged.
+    pub fn restore(&self, key: &[u8], versions: VersionSet) {
+        let hash = key_hash(key);
+        let mut guard = self.shard(hash);
+        let shard = &mut *guard;
+        let old = match shard.entries.remove(hash, key) {
+            Some(entry) => entry.summary(&shard.packer),
+            None => Summary::default(),
+        };
+        let new = Summary::of(key, &versions);
+        if !versions.is_empty() {
+            let entry = Entry::new(key, Cow::Owned(versions), &mut shard.packer);
+            shard.entries.insert(hash, entry);
+        }
+        shard.changed(hash, key, old, new);
+    }
+
+    /// Streams every key of shard `i` with its versions to `put`, holding that shard's lock
+    /// only while it is encoded (a snapshot: the store is never cloned).
+    pub fn snapshot_shard(
+        &self,
+        i: usize,
+        put: &mut dyn FnMut(&Record) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()> {
+        let records: Vec<Record> = {
+            let shard = lock(&self.shards[i]);
+            shard
+                .entries
+                .range(..)
+                .map(|(_, entry)| Record::Key {
+                    key: Bytes::copy_from_slice(entry.key()),
+                    versions: entry.versions(&shard.packer),
+                })
+                .collect()
+        };
+        records.iter().try_for_each(|r| put(r))
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
@@ -292,6 +370,7 @@ impl Store {
         let shard = &mut *guard;
         let Some(entry) = shard.entries.get_mut(hash, key) else {
             let new = Summary::of(key, &incoming);
+            self.logged(key, || incoming.clone().into_owned());
             let entry = Entry::new(key, incoming, &mut shard.packer);
             shard.entries.insert(hash, entry);
             shard.changed(hash, key, Summary::default(), new);
@@ -301,6 +380,7 @@ impl Store {
         let Some(new) = entry.merge(key, incoming, &mut shard.packer) else {
             return false;
         };
+        self.logged(key, || entry.versions(&shard.packer));
         shard.changed(hash, key, old, new);
         true
     }
@@ -371,6 +451,7 @@ impl Store {
         self.minted
             .fetch_max(ctx.max_counter(actor), Ordering::Relaxed);
         let new = Summary::of(key, &after);
+        self.logged(key, || after.clone());
         shard.changed(hash, key, old, new);
         Ok((ctx, after))
     }
@@ -403,6 +484,9 @@ impl Store {
                     *entry = Entry::new(key, Cow::Borrowed(&after), &mut shard.packer);
                 }
                 let new = Summary::of(key, &after);
+                if dropped {
+                    self.logged(key, || after.clone());
+                }
                 report.freed += old.bytes.saturating_sub(new.bytes);
                 shard.changed(hash, key, old, new);
                 if dropped && after.live(now_ms).next().is_none() {
@@ -512,6 +596,7 @@ impl Store {
             _ => return false,
         };
         shard.entries.remove(hash, key);
+        self.logged(key, VersionSet::new);
         shard.changed(hash, key, old, Summary::default());
         true
     }
@@ -996,263 +1081,6 @@ impl Hash for Key {
     }
 }
 
-/// Flags of a packed entry.
-const HAS_VALUE: u8 = 1;
-const HAS_EXPIRY: u8 = 2;
-const HAS_CONTENT_TYPE: u8 = 4;
-
-/// Packs a key and its one version into bytes, and unpacks them; holds the table of the
-/// writers packed entries name by number.
-///
-/// A packed entry is, with every number a LEB128 varint:
-///
-/// ```text
-/// flags: u8 (HAS_VALUE | HAS_EXPIRY | HAS_CONTENT_TYPE)
-/// key length, key
-/// dot: actor number, counter
-/// expiry (if HAS_EXPIRY)
-/// content type length, content type (if HAS_CONTENT_TYPE)
-/// value length, value (if HAS_VALUE)
-/// history: entry count, then per entry actor number, max, missing count, missing counters
-/// ```
-///
-/// Everything a fingerprint, a summary or a key comparison needs comes before the history,
-/// so those read a few bytes and never walk it. For a key like `key00000001`, a 100-byte
-/// value and one writer this is about 125 bytes: one 144-byte malloc chunk.
-///
-/// Writers are numbered in the order a shard first packs them and the numbers are never
-/// reused, so the table grows by one entry per node generation that ever wrote to the
-/// shard (a few dozen bytes each): the same accumulation as in every context (see the
-/// [`crate::version`] caveats).
-#[derive(Default)]
-struct Packer {
-    actors: Vec<Actor>,
-    numbers: HashMap<Actor, u32>,
-    /// The number last looked up: nearly every lookup, on a node whose own writes dominate.
-    last: u32,
-    /// Where a packed entry's fields are assembled before its one allocation.
-    scratch: Vec<u8>,
-}
-
-impl Packer {
-    fn number(&mut self, actor: &Actor) -> u32 {
-        if self.actors.get(self.last as usize) == Some(actor) {
-            return self.last;
-        }
-        let n = match self.numbers.get(actor) {
-            Some(&n) => n,
-            None => {
-                let n = u32::try_from(self.actors.len()).expect("fewer than 2^32 writers");
-                self.actors.push(actor.clone());
-                self.numbers.insert(actor.clone(), n);
-                n
-            }
-        };
-        self.last = n;
-        n
-    }
-
-    fn actor(&self, number: u32) -> &Actor {
-        &self.actors[number as usize]
-    }
-
-    /// `set` with `key`, packed; `None` if `set` is not one version with a value of at most
-    /// [`PACKED_VALUE_MAX`] bytes (or is one whose history lacks its own dot, or whose
-    /// metadata is present but empty, which unpacking would not give back exactly).
-    fn pack(&mut self, key: &[u8], set: &VersionSet) -> Option<Box<[u8]>> {
-        let [v] = set.versions() else {
-            return None;
-        };
-        let value = v.value.as_deref();
-        if value.is_some_and(|b| b.len() > PACKED_VALUE_MAX)
-            || !v.history.contains(&v.dot)
-            || v.meta.as_deref() == Some(&Meta::default())
-        {
-            return None;
-        }
-        let expires = v.expires_at();
-        let content_type = v.content_type();
-        let mut out = std::mem::take(&mut self.scratch);
-        out.clear();
-        let flags = if value.is_some() { HAS_VALUE } else { 0 }
-            | if expires.is_some() { HAS_EXPIRY } else { 0 }
-            | if content_type.is_some() {
-                HAS_CONTENT_TYPE
-            } else {
-                0
-            };
-        out.push(flags);
-        put_bytes(&mut out, key);
-        put_varint(&mut out, self.number(&v.dot.actor).into());
-        put_varint(&mut out, v.dot.counter);
-        if let Some(t) = expires {
-            put_varint(&mut out, t);
-        }
-        if let Some(ct) = content_type {
-            put_bytes(&mut out, ct.as_bytes());
-        }
-        if let Some(value) = value {
-            put_varint(&mut out, value.len() as u64);
-        }
-        let head = out.len();
-        put_varint(&mut out, v.history.actors() as u64);
-        for (actor, max, missing) in v.history.entries() {
-            put_varint(&mut out, self.number(actor).into());
-            put_varint(&mut out, max);
-            put_varint(&mut out, missing.len() as u64);
-            for &m in missing {
-                put_varint(&mut out, m);
-            }
-        }
-        // Assembled so that the value is copied once, into an allocation of exactly the
-        // packed size.
-        let value = value.unwrap_or_default();
-        let mut packed = Vec::with_capacity(out.len() + value.len());
-        packed.extend_from_slice(&out[..head]);
-        packed.extend_from_slice(value);
-        packed.extend_from_slice(&out[head..]);
-        self.scratch = out;
-        Some(packed.into_boxed_slice())
-    }
-
-    fn unpack(&self, packed: &[u8]) -> VersionSet {
-        let v = View::parse(packed);
-        let mut history = Reader(v.history);
-        let entries = history.varint() as usize;
-        let history = Context::from_canonical((0..entries).map(|_| {
-            let actor = self.actor(history.varint() as u32).clone();
-            let max = history.varint();
-            let missing = history.varint() as usize;
-            (actor, max, (0..missing).map(|_| history.varint()).collect())
-        }));
-        let meta = Meta {
-            content_type: v
-                .content_type
-                .map(|ct| std::str::from_utf8(ct).expect("packed from a str").into()),
-            expires_at: v.expires,
-        };
-        VersionSet::sole(Version {
-            dot: Dot {
-                actor: self.actor(v.actor).clone(),
-                counter: v.counter,
-            },
-            history,
-            value: v.value.map(Bytes::copy_from_slice),
-            meta: meta.boxed(),
-        })
-    }
-}
-
-/// The fields of a packed entry (see [`Packer`]), read in place.
-struct View<'a> {
-    key: &'a [u8],
-    actor: u32,
-    counter: u64,
-    expires: Option<u64>,
-    content_type: Option<&'a [u8]>,
-    value: Option<&'a [u8]>,
-    /// The encoded history.
-    history: &'a [u8],
-}
-
-impl<'a> View<'a> {
-    fn key(packed: &[u8]) -> &[u8] {
-        let mut r = Reader(&packed[1..]);
-        r.bytes()
-    }
-
-    fn parse(packed: &'a [u8]) -> View<'a> {
-        let flags = packed[0];
-        let mut r = Reader(&packed[1..]);
-        let key = r.bytes();
-        let actor = r.varint() as u32;
-        let counter = r.varint();
-        let expires = (flags & HAS_EXPIRY != 0).then(|| r.varint());
-        let content_type = (flags & HAS_CONTENT_TYPE != 0).then(|| r.bytes());
-        let value = (flags & HAS_VALUE != 0).then(|| r.bytes());
-        View {
-            key,
-            actor,
-            counter,
-            expires,
-            content_type,
-            value,
-            history: r.0,
-        }
-    }
-
-    fn fingerprint(&self, packer: &Packer) -> u64 {
-        let written = self.value.is_some() || self.expires.is_some();
-        fingerprint_of(
-            self.key,
-            [(packer.actor(self.actor), self.counter, written)],
-        )
-    }
-
-    fn is_dot(&self, packer: &Packer, dot: &Dot) -> bool {
-        self.counter == dot.counter && *packer.actor(self.actor) == dot.actor
-    }
-
-    /// [`Context::contains`] on the packed history.
-    fn history_contains(&self, packer: &Packer, dot: &Dot) -> bool {
-        let mut r = Reader(self.history);
-        for _ in 0..r.varint() {
-            let actor = packer.actor(r.varint() as u32);
-            let max = r.varint();
-            let missing = r.varint();
-            if *actor == dot.actor {
-                return dot.counter >= 1
-                    && dot.counter <= max
-                    && (0..missing).all(|_| r.varint() != dot.counter);
-            }
-            for _ in 0..missing {
-                r.varint();
-            }
-        }
-        false
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-/// Reads what `put_varint` and `put_bytes` wrote. Packed entries are only ever written by
-/// [`Packer::pack`], so running off the end is a bug, and panics.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn varint(&mut self) -> u64 {
-        let mut n = 0u64;
-        let mut shift = 0;
-        loop {
-            let byte = self.0[0];
-            self.0 = &self.0[1..];
-            n |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return n;
-            }
-            shift += 7;
-        }
-    }
-
-    fn bytes(&mut self) -> &'a [u8] {
-        let len = self.varint() as usize;
-        let (bytes, rest) = self.0.split_at(len);
-        self.0 = rest;
-        bytes
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -1564,131 +1392,24 @@ mod tests {
         assert_eq!(std::mem::size_of::<Key>(), 24);
     }
 
-    fn history(entries: &[(&Actor, u64, Vec<u64>)]) -> Context {
-        let mut ctx = Context::new();
-        for (a, max, missing) in entries {
-            ctx.set_entry(a, *max, missing.clone());
-        }
-        ctx
-    }
-
-    fn sole(dot: (&Actor, u64), history: Context, value: Option<&[u8]>, meta: Meta) -> VersionSet {
-        VersionSet::sole(Version {
-            dot: Dot {
-                actor: dot.0.clone(),
-                counter: dot.1,
-            },
-            history,
-            value: value.map(Bytes::copy_from_slice),
-            meta: meta.boxed(),
-        })
-    }
-
-    /// Every single version packs and unpacks to itself, and what the store reads in place
-    /// (key, summary, fingerprint, expiry, dots in the history) agrees with the set.
+    /// What the store reads of an entry in place (key, summary, fingerprint, expiry) agrees
+    /// with its set, packed or not.
     #[test]
-    fn packed_entries_round_trip_and_read_in_place() {
-        let (a, b, c) = (actor("n1"), actor("n2"), Actor::new("node-3", u64::MAX));
-        let big = vec![7u8; PACKED_VALUE_MAX];
-        let histories = [
-            history(&[(&a, 1, vec![])]),
-            history(&[(&a, 300_000, vec![])]),
-            history(&[(&a, u64::MAX, vec![1, 200, u64::MAX - 1])]),
-            history(&[(&a, 9, vec![2, 3]), (&b, 4, vec![]), (&c, 1 << 40, vec![7])]),
-        ];
-        let metas = [
-            Meta::default(),
-            Meta {
-                content_type: Some("text/plain; charset=utf-8".into()),
-                expires_at: None,
-            },
-            Meta {
-                content_type: Some("".into()),
-                expires_at: Some(1_700_000_000_000),
-            },
-            Meta {
-                content_type: None,
-                expires_at: Some(0),
-            },
-        ];
-        let values: [Option<&[u8]>; 4] = [None, Some(b""), Some(b"value"), Some(&big)];
-        let long_key = vec![b'k'; 300];
-        let keys: [&[u8]; 5] = [
-            b"",
-            b"k",
-            &[b'x'; INLINE_KEY],
-            &[b'y'; INLINE_KEY + 1],
-            &long_key,
-        ];
+    fn entries_read_as_their_sets() {
         let mut packer = Packer::default();
-        let mut n = 0;
-        for key in keys {
-            assert_eq!(Key::new(key).as_bytes(), key);
-            for h in &histories {
-                for (who, counter) in h.entries().map(|(a, max, _)| (a, max)) {
-                    for meta in &metas {
-                        for value in values {
-                            let set = sole((who, counter), h.clone(), value, meta.clone());
-                            let packed = packer.pack(key, &set).expect("packable");
-                            let entry = Entry::Packed(packed);
-                            assert_eq!(entry.key(), key);
-                            assert_eq!(entry.versions(&packer), set);
-                            assert_eq!(entry.summary(&packer), Summary::of(key, &set));
-                            assert_eq!(entry.fingerprint(&packer), set.fingerprint(key));
-                            assert_eq!(entry.live_until(), set.live_until());
-                            let Entry::Packed(packed) = &entry else {
-                                unreachable!()
-                            };
-                            let view = View::parse(packed);
-                            for probe in [&a, &b, &c, &actor("n4")] {
-                                for k in [0, 1, 2, 3, 4, 9, 10, 1 << 40, u64::MAX - 1, u64::MAX] {
-                                    let d = Dot {
-                                        actor: probe.clone(),
-                                        counter: k,
-                                    };
-                                    assert_eq!(view.history_contains(&packer, &d), h.contains(&d));
-                                    assert_eq!(
-                                        view.is_dot(&packer, &d),
-                                        set.versions()[0].dot == d
-                                    );
-                                }
-                            }
-                            n += 1;
-                        }
-                    }
-                }
-            }
-        }
-        assert!(n > 300);
-        assert_eq!(packer.actors.len(), 3, "one number per writer");
-
-        // What is not packed: siblings, a larger value, present but empty metadata, and a
-        // version whose history lacks its own dot.
-        let h = history(&[(&a, 2, vec![])]);
-        let too_big = vec![0u8; PACKED_VALUE_MAX + 1];
-        let odd = sole((&a, 5), h.clone(), None, Meta::default());
-        let mut siblings = sole((&a, 2), h.clone(), Some(b"x"), Meta::default());
-        siblings.merge(&sole(
-            (&b, 1),
-            history(&[(&b, 1, vec![])]),
-            None,
-            Meta::default(),
-        ));
-        let plain = sole((&a, 2), h.clone(), Some(b"x"), Meta::default());
-        let empty_meta = VersionSet::sole(Version {
-            meta: Some(Box::default()),
-            ..plain.versions()[0].clone()
-        });
-        for set in [
-            sole((&a, 2), h, Some(&too_big), Meta::default()),
-            odd,
-            siblings,
-            empty_meta,
-        ] {
-            assert!(packer.pack(b"k", &set).is_none());
-            let entry = Entry::new(b"k", Cow::Borrowed(&set), &mut packer);
+        let packable = packed::tests::packable();
+        assert!(packable.len() > 300);
+        let unpackable = packed::tests::unpackable().into_iter();
+        let samples = packable.into_iter().map(|(key, set)| (key, set, true));
+        for (key, set, packs) in samples.chain(unpackable.map(|set| (b"k".to_vec(), set, false))) {
+            assert_eq!(Key::new(&key).as_bytes(), &key[..]);
+            let entry = Entry::new(&key, Cow::Borrowed(&set), &mut packer);
+            assert_eq!(matches!(entry, Entry::Packed(_)), packs);
+            assert_eq!(entry.key(), &key[..]);
             assert_eq!(entry.versions(&packer), set);
-            assert_eq!(entry.summary(&packer), Summary::of(b"k", &set));
+            assert_eq!(entry.summary(&packer), Summary::of(&key, &set));
+            assert_eq!(entry.fingerprint(&packer), set.fingerprint(&key));
+            assert_eq!(entry.live_until(), set.live_until());
         }
     }
 
