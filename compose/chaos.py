@@ -10,15 +10,18 @@ the containers and the network; run that, not this. Steps (each fails loudly, ex
   2. SIGKILL two nodes (`docker kill`): once the survivors see them dead, every key is read
      at r=1 through the survivors (200, the right value), and new writes and overwrites at
      w=2 through the survivors all succeed (sloppy quorum: hints stand in for the dead);
-  3. restart them (`docker start`, empty: the store is in memory): every key's home replicas
-     converge to identical versions (GET /admin/local/{key} on each home), within a deadline;
+  3. restart them (`docker start`, on their data volumes; they catch up on what they
+     missed): every key's home replicas converge to identical versions (GET
+     /admin/local/{key} on each home), within a deadline;
   4. cut one node off the network (`docker network disconnect`) while writers keep writing
      through all five nodes, tracking every write's outcome; reconnect it with its fixed
      address, wait for convergence, then every acknowledged write (204) must be readable:
      a key's read must contain its last acknowledged value, or a value written after it
      whose outcome was unknown (503, broken connection). Two writers write blind (no
      context), two send the context of the key's last acknowledged write. Lost acknowledged
-     writes must be 0.
+     writes must be 0;
+  5. SIGKILL all five at once and start them again on their data volumes (--data-dir, fsync
+     always): once every /ready answers 200, every acknowledged write is read back at r=2.
 
 Only the published host ports on 127.0.0.1 are contacted. Configuration comes from the
 environment (chaos.sh sets it): CHAOS_PORTS ("n1=18001,n2=..."), CHAOS_CONTAINERS
@@ -462,7 +465,7 @@ def step_kill(keys):
     figures["writes at w=2 with two nodes down"] = len(fresh) + len(overwrite)
     check_acked(fresh + overwrite, survivors, 1, "writes made with two nodes down")
 
-    log(f"step 3: docker start {victims} (they come back empty: the store is in memory)")
+    log(f"step 3: docker start {victims} (on their data volumes; they catch up on the rest)")
     for v in victims:
         docker("start", CONTAINERS[v])
     t_start = time.monotonic()
@@ -557,6 +560,42 @@ def step_isolate(keys):
     return victim
 
 
+def wait_ready(nodes, deadline_secs=120):
+    """Polls GET /ready on every node until each answers 200; returns the time."""
+    t = time.monotonic()
+    while True:
+        pending = []
+        for n in nodes:
+            try:
+                status, _, _ = request(n, "GET", "/ready", timeout=5)
+            except (NotSent, Unknown):
+                status = None
+            if status != 200:
+                pending.append(n)
+        if not pending:
+            return time.monotonic() - t
+        if time.monotonic() - t > deadline_secs:
+            raise Failed(f"{pending} not ready within {deadline_secs} s")
+        time.sleep(0.2)
+
+
+def step_full_restart():
+    """Every node keeps its data in a volume (--data-dir, fsync always): a SIGKILL of the
+    whole ring at once loses no acknowledged write."""
+    acked = history.acked_keys()
+    log(f"step 5: docker kill all five at once (SIGKILL), start them again on their volumes, "
+        f"and read back {len(acked)} acknowledged writes")
+    docker("kill", *[CONTAINERS[n] for n in NODES])
+    docker("start", *[CONTAINERS[n] for n in NODES])
+    back = wait_ready(NODES)
+    log(f"all five ready {back:.1f} s after docker start")
+    figures["full-ring SIGKILL: docker start to all five ready (s)"] = round(back, 1)
+    t = time.monotonic()
+    check_acked(acked, NODES, 2, "after a full-ring SIGKILL and restart")
+    figures["acknowledged writes read back after the full-ring restart"] = (
+        f"{len(acked)} of {len(acked)} in {time.monotonic() - t:.1f} s (r=2)")
+
+
 def main():
     log(f"ring: {', '.join(f'{n}=127.0.0.1:{PORTS[n]}' for n in NODES)}; network {NETWORK}; "
         f"seed {SEED}")
@@ -564,11 +603,13 @@ def main():
         keys = step_write()
         all_keys, killed = step_kill(keys)
         isolated = step_isolate(all_keys)
+        step_full_restart()
     except Failed as err:
         log(f"FAILED: {err}")
         return 1
     figures["faults injected"] = (f"2 SIGKILLs ({', '.join(killed)}) + restarts, "
-                                  f"1 network isolation ({isolated})")
+                                  f"1 network isolation ({isolated}), "
+                                  f"a SIGKILL of all five + restart")
     figures["keys written in all"] = len(history.writes)
     figures["writes in all: acknowledged / unknown"] = (
         f"{history.count('acked')} / {history.count('unknown')}")

@@ -43,13 +43,15 @@ cleanup() {
         timeout 60 "$up" logs --no-color --tail 15 >&2 2>&1 || true
     fi
     log "cleaning up project $RINGKV_PROJECT"
-    timeout 120 "$up" down >/dev/null 2>&1 || true
+    timeout 120 "$up" down -v >/dev/null 2>&1 || true
     # Whatever compose could not remove (it timed out, or was never asked).
     local leftover
     leftover="$(docker ps -aq --filter "label=com.docker.compose.project=$RINGKV_PROJECT")"
     [[ -z "$leftover" ]] || docker rm -f $leftover >/dev/null 2>&1 || true
     leftover="$(docker network ls -q --filter "label=com.docker.compose.project=$RINGKV_PROJECT")"
     [[ -z "$leftover" ]] || docker network rm $leftover >/dev/null 2>&1 || true
+    leftover="$(docker volume ls -q --filter "label=com.docker.compose.project=$RINGKV_PROJECT")"
+    [[ -z "$leftover" ]] || docker volume rm $leftover >/dev/null 2>&1 || true
     if [[ -n "$(docker ps -aq --filter "label=com.docker.compose.project=$RINGKV_PROJECT")$(docker network ls -q --filter "label=com.docker.compose.project=$RINGKV_PROJECT")" ]]; then
         log "WARNING: containers or networks of $RINGKV_PROJECT are left behind"
         rc=1

@@ -3,7 +3,8 @@
 #
 #   compose/up.sh [up]     build the static binary and the image, start n1..n5, and wait
 #                          until all five are healthy (ready) and n1 sees five alive members
-#   compose/up.sh down     stop and remove the ring's containers and network
+#   compose/up.sh down     stop and remove the ring's containers and network (data volumes
+#                          stay; `down -v` removes them too)
 #   compose/up.sh build    only build the binary and the image
 #   compose/up.sh ARGS...  any other compose command on the ring, e.g. `ps`, `logs n1`,
 #                          `stop n2 n3`, `start n2 n3` (with the same project and variables)
@@ -139,7 +140,9 @@ up)
     done
     ;;
 down)
-    compose down --remove-orphans --timeout 15
+    shift
+    # `down -v` also deletes the nodes' data volumes.
+    compose down --remove-orphans --timeout 15 "$@"
     ;;
 build)
     build

@@ -14,8 +14,8 @@
 //!
 //! Every file is a sequence of frames, the RPC frame format ([`crate::codec`]: length, CRC32,
 //! MessagePack), so a record is checked by its CRC and a torn write is a short frame. The first
-//! frame is a [`Header`] with a magic name and a [`FORMAT`] number: a file of a newer format is
-//! refused, never misread. A snapshot ends with an [`Trailer`] frame counting its records and
+//! frame is a header with a magic name and a [`FORMAT`] number: a file of a newer format is
+//! refused, never misread. A snapshot ends with a trailer frame counting its records and
 //! checksumming them all, so a truncated or damaged snapshot is detected as a whole.
 //!
 //! ## Records
@@ -925,7 +925,7 @@ impl Wal {
         Ok(())
     }
 
-    /// Runs [`Wal::snapshot_if_due`] every [`SNAPSHOT_CHECK`] on its own thread until
+    /// Runs [`Wal::snapshot_if_due`] every second on its own thread until
     /// `stop` is set. `live` gives the store's live bytes; `fill` streams its state.
     pub fn spawn_snapshots(
         self: &Arc<Self>,

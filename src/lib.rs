@@ -1,6 +1,7 @@
 //! # ringkv
 //!
-//! A gossip-based, leaderless, Dynamo-style distributed in-memory key-value store.
+//! A gossip-based, leaderless, Dynamo-style distributed key-value store, served from memory
+//! and, with `--data-dir`, made durable by a write-ahead log and snapshots ([`durable`]).
 //! Every node serves the same HTTP API; any node accepts any request.
 //!
 //! ## Architecture
@@ -42,7 +43,9 @@
 //! | [`antientropy`] | Merkle exchanges, ownership handoff, tombstone GC |
 //! | [`api`] | the HTTP API (hyper 1); the one place HTTP status codes are chosen |
 //! | [`metrics`] | `GET /metrics` in the Prometheus / OpenMetrics text format |
-//! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees and key-order and expiry indexes |
+//! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees and key-order and expiry indexes; every change goes to the log when there is one |
+//! | [`durable`] | the one module that touches files: the data-dir lock, the write-ahead log with group commit, snapshots, recovery |
+//! | [`readiness`] | the named conditions of `GET /ready` (pure) |
 //! | [`ttl`] | the clock expiry is judged by, and the sweep that frees expired values |
 //! | [`watch`] | watchers, who watches what across the ring, and the event fan-out |
 //! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
@@ -184,10 +187,12 @@
 //!
 //! ## Guarantees
 //!
-//! - A write acknowledged with W = w is stored in memory on at least w replicas (homes, or
-//!   fallbacks holding hints for dead homes; `pw` bounds how many must be homes).
+//! - A write acknowledged with W = w is stored on at least w replicas (homes, or fallbacks
+//!   holding hints for dead homes; `pw` bounds how many must be homes): in memory, and with
+//!   `--data-dir --fsync always` in each one's log on disk before it counts.
 //! - A read with R + W > N sees every write acknowledged before it started, as long as the
-//!   replicas that acknowledged it are alive (in-memory data dies with its process).
+//!   replicas that acknowledged it are alive or, with a data dir, restart from it (in-memory
+//!   data dies with its process).
 //! - Concurrent writes are never silently dropped: they become siblings.
 //! - Replicas converge without client reads: hints, anti-entropy and ownership handoff.
 //! - A delete is never undone by a replica that missed it: tombstones outlive the purge check.

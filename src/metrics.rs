@@ -80,6 +80,9 @@ struct NodeCollector {
     watchers: u64,
     events_dropped: u64,
     events_lagged: u64,
+    /// The write-ahead log's counters, with a data dir: records, bytes written, fsyncs, write
+    /// errors, snapshots, damaged files set aside.
+    wal: Option<[u64; 6]>,
 }
 
 impl Collector for NodeCollector {
@@ -234,6 +237,33 @@ impl Collector for NodeCollector {
                 gauge.metric_type(),
             )?)?;
         }
+        if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {
+            let wal: [(&str, &str, u64); 6] = [
+                ("wal_records", "Records appended to the write-ahead log", records),
+                ("wal_bytes_written", "Bytes written to the write-ahead log", bytes),
+                ("wal_fsyncs", "fsyncs of the write-ahead log", fsyncs),
+                (
+                    "wal_write_errors",
+                    "Failed log writes or fsyncs (a full disk): writes not acknowledged",
+                    errors,
+                ),
+                ("snapshots", "Snapshots written", snapshots),
+                (
+                    "data_files_set_aside",
+                    "Damaged log tails and snapshots recovery set aside at start",
+                    corrupt,
+                ),
+            ];
+            for (name, help, value) in wal {
+                let counter = ConstCounter::new(value);
+                counter.encode(encoder.encode_descriptor(
+                    &format!("ringkv_{name}"),
+                    help,
+                    None,
+                    counter.metric_type(),
+                )?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -254,6 +284,18 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
             .fanout
             .dropped
             .load(std::sync::atomic::Ordering::Relaxed),
+        wal: node.store().log().map(|log| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let s = &log.stats;
+            [
+                s.records.load(Relaxed),
+                s.bytes_written.load(Relaxed),
+                s.fsyncs.load(Relaxed),
+                s.write_errors.load(Relaxed),
+                s.snapshots.load(Relaxed),
+                s.corrupt_files.load(Relaxed),
+            ]
+        }),
     };
     let mut registry = Registry::default();
     let http = node.http_metrics();

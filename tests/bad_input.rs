@@ -1,7 +1,8 @@
 //! In-process tests of what the HTTP API does with bad input: quorum parameters, key lengths,
-//! causal contexts, oversized values (with and without Content-Length), unknown routes and
-//! wrong methods. Every rejection must be the documented status with a JSON body carrying a
-//! string `error`, must not write anything, and must leave the node serving normally.
+//! causal contexts, failed conditions, oversized values (with and without Content-Length),
+//! unknown routes and wrong methods. Every rejection must be the documented status with a
+//! JSON body carrying a string `error` and the `kind` of that status, must not write
+//! anything, and must leave the node serving normally.
 
 mod common;
 
@@ -26,9 +27,18 @@ async fn cluster() -> TestCluster {
     TestCluster::start_with(3, |c| c.max_value_bytes = LIMIT).await
 }
 
-/// Asserts `reply` has `status` and a JSON body with a string `error`; returns the body.
+/// Asserts `reply` has `status` and a JSON body with a string `error` and the `kind` (the
+/// name of the server's `Error` variant) that status stands for; returns the body.
 #[track_caller]
 fn assert_error(reply: &Reply, status: StatusCode, what: &str) -> serde_json::Value {
+    let kind = match status {
+        StatusCode::BAD_REQUEST => "invalid_input",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PRECONDITION_FAILED => "precondition_failed",
+        StatusCode::PAYLOAD_TOO_LARGE => "value_too_large",
+        _ => panic!("{what}: no one kind stands for {status}"),
+    };
     assert_eq!(reply.status, status, "{what}: {reply:?}");
     assert_eq!(
         reply.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes),
@@ -41,6 +51,7 @@ fn assert_error(reply: &Reply, status: StatusCode, what: &str) -> serde_json::Va
         body["error"].as_str().is_some_and(|s| !s.is_empty()),
         "{what}: no string \"error\" field: {body}"
     );
+    assert_eq!(body["kind"], kind, "{what}: {body}");
     body
 }
 
@@ -323,6 +334,10 @@ async fn malformed_contexts_are_400_and_write_nothing() {
             );
         }
     }
+    // A condition that fails is 412, with the key's current context.
+    let put = http.put(&format!("{url}?if_absent=true"), "clobbered").await;
+    let body = assert_error(&put, StatusCode::PRECONDITION_FAILED, "if_absent, present");
+    assert_eq!(body["context"].as_str(), Some(ctx.as_str()), "{body}");
     // Nothing above was written: one value, and the real context still supersedes it.
     for reader in 0..3 {
         let got = http.get(&format!("{}/kv/ctx?r=3", c.url(reader))).await;

@@ -79,6 +79,8 @@ async fn stub_503() -> Stub {
             tokio::spawn(async move {
                 let svc = service_fn(move |_req| {
                     counter.fetch_add(1, Ordering::SeqCst);
+                    // No `kind`, as a node that predates kinds answers: the client decodes
+                    // it by the status and the counts.
                     let body = r#"{"error":"quorum not met: 1 replicas answered, 2 required","replied":1,"required":2}"#;
                     let mut resp = Response::new(Full::new(Bytes::from(body)));
                     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -332,6 +334,15 @@ async fn a_real_quorum_failure_is_retried_on_other_nodes() {
     );
     let after: u64 = reads(&c).iter().sum();
     assert_eq!(after - before, 1 + DEFAULT_READ_RETRIES as u64);
+    // What the client decoded: a 503 of kind `unavailable`, with the counts.
+    let got = Http::new()
+        .get(&format!("{}/kv/{key}?r=3", c.url(others[0])))
+        .await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{got:?}");
+    let body = got.json();
+    assert_eq!(body["kind"], "unavailable", "{body}");
+    assert_eq!(body["required"], 3, "{body}");
+    assert!(body["replied"].as_u64().is_some_and(|n| n < 3), "{body}");
     // r=2 still works, on whichever node the rotation picks.
     let read = client
         .get_with(key, &ReadOptions { r: Some(2) })
