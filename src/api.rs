@@ -923,7 +923,8 @@ pub fn status_of(err: &Error) -> StatusCode {
         | Error::Interrupted(_)
         | Error::Timeout
         | Error::Unreachable(_)
-        | Error::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+        | Error::Shutdown
+        | Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Protocol(_) => StatusCode::BAD_GATEWAY,
         Error::Io(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -1575,6 +1575,7 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
             "unreachable" => Error::Unreachable(text("peer unreachable: ")),
             "protocol" => Error::Protocol(text("protocol error: ")),
             "shutdown" => Error::Shutdown,
+            "storage" => Error::Storage(text("storage: ")),
             "io" => Error::Io(Arc::new(std::io::Error::other(text("I/O error: ")))),
             "internal" => Error::internal(text("internal error: ")),
             _ => return None,
@@ -1642,6 +1643,7 @@ mod tests {
             Error::Timeout,
             Error::Unreachable("n3".into()),
             Error::Shutdown,
+            Error::Storage("no space left".into()),
             Error::Protocol("bad frame".into()),
             Error::Io(Arc::new(std::io::Error::other("disk"))),
             Error::internal(std::fmt::Error),
@@ -1697,7 +1699,7 @@ mod tests {
             ans.body = Bytes::from(body.to_string());
             let back = error_from_answer(&ans, "/kv/x", 10);
             let want = match err.kind() {
-                "rejected" | "interrupted" | "timeout" | "shutdown" => "unreachable",
+                "rejected" | "interrupted" | "timeout" | "shutdown" | "storage" => "unreachable",
                 "internal" => "io",
                 kind => kind,
             };

@@ -357,6 +357,10 @@ impl Node {
             return Ok(new_ctx);
         }
         Stats::incr(&self.stats.quorum_failures);
+        // A coordinator that cannot log says so: that is what an operator must fix.
+        if let Some(why) = self.store.log().and_then(|log| log.error()) {
+            return Err(Error::Storage(why));
+        }
         Err(if all.status() != QuorumStatus::Met {
             Error::Unavailable {
                 replied: all.successes(),

@@ -190,6 +190,8 @@ pub struct WalStats {
     pub log_bytes_since_snapshot: AtomicU64,
     /// Files (or tails of files) recovery set aside as damaged.
     pub corrupt_files: AtomicU64,
+    /// The longest a snapshot held one shard's lock (writes to that shard wait that long).
+    pub snapshot_max_lock_us: AtomicU64,
 }
 
 /// The write-ahead log of one node.
@@ -746,6 +748,11 @@ impl Wal {
         }
     }
 
+    /// Why the log cannot be written right now, if it cannot (a full disk).
+    pub fn error(&self) -> Option<String> {
+        self.durable.borrow().error.clone()
+    }
+
     /// Starts a new segment: everything appended so far goes to the old one. Returns the new
     /// segment's number, once it exists. Blocking: call from a blocking thread.
     fn rotate(&self) -> Result<u64> {
@@ -920,6 +927,7 @@ impl Wal {
             seq,
             bytes,
             took_ms = started.elapsed().as_millis() as u64,
+            max_shard_lock_us = self.stats.snapshot_max_lock_us.load(Ordering::Relaxed),
             "snapshot written"
         );
         Ok(())
@@ -957,7 +965,7 @@ impl std::fmt::Debug for Wal {
 }
 
 fn storage_error(msg: &str) -> Error {
-    Error::Io(Arc::new(std::io::Error::other(msg.to_string())))
+    Error::Storage(msg.to_string())
 }
 
 /// Replays `records` into a map the way recovery applies them to a store (for tests and
@@ -1144,14 +1152,12 @@ mod tests {
         wal.append(&key("a", "1"));
         wal.append(&key("b", "1"));
         wal.barrier().await.unwrap();
-        let state = vec![key("a", "1"), key("b", "1")];
+        let state = [key("a", "1"), key("b", "1")];
         let w = wal.clone();
-        tokio::task::spawn_blocking(move || {
-            w.snapshot(|put| state.iter().try_for_each(|r| put(r)))
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        tokio::task::spawn_blocking(move || w.snapshot(|put| state.iter().try_for_each(put)))
+            .await
+            .unwrap()
+            .unwrap();
         wal.append(&key("b", "2"));
         wal.barrier().await.unwrap();
         wal.close();
@@ -1169,14 +1175,12 @@ mod tests {
         for round in ["1", "2"] {
             wal.append(&key("a", round));
             wal.barrier().await.unwrap();
-            let state = vec![key("a", round)];
+            let state = [key("a", round)];
             let w = wal.clone();
-            tokio::task::spawn_blocking(move || {
-                w.snapshot(|put| state.iter().try_for_each(|r| put(r)))
-            })
-            .await
-            .unwrap()
-            .unwrap();
+            tokio::task::spawn_blocking(move || w.snapshot(|put| state.iter().try_for_each(put)))
+                .await
+                .unwrap()
+                .unwrap();
         }
         wal.close();
         drop(wal);

@@ -47,6 +47,9 @@ pub enum Error {
     Protocol(String),
     /// The node is shutting down.
     Shutdown,
+    /// The node's write-ahead log could not be written (a full disk): it acknowledges no
+    /// write until it can log again.
+    Storage(String),
     /// An I/O error on this node (a file, a socket, gossip that could not bind). Kept whole
     /// locally; only its text crosses the wire.
     #[serde(with = "io_as_text")]
@@ -87,6 +90,7 @@ impl Error {
             Error::Unreachable(_) => "unreachable",
             Error::Protocol(_) => "protocol",
             Error::Shutdown => "shutdown",
+            Error::Storage(_) => "storage",
             Error::Io(_) => "io",
             Error::Internal(_) => "internal",
         }
@@ -118,6 +122,7 @@ impl fmt::Display for Error {
             Error::Unreachable(msg) => write!(f, "peer unreachable: {msg}"),
             Error::Protocol(msg) => write!(f, "protocol error: {msg}"),
             Error::Shutdown => write!(f, "node is shutting down"),
+            Error::Storage(msg) => write!(f, "storage: {msg}"),
             Error::Io(err) => write!(f, "I/O error: {}", Chain(err.as_ref())),
             Error::Internal(err) => write!(f, "internal error: {}", Chain(err.as_ref())),
         }
@@ -249,6 +254,7 @@ mod tests {
             Error::Unreachable("n2".into()),
             Error::Protocol("bad frame".into()),
             Error::Shutdown,
+            Error::Storage("no space left".into()),
             Error::Io(Arc::new(std::io::Error::other("disk"))),
             Error::internal(std::fmt::Error),
         ]

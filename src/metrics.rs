@@ -239,8 +239,16 @@ impl Collector for NodeCollector {
         }
         if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {
             let wal: [(&str, &str, u64); 6] = [
-                ("wal_records", "Records appended to the write-ahead log", records),
-                ("wal_bytes_written", "Bytes written to the write-ahead log", bytes),
+                (
+                    "wal_records",
+                    "Records appended to the write-ahead log",
+                    records,
+                ),
+                (
+                    "wal_bytes_written",
+                    "Bytes written to the write-ahead log",
+                    bytes,
+                ),
                 ("wal_fsyncs", "fsyncs of the write-ahead log", fsyncs),
                 (
                     "wal_write_errors",

@@ -134,6 +134,30 @@ impl Node {
         }
     }
 
+    /// Streams the node's whole state (store, shard by shard, then hints) as log records.
+    fn snapshot_into(&self, put: &mut dyn FnMut(&Record) -> Result<()>) -> Result<()> {
+        for shard in 0..crate::store::SHARDS {
+            self.store.snapshot_shard(shard, put)?;
+        }
+        let hints = lock(&self.hints).records();
+        hints.iter().try_for_each(put)
+    }
+
+    /// Takes a snapshot of the data dir now, whatever the log's size (tests, and operators
+    /// before a backup). Fails without a data dir.
+    pub async fn snapshot_now(self: &Arc<Self>) -> Result<()> {
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let log = node
+                .store
+                .log()
+                .ok_or_else(|| Error::invalid("this node has no --data-dir"))?;
+            log.snapshot(|put| node.snapshot_into(put))
+        })
+        .await
+        .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))?
+    }
+
     /// N, R and W.
     pub fn quorums(&self) -> Quorums {
         Quorums {
@@ -580,13 +604,7 @@ impl NodeHandle {
                 let thread = log.spawn_snapshots(
                     stop.clone(),
                     move || live.store.stats().bytes,
-                    move |put| {
-                        for shard in 0..crate::store::SHARDS {
-                            fill.store.snapshot_shard(shard, put)?;
-                        }
-                        let hints = lock(&fill.hints).records();
-                        hints.iter().try_for_each(|r| put(r))
-                    },
+                    move |put| fill.snapshot_into(put),
                 )?;
                 Some((stop, thread))
             }

@@ -335,7 +335,9 @@ async fn malformed_contexts_are_400_and_write_nothing() {
         }
     }
     // A condition that fails is 412, with the key's current context.
-    let put = http.put(&format!("{url}?if_absent=true"), "clobbered").await;
+    let put = http
+        .put(&format!("{url}?if_absent=true"), "clobbered")
+        .await;
     let body = assert_error(&put, StatusCode::PRECONDITION_FAILED, "if_absent, present");
     assert_eq!(body["context"].as_str(), Some(ctx.as_str()), "{body}");
     // Nothing above was written: one value, and the real context still supersedes it.

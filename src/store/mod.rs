@@ -324,6 +324,7 @@ impl Store {
         i: usize,
         put: &mut dyn FnMut(&Record) -> crate::error::Result<()>,
     ) -> crate::error::Result<()> {
+        let locked = Instant::now();
         let records: Vec<Record> = {
             let shard = lock(&self.shards[i]);
             shard
@@ -335,7 +336,13 @@ impl Store {
                 })
                 .collect()
         };
-        records.iter().try_for_each(|r| put(r))
+        if let Some(log) = &self.log {
+            let held = locked.elapsed().as_micros() as u64;
+            log.stats
+                .snapshot_max_lock_us
+                .fetch_max(held, Ordering::Relaxed);
+        }
+        records.iter().try_for_each(put)
     }
 
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {

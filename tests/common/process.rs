@@ -54,6 +54,17 @@ pub fn ringkv() -> Command {
     cmd
 }
 
+/// `ringkv serve --id <id> <args>` on port 0 everywhere, seeded with `seeds`.
+pub fn serve_command(id: &str, seeds: &[SocketAddr], args: &[&str]) -> Command {
+    let mut cmd = ringkv();
+    cmd.args(["serve", "--id", id]).args(PORT_ZERO).args(args);
+    if !seeds.is_empty() {
+        let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
+        cmd.args(["--seeds", &seeds.join(",")]);
+    }
+    cmd
+}
+
 /// A fresh file for one process's stderr.
 pub fn log_path(label: &str) -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -79,13 +90,17 @@ pub struct ProcessNode {
 impl ProcessNode {
     /// `ringkv serve --id <id>` on port 0 everywhere, seeded with `seeds`.
     pub async fn start(id: &str, seeds: &[SocketAddr]) -> ProcessNode {
-        let mut cmd = ringkv();
-        cmd.args(["serve", "--id", id]).args(PORT_ZERO);
-        if !seeds.is_empty() {
-            let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
-            cmd.args(["--seeds", &seeds.join(",")]);
-        }
-        ProcessNode::spawn(cmd, id).await
+        ProcessNode::start_with(id, seeds, &[]).await
+    }
+
+    /// As [`ProcessNode::start`], with more `serve` flags (`--data-dir DIR`, say).
+    pub async fn start_with(id: &str, seeds: &[SocketAddr], args: &[&str]) -> ProcessNode {
+        ProcessNode::spawn(serve_command(id, seeds, args), id).await
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process is running").0.id()
     }
 
     /// Runs `cmd` (a `serve` command) and waits for its `listening` line.
