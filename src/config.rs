@@ -100,6 +100,9 @@ pub struct Config {
     pub fsync: crate::durable::Fsync,
     /// The period of `--fsync periodic` (and of writes with `never`).
     pub fsync_interval: Duration,
+    /// A snapshot is due once the log since the last one holds this many bytes (and more
+    /// than the live data).
+    pub snapshot_log_bytes: u64,
 }
 
 /// Default `--fsync-interval-ms`: what `periodic` may lose on a crash of the node.
@@ -142,6 +145,7 @@ impl Config {
             data_dir: None,
             fsync: crate::durable::Fsync::Always,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
+            snapshot_log_bytes: crate::durable::SNAPSHOT_MIN_LOG,
         }
     }
 

@@ -43,7 +43,8 @@
 //!
 //! ## Snapshots and compaction
 //!
-//! When the log since the last snapshot outgrows the live data (and [`SNAPSHOT_MIN_LOG`]),
+//! When the log since the last snapshot outgrows the live data (and `--snapshot-log-bytes`,
+//! [`SNAPSHOT_MIN_LOG`] by default),
 //! the flusher starts a new segment and a snapshot of the store is streamed to disk shard by
 //! shard (each shard locked only while it is encoded). Once it is on disk, segments and
 //! snapshots older than the *previous* snapshot are deleted: recovery can fall back to the
@@ -89,8 +90,9 @@ pub const FORMAT: u32 = 1;
 const WAL_MAGIC: &str = "ringkv-wal";
 const SNAP_MAGIC: &str = "ringkv-snapshot";
 
-/// No snapshot is taken before the log since the last one holds this much: below it, replaying
-/// the log is as quick as loading a snapshot, and snapshots of a small store would churn.
+/// Default `--snapshot-log-bytes`: no snapshot is taken before the log since the last one holds
+/// this much. Below it, replaying the log is as quick as loading a snapshot, and snapshots of
+/// a small store would churn.
 pub const SNAPSHOT_MIN_LOG: u64 = 64 * 1024 * 1024;
 
 /// How often the snapshot thread checks whether a snapshot is due.
@@ -121,6 +123,9 @@ pub struct DurableConfig {
     pub dir: PathBuf,
     pub fsync: Fsync,
     pub interval: Duration,
+    /// A snapshot is due once the log since the last one holds this many bytes (and more
+    /// than the live data).
+    pub snapshot_log_bytes: u64,
 }
 
 /// One logged change.
@@ -176,6 +181,10 @@ struct Pending {
     /// A segment switch requested at this LSN, with where to say it is done.
     rotate: Option<(u64, std::sync::mpsc::Sender<Result<u64>>)>,
     stop: bool,
+    /// The flusher is waiting for work: only then does an append wake it. While it writes
+    /// and syncs, appends just accumulate for its next round (group commit without a wake-up
+    /// per write).
+    idle: bool,
 }
 
 /// Counters of the log, for `/metrics` and tests.
@@ -199,6 +208,7 @@ pub struct Wal {
     dir: PathBuf,
     fsync: Fsync,
     interval: Duration,
+    snapshot_log_bytes: u64,
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: watch::Sender<Durable>,
@@ -679,11 +689,13 @@ impl Wal {
             dir: cfg.dir.clone(),
             fsync: cfg.fsync,
             interval: cfg.interval,
+            snapshot_log_bytes: cfg.snapshot_log_bytes,
             pending: Mutex::new(Pending {
                 buf: BytesMut::new(),
                 appended: 0,
                 rotate: None,
                 stop: false,
+                idle: false,
             }),
             wake: Condvar::new(),
             durable: watch::channel(Durable::default()).0,
@@ -712,8 +724,10 @@ impl Wal {
         }
         p.appended += (p.buf.len() - before) as u64;
         self.stats.records.fetch_add(1, Ordering::Relaxed);
+        let wake = p.idle && self.fsync == Fsync::Always;
+        p.idle &= !wake;
         drop(p);
-        if self.fsync == Fsync::Always {
+        if wake {
             self.wake.notify_one();
         }
     }
@@ -791,8 +805,10 @@ impl Wal {
                 let mut p = lock(&self.pending);
                 if self.fsync == Fsync::Always {
                     while p.buf.is_empty() && p.rotate.is_none() && !p.stop && carry.is_empty() {
+                        p.idle = true;
                         p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                     }
+                    p.idle = false;
                 } else if p.rotate.is_none() && !p.stop {
                     // The periodic modes write once per interval, not per append.
                     p = self
@@ -890,7 +906,7 @@ impl Wal {
     }
 
     /// Takes a snapshot if the log since the last one outgrew `live_bytes` (and
-    /// [`SNAPSHOT_MIN_LOG`]): rotate, stream the state through `fill`, then delete what the
+    /// `--snapshot-log-bytes`): rotate, stream the state through `fill`, then delete what the
     /// previous snapshot made redundant. Blocking: runs on the snapshot thread.
     pub fn snapshot_if_due(
         &self,
@@ -898,7 +914,7 @@ impl Wal {
         fill: impl FnOnce(&mut dyn FnMut(&Record) -> Result<()>) -> Result<()>,
     ) -> Result<bool> {
         let since = self.stats.log_bytes_since_snapshot.load(Ordering::Relaxed);
-        if since < SNAPSHOT_MIN_LOG.max(live_bytes) {
+        if since < self.snapshot_log_bytes.max(live_bytes) {
             return Ok(false);
         }
         self.snapshot(fill)?;
@@ -1025,6 +1041,7 @@ mod tests {
             dir: dir.to_path_buf(),
             fsync: Fsync::Always,
             interval: Duration::from_millis(10),
+            snapshot_log_bytes: SNAPSHOT_MIN_LOG,
         }
     }
 

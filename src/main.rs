@@ -146,6 +146,10 @@ struct Tuning {
     /// The period of --fsync periodic (and of log writes with never), in milliseconds.
     #[arg(long, env = "RINGKV_FSYNC_INTERVAL_MS", default_value_t = 100)]
     fsync_interval_ms: u64,
+    /// With --data-dir: take a snapshot (and drop the log before it) once the log since the
+    /// last one holds this many bytes and more than the live data.
+    #[arg(long, env = "RINGKV_SNAPSHOT_LOG_BYTES", default_value_t = ringkv::durable::SNAPSHOT_MIN_LOG)]
+    snapshot_log_bytes: u64,
 }
 
 #[derive(Args)]
@@ -191,6 +195,7 @@ impl Tuning {
         cfg.tombstone_grace = Duration::from_secs(self.tombstone_grace_secs);
         cfg.fsync = self.fsync;
         cfg.fsync_interval = Duration::from_millis(self.fsync_interval_ms);
+        cfg.snapshot_log_bytes = self.snapshot_log_bytes;
     }
 }
 

@@ -783,6 +783,7 @@ async fn open_data(config: &Config, http: &TcpListener) -> Result<(Store, HintSt
             dir,
             fsync: config.fsync,
             interval: config.fsync_interval,
+            snapshot_log_bytes: config.snapshot_log_bytes,
         },
         lock,
     )?;

@@ -1,8 +1,9 @@
 //! Durable nodes (`--data-dir`, issue 13), end to end.
 //!
-//! - In process: a five-node ring on data dirs is stopped whole and started again on the same
-//!   dirs; each node's store is back, exactly as it was, the moment it starts (before any peer
-//!   could refill it), and every acknowledged key, delete and expiry holds through the ring.
+//! - In process: a five-node ring on data dirs (some nodes with snapshots, some with a log
+//!   only) is stopped whole and started again on the same dirs; each node's store is back,
+//!   exactly as it was, the moment it starts (before any peer could refill it), and every
+//!   acknowledged key, delete and expiry holds through the ring.
 //! - Real processes: five `ringkv serve --data-dir --fsync always` SIGKILLed at once after
 //!   acknowledged writes, deletes and TTL writes, then restarted on new ports.
 //! - The directory lock, a data dir that is a file, and files of a newer format.
@@ -243,6 +244,14 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
 
     let mut expected = BTreeMap::new();
     for i in 0..KEYS {
+        if i == KEYS / 2 {
+            // Half way, nodes n1, n3 and n5 take a snapshot: they recover from it plus the
+            // log after it (the delete and the TTL writes below land in that log); n2 and n4
+            // from their log alone.
+            for n in [0, 2, 4] {
+                c.node(n).node().snapshot_now().await.expect("snapshot");
+            }
+        }
         let (key, value) = (format!("d/k{i:03}"), format!("value {i}"));
         let put = http
             .put(&format!("{}/kv/{key}", c.url(i % N)), value.clone())
@@ -291,6 +300,21 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
         },
     )
     .await;
+
+    // n1 takes a second snapshot: it recovers from that one, the first kept as a fallback.
+    c.node(0).node().snapshot_now().await.expect("snapshot");
+    let snapshots: Vec<usize> = (0..N)
+        .map(|i| {
+            std::fs::read_dir(base.join(c.id(i)))
+                .expect("data dir")
+                .filter(|e| {
+                    let name = e.as_ref().expect("entry").file_name();
+                    name.to_string_lossy().ends_with(".snap")
+                })
+                .count()
+        })
+        .collect();
+    assert_eq!(snapshots, [2, 0, 1, 0, 1], "snapshot files per node");
 
     // Stop every node (the log is closed, the dir unlocked), keeping each one's memory to
     // compare with what comes back from disk.
@@ -382,7 +406,8 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
     let bad = misreads(&http, &urls, &expected, 3).await;
     assert!(bad.is_empty(), "after anti-entropy: {bad:#?}");
     println!(
-        "in-process: {N} nodes restarted on their data dirs; copies per node {held_before:?}, each \
+        "in-process: {N} nodes restarted on their data dirs (snapshot files {snapshots:?}, plus \
+         their logs); copies per node {held_before:?}, each \
          identical right at its start (before any peer could refill it); ready {ready_after:?} \
          after the first restart; {} keys (1 deleted, 2 with TTL 1 s, 404 from {expired_after:?} \
          after they were written) read right with r=2 and r=3, and again after anti-entropy",
@@ -395,8 +420,7 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
 // 2. Real processes: all five SIGKILLed at once, then restarted on their data dirs.
 // ---------------------------------------------------------------------------------------
 
-/// Starts `ringkv serve` number `i` of a ring on `dir` (`--fsync always`), seeded with
-/// `seeds`.
+/// Starts `ringkv serve --id <id>` on `dir` with `--fsync always`, seeded with `seeds`.
 async fn start_durable(id: &str, dir: &Path, seeds: &[SocketAddr]) -> ProcessNode {
     ProcessNode::start_with(id, seeds, &durable(dir)).await
 }
@@ -474,24 +498,61 @@ async fn five_processes_killed_at_once_come_back_with_every_acknowledged_write()
         assert_eq!(del.status, StatusCode::NO_CONTENT, "DELETE {key}: {del:?}");
         expected.insert(key, Expect::Deleted);
     }
-    let mut ttl_keys: Vec<String> = (0..TTL_NEW).map(|i| format!("t/{i:03}")).collect();
-    ttl_keys.extend((0..TTL_OVERWRITES).map(|i| format!("p/{:04}", 250 + i * 4)));
+    // TTL writes in two batches, each of new keys and of overwrites of live keys: the first
+    // expires, and is swept, before the kill; the second is still live when the nodes die.
+    let batch = |b: usize| -> Vec<String> {
+        (0..TTL_NEW / 2)
+            .map(|i| format!("t/{b}-{i:03}"))
+            .chain((0..TTL_OVERWRITES / 2).map(|i| format!("p/{:04}", 250 + b * 20 + i * 4)))
+            .collect()
+    };
+    let (swept, live_at_kill) = (batch(0), batch(1));
     let mut live_before_kill = 0;
-    for (i, key) in ttl_keys.iter().enumerate() {
-        assert_ne!(expected.get(key), Some(&Expect::Deleted), "{key}");
-        let node = urls[i % N];
-        let put = http
-            .put(&format!("http://{node}/kv/{key}?ttl=1"), "short-lived")
-            .await;
-        assert_eq!(
-            put.status,
-            StatusCode::NO_CONTENT,
-            "PUT {key}?ttl=1: {put:?}"
-        );
-        expected.insert(key.clone(), Expect::Expired);
-        let got = http.get(&format!("http://{node}/kv/{key}")).await;
-        live_before_kill += usize::from(got.status == StatusCode::OK);
-    }
+    let mut ttl_put = async |keys: &[String], expected: &mut BTreeMap<String, Expect>| {
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(
+                expected.get(key).map(|w| matches!(w, Expect::Value(_))),
+                key.starts_with("p/").then_some(true),
+                "{key}"
+            );
+            let node = urls[i % N];
+            let put = http
+                .put(&format!("http://{node}/kv/{key}?ttl=1"), "short-lived")
+                .await;
+            assert_eq!(
+                put.status,
+                StatusCode::NO_CONTENT,
+                "PUT {key}?ttl=1: {put:?}"
+            );
+            expected.insert(key.clone(), Expect::Expired);
+            let got = http.get(&format!("http://{node}/kv/{key}")).await;
+            live_before_kill += usize::from(got.status == StatusCode::OK);
+        }
+    };
+    ttl_put(&swept, &mut expected).await;
+    let swept_expected: BTreeMap<String, Expect> =
+        swept.iter().map(|k| (k.clone(), Expect::Expired)).collect();
+    let expired_total = async || {
+        let mut total = 0;
+        for n in &nodes {
+            total += n.counters(&http).await["ttl_values_expired"]
+                .as_u64()
+                .expect("ttl_values_expired");
+        }
+        total
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the first TTL batch to read 404 and be swept on its three homes",
+        || async {
+            misreads(&http, &urls, &swept_expected, 2).await.is_empty()
+                && expired_total().await >= 3 * swept.len() as u64
+        },
+    )
+    .await;
+    ttl_put(&live_at_kill, &mut expected).await;
+    let ttl_written = Instant::now();
+    let ttl_count = swept.len() + live_at_kill.len();
     let live = expected
         .values()
         .filter(|w| matches!(w, Expect::Value(_)))
@@ -544,6 +605,18 @@ async fn five_processes_killed_at_once_come_back_with_every_acknowledged_write()
     let urls: Vec<SocketAddr> = nodes.iter().map(|n| n.http).collect();
     wait_ready(&http, &urls).await;
     let ready_again = killed.elapsed();
+    let all_ttl: BTreeMap<String, Expect> = swept
+        .iter()
+        .chain(&live_at_kill)
+        .map(|k| (k.clone(), Expect::Expired))
+        .collect();
+    wait_until(
+        Duration::from_secs(5),
+        "the TTL keys to read 404",
+        || async { misreads(&http, &urls, &all_ttl, 2).await.is_empty() },
+    )
+    .await;
+    let expired_after = ttl_written.elapsed();
 
     // Default quorum, then every replica (r=3): nothing lost, nothing back from the dead.
     let mut reads = 0;
@@ -574,10 +647,10 @@ async fn five_processes_killed_at_once_come_back_with_every_acknowledged_write()
     }
     println!(
         "five processes, --fsync always: ready in {first_ready:?}; {live} live keys, {DELETES} \
-         deletes, {} TTL writes ({live_before_kill} read live right after); k1 held its {} \
+         deletes, {ttl_count} TTL writes ({live_before_kill} read live right after; half swept \
+         before the kill, the second half 404 {expired_after:?} after written); k1 held its {} \
          home keys from disk alone; SIGKILL all -> all ready again in {ready_again:?}; {reads} \
          reads right (r=2, r=3), {tombstones_checked} replica tombstones checked",
-        ttl_keys.len(),
         first_homes.len()
     );
 }
@@ -782,7 +855,7 @@ async fn crash_writer(w: usize, shared: Arc<Writers>) {
                 .collect();
             up[(w + seq) % up.len()]
         };
-        let all_homes = seq % 2 == 0;
+        let all_homes = seq.is_multiple_of(2);
         let (key, value) = (format!("c/w{w}-{seq:05}"), format!("value-{w}-{seq}"));
         let query = if all_homes { "?w=3&pw=3" } else { "" };
         let put = http
@@ -952,4 +1025,120 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
         acked.iter().filter(|a| a.all_homes).count(),
         shared.failed.load(Ordering::Relaxed)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Hints are durable too.
+// ---------------------------------------------------------------------------------------
+
+/// Keys whose home replicas are exactly nodes 0, 1 and 2 of `c`.
+fn keys_homed_on_first_three(c: &TestCluster, n: usize) -> Vec<String> {
+    let want = BTreeSet::from([0, 1, 2]);
+    let keys: Vec<String> = (0..5000)
+        .map(|i| format!("h/{i:04}"))
+        .filter(|k| {
+            c.replicas(k.as_bytes())
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                == want
+        })
+        .take(n)
+        .collect();
+    assert_eq!(keys.len(), n, "not enough keys homed on n1, n2, n3");
+    keys
+}
+
+/// n2 and n3 are down; writes to keys homed on n1, n2, n3 are acknowledged by n1 and hinted
+/// copies on n4 and n5. The whole ring stops; n1's disk is lost (its data dir wiped). After a
+/// restart the keys can only come back through the hints n4 and n5 recovered from their logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_survive_a_full_restart() {
+    const N: usize = 5;
+    const KEYS: usize = 20;
+    let dirs = TempDir::new("hints");
+    let base = dirs.path.clone();
+    let mut c = TestCluster::start_with(N, |cfg| {
+        cfg.data_dir = Some(base.join(&cfg.id));
+        cfg.fsync = Fsync::Always;
+    })
+    .await;
+    let http = Http::new();
+    wait_until(READY_TIMEOUT, "every node ready", || async {
+        (0..N).all(|i| c.node(i).node().readiness().is_ready())
+    })
+    .await;
+    let keys = keys_homed_on_first_three(&c, KEYS);
+
+    c.kill(1).await;
+    c.kill(2).await;
+    c.wait_all_alive().await;
+    let hints = |c: &TestCluster| -> u64 {
+        [3, 4]
+            .iter()
+            .map(|&i| {
+                c.node(i)
+                    .node()
+                    .stats()
+                    .hints_stored
+                    .load(Ordering::Relaxed)
+            })
+            .sum()
+    };
+    let hints_before = hints(&c);
+    let mut expected = BTreeMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("hinted {i}");
+        let put = http
+            .put(&format!("{}/kv/{key}", c.url(0)), value.clone())
+            .await;
+        assert_eq!(put.status, StatusCode::NO_CONTENT, "PUT {key}: {put:?}");
+        expected.insert(key.clone(), Expect::Value(value));
+    }
+    // Each write went to n1 and to two fallbacks, one per missing home.
+    wait_until(
+        Duration::from_secs(10),
+        "n4 and n5 to take the hints",
+        || {
+            let stored = hints(&c) - hints_before;
+            async move { stored >= 2 * KEYS as u64 }
+        },
+    )
+    .await;
+
+    for i in [0, 3, 4] {
+        c.kill(i).await;
+    }
+    std::fs::remove_dir_all(base.join(c.id(0))).expect("wipe n1's data dir");
+    for i in 0..N {
+        c.restart(i).await;
+    }
+    c.wait_all_alive().await;
+    wait_until(READY_TIMEOUT, "every restarted node ready", || async {
+        (0..N).all(|i| c.node(i).node().readiness().is_ready())
+    })
+    .await;
+    let restarted = Instant::now();
+    // Handoff delivers the recovered hints to n2 and n3.
+    wait_until(
+        Duration::from_secs(15),
+        "n2 and n3 to receive every hinted write",
+        || async {
+            keys.iter().all(|k| {
+                let k = Bytes::copy_from_slice(k.as_bytes());
+                [1, 2]
+                    .iter()
+                    .all(|&i| c.node(i).node().store().get(&k).is_some())
+            })
+        },
+    )
+    .await;
+    let delivered_after = restarted.elapsed();
+    let urls: Vec<SocketAddr> = (0..N).map(|i| c.node(i).http_addr()).collect();
+    let bad = misreads(&http, &urls, &expected, 2).await;
+    assert!(bad.is_empty(), "hinted writes after the restart: {bad:#?}");
+    println!(
+        "hints: {KEYS} writes held by n1 (disk then wiped) and hints on n4/n5; after a full \
+         restart n2 and n3 had them all {delivered_after:?} after ready"
+    );
+    c.shutdown().await;
 }
