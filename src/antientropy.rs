@@ -40,10 +40,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -190,7 +191,7 @@ fn refresh_segments(node: &Arc<Node>) {
     if node.segments().fingerprint == ring.fingerprint() && !node.segments().list.is_empty() {
         return;
     }
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let segs = Segments::new(ring, node.config().replicas);
     node.store().set_segments(&segs.list);
     info!(
@@ -214,7 +215,8 @@ fn peers_of(node: &Node, segs: &Segments) -> Vec<(NodeId, SocketAddr)> {
         .collect()
 }
 
-/// Limits bytes per second by sleeping after each transfer.
+/// Limits bytes per second by sleeping after each transfer. It measures with tokio's clock,
+/// the one its sleeps run on, so the two agree under a paused test runtime.
 struct Pacer {
     rate: u64,
     started: Instant,
@@ -301,7 +303,7 @@ pub(crate) async fn catch_up(node: &Arc<Node>, shutdown: &CancellationToken) -> 
         .map(|(id, _)| id)
         .collect();
     let total = peers.len();
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let mut moved = 0usize;
     for (done, peer) in peers.iter().enumerate() {
         node.set_startup(crate::readiness::Startup::CatchingUp { done, of: total });
@@ -754,5 +756,26 @@ impl Node {
             return Err(Error::Rejected("our rings differ; try again later".into()));
         }
         Ok(segs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pacer measures and sleeps on tokio's clock: paused, a transfer is held exactly as
+    /// long as the rate asks, in virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_holds_transfers_to_the_rate() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(1000);
+        let within = |from: Duration| {
+            let took = start.elapsed();
+            took >= from && took <= from + Duration::from_millis(2)
+        };
+        pacer.sent(500).await;
+        assert!(within(Duration::from_millis(500)), "{:?}", start.elapsed());
+        pacer.sent(1500).await;
+        assert!(within(Duration::from_secs(2)), "{:?}", start.elapsed());
     }
 }

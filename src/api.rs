@@ -31,6 +31,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::Listener;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use bytes::Bytes;
@@ -45,7 +46,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -55,7 +55,7 @@ use crate::coordinator::Write;
 use crate::error::{Error, Result};
 use crate::membership::{Member, STATUS_LEAVING, View};
 use crate::node::Node;
-use crate::ttl::{now_ms, rfc3339};
+use crate::ttl::rfc3339;
 use crate::version::{Condition, Context, Meta, VersionSet};
 
 /// Header carrying an opaque causal context, in both directions.
@@ -74,7 +74,7 @@ const COMPACT_BELOW: usize = 64 * 1024;
 type Body = Full<Bytes>;
 
 /// Serves HTTP on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, stop: Stop, tracker: TaskTracker) {
+pub async fn serve(listener: Box<dyn Listener>, node: Arc<Node>, stop: Stop, tracker: TaskTracker) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.drain.cancelled() => return,
@@ -88,7 +88,6 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, stop: Stop, tracker: 
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let node = node.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
@@ -389,7 +388,7 @@ async fn get_kv(node: Arc<Node>, key: Bytes, req: &Request<Incoming>) -> Result<
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
     let versions = node.get(key, r).await?;
-    Ok(read_response(&versions, wants_json, now_ms()))
+    Ok(read_response(&versions, wants_json, node.clock().now_ms()))
 }
 
 /// Turns merged versions into the GET answer, as seen at `now`: 200 raw, 300 siblings, or
@@ -457,7 +456,9 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
     let expires_at = match query_param(&req, "ttl") {
         None => None,
         Some(v) => match v.parse::<u64>() {
-            Ok(secs) if (1..=MAX_TTL_SECS).contains(&secs) => Some(now_ms() + secs * 1000),
+            Ok(secs) if (1..=MAX_TTL_SECS).contains(&secs) => {
+                Some(node.clock().now_ms() + secs * 1000)
+            }
             _ => {
                 return Err(Error::invalid(format!(
                     "ttl must be a whole number of seconds between 1 and {MAX_TTL_SECS}, got {v:?}"
@@ -892,7 +893,7 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
         json!({
             "node": &**node.id(),
             "replicas": node.config().replicas,
-            "time_ms": now_ms(),
+            "time_ms": node.clock().now_ms(),
             "members": members,
         }),
     )
@@ -1002,7 +1003,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
 /// `/ready` 503 with the progress ("loading data dir: N of M bytes", as the `loaded`
 /// condition), anything else 503 with the same reason. Each connection answers one request
 /// and closes, so none outlives the loading.
-pub async fn serve_loading(listener: &TcpListener, progress: Arc<crate::durable::Progress>) {
+pub async fn serve_loading(listener: &dyn Listener, progress: Arc<crate::durable::Progress>) {
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();

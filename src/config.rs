@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::hints::{DEFAULT_HINT_WINDOW, DEFAULT_MAX_HINT_BYTES, DEFAULT_MAX_HINTS, HintLimits};
 use crate::membership::GossipConfig;
@@ -92,6 +93,9 @@ pub struct Config {
     pub tombstone_grace: Duration,
     /// Period of the TTL sweep.
     pub ttl_sweep_interval: Duration,
+    /// The wall clock this node judges TTL expiry by ([`crate::clock`]): the system clock,
+    /// unless a test skews it. Clones share it.
+    pub clock: Clock,
     /// Events a WebSocket watcher may fall behind by before it is sent `lagged`.
     pub watch_buffer: usize,
     /// Where the node keeps its write-ahead log and snapshots; `None`: in memory only.
@@ -141,6 +145,7 @@ impl Config {
             anti_entropy_rate: DEFAULT_ANTI_ENTROPY_RATE,
             tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
             ttl_sweep_interval: DEFAULT_TTL_SWEEP_INTERVAL,
+            clock: Clock::system(),
             watch_buffer: crate::watch::WATCH_BUFFER,
             data_dir: None,
             fsync: crate::durable::Fsync::Always,

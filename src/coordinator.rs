@@ -64,7 +64,6 @@ use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
 use crate::stats::Stats;
 use crate::store::{ListPage, WriteOp};
-use crate::ttl::now_ms;
 use crate::version::{Condition, Context, Meta, VersionSet};
 use crate::watch::{Event, Op};
 
@@ -265,7 +264,7 @@ impl Node {
             value,
             meta,
             condition: &condition,
-            now_ms: now_ms(),
+            now_ms: self.clock().now_ms(),
         };
         let (new_ctx, versions) =
             self.store
@@ -571,7 +570,7 @@ impl Node {
         let r = r.unwrap_or(self.config.read_quorum);
         self.check_quorum(r, "r")?;
         let view = self.view();
-        let now = now_ms();
+        let now = self.clock().now_ms();
         let nodes: Vec<(NodeId, Replica)> = view
             .ring
             .nodes()

@@ -682,6 +682,14 @@ impl Wal {
     /// Opens the log for appending, after recovery: a fresh segment past every existing one,
     /// so nothing recovery read is ever appended to. `dir_lock` is the directory lock.
     pub fn open(cfg: &DurableConfig, dir_lock: File) -> Result<Arc<Wal>> {
+        // A snapshot a crash interrupted is incomplete by definition (it was never renamed
+        // into place): nothing reads it, so it is removed.
+        for entry in std::fs::read_dir(&cfg.dir).map_err(|e| io_err(cfg.dir.display(), e))? {
+            let path = entry.map_err(|e| io_err(cfg.dir.display(), e))?.path();
+            if path.to_string_lossy().ends_with(".snap.tmp") {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         let (wals, snaps) = list(&cfg.dir)?;
         let seq = wals.last().max(snaps.last()).map_or(1, |s| s + 1);
         let file = open_segment(&cfg.dir, seq)?;

@@ -16,13 +16,15 @@
 //!
 //! Whatever is refused or dropped is counted by the caller and left to anti-entropy.
 //!
-//! This module is pure: time is passed in.
+//! This module is pure: time is passed in, as tokio's `Instant` so that a paused test runtime
+//! ages hints like the rest of the node ([`crate::clock`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::durable::{Record, Wal};
 use crate::ring::NodeId;

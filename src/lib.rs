@@ -44,9 +44,11 @@
 //! | [`api`] | the HTTP API (hyper 1); the one place HTTP status codes are chosen |
 //! | [`metrics`] | `GET /metrics` in the Prometheus / OpenMetrics text format |
 //! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees and key-order and expiry indexes; every change goes to the log when there is one |
+//! | [`net`] | the network seam: how HTTP and RPC listen and connect ([`net::Tcp`] for real; tests cut links in their own network) |
 //! | [`durable`] | the one module that touches files: the data-dir lock, the write-ahead log with group commit, snapshots, recovery |
 //! | [`readiness`] | the named conditions of `GET /ready` (pure) |
-//! | [`ttl`] | the clock expiry is judged by, and the sweep that frees expired values |
+//! | [`clock`] | the wall clock a node judges expiry by (skewable per node in tests); elapsed time goes through tokio |
+//! | [`ttl`] | expiry by the node's clock, and the sweep that frees expired values |
 //! | [`watch`] | watchers, who watches what across the ring, and the event fan-out |
 //! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
 //!
@@ -321,6 +323,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod coordinator;
@@ -331,6 +334,7 @@ pub mod hints;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod quorum;
 pub mod readiness;

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chitchat::transport::{ChannelTransport, Socket, Transport, UdpSocket};
@@ -29,6 +29,7 @@ use chitchat::{
     spawn_chitchat,
 };
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -111,7 +112,8 @@ pub struct Member {
     pub alive: bool,
     /// What the node says of itself: `alive`, or `leaving` during a shutdown.
     pub status: String,
-    /// When this node first saw it dead (local observation; `None` while alive).
+    /// When this node first saw it dead (local observation, by tokio's clock; `None` while
+    /// alive).
     pub dead_since: Option<Instant>,
     /// The key prefixes its watchers follow, as it last gossiped them.
     pub watch: Option<Arc<crate::watch::Announcement>>,

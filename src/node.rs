@@ -8,12 +8,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use tokio::net::TcpListener;
+use crate::net::{Listener, Network};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -351,6 +352,11 @@ impl Node {
         &self.config
     }
 
+    /// The wall clock this node judges TTL expiry by ([`crate::clock`]).
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.config.clock
+    }
+
     /// This node's writer identity.
     pub fn actor(&self) -> &Actor {
         &self.actor
@@ -509,16 +515,25 @@ pub struct NodeHandle {
 pub const STOP_ANNOUNCE_ROUNDS: u32 = 5;
 
 impl NodeHandle {
-    /// Validates `config`, binds every listener and starts the node.
+    /// Validates `config`, binds every listener and starts the node, on real TCP.
     pub async fn start(config: Config, transport: GossipTransport) -> Result<NodeHandle> {
+        Self::start_with(config, transport, Arc::new(crate::net::Tcp)).await
+    }
+
+    /// As [`NodeHandle::start`], with HTTP and RPC on `net` ([`crate::net`]).
+    pub async fn start_with(
+        config: Config,
+        transport: GossipTransport,
+        net: Arc<dyn Network>,
+    ) -> Result<NodeHandle> {
         config.validate()?;
-        let http = TcpListener::bind(config.http).await?;
-        let rpc_listener = TcpListener::bind(config.rpc).await?;
+        let http = net.bind(config.http).await?;
+        let rpc_listener = net.bind(config.rpc).await?;
         let http_addr = http.local_addr()?;
         let rpc_addr = rpc_listener.local_addr()?;
         // The data dir is loaded before anything else starts: gossip and RPC wait, so no
         // peer sends copies into a half-loaded store; HTTP answers `/ready` with the progress.
-        let (store, hints) = open_data(&config, &http).await?;
+        let (store, hints) = open_data(&config, http.as_ref()).await?;
 
         let generation = new_generation();
         let id: NodeId = NodeId::from(config.id.as_str());
@@ -550,6 +565,7 @@ impl NodeHandle {
             node: config.id.clone(),
         };
         let pool = Pool::new(PoolConfig {
+            net,
             hello: hello.clone(),
             max_payload: config.max_frame_payload(),
             timeout: config.rpc_timeout,
@@ -676,11 +692,6 @@ impl NodeHandle {
         let _ = rx.wait_for(|s| *s == LeaveState::Left).await;
     }
 
-    /// Cuts or restores this node's RPC link to `rpc_addr` (in-process fault injection).
-    pub fn set_rpc_blocked(&self, rpc_addr: SocketAddr, blocked: bool) {
-        self.node.pool.set_blocked(rpc_addr, blocked);
-    }
-
     /// Stops the node without failing any client request (SIGTERM, Ctrl-C):
     ///
     /// 1. announce `stopping` through gossip and keep serving for a few gossip rounds, so
@@ -737,7 +748,7 @@ impl NodeHandle {
 /// The store and hints of a node: empty without a data dir; otherwise recovered from it
 /// ([`crate::durable`]), with the log attached for every change from now on. While recovery
 /// runs, `http` answers `/health`, and `/ready` with the progress.
-async fn open_data(config: &Config, http: &TcpListener) -> Result<(Store, HintStore)> {
+async fn open_data(config: &Config, http: &dyn Listener) -> Result<(Store, HintStore)> {
     let limits = HintLimits {
         ttl: config.tombstone_grace,
         ..config.hint_limits
@@ -805,14 +816,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A generation new at every start: the wall clock in milliseconds, bumped past the last one
 /// handed out in this process so two nodes started in the same millisecond by one test still
-/// differ.
+/// differ. The system clock, not the node's [`crate::clock::Clock`]: a restart must get a
+/// higher generation than the process it replaces even if a test set that node's clock back.
 fn new_generation() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = crate::clock::system_ms();
     let mut prev = LAST.load(Ordering::Relaxed);
     loop {
         let next = now.max(prev + 1);

@@ -1,5 +1,4 @@
-//! Time to live: the wall clock that expiry is judged by, and the sweep that frees expired
-//! values.
+//! Time to live: expiry by the node's wall clock, and the sweep that frees expired values.
 //!
 //! A PUT with `?ttl=S` stores an absolute expiry, `now + S` by the clock of the node that
 //! received the PUT ([`crate::version::Meta::expires_at`]). Every read filters by the clock of
@@ -8,6 +7,9 @@
 //! [`crate::config::DEFAULT_TTL_SWEEP_INTERVAL`]) then drops the value on each replica, keeping its
 //! dot and history as a tombstone so that the write still supersedes what it overwrote; the
 //! tombstone is purged after the grace period like any other.
+//!
+//! "The clock" is always the node's [`crate::clock::Clock`]: the system clock, unless a test
+//! skews it or moves it past an expiry instead of sleeping until it.
 //!
 //! **Clock skew.** Expiry is absolute wall-clock time, so nodes whose clocks differ by `d`
 //! disagree about the moment a value expires by `d`: for that long, a read through one node
@@ -24,7 +26,7 @@
 //! their tombstones were purged. Without the trim a process keeps its peak RSS.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
@@ -47,13 +49,6 @@ const TRIM_WHEN_STEADY_TICKS: u32 = 20;
 /// Rough memory of one stored key beyond its key and value bytes (versions, index entries),
 /// for estimating how much a drop in keys freed.
 const BOOKKEEPING_PER_KEY: u64 = 300;
-
-/// Milliseconds since the Unix epoch, by this node's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// `ms` since the Unix epoch in RFC 3339 (`2026-11-21T10:00:00.000Z`).
 pub fn rfc3339(ms: u64) -> String {
@@ -106,11 +101,11 @@ pub fn release_free_memory() {
 }
 
 impl Node {
-    /// Drops every value expired by now, and announces each key whose last live value
+    /// Drops every value expired by now (by the node's clock), and announces each key whose last live value
     /// expired, if this node is the key's first live home (one announcement per key while
     /// views agree). Returns the number of values dropped.
     pub fn sweep_expired(self: &Arc<Self>) -> usize {
-        let now = now_ms();
+        let now = self.clock().now_ms();
         let mut total = 0;
         loop {
             let report = self.store.expire_due(now, SWEEP_BATCH);

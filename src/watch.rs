@@ -153,7 +153,7 @@ impl Watchers {
     /// whatever its previous process announced.
     pub fn starting_now() -> Watchers {
         Watchers {
-            version: AtomicU64::new(crate::ttl::now_ms()),
+            version: AtomicU64::new(crate::clock::system_ms()),
             ..Watchers::default()
         }
     }
@@ -179,7 +179,7 @@ impl Watchers {
     }
 
     fn bump(&self) {
-        let now = crate::ttl::now_ms();
+        let now = crate::clock::system_ms();
         let _ = self
             .version
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {

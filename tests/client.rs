@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -32,6 +32,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_ringkv");
 
 /// How long one CLI invocation may take before the test fails.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Node `i`'s wall clock, the one it judges expiry by, as a `SystemTime`.
+fn clock_time(c: &TestCluster, i: usize) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(c.clock(i).now_ms())
+}
 
 /// Reads each node coordinated so far.
 fn reads(c: &TestCluster) -> Vec<u64> {
@@ -393,12 +398,19 @@ async fn ttl_values_report_their_expiry_then_expire() {
         ["ttl/kept", "ttl/short"]
     );
 
-    // Every node stops returning it once it expired, not before.
-    wait_until(Duration::from_secs(10), "the value expires", || async {
-        !client.get("ttl/short").await.expect("get").is_found()
-    })
-    .await;
-    assert!(SystemTime::now() >= expires, "not found before its expiry");
+    // Every node stops returning it once it expired by the nodes' clocks, not before; the
+    // test moves those clocks instead of sleeping.
+    c.advance_clocks(Duration::from_secs(1));
+    for i in 0..3 {
+        let one = Client::new([c.url(i)]).expect("client");
+        assert!(
+            one.get("ttl/short").await.expect("get").is_found(),
+            "n{}",
+            i + 1
+        );
+    }
+    c.advance_clocks(Duration::from_secs(1));
+    assert!(clock_time(&c, 0) >= expires);
     for i in 0..3 {
         let one = Client::new([c.url(i)]).expect("client");
         let gone = one.get("ttl/short").await.expect("get");
@@ -661,6 +673,7 @@ async fn watch_streams_changes_made_through_other_nodes() {
             context: ctx,
         }
     );
+    c.advance_clocks(Duration::from_secs(1));
     match next_event(&mut watch).await {
         WatchEvent::Expire { key, .. } => assert_eq!(key, short),
         other => panic!("expected the expiry of {short}, got {other:?}"),
@@ -1198,12 +1211,12 @@ async fn cli_put_ttl_content_type_output_and_conditions() {
     );
     assert_eq!(get["expires_at"], serde_json::Value::Null);
 
-    // The TTL runs out: not found (1), and --output then writes nothing.
-    wait_until(Duration::from_secs(15), "img expires", || async {
-        code(&ringkv(&["get", "img"], &env, None).await) == 1
-    })
-    .await;
-    assert!(SystemTime::now() >= expires);
+    // The TTL runs out (by the nodes' clocks, moved on): not found (1), and --output then
+    // writes nothing.
+    c.advance_clocks(three);
+    assert!(clock_time(&c, 0) >= expires);
+    let gone = ringkv(&["get", "img"], &env, None).await;
+    assert_eq!(code(&gone), 1, "{gone:?}");
     let got = ringkv(&["get", "img", "--output", &output_s], &env, None).await;
     assert_eq!(code(&got), 1, "{got:?}");
     assert!(!output.exists());

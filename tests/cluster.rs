@@ -423,8 +423,7 @@ async fn read_repair_fixes_a_replica_that_missed_a_write() {
     // The coordinator cannot reach the third replica, so the write lands on two of three.
     // Asking for w=3 makes the coordinator wait until that third attempt has failed, so no
     // replication to the stale replica is still in flight when the link comes back.
-    c.node(coord)
-        .set_rpc_blocked(c.node(stale).rpc_addr(), true);
+    c.block_rpc(coord, c.node(stale).rpc_addr(), true);
     let put = http
         .put(&format!("{}/kv/{key}?w=3", c.url(coord)), "fresh")
         .await;
@@ -434,8 +433,7 @@ async fn read_repair_fixes_a_replica_that_missed_a_write() {
     assert!((1..=2).contains(&replied), "replied {replied}");
     let local = format!("{}/admin/local/{key}", c.url(stale));
     assert_eq!(http.get(&local).await.status, StatusCode::NOT_FOUND);
-    c.node(coord)
-        .set_rpc_blocked(c.node(stale).rpc_addr(), false);
+    c.block_rpc(coord, c.node(stale).rpc_addr(), false);
     // A read through any node sees the stale replica and repairs it.
     let got = http.get(&format!("{}/kv/{key}?r=3", c.url(reps[1]))).await;
     assert_eq!(got.body, "fresh");
@@ -555,8 +553,7 @@ async fn a_read_replaces_an_unreachable_replica_with_the_next_home() {
         .put(&format!("{}/kv/{key}?w=3", c.url(reps[0])), "v1")
         .await;
     assert_eq!(put.status, StatusCode::NO_CONTENT);
-    c.node(reps[0])
-        .set_rpc_blocked(c.node(reps[2]).rpc_addr(), true);
+    c.block_rpc(reps[0], c.node(reps[2]).rpc_addr(), true);
     // The remote turn alternates, so every other read starts with the cut replica; each
     // must still be answered by two replicas.
     for _ in 0..4 {

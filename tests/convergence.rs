@@ -237,8 +237,8 @@ async fn a_replica_that_missed_writes_gets_them_without_reads() {
     // (so neither writes nor its own anti-entropy rounds reach it).
     let set_cut = |blocked: bool| {
         for i in 0..2 {
-            c.node(i).set_rpc_blocked(c.node(2).rpc_addr(), blocked);
-            c.node(2).set_rpc_blocked(c.node(i).rpc_addr(), blocked);
+            c.block_rpc(i, c.node(2).rpc_addr(), blocked);
+            c.block_rpc(2, c.node(i).rpc_addr(), blocked);
         }
     };
     set_cut(true);

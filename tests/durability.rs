@@ -9,6 +9,9 @@
 //! - The directory lock, a data dir that is a file, and files of a newer format.
 //! - Crashes during writes: a seeded loop SIGKILLs one node at a random moment while writers
 //!   keep PUTting, and checks what the victim's disk holds before it hears from any peer.
+//! - Hints: hinted copies held for down nodes survive a full restart of the ring.
+//! - Damage: a record with a bad checksum in the middle of a node's log; the rest of the file
+//!   is set aside, counted and named, and the node gets the lost writes back from its peers.
 //!
 //! `RINGKV_CRASH_SEED=N` replays the crash loop's choices (printed as `seed=N`);
 //! `RINGKV_CRASH_ROUNDS=N` runs more kills (default 3).
@@ -274,10 +277,11 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
         expected.insert(key.clone(), Expect::Expired);
     }
     let ttl_written = Instant::now();
-    // Every home replica has its copies (writes go to all three; the ack waited for two).
+    // Every home replica has its copies (writes go to all three; the ack waited for two),
+    // and its TTL sweep dropped the expired values.
     wait_until(
         Duration::from_secs(10),
-        "every home to hold its keys",
+        "every home to hold its keys, the TTL ones expired",
         || {
             let c = &c;
             let expected = &expected;
@@ -291,8 +295,10 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
                                 vs.live_values().map(|b| b.as_ref()).collect::<Vec<_>>()
                                     == vec![v.as_bytes()]
                             }),
-                            Expect::Deleted => vs.is_some_and(|vs| vs.is_deleted()),
-                            Expect::Expired => vs.is_some(),
+                            // Expired and swept: the value dropped, its dot kept.
+                            Expect::Deleted | Expect::Expired => {
+                                vs.is_some_and(|vs| vs.is_deleted())
+                            }
                         }
                     })
                 })
@@ -300,6 +306,7 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
         },
     )
     .await;
+    let swept_after = ttl_written.elapsed();
 
     // n1 takes a second snapshot: it recovers from that one, the first kept as a fallback.
     c.node(0).node().snapshot_now().await.expect("snapshot");
@@ -327,7 +334,6 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
         .keys()
         .map(|k| Bytes::copy_from_slice(k.as_bytes()))
         .collect();
-    let ttl: BTreeSet<&[u8]> = ttl_keys.iter().map(|k| k.as_bytes()).collect();
     let before: Vec<HashMap<Bytes, Option<VersionSet>>> = old
         .iter()
         .map(|n| keys.iter().map(|k| (k.clone(), n.store().get(k))).collect())
@@ -350,9 +356,6 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
             "a restarted node takes a new generation"
         );
         for k in &keys {
-            if ttl.contains(k.as_ref()) {
-                continue; // the expiry sweep may have changed it meanwhile
-            }
             let now = node.store().get(k);
             assert_eq!(
                 now,
@@ -372,20 +375,8 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
     let ready = http.get(&format!("{}/ready", c.url(0))).await;
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
 
-    // Through the ring: every acknowledged key, the delete, the expiries (a TTL of 1 s has
-    // run out by the time the ring is ready again, or soon after).
+    // Through the ring: every acknowledged key, the delete, the expiries.
     let urls: Vec<SocketAddr> = (0..N).map(|i| c.node(i).http_addr()).collect();
-    let ttl_only: BTreeMap<String, Expect> = ttl_keys
-        .iter()
-        .map(|k| (k.clone(), Expect::Expired))
-        .collect();
-    wait_until(
-        Duration::from_secs(5),
-        "the TTL keys to read 404",
-        || async { misreads(&http, &urls, &ttl_only, 2).await.is_empty() },
-    )
-    .await;
-    let expired_after = ttl_written.elapsed();
     for r in [2, 3] {
         let bad = misreads(&http, &urls, &expected, r).await;
         assert!(bad.is_empty(), "after the restart (r={r}): {bad:#?}");
@@ -409,8 +400,9 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
         "in-process: {N} nodes restarted on their data dirs (snapshot files {snapshots:?}, plus \
          their logs); copies per node {held_before:?}, each \
          identical right at its start (before any peer could refill it); ready {ready_after:?} \
-         after the first restart; {} keys (1 deleted, 2 with TTL 1 s, 404 from {expired_after:?} \
-         after they were written) read right with r=2 and r=3, and again after anti-entropy",
+         after the first restart; {} keys (1 deleted, 2 with TTL 1 s swept on every home \
+         {swept_after:?} after they were written) read right with r=2 and r=3, and again after \
+         anti-entropy",
         expected.len(),
     );
     c.shutdown().await;
@@ -952,7 +944,9 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
                 expect_here.insert(a.key.clone(), Expect::Value(a.value.clone()));
             }
         }
+        let booted = Instant::now();
         let mut alone = start_durable(&ids[victim], &data[victim], &[]).await;
+        let listening_after = booted.elapsed();
         let mut missing = Vec::new();
         for (key, want) in &expect_here {
             let local = local_values(&http, alone.http, key).await;
@@ -976,16 +970,18 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
             .filter(|&i| i != victim)
             .map(|i| nodes[i].gossip)
             .collect();
+        let rejoined = Instant::now();
         nodes[victim] = start_durable(&ids[victim], &data[victim], &seeds).await;
         wait_ready(&http, &[nodes[victim].http]).await;
         shared.up.lock().unwrap()[victim] = Some(nodes[victim].http);
+        let ready_after = rejoined.elapsed();
         downtime.push(killed.elapsed());
         println!(
-            "seed={seed} round {round}: killed {} after {more} more acks; {} of its \
-             all-homes writes found on its disk; back and ready after {:?}",
+            "seed={seed} round {round}: killed {} after {more} more acks; alone on its dir it \
+             listened after {listening_after:?} and held all {} all-homes writes acknowledged \
+             before the kill; back in the ring and ready {ready_after:?} after its restart",
             ids[victim],
             expect_here.len(),
-            killed.elapsed()
         );
     }
     // Let the writers see the ring whole again for a moment, then stop them.
@@ -1020,7 +1016,7 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
     println!(
         "seed={seed}: {} acknowledged writes ({} with w=3&pw=3), {} failed attempts, all \
          readable after {rounds} SIGKILLs; {checked_from_disk} found on a victim's disk before \
-         it met a peer; downtime per kill {downtime:?}",
+         it met a peer; downtime per kill (disk checks included) {downtime:?}",
         acked.len(),
         acked.iter().filter(|a| a.all_homes).count(),
         shared.failed.load(Ordering::Relaxed)
@@ -1141,4 +1137,172 @@ async fn hints_survive_a_full_restart() {
          restart n2 and n3 had them all {delivered_after:?} after ready"
     );
     c.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. A damaged record in the middle of the log.
+// ---------------------------------------------------------------------------------------
+
+/// Where a record in the middle of the log is damaged.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// A bit of its payload: its CRC no longer matches.
+    Payload,
+    /// A high bit of its length: the frame now claims to run past the end of the file.
+    Length,
+}
+
+/// The offset of every frame of a file (its header frame first).
+fn frame_offsets(data: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= data.len() {
+        offsets.push(pos);
+        pos += 8 + u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+    }
+    offsets
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A three-node ring; the third node is SIGKILLed, one record in the middle of its log is
+/// damaged, and it is started again. It must start with what precedes the damage, keep the
+/// rest of the file aside (never delete it), name it in an error line, count it, and get the
+/// lost writes back from its peers.
+async fn a_damaged_record_mid_log(damage: Damage) {
+    const N: usize = 3;
+    const KEYS: usize = 100;
+    let dirs = TempDir::new(&format!("damage-{damage:?}"));
+    let data: Vec<PathBuf> = (1..=N).map(|i| dirs.join(&format!("n{i}"))).collect();
+    let ids: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();
+    let http = Http::new();
+    let mut nodes: Vec<ProcessNode> = Vec::new();
+    for i in 0..N {
+        let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.gossip).collect();
+        nodes.push(start_durable(&ids[i], &data[i], &seeds).await);
+    }
+    wait_ready(&http, &nodes.iter().map(|n| n.http).collect::<Vec<_>>()).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..KEYS {
+        let (key, value) = (format!("m/{i:03}"), format!("value {i}"));
+        let put = http
+            .put(&format!("{}/kv/{key}", nodes[i % N].url()), value.clone())
+            .await;
+        assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+        expected.insert(key, Expect::Value(value));
+    }
+    // Every node is a home of every key (N = 3): the victim holds them all before the kill.
+    let victim = N - 1;
+    wait_until(Duration::from_secs(10), "m3 to hold every key", || async {
+        for (key, want) in &expected {
+            if !local_matches(&local_values(&http, nodes[victim].http, key).await, want) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    nodes[victim].kill();
+
+    let dir = &data[victim];
+    let wal = names_in(dir)
+        .into_iter()
+        .filter(|n| n.starts_with("wal-") && n.ends_with(".log"))
+        .max_by_key(|n| std::fs::metadata(dir.join(n)).expect("stat").len())
+        .expect("a log segment");
+    let path = dir.join(&wal);
+    let mut bytes = std::fs::read(&path).expect("read the log");
+    let frames = frame_offsets(&bytes);
+    assert!(frames.len() > KEYS, "{} frames in {wal}", frames.len());
+    let at = frames[frames.len() / 2];
+    match damage {
+        Damage::Payload => bytes[at + 8 + 3] ^= 0x01,
+        Damage::Length => bytes[at + 1] ^= 0x40, // +4 MiB: past the end of the file
+    }
+    std::fs::write(&path, &bytes).expect("write the damaged log");
+    let tail = bytes[at..].to_vec();
+
+    let seeds: Vec<SocketAddr> = nodes[..victim].iter().map(|n| n.gossip).collect();
+    nodes[victim] = start_durable(&ids[victim], dir, &seeds).await;
+    let names = names_in(dir);
+    let aside: Vec<&String> = names.iter().filter(|n| n.contains("corrupt")).collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "{damage:?}: the rest of {wal} (from byte {at}, {} bytes) is set aside in one file; \
+         the dir holds {names:?}",
+        tail.len()
+    );
+    assert_eq!(
+        std::fs::read(dir.join(aside[0])).expect("read the set-aside file"),
+        tail,
+        "{damage:?}: the set-aside file holds the rest of the log, damaged record first"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        at as u64,
+        "{damage:?}: the log is cut before the damaged record"
+    );
+    let stderr = std::fs::read_to_string(&nodes[victim].log).unwrap_or_default();
+    assert!(
+        stderr.contains(aside[0].as_str()) && stderr.contains("ERROR"),
+        "{damage:?}: an error line names the set-aside file: {stderr}"
+    );
+    let metrics = http.get(&format!("{}/metrics", nodes[victim].url())).await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ringkv_data_files_set_aside") && l.ends_with(" 1")),
+        "{damage:?}: /metrics counts the set-aside file: {metrics}"
+    );
+
+    // Its peers give it back what it lost.
+    wait_ready(&http, &[nodes[victim].http]).await;
+    wait_until(
+        Duration::from_secs(15),
+        "m3 to get every key back",
+        || async {
+            for (key, want) in &expected {
+                if !local_matches(&local_values(&http, nodes[victim].http, key).await, want) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let urls: Vec<SocketAddr> = nodes.iter().map(|n| n.http).collect();
+    let bad = misreads(&http, &urls, &expected, 3).await;
+    assert!(bad.is_empty(), "{damage:?}: {bad:#?}");
+    println!(
+        "{damage:?} damaged at byte {at} of {wal} ({} frames): {} bytes set aside as {}, \
+         every key back from the peers",
+        frames.len(),
+        tail.len(),
+        aside[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_bad_checksum_mid_log_is_set_aside_and_repaired_from_peers() {
+    a_damaged_record_mid_log(Damage::Payload).await;
+}
+
+/// Fails today: recovery takes a frame whose length runs past the end of the newest segment
+/// for a torn append, and truncates the file there, deleting every later record (a warning
+/// "torn last log record ... cut off", nothing set aside, not counted). Run it with
+/// `cargo test --test durability -- --ignored` once `durable::recover` tells the two apart
+/// (or sets a cut tail aside too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a bad length mid-log is cut off as a torn tail, deleting later records"]
+async fn a_record_with_a_bad_length_mid_log_is_set_aside_and_repaired_from_peers() {
+    a_damaged_record_mid_log(Damage::Length).await;
 }

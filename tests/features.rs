@@ -24,6 +24,14 @@ async fn stats(http: &Http, url: &str) -> Value {
     http.get(&format!("{url}/admin/stats")).await.json()
 }
 
+/// Asserts that a GET of `path` answers `status` through every node that is up.
+async fn assert_status_everywhere(http: &Http, c: &TestCluster, path: &str, status: StatusCode) {
+    for i in c.up() {
+        let got = http.get(&format!("{}{path}", c.url(i))).await;
+        assert_eq!(got.status, status, "{path} through node {i}: {got:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_value_is_gone_through_every_node_and_swept_without_repair_traffic() {
     let c = TestCluster::start_with(5, |cfg| {
@@ -39,18 +47,16 @@ async fn an_expired_value_is_gone_through_every_node_and_swept_without_repair_tr
         http.put(&url(1, "/kv/t/key"), "old").await.status,
         StatusCode::NO_CONTENT
     );
-    let written = Instant::now();
-    let put = http.put(&url(2, "/kv/t/key?ttl=3"), "fresh").await;
+    // Time passes for the TTL only as the test moves the nodes' clocks, so a slow machine
+    // cannot make it expire early.
+    let put = http.put(&url(2, "/kv/t/key?ttl=60"), "fresh").await;
     assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
     for i in 0..5 {
         let got = http.get(&url(i, "/kv/t/key")).await;
-        // Unless the machine stalled for most of the TTL, every node still has it.
-        if written.elapsed() < Duration::from_millis(2800) {
-            assert_eq!(got.status, StatusCode::OK, "node {i}: {got:?}");
-            assert_eq!(&got.body[..], b"fresh");
-            let expires = got.headers["x-ringkv-expires-at"].to_str().unwrap();
-            assert!(expires.ends_with('Z') && expires.contains('T'), "{expires}");
-        }
+        assert_eq!(got.status, StatusCode::OK, "node {i}: {got:?}");
+        assert_eq!(&got.body[..], b"fresh");
+        let expires = got.headers["x-ringkv-expires-at"].to_str().unwrap();
+        assert!(expires.ends_with('Z') && expires.contains('T'), "{expires}");
         let json = http
             .send(
                 Method::GET,
@@ -59,23 +65,14 @@ async fn an_expired_value_is_gone_through_every_node_and_swept_without_repair_tr
                 &[("accept", "application/json")],
             )
             .await;
-        if json.status == StatusCode::OK {
-            assert!(json.json()["expires_at"].is_string(), "{json:?}");
-        }
+        assert!(json.json()["expires_at"].is_string(), "{json:?}");
     }
-    // 404 through every node once the second has passed, without waiting for a sweep.
-    wait_until(Duration::from_secs(8), "expired everywhere", || async {
-        let mut all = true;
-        for i in 0..5 {
-            all &= http.get(&url(i, "/kv/t/key")).await.status == StatusCode::NOT_FOUND;
-        }
-        all
-    })
-    .await;
-    assert!(
-        written.elapsed() >= Duration::from_millis(2900),
-        "expired early"
-    );
+    // Not expired early: 50 of the 60 seconds later, every node still has it.
+    c.advance_clocks(Duration::from_secs(50));
+    assert_status_everywhere(&http, &c, "/kv/t/key", StatusCode::OK).await;
+    // Once the 60 s have passed, 404 through every node at once, without waiting for a sweep.
+    c.advance_clocks(Duration::from_secs(10));
+    assert_status_everywhere(&http, &c, "/kv/t/key", StatusCode::NOT_FOUND).await;
     // The sweep drops the value on every replica.
     let replicas = c.replicas(b"t/key");
     wait_until(Duration::from_secs(5), "values dropped", || async {
@@ -181,11 +178,11 @@ async fn listing_pages_through_live_keys_only() {
         .filter(|i| *i != 7)
         .map(|i| format!("ls/{i:03}"))
         .collect();
-    wait_until(Duration::from_secs(5), "TTL keys expired", || async {
-        http.get(&format!("{}/kv/ls/100x", c.url(0))).await.status == StatusCode::NOT_FOUND
-            && http.get(&format!("{}/kv/ls/050x", c.url(0))).await.status == StatusCode::NOT_FOUND
-    })
-    .await;
+    // Their second passes by every node's clock, without sleeping.
+    c.advance_clocks(Duration::from_secs(1));
+    for k in ["ls/050x", "ls/100x"] {
+        assert_status_everywhere(&http, &c, &format!("/kv/{k}"), StatusCode::NOT_FOUND).await;
+    }
     for node in 0..5 {
         let (keys, pages) = list_all(&http, &c.url(node), "ls/", 50).await;
         assert_eq!(keys, expected, "through node {node}");
@@ -330,7 +327,7 @@ async fn a_watcher_sees_changes_coordinated_anywhere() {
         v
     };
     assert!(ops.contains(&("put".into(), "nw/b".into())), "{ops:?}");
-    // An expiry is announced too.
+    // An expiry is announced too, by the sweep once the second passed by the nodes' clocks.
     http.put(&format!("{}/kv/w/ttl?ttl=1", c.url(4)), "brief")
         .await;
     let ev = next_event(&mut ws, wait).await;
@@ -338,6 +335,7 @@ async fn a_watcher_sees_changes_coordinated_anywhere() {
         (ev["op"].as_str(), ev["key"].as_str()),
         (Some("put"), Some("w/ttl"))
     );
+    c.advance_clocks(Duration::from_secs(1));
     let ev = next_event(&mut ws, wait).await;
     assert_eq!(
         (ev["op"].as_str(), ev["key"].as_str()),
@@ -549,15 +547,15 @@ async fn listing_merges_replicas_that_disagree() {
     // n3 stops hearing from the others over RPC (gossip still calls it alive), so it misses
     // a delete and a new write that two replicas acknowledge.
     let n3 = c.node(2).rpc_addr();
-    c.node(0).set_rpc_blocked(n3, true);
-    c.node(1).set_rpc_blocked(n3, true);
+    c.block_rpc(0, n3, true);
+    c.block_rpc(1, n3, true);
     assert_eq!(
         http.delete(&format!("{}/kv/d/2", c.url(0))).await.status,
         StatusCode::NO_CONTENT
     );
     http.delete(&format!("{}/kv/d/3", c.url(1))).await;
-    c.node(0).set_rpc_blocked(n3, false);
-    c.node(1).set_rpc_blocked(n3, false);
+    c.block_rpc(0, n3, false);
+    c.block_rpc(1, n3, false);
     let stale = http
         .get(&format!("{}/admin/local/d%2F2", c.url(2)))
         .await

@@ -9,14 +9,13 @@
 //! every call pending on it at once (they do not wait for their timeouts), and the next call
 //! opens a fresh one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +48,8 @@ struct Conn {
 
 /// The settings every connection shares.
 pub struct PoolConfig {
+    /// Where connections come from ([`crate::net`]).
+    pub net: Arc<dyn crate::net::Network>,
     pub hello: Hello,
     pub max_payload: usize,
     pub timeout: Duration,
@@ -61,8 +62,6 @@ pub struct PoolConfig {
 pub struct Pool {
     cfg: Arc<PoolConfig>,
     conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
-    /// Addresses this node pretends it cannot reach: in-process tests cut links with it.
-    blocked: Mutex<HashSet<SocketAddr>>,
 }
 
 impl Pool {
@@ -71,7 +70,6 @@ impl Pool {
         Pool {
             cfg: Arc::new(cfg),
             conns: Mutex::new(HashMap::new()),
-            blocked: Mutex::new(HashSet::new()),
         }
     }
 
@@ -92,9 +90,6 @@ impl Pool {
         req: Request,
         timeout: Duration,
     ) -> Result<Response> {
-        if lock(&self.blocked).contains(&addr) {
-            return Err(Error::Unreachable(format!("link to {addr} is cut")));
-        }
         let conn = self.conn(addr);
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot_tx, slot_rx) = oneshot::channel();
@@ -142,19 +137,6 @@ impl Pool {
                 }
                 Err(Error::Timeout)
             }
-        }
-    }
-
-    /// Cuts (or restores) this node's link to `addr`. A cut drops the open connection too.
-    pub fn set_blocked(&self, addr: SocketAddr, blocked: bool) {
-        if blocked {
-            lock(&self.blocked).insert(addr);
-            if let Some(conn) = lock(&self.conns).remove(&addr) {
-                conn.dead.store(true, Ordering::Release);
-                fail_all(&conn.pending, true);
-            }
-        } else {
-            lock(&self.blocked).remove(&addr);
         }
     }
 
@@ -231,14 +213,13 @@ async fn run(
     pending: &Pending,
     established: &mut bool,
 ) -> Result<()> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, cfg.net.connect(addr))
         .await
         .map_err(|_| Error::Unreachable(format!("connect to {addr} timed out")))?
         .map_err(|e| Error::Unreachable(format!("connect to {addr}: {e}")))?;
-    stream.set_nodelay(true)?;
     // Closing resets the connection and drops unsent requests (see `call_with_timeout`).
-    stream.set_zero_linger()?;
-    let (rd, mut wr) = stream.into_split();
+    stream.reset_on_drop()?;
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, FrameCodec::new(cfg.max_payload));
     let mut buf = bytes::BytesMut::new();
     codec::encode(&cfg.hello, &mut buf)?;

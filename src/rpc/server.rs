@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::net::{BoxStream, Listener};
 use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +37,7 @@ pub struct ServerContext<S> {
 }
 
 /// Accepts connections on `listener` until `ctx.shutdown` fires.
-pub async fn serve<S: Service>(listener: TcpListener, ctx: Arc<ServerContext<S>>) {
+pub async fn serve<S: Service>(listener: Box<dyn Listener>, ctx: Arc<ServerContext<S>>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -79,9 +79,8 @@ pub async fn serve<S: Service>(listener: TcpListener, ctx: Arc<ServerContext<S>>
     }
 }
 
-async fn connection<S: Service>(stream: TcpStream, ctx: &Arc<ServerContext<S>>) -> Result<()> {
-    stream.set_nodelay(true)?;
-    let (rd, mut wr) = stream.into_split();
+async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) -> Result<()> {
+    let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, FrameCodec::new(ctx.max_payload));
 
     let theirs: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_one(&mut reader))

@@ -60,10 +60,11 @@ use std::hash::{Hash, Hasher};
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::durable::{Record, Wal};
 use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
@@ -105,7 +106,8 @@ struct Shard {
     packer: Packer,
     /// This shard's segments, ordered by end. Empty until the ring is known.
     trees: Vec<SegTree>,
-    /// When each key whose versions are all tombstones became so, for tombstone GC.
+    /// When each key whose versions are all tombstones became so, for tombstone GC. Tokio's
+    /// clock, so that a paused test runtime can age tombstones ([`crate::clock`]).
     tombstones: HashMap<Key, Instant>,
     /// Bytes of keys and values held.
     bytes: u64,
@@ -324,7 +326,7 @@ impl Store {
         i: usize,
         put: &mut dyn FnMut(&Record) -> crate::error::Result<()>,
     ) -> crate::error::Result<()> {
-        let locked = Instant::now();
+        let locked = std::time::Instant::now();
         let records: Vec<Record> = {
             let shard = lock(&self.shards[i]);
             shard
@@ -1377,16 +1379,21 @@ mod tests {
         assert!(s.write_with(&key, &actor("n1"), op(&stale)).is_err());
     }
 
-    #[test]
-    fn old_tombstones_are_listed_after_the_grace() {
+    /// Tombstones age by tokio's clock: a paused runtime moves them past the grace at once.
+    #[tokio::test(start_paused = true)]
+    async fn old_tombstones_are_listed_after_the_grace() {
+        let grace = Duration::from_secs(3600);
         let s = Store::new();
         let key = Bytes::from_static(b"gone");
         s.write(&key, &actor("n1"), None, Some(Bytes::from_static(b"v")));
         assert!(s.old_tombstones(Duration::ZERO, 10).is_empty());
         let (_, vs) = s.write(&key, &actor("n1"), None, None);
-        let listed = s.old_tombstones(Duration::ZERO, 10);
-        assert_eq!(listed, vec![(key.clone(), vs.fingerprint(&key))]);
-        assert!(s.old_tombstones(Duration::from_secs(3600), 10).is_empty());
+        let listed = vec![(key.clone(), vs.fingerprint(&key))];
+        assert_eq!(s.old_tombstones(Duration::ZERO, 10), listed);
+        tokio::time::advance(grace - Duration::from_millis(1)).await;
+        assert!(s.old_tombstones(grace, 10).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(s.old_tombstones(grace, 10), listed);
         // A new value clears the tombstone mark.
         s.write(&key, &actor("n1"), None, Some(Bytes::from_static(b"back")));
         assert!(s.old_tombstones(Duration::ZERO, 10).is_empty());

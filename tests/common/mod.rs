@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod net;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct TestCluster {
     transport: ChannelTransport,
     configs: Vec<Config>,
     nodes: Vec<Option<NodeHandle>>,
+    /// Each node slot's side of the test network (kept across restarts).
+    nets: Vec<net::TestNet>,
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -80,6 +83,10 @@ impl TestCluster {
         }
         let mut cluster = TestCluster {
             transport,
+            // One network per node: `vec![x; n]` would clone one shared link table.
+            nets: (0..configs.len())
+                .map(|_| net::TestNet::default())
+                .collect(),
             configs,
             nodes: Vec::new(),
         };
@@ -92,12 +99,18 @@ impl TestCluster {
     }
 
     async fn boot(&self, i: usize) -> NodeHandle {
-        NodeHandle::start(
+        NodeHandle::start_with(
             self.configs[i].clone(),
             GossipTransport::Channel(self.transport.clone()),
+            std::sync::Arc::new(self.nets[i].clone()),
         )
         .await
         .expect("node starts")
+    }
+
+    /// Cuts (or restores) node `x`'s RPC connections to the RPC address `to`.
+    pub fn block_rpc(&self, x: usize, to: SocketAddr, blocked: bool) {
+        self.nets[x].set_cut(to, blocked);
     }
 
     /// Starts one more node (id `n{len+1}`) configured like node 0, seeded with every other
@@ -110,10 +123,27 @@ impl TestCluster {
         cfg.http = local(0);
         cfg.rpc = local(0);
         cfg.seeds = self.configs.iter().map(|c| c.gossip.to_string()).collect();
+        // A clock of its own (a clone would share node 0's), reading what node 0's reads.
+        cfg.clock = ringkv::clock::Clock::skewed(self.configs[0].clock.offset_ms());
         self.configs.push(cfg);
+        self.nets.push(net::TestNet::default());
         let h = self.boot(i).await;
         self.nodes.push(Some(h));
         i
+    }
+
+    /// Node `i`'s wall clock, the one it judges TTL expiry by (kept across restarts).
+    pub fn clock(&self, i: usize) -> &ringkv::clock::Clock {
+        &self.configs[i].clock
+    }
+
+    /// Moves every node's wall clock `by` forward, as if that much time had passed for TTLs:
+    /// TTL tests expire values this way instead of sleeping. Gossip, timeouts and tombstone
+    /// ages run on monotonic time and do not move.
+    pub fn advance_clocks(&self, by: Duration) {
+        for cfg in &self.configs {
+            cfg.clock.advance(by);
+        }
     }
 
     /// Number of node slots (dead or alive).
@@ -214,8 +244,8 @@ impl TestCluster {
         let gx = self.configs[x].gossip;
         let gy = self.configs[y].gossip;
         self.transport.remove_link(gx, gy).await;
-        if let (Some(hx), Some(hy)) = (&self.nodes[x], &self.nodes[y]) {
-            hx.set_rpc_blocked(hy.rpc_addr(), true);
+        if let Some(hy) = &self.nodes[y] {
+            self.block_rpc(x, hy.rpc_addr(), true);
         }
     }
 
@@ -229,8 +259,8 @@ impl TestCluster {
                 self.transport
                     .add_link(self.configs[x].gossip, self.configs[y].gossip)
                     .await;
-                if let (Some(hx), Some(hy)) = (&self.nodes[x], &self.nodes[y]) {
-                    hx.set_rpc_blocked(hy.rpc_addr(), false);
+                if let Some(hy) = &self.nodes[y] {
+                    self.block_rpc(x, hy.rpc_addr(), false);
                 }
             }
         }

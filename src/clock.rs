@@ -1,0 +1,109 @@
+//! Time, as a node reads it: the wall clock through a [`Clock`], elapsed time through tokio.
+//!
+//! ringkv uses two kinds of time, and each has one way in:
+//!
+//! - **Wall-clock time**, milliseconds since the Unix epoch, is what TTL expiry is judged by
+//!   ([`crate::ttl`]): a PUT stores an absolute `expires_at` by the receiving node's clock, and
+//!   every read, conditional write and sweep compares it with the clock of the node doing it.
+//!   A node reads it only through the [`Clock`] in its [`crate::Config`], so a test can skew
+//!   one node's clock against the others, or move every clock past an expiry instead of
+//!   sleeping until it.
+//! - **Elapsed time** for a rule (tombstone and hint ages, how long a peer has been dead, the
+//!   leave and start-up waits, anti-entropy pacing) is `tokio::time::Instant`, so that
+//!   `tokio::time::pause()` and `advance()` reach it. Durations measured only for logs and
+//!   metrics stay on `std::time::Instant`: no rule depends on them.
+//!
+//! A clock's offset is 0 outside tests, and every reading asks the OS: a node follows the
+//! system clock (and NTP's corrections to it) exactly as it did before the seam.
+//!
+//! **Stamps that must not be skewed.** A node's gossip generation
+//! ([`crate::node::NodeHandle::start`]) and its watch-announcement versions
+//! ([`crate::watch::Watchers::starting_now`]) are seeded from [`system_ms`], not from the
+//! node's `Clock`. Each must exceed whatever the node's previous process issued, or peers
+//! keep the old process's state: a test that set a node's clock back and restarted it would
+//! make the new process look older than the one it replaces.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch by the system clock, unskewed (0 before 1970).
+pub fn system_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A node's wall clock: the system clock plus an offset that tests set.
+///
+/// Clones share the offset, so the copy of a [`crate::Config`] a test keeps moves the clock of
+/// the node started from it (and of its restarts). An atomic, not a lock: readers on every
+/// request only load it.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    /// The system clock, unskewed.
+    pub fn system() -> Clock {
+        Clock::default()
+    }
+
+    /// The system clock, `offset_ms` ahead (behind if negative).
+    pub fn skewed(offset_ms: i64) -> Clock {
+        Clock {
+            offset_ms: Arc::new(AtomicI64::new(offset_ms)),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch by this clock (0 if the offset goes before 1970).
+    pub fn now_ms(&self) -> u64 {
+        system_ms().saturating_add_signed(self.offset_ms())
+    }
+
+    /// How far this clock is ahead of the system clock, in milliseconds.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Sets how far this clock is ahead of the system clock.
+    pub fn set_offset_ms(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    /// Moves this clock `by` forward, on top of any offset it has.
+    pub fn advance(&self, by: Duration) {
+        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.offset_ms.fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unskewed_clock_reads_the_system_clock() {
+        let before = system_ms();
+        let now = Clock::system().now_ms();
+        assert!(before <= now && now <= system_ms());
+    }
+
+    #[test]
+    fn skew_and_advance_move_one_clock_and_its_clones_only() {
+        let clock = Clock::skewed(-5_000);
+        let shared = clock.clone();
+        let other = Clock::system();
+        shared.advance(Duration::from_secs(65));
+        assert_eq!(clock.offset_ms(), 60_000);
+        let before = system_ms();
+        let ahead = clock.now_ms();
+        assert!(ahead >= before + 60_000 && ahead <= system_ms() + 60_000);
+        assert_eq!(other.offset_ms(), 0);
+        clock.set_offset_ms(-1);
+        assert_eq!(shared.offset_ms(), -1);
+        // A clock set before the epoch reads 0 rather than wrapping.
+        assert_eq!(Clock::skewed(i64::MIN).now_ms(), 0);
+    }
+}

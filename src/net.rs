@@ -1,0 +1,87 @@
+//! The network seam: how a node listens and connects, for HTTP and RPC.
+//!
+//! The node never opens a socket itself: [`NodeHandle::start_with`](crate::NodeHandle) takes a
+//! [`Network`], and [`Tcp`] is the real one. A test network can wrap it (cut, delay or drop
+//! links: the in-process clusters of `tests/common` do), TLS or a cluster secret can wrap it,
+//! and a simulated network can replace it. Gossip has its own seam, chitchat's `Transport`
+//! ([`crate::membership::GossipTransport`]).
+//!
+//! One guarantee is an explicit operation of the seam, because correctness depends on it:
+//! [`Stream::reset_on_drop`]. The RPC client asks for it on every connection; when a call
+//! times out it drops the connection, and bytes the peer had not received yet (a write the
+//! caller was told failed) must be discarded, never delivered minutes later when a cut link
+//! heals (see [`crate::rpc::client`]).
+
+use std::io;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A byte stream between a node and a peer or client.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// From now on, dropping this stream discards whatever the other side has not received
+    /// (TCP: SO_LINGER 0, so the close is a reset).
+    fn reset_on_drop(&self) -> io::Result<()>;
+}
+
+/// A boxed [`Stream`].
+pub type BoxStream = Box<dyn Stream>;
+
+/// A bound listener.
+#[async_trait]
+pub trait Listener: Send + Sync + 'static {
+    /// The next connection and its peer's address.
+    async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)>;
+    /// The address actually bound (port 0 picks one).
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// Where a node listens and what it connects to.
+#[async_trait]
+pub trait Network: Send + Sync + 'static {
+    /// Binds a listener on `addr`.
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>>;
+    /// Connects to `addr`.
+    async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream>;
+}
+
+/// The real network: TCP, with Nagle off (requests are small and latency-bound).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tcp;
+
+impl Stream for TcpStream {
+    fn reset_on_drop(&self) -> io::Result<()> {
+        self.set_zero_linger()
+    }
+}
+
+struct TcpListen(TcpListener);
+
+#[async_trait]
+impl Listener for TcpListen {
+    async fn accept(&self) -> io::Result<(BoxStream, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        // Best effort: a socket that cannot turn Nagle off still works.
+        let _ = stream.set_nodelay(true);
+        Ok((Box::new(stream), peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+#[async_trait]
+impl Network for Tcp {
+    async fn bind(&self, addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
+        Ok(Box::new(TcpListen(TcpListener::bind(addr).await?)))
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(stream))
+    }
+}
