@@ -681,73 +681,99 @@ fn unexpected(resp: Response) -> Error {
 }
 
 impl Node {
-    /// Serves the anti-entropy and bulk requests of the RPC protocol.
-    pub(crate) fn serve_bulk(&self, req: Request) -> Result<Response> {
-        let store = self.store();
-        match req {
-            Request::ReadMany { keys } => {
-                let budget = transfer_budget(self);
-                let mut out = Vec::new();
-                let mut bytes = 0;
-                for key in &keys {
-                    let vs = store.get(key).unwrap_or_default();
-                    let size = set_size(key, &vs);
-                    if !out.is_empty() && bytes + size > budget {
-                        break;
-                    }
-                    bytes += size;
-                    out.push(vs);
-                }
-                Ok(Response::VersionsMany(out))
+    /// Serves [`Request::ReadMany`]: our versions of these keys, in order, up to the transfer
+    /// budget (at least one key).
+    pub(crate) fn serve_read_many(&self, keys: Vec<Bytes>) -> Result<Response> {
+        let budget = transfer_budget(self);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for key in &keys {
+            let vs = self.store().get(key).unwrap_or_default();
+            let size = set_size(key, &vs);
+            if !out.is_empty() && bytes + size > budget {
+                break;
             }
-            Request::Fingerprints { keys } => Ok(Response::Fingerprints(
-                keys.iter()
-                    .map(|k| store.get(k).map_or(0, |vs| vs.fingerprint(k)))
-                    .collect(),
-            )),
-            Request::AeDigest { ring, from, digest } => {
-                let segs = self.checked_segments(ring)?;
-                let roots: Vec<u64> = segs
-                    .shared(self.id(), &from)
-                    .iter()
-                    .map(|&id| store.root(&segs.list[id as usize], id).unwrap_or(0))
-                    .collect();
-                Ok(if digest_of(&roots) == digest {
-                    Response::AeSame
-                } else {
-                    Response::AeRoots(roots)
-                })
-            }
-            Request::AeChildren { ring, nodes } => {
-                let segs = self.checked_segments(ring)?;
-                if nodes.len() > MAX_NODES_PER_REQUEST {
-                    return Err(Error::invalid("too many tree nodes in one request"));
-                }
-                let mut out = Vec::with_capacity(nodes.len());
-                for (id, n) in nodes {
-                    out.push(store.children(segs.get(id)?, id, n));
-                }
-                Ok(Response::AeChildren(out))
-            }
-            Request::AeLeafKeys { ring, leaves } => {
-                let segs = self.checked_segments(ring)?;
-                let mut keys = Vec::new();
-                let mut bytes = 0;
-                let mut covered = 0;
-                for (id, leaf) in leaves {
-                    let grace = self.config().tombstone_grace;
-                    let listed = store.leaf_keys(segs.get(id)?, id, leaf, grace);
-                    bytes += listed.iter().map(|(k, _, _)| k.len() + 9).sum::<usize>();
-                    keys.extend(listed);
-                    covered += 1;
-                    if bytes >= ANSWER_BUDGET {
-                        break;
-                    }
-                }
-                Ok(Response::AeKeys { covered, keys })
-            }
-            other => Err(Error::Protocol(format!("not a bulk request: {other:?}"))),
+            bytes += size;
+            out.push(vs);
         }
+        Ok(Response::VersionsMany(out))
+    }
+
+    /// Serves [`Request::Fingerprints`]: the fingerprint of each key, 0 if absent.
+    pub(crate) fn serve_fingerprints(&self, keys: Vec<Bytes>) -> Result<Response> {
+        let store = self.store();
+        Ok(Response::Fingerprints(
+            keys.iter()
+                .map(|k| store.get(k).map_or(0, |vs| vs.fingerprint(k)))
+                .collect(),
+        ))
+    }
+
+    /// Serves [`Request::AeDigest`]: `AeSame` if our roots of the segments shared with
+    /// `from` hash to `digest`, else those roots.
+    pub(crate) fn serve_ae_digest(&self, ring: u64, from: String, digest: u64) -> Result<Response> {
+        let segs = self.checked_segments(ring)?;
+        let roots: Vec<u64> = segs
+            .shared(self.id(), &from)
+            .iter()
+            .map(|&id| self.store().root(&segs.list[id as usize], id).unwrap_or(0))
+            .collect();
+        Ok(if digest_of(&roots) == digest {
+            Response::AeSame
+        } else {
+            Response::AeRoots(roots)
+        })
+    }
+
+    /// Serves [`Request::AeChildren`]: the children hashes of these tree nodes.
+    pub(crate) fn serve_ae_children(
+        &self,
+        ring: u64,
+        nodes: Vec<(SegmentId, NodeRef)>,
+    ) -> Result<Response> {
+        let segs = self.checked_segments(ring)?;
+        if nodes.len() > MAX_NODES_PER_REQUEST {
+            return Err(Error::invalid("too many tree nodes in one request"));
+        }
+        let mut out = Vec::with_capacity(nodes.len());
+        for (id, n) in nodes {
+            out.push(self.store().children(segs.get(id)?, id, n));
+        }
+        Ok(Response::AeChildren(out))
+    }
+
+    /// Serves [`Request::AeLeafKeys`]: the keys in these leaves, up to [`ANSWER_BUDGET`].
+    pub(crate) fn serve_ae_leaf_keys(
+        &self,
+        ring: u64,
+        leaves: Vec<(SegmentId, u32)>,
+    ) -> Result<Response> {
+        let segs = self.checked_segments(ring)?;
+        let mut keys = Vec::new();
+        let mut bytes = 0;
+        let mut covered = 0;
+        for (id, leaf) in leaves {
+            let grace = self.config().tombstone_grace;
+            let listed = self.store().leaf_keys(segs.get(id)?, id, leaf, grace);
+            bytes += listed.iter().map(|(k, _, _)| k.len() + 9).sum::<usize>();
+            keys.extend(listed);
+            covered += 1;
+            if bytes >= ANSWER_BUDGET {
+                break;
+            }
+        }
+        Ok(Response::AeKeys { covered, keys })
+    }
+
+    /// Serves [`Request::Purge`]: drops each of these tombstones still held with that
+    /// fingerprint.
+    pub(crate) fn serve_purge(&self, items: Vec<(Bytes, u64)>) -> Result<Response> {
+        let purged = items
+            .iter()
+            .filter(|(key, fp)| self.store().remove_if(key, *fp))
+            .count();
+        Stats::add(&self.stats().tombstones_purged, purged as u64);
+        Ok(Response::Replicated)
     }
 
     fn checked_segments(&self, ring: u64) -> Result<Arc<Segments>> {

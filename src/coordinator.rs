@@ -64,8 +64,12 @@ use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
 use crate::stats::Stats;
 use crate::store::{ListPage, WriteOp};
-use crate::version::{Condition, Context, Meta, VersionSet};
+use crate::version::{Condition, Context, VersionSet};
 use crate::watch::{Event, Op};
+
+// A client write crosses the wire when it is forwarded to its coordinator: it is defined with
+// the protocol.
+pub use crate::rpc::Write;
 
 /// How long a GET waits for the R replicas it asked before it also asks the next candidate.
 /// Far above a healthy replica's answer (well under a millisecond on a LAN), so it costs
@@ -92,23 +96,6 @@ impl Dest {
     fn is_home(&self) -> bool {
         self.hint_for.is_none()
     }
-}
-
-/// A client write, as the coordinator runs it.
-#[derive(Debug, Clone, Default)]
-pub struct Write {
-    pub key: Bytes,
-    /// The value; `None` deletes.
-    pub value: Option<Bytes>,
-    /// Content type and expiry.
-    pub meta: Option<Box<Meta>>,
-    /// What the client has seen; `None` for everything the coordinator holds.
-    pub context: Option<Context>,
-    pub condition: Condition,
-    /// Acknowledgements to wait for (default W).
-    pub w: Option<usize>,
-    /// Of those, acknowledgements from home replicas (default 0).
-    pub pw: Option<usize>,
 }
 
 /// One page of a listing.
@@ -190,11 +177,7 @@ impl Node {
             };
             Stats::incr(&self.stats.writes_forwarded);
             let req = Request::Coordinate {
-                key: write.key.clone(),
-                value: write.value.clone(),
-                meta: write.meta.clone(),
-                context: write.context.clone(),
-                condition: write.condition.clone(),
+                write: write.clone(),
                 quorum,
             };
             // The coordinator itself waits up to one RPC timeout for its replicas.
@@ -221,6 +204,28 @@ impl Node {
             replied: 0,
             required: quorum.w,
         })
+    }
+
+    /// Serves [`Request::Coordinate`]: a peer forwarded this client write because this node
+    /// is the key's first live home in its view. It runs here and is never forwarded again,
+    /// inside the request's trace with this node named as coordinator.
+    pub(crate) async fn serve_coordinate(
+        self: &Arc<Self>,
+        write: Write,
+        quorum: WriteQuorum,
+    ) -> Result<Response> {
+        self.check_write_quorum(quorum)?;
+        // This node coordinates: the replicas' logs name it.
+        let trace = crate::rpc::current_trace().map(|t| crate::rpc::Trace {
+            coordinator: self.actor.node.clone(),
+            ..t
+        });
+        let run = self.coordinate_write(write, quorum);
+        match trace {
+            Some(t) => crate::rpc::TRACE.scope(t, run).await,
+            None => run.await,
+        }
+        .map(Response::Written)
     }
 
     /// Coordinates a write on this node: mint the version locally, replicate, count acks.
@@ -371,6 +376,41 @@ impl Node {
                 required: quorum.pw,
             }
         })
+    }
+
+    /// Serves [`Request::Replicate`]: merges a coordinator's copy (or a read repair) into
+    /// the store, or keeps it as a hint if this node stands in for the dead home `hint_for`.
+    /// A copy counts toward W only once it is logged (with `--fsync always`, on disk), so the
+    /// answer waits for the log.
+    pub(crate) async fn serve_replicate(
+        &self,
+        key: Bytes,
+        versions: VersionSet,
+        hint_for: Option<String>,
+    ) -> Result<Response> {
+        match hint_for {
+            Some(home) if *home != *self.id => {
+                self.store_hint(NodeId::from(home), key, &versions)?;
+            }
+            _ => {
+                self.store.merge_owned(&key, versions);
+            }
+        }
+        self.sync().await?;
+        Ok(Response::Replicated)
+    }
+
+    /// Serves [`Request::ReplicateMany`] (hint delivery, handoff, anti-entropy): merges every
+    /// copy, and answers once they are logged.
+    pub(crate) async fn serve_replicate_many(
+        &self,
+        items: Vec<(Bytes, VersionSet)>,
+    ) -> Result<Response> {
+        for (key, versions) in items {
+            self.store.merge_owned(&key, versions);
+        }
+        self.sync().await?;
+        Ok(Response::Replicated)
     }
 
     /// Reads `key` from `r` replicas (default R) and returns their merged versions (empty if
@@ -536,6 +576,12 @@ impl Node {
             }
         }
     }
+
+    /// Serves [`Request::Read`]: this node's copy of the key, hinted copies included.
+    pub(crate) fn serve_read(&self, key: Bytes) -> Result<Response> {
+        self.refuse_reads_if_stopping()?;
+        Ok(Response::Versions(self.local_read(&key)))
+    }
 }
 
 /// True if some home replica's reply differs from the merge of all replies, so that a read
@@ -680,6 +726,23 @@ impl Node {
                 None => return Ok(Listing { keys, next: None }),
             }
         }
+    }
+
+    /// Serves [`Request::List`]: this node's next keys under the prefix, in key order, with
+    /// fingerprints instead of values.
+    pub(crate) fn serve_list(
+        &self,
+        prefix: Bytes,
+        after: Option<Bytes>,
+        limit: u32,
+    ) -> Result<Response> {
+        self.refuse_reads_if_stopping()?;
+        let limit = (limit as usize).clamp(1, crate::config::MAX_LIST_LIMIT);
+        Ok(Response::Listed(self.store.list(
+            &prefix,
+            after.as_deref(),
+            limit,
+        )))
     }
 }
 

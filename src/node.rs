@@ -179,6 +179,18 @@ impl Node {
         }
     }
 
+    /// Fails with [`Error::Shutdown`] while this node stops: the replica side of reads and
+    /// listings calls it first. Peers that have not heard this node is stopping still ask it,
+    /// but since it announced `stopping` the coordinators send its share of new writes to
+    /// fallbacks, so its copy may be stale. Refused, the reader asks the next replica at once.
+    /// Writes it still takes: it is up until it exits.
+    pub(crate) fn refuse_reads_if_stopping(&self) -> Result<()> {
+        match self.lifecycle() {
+            Lifecycle::Stopping => Err(Error::Shutdown),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this node can serve requests at its default quorums (`GET /ready`).
     pub fn readiness(&self) -> Readiness {
         crate::readiness::evaluate(
@@ -397,100 +409,40 @@ impl Node {
             },
         }
     }
+
+    /// Serves [`Request::Status`]: [`Node::status`].
+    pub(crate) fn serve_status(&self) -> Result<Response> {
+        Ok(Response::Status(self.status()))
+    }
 }
 
+/// The one RPC dispatch: each request goes to its handler, `serve_*`, in the module of the
+/// feature that owns it.
 impl Service for Node {
     async fn call(self: Arc<Self>, req: Request) -> Result<Response> {
         match req {
             Request::Replicate {
                 key,
                 versions,
-                hint_for: Some(home),
-            } if *home != *self.id => {
-                self.store_hint(NodeId::from(home), key, &versions)?;
-                self.sync().await?;
-                Ok(Response::Replicated)
-            }
-            // A copy counts toward W only once it is logged (with `--fsync always`, on disk).
-            Request::Replicate { key, versions, .. } => {
-                self.store.merge_owned(&key, versions);
-                self.sync().await?;
-                Ok(Response::Replicated)
-            }
-            Request::ReplicateMany { items } => {
-                for (key, versions) in items {
-                    self.store.merge_owned(&key, versions);
-                }
-                self.sync().await?;
-                Ok(Response::Replicated)
-            }
-            // A stopping node refuses reads: peers that have not heard it is stopping still
-            // ask it, but since it announced `stopping` the coordinators send its share of new
-            // writes to fallbacks, so its copy may be stale. Refused, the reader asks the next
-            // replica at once. Writes it still takes: it is up until it exits.
-            Request::Read { .. } | Request::List { .. }
-                if self.lifecycle() == Lifecycle::Stopping =>
-            {
-                Err(Error::Shutdown)
-            }
-            Request::Read { key } => Ok(Response::Versions(self.local_read(&key))),
-            Request::Purge { items } => {
-                let purged = items
-                    .iter()
-                    .filter(|(key, fp)| self.store.remove_if(key, *fp))
-                    .count();
-                Stats::add(&self.stats.tombstones_purged, purged as u64);
-                Ok(Response::Replicated)
-            }
-            bulk @ (Request::ReadMany { .. }
-            | Request::Fingerprints { .. }
-            | Request::AeDigest { .. }
-            | Request::AeChildren { .. }
-            | Request::AeLeafKeys { .. }) => self.serve_bulk(bulk),
-            Request::Coordinate {
-                key,
-                value,
-                meta,
-                context,
-                condition,
-                quorum,
-            } => {
-                self.check_write_quorum(quorum)?;
-                let write = crate::coordinator::Write {
-                    key,
-                    value,
-                    meta,
-                    context,
-                    condition,
-                    ..Default::default()
-                };
-                // This node coordinates: the replicas' logs name it.
-                let trace = crate::rpc::current_trace().map(|t| crate::rpc::Trace {
-                    coordinator: self.actor.node.clone(),
-                    ..t
-                });
-                let run = self.coordinate_write(write, quorum);
-                match trace {
-                    Some(t) => crate::rpc::TRACE.scope(t, run).await,
-                    None => run.await,
-                }
-                .map(Response::Written)
-            }
+                hint_for,
+            } => self.serve_replicate(key, versions, hint_for).await,
+            Request::ReplicateMany { items } => self.serve_replicate_many(items).await,
+            Request::Read { key } => self.serve_read(key),
+            Request::Coordinate { write, quorum } => self.serve_coordinate(write, quorum).await,
             Request::List {
                 prefix,
                 after,
                 limit,
-            } => {
-                let limit = (limit as usize).clamp(1, crate::config::MAX_LIST_LIMIT);
-                Ok(Response::Listed(self.store.list(
-                    &prefix,
-                    after.as_deref(),
-                    limit,
-                )))
-            }
-            Request::Events { events } => Ok(self.peer_events(events)),
-            Request::Watching { node, announcement } => Ok(self.peer_watching(node, announcement)),
-            Request::Status => Ok(Response::Status(self.status())),
+            } => self.serve_list(prefix, after, limit),
+            Request::ReadMany { keys } => self.serve_read_many(keys),
+            Request::Fingerprints { keys } => self.serve_fingerprints(keys),
+            Request::Purge { items } => self.serve_purge(items),
+            Request::AeDigest { ring, from, digest } => self.serve_ae_digest(ring, from, digest),
+            Request::AeChildren { ring, nodes } => self.serve_ae_children(ring, nodes),
+            Request::AeLeafKeys { ring, leaves } => self.serve_ae_leaf_keys(ring, leaves),
+            Request::Events { events } => self.serve_events(events),
+            Request::Watching { node, announcement } => self.serve_watching(node, announcement),
+            Request::Status => self.serve_status(),
         }
     }
 }
@@ -569,7 +521,7 @@ impl NodeHandle {
             hello: hello.clone(),
             max_payload: config.max_frame_payload(),
             timeout: config.rpc_timeout,
-            stats: stats.clone(),
+            frames_rejected: stats.rpc_frames_rejected.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         });
@@ -605,7 +557,7 @@ impl NodeHandle {
             service: node.clone(),
             hello,
             max_payload: node.config.max_frame_payload(),
-            stats,
+            frames_rejected: stats.rpc_frames_rejected.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         });
@@ -843,7 +795,7 @@ impl Node {
     }
 
     /// Keeps a copy for a dead home replica (this node is its fallback).
-    fn store_hint(&self, home: NodeId, key: Bytes, versions: &VersionSet) -> Result<()> {
+    pub(crate) fn store_hint(&self, home: NodeId, key: Bytes, versions: &VersionSet) -> Result<()> {
         let dead_for = self.view().dead_for(&home);
         let res = lock(&self.hints).add(&home, key, versions, dead_for, Instant::now());
         match res {

@@ -3,6 +3,7 @@
 //! Plain relaxed atomics: each is an independent tally read by `/admin/stats`-style endpoints
 //! and logs, so no ordering between them is needed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -10,8 +11,9 @@ use serde::Serialize;
 /// Per-node counters. Every field only ever grows.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// RPC frames dropped for a bad checksum, size, encoding or handshake.
-    pub rpc_frames_rejected: AtomicU64,
+    /// RPC frames dropped for a bad checksum, size, encoding or handshake. Shared with the
+    /// RPC client and server ([`crate::rpc`] does not know this struct).
+    pub rpc_frames_rejected: Arc<AtomicU64>,
     /// Replicas brought up to date by read repair.
     pub read_repairs: AtomicU64,
     /// Client requests answered 503 because the quorum was not met.
@@ -48,27 +50,8 @@ pub struct Stats {
     pub ttl_bytes_freed: AtomicU64,
 }
 
-/// What the status page shows of one node (`GET /cluster/status`).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct NodeStatus {
-    pub keys: u64,
-    pub tombstones: u64,
-    pub bytes: u64,
-    pub hints_pending: u64,
-    pub ae_rounds: u64,
-    pub ae_keys_repaired: u64,
-    pub ae_bytes_sent: u64,
-    pub ae_bytes_received: u64,
-    /// HTTP requests answered since the node started.
-    pub requests: u64,
-    /// Connected WebSocket watchers.
-    pub watchers: u64,
-    /// The members this node routes requests to (serving), with their generations: a node
-    /// that just started asks its peers for this to learn that they see it
-    /// ([`crate::readiness`]'s `announced`). Defaults to empty from an older peer.
-    #[serde(default)]
-    pub serving: Vec<(String, u64)>,
-}
+/// What the status page shows of one node: a wire type, defined with the protocol.
+pub use crate::rpc::NodeStatus;
 
 /// A point-in-time copy of [`Stats`], for JSON.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -35,15 +35,20 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::error::Result;
 use crate::membership::{KEY_WATCH, View};
 use crate::node::Node;
 use crate::ring::NodeId;
 use crate::rpc::{Request, Response};
+
+// Events and announcements cross the wire: they are defined with the protocol, and their
+// client-facing and gossiped forms are here.
+pub use crate::rpc::{Announcement, Event, Op};
 
 /// Events a watcher may fall behind by before it gets a `lagged` message instead (the
 /// default of [`crate::Config::watch_buffer`]).
@@ -54,26 +59,6 @@ const FANOUT_QUEUE: usize = 8192;
 
 /// Most events sent to a peer in one RPC.
 const FANOUT_BATCH: usize = 256;
-
-/// What happened to a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    Put,
-    Delete,
-    Expire,
-}
-
-/// One change, as sent to watchers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub op: Op,
-    pub key: Bytes,
-    /// The value written (puts only).
-    pub value: Option<Bytes>,
-    /// The key's context after the change, as a client would send it back.
-    pub context: String,
-}
 
 impl Event {
     /// The WebSocket message: `{"op", "key", "value" (base64, puts only), "context"}`, with
@@ -223,15 +208,6 @@ impl Watchers {
     pub fn wants(&self, key: &[u8]) -> bool {
         lock(&self.slots).iter().any(|s| key.starts_with(&s.prefix))
     }
-}
-
-/// What one node watches, as announced: a version (newest wins) and its prefixes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Announcement {
-    /// Announcements of one node only grow, across restarts too: a version is at least the
-    /// wall-clock time in ms of the change it announces.
-    pub version: u64,
-    pub prefixes: Vec<Bytes>,
 }
 
 impl Announcement {
@@ -429,18 +405,18 @@ impl Node {
         }
     }
 
-    /// Answers a peer's `Watching` request.
-    pub(crate) fn peer_watching(&self, node: String, ann: Announcement) -> Response {
+    /// Serves [`Request::Watching`]: a peer's watchers follow these prefixes now.
+    pub(crate) fn serve_watching(&self, node: String, ann: Announcement) -> Result<Response> {
         lock(&self.interest).update(NodeId::from(node), ann);
-        Response::Done
+        Ok(Response::Done)
     }
 
-    /// Answers a peer's `Events` request: hand them to our watchers.
-    pub(crate) fn peer_events(&self, events: Vec<Event>) -> Response {
+    /// Serves [`Request::Events`]: hand them to our watchers.
+    pub(crate) fn serve_events(&self, events: Vec<Event>) -> Result<Response> {
         for ev in &events {
             self.watchers.publish(ev);
         }
-        Response::Done
+        Ok(Response::Done)
     }
 
     /// This node's watchers.

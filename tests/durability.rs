@@ -8,7 +8,8 @@
 //!   acknowledged writes, deletes and TTL writes, then restarted on new ports.
 //! - The directory lock, a data dir that is a file, and files of a newer format.
 //! - Crashes during writes: a seeded loop SIGKILLs one node at a random moment while writers
-//!   keep PUTting, and checks what the victim's disk holds before it hears from any peer.
+//!   keep PUTting (and a churn writer keeps the nodes snapshotting and dropping old log
+//!   segments), and checks what the victim's disk holds before it hears from any peer.
 //! - Hints: hinted copies held for down nodes survive a full restart of the ring.
 //! - Damage: a record with a bad checksum in the middle of a node's log; the rest of the file
 //!   is set aside, counted and named, and the node gets the lost writes back from its peers.
@@ -417,6 +418,15 @@ async fn start_durable(id: &str, dir: &Path, seeds: &[SocketAddr]) -> ProcessNod
     ProcessNode::start_with(id, seeds, &durable(dir)).await
 }
 
+/// As [`start_durable`], snapshotting every [`SNAPSHOT_LOG_BYTES`] of log.
+async fn start_snapshotting(id: &str, dir: &Path, seeds: &[SocketAddr]) -> ProcessNode {
+    let args: Vec<&str> = durable(dir)
+        .into_iter()
+        .chain(["--snapshot-log-bytes", SNAPSHOT_LOG_BYTES])
+        .collect();
+    ProcessNode::start_with(id, seeds, &args).await
+}
+
 /// SIGKILLs every node first, then reaps them: none of them outlives another by more than
 /// the time to send a signal.
 fn kill_all_at_once(nodes: &mut [ProcessNode]) {
@@ -819,6 +829,8 @@ struct Writers {
     /// The HTTP address of every node that is up (None while it is down).
     up: Mutex<Vec<Option<SocketAddr>>>,
     acked: Mutex<Vec<Acked>>,
+    /// Keys the churn writer overwrote, with an acknowledgement each.
+    churned: Mutex<BTreeSet<String>>,
     failed: AtomicUsize,
     stop: AtomicBool,
 }
@@ -827,6 +839,50 @@ impl Writers {
     fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
+
+    /// An up node, taking turns by `n`.
+    fn pick(&self, n: usize) -> SocketAddr {
+        let up: Vec<SocketAddr> = self.up.lock().unwrap().iter().flatten().copied().collect();
+        up[n % up.len()]
+    }
+}
+
+/// Keys the churn writer overwrites, and the size of its values: the log grows much faster
+/// than the live data, so the nodes keep taking snapshots and dropping old log segments
+/// (with `--snapshot-log-bytes` [`SNAPSHOT_LOG_BYTES`]) while the kills happen.
+const CHURN_KEYS: usize = 8;
+const CHURN_VALUE: usize = 4096;
+const SNAPSHOT_LOG_BYTES: &str = "262144";
+
+/// Overwrites a few keys with large values until told to stop.
+async fn churn_writer(shared: Arc<Writers>) {
+    let http = Http::new();
+    let mut seq = 0usize;
+    while !shared.stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let node = shared.pick(seq);
+        let key = format!("churn/{}", seq % CHURN_KEYS);
+        let value = format!("{seq:08}").repeat(CHURN_VALUE / 8);
+        let put = http
+            .try_put(&format!("http://{node}/kv/{key}"), value)
+            .await;
+        if put.is_ok_and(|r| r.status == StatusCode::NO_CONTENT) {
+            shared.churned.lock().unwrap().insert(key);
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// A counter from a node's `/metrics` (0 if it is not there).
+async fn metric(http: &Http, node: SocketAddr, name: &str) -> u64 {
+    let got = http.get(&format!("http://{node}/metrics")).await;
+    assert_eq!(got.status, StatusCode::OK, "{got:?}");
+    String::from_utf8_lossy(&got.body)
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .sum()
 }
 
 /// A writer: PUT unique keys through the nodes that are up, in turn, until told to stop;
@@ -836,17 +892,7 @@ async fn crash_writer(w: usize, shared: Arc<Writers>) {
     let mut seq = 0usize;
     while !shared.stop.load(Ordering::Relaxed) {
         seq += 1;
-        let node = {
-            let up: Vec<SocketAddr> = shared
-                .up
-                .lock()
-                .unwrap()
-                .iter()
-                .flatten()
-                .copied()
-                .collect();
-            up[(w + seq) % up.len()]
-        };
+        let node = shared.pick(w + seq);
         let all_homes = seq.is_multiple_of(2);
         let (key, value) = (format!("c/w{w}-{seq:05}"), format!("value-{w}-{seq}"));
         let query = if all_homes { "?w=3&pw=3" } else { "" };
@@ -886,19 +932,22 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
     let mut nodes: Vec<ProcessNode> = Vec::new();
     for i in 0..N {
         let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.gossip).collect();
-        nodes.push(start_durable(&ids[i], &data[i], &seeds).await);
+        nodes.push(start_snapshotting(&ids[i], &data[i], &seeds).await);
     }
     wait_ready(&http, &nodes.iter().map(|n| n.http).collect::<Vec<_>>()).await;
 
     let shared = Arc::new(Writers {
         up: Mutex::new(nodes.iter().map(|n| Some(n.http)).collect()),
         acked: Mutex::new(Vec::new()),
+        churned: Mutex::new(BTreeSet::new()),
         failed: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
     });
-    let writers: Vec<_> = (0..WRITERS)
+    let mut writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(crash_writer(w, shared.clone())))
         .collect();
+    writers.push(tokio::spawn(churn_writer(shared.clone())));
+    let mut snapshots = 0;
 
     let mut homes_of: HashMap<String, Vec<String>> = HashMap::new();
     let mut checked_from_disk = 0usize;
@@ -927,6 +976,8 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
             .filter(|a| a.all_homes)
             .cloned()
             .collect();
+        let victim_snapshots = metric(&http, nodes[victim].http, "ringkv_snapshots").await;
+        snapshots += victim_snapshots;
         shared.up.lock().unwrap()[victim] = None;
         nodes[victim].kill();
         let killed = Instant::now();
@@ -945,7 +996,7 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
             }
         }
         let booted = Instant::now();
-        let mut alone = start_durable(&ids[victim], &data[victim], &[]).await;
+        let mut alone = start_snapshotting(&ids[victim], &data[victim], &[]).await;
         let listening_after = booted.elapsed();
         let mut missing = Vec::new();
         for (key, want) in &expect_here {
@@ -971,13 +1022,14 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
             .map(|i| nodes[i].gossip)
             .collect();
         let rejoined = Instant::now();
-        nodes[victim] = start_durable(&ids[victim], &data[victim], &seeds).await;
+        nodes[victim] = start_snapshotting(&ids[victim], &data[victim], &seeds).await;
         wait_ready(&http, &[nodes[victim].http]).await;
         shared.up.lock().unwrap()[victim] = Some(nodes[victim].http);
         let ready_after = rejoined.elapsed();
         downtime.push(killed.elapsed());
         println!(
-            "seed={seed} round {round}: killed {} after {more} more acks; alone on its dir it \
+            "seed={seed} round {round}: killed {} after {more} more acks and \
+             {victim_snapshots} snapshots of its own; alone on its dir it \
              listened after {listening_after:?} and held all {} all-homes writes acknowledged \
              before the kill; back in the ring and ready {ready_after:?} after its restart",
             ids[victim],
@@ -1013,13 +1065,37 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
         bad.len(),
         acked.len()
     );
+    // The churned keys were only ever overwritten: each reads a value (siblings allowed).
+    let churned = shared.churned.lock().unwrap().clone();
+    for (i, key) in churned.iter().enumerate() {
+        let got = http.get(&format!("http://{}/kv/{key}", urls[i % N])).await;
+        assert!(
+            got.status == StatusCode::OK || got.status == StatusCode::MULTIPLE_CHOICES,
+            "seed={seed}: churned {key} reads {}",
+            got.status
+        );
+    }
+    for &node in &urls {
+        snapshots += metric(&http, node, "ringkv_snapshots").await;
+    }
+    let files: Vec<(usize, usize)> = data
+        .iter()
+        .map(|d| {
+            let names = names_in(d);
+            let count = |suffix: &str| names.iter().filter(|n| n.ends_with(suffix)).count();
+            (count(".snap"), count(".log"))
+        })
+        .collect();
     println!(
         "seed={seed}: {} acknowledged writes ({} with w=3&pw=3), {} failed attempts, all \
          readable after {rounds} SIGKILLs; {checked_from_disk} found on a victim's disk before \
-         it met a peer; downtime per kill (disk checks included) {downtime:?}",
+         it met a peer; {} churned keys read; {snapshots} snapshots taken meanwhile, (snapshot, \
+         log) files per dir at the end {files:?}; downtime per kill (disk checks included) \
+         {downtime:?}",
         acked.len(),
         acked.iter().filter(|a| a.all_homes).count(),
-        shared.failed.load(Ordering::Relaxed)
+        shared.failed.load(Ordering::Relaxed),
+        churned.len()
     );
 }
 
@@ -1186,7 +1262,7 @@ async fn a_damaged_record_mid_log(damage: Damage) {
     let mut nodes: Vec<ProcessNode> = Vec::new();
     for i in 0..N {
         let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.gossip).collect();
-        nodes.push(start_durable(&ids[i], &data[i], &seeds).await);
+        nodes.push(start_snapshotting(&ids[i], &data[i], &seeds).await);
     }
     wait_ready(&http, &nodes.iter().map(|n| n.http).collect::<Vec<_>>()).await;
     let mut expected = BTreeMap::new();
@@ -1230,7 +1306,7 @@ async fn a_damaged_record_mid_log(damage: Damage) {
     let tail = bytes[at..].to_vec();
 
     let seeds: Vec<SocketAddr> = nodes[..victim].iter().map(|n| n.gossip).collect();
-    nodes[victim] = start_durable(&ids[victim], dir, &seeds).await;
+    nodes[victim] = start_snapshotting(&ids[victim], dir, &seeds).await;
     let names = names_in(dir);
     let aside: Vec<&String> = names.iter().filter(|n| n.contains("corrupt")).collect();
     assert_eq!(

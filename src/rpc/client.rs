@@ -22,10 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::{Hello, Message, Request, Response, read_one, write_frames};
+use super::{Hello, Message, Request, Response, read_one};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
-use crate::stats::Stats;
 
 /// How long to wait for a TCP connect plus hello. Short: on loopback or a LAN a live peer
 /// answers in microseconds, and a dead one should not hold a client request.
@@ -35,7 +34,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const REQUEST_QUEUE: usize = 1024;
 
 type Slot = oneshot::Sender<Result<Response>>;
-type Pending = Arc<Mutex<HashMap<u64, Slot>>>;
+
+/// A call waiting for its answer.
+struct Waiter {
+    slot: Slot,
+    /// Some of its bytes may have reached the socket. Until then, a broken connection means
+    /// the peer never saw it: the caller may safely try another replica.
+    sent: bool,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
 
 struct Conn {
     tx: mpsc::Sender<Message>,
@@ -53,7 +61,9 @@ pub struct PoolConfig {
     pub hello: Hello,
     pub max_payload: usize,
     pub timeout: Duration,
-    pub stats: Arc<Stats>,
+    /// Counts connections closed for a bad frame from the peer (the node's
+    /// `rpc_frames_rejected`).
+    pub frames_rejected: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -93,7 +103,13 @@ impl Pool {
         let conn = self.conn(addr);
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot_tx, slot_rx) = oneshot::channel();
-        lock(&conn.pending).insert(id, slot_tx);
+        lock(&conn.pending).insert(
+            id,
+            Waiter {
+                slot: slot_tx,
+                sent: false,
+            },
+        );
         // Register before sending: the connection task fails every registered slot when it
         // dies, and closes its queue first, so a request is either answered, failed, or
         // refused here; it is never left waiting for its timeout on a dead connection.
@@ -162,18 +178,17 @@ impl Pool {
         let abort = conn.abort.clone();
         self.cfg.tracker.spawn(async move {
             let mut rx = rx;
-            let mut established = false;
             let res = tokio::select! {
                 _ = cfg.shutdown.cancelled() => Err(Error::Shutdown),
                 _ = abort.cancelled() => Err(Error::Timeout),
-                res = run(addr, &cfg, &mut rx, &pending, &mut established) => res,
+                res = run(addr, &cfg, &mut rx, &pending) => res,
             };
             dead.store(true, Ordering::Release);
             rx.close();
-            fail_all(&pending, established);
+            fail_all(&pending);
             match res {
                 Err(err @ Error::Protocol(_)) => {
-                    Stats::incr(&cfg.stats.rpc_frames_rejected);
+                    cfg.frames_rejected.fetch_add(1, Ordering::Relaxed);
                     warn!(%addr, %err, "closing rpc connection: bad frame from peer");
                 }
                 Err(err) => debug!(%addr, %err, "rpc connection ended"),
@@ -190,19 +205,72 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Fails every pending call. Before the connection was established nothing was sent, so the
-/// callers may safely try elsewhere (`Unreachable`); afterwards a request may have reached the
-/// peer and been applied, so its outcome is unknown (`Interrupted`) and must not be retried
-/// blindly: a forwarded write retried on another coordinator would be applied twice.
-fn fail_all(pending: &Pending, established: bool) {
-    for (_, slot) in lock(pending).drain() {
-        let err = if established {
+/// Fails every pending call. A request none of whose bytes reached the socket (the
+/// connection never came up, or broke before writing it) was never seen by the peer, so its
+/// caller may safely try elsewhere (`Unreachable`). One that may have been sent may have been
+/// applied, so its outcome is unknown (`Interrupted`) and must not be retried blindly: a
+/// forwarded write retried on another coordinator would be applied twice.
+fn fail_all(pending: &Pending) {
+    for (_, waiter) in lock(pending).drain() {
+        let err = if waiter.sent {
             Error::Interrupted("connection lost with the request in flight".into())
         } else {
-            Error::Unreachable("could not connect".into())
+            Error::Unreachable("connection lost before the request was sent".into())
         };
-        let _ = slot.send(Err(err));
+        let _ = waiter.slot.send(Err(err));
     }
+}
+
+/// Writes queued requests to the socket in batches, marking each request `sent` before any
+/// of its bytes go out (and unmarking a batch that failed before any byte went out).
+async fn send_requests<W>(
+    mut wr: W,
+    rx: &mut mpsc::Receiver<Message>,
+    pending: &Pending,
+) -> Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let mut buf = bytes::BytesMut::with_capacity(8 * 1024);
+    let mut ids = Vec::new();
+    while let Some(msg) = rx.recv().await {
+        buf.clear();
+        ids.clear();
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            if let Message::Request { id, .. } = &msg {
+                ids.push(*id);
+            }
+            codec::encode(&msg, &mut buf)?;
+            if buf.len() < super::MAX_BATCH_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mark = |sent: bool| {
+            let mut p = lock(pending);
+            for id in &ids {
+                if let Some(w) = p.get_mut(id) {
+                    w.sent = sent;
+                }
+            }
+        };
+        mark(true);
+        let mut written = 0;
+        while written < buf.len() {
+            match wr.write(&buf[written..]).await {
+                Ok(0) => return Err(Error::Unreachable("the connection closed".into())),
+                Ok(n) => written += n,
+                Err(err) => {
+                    if written == 0 {
+                        mark(false);
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Connects, says hello, then pumps requests out and responses in until something breaks.
@@ -211,7 +279,6 @@ async fn run(
     cfg: &PoolConfig,
     rx: &mut mpsc::Receiver<Message>,
     pending: &Pending,
-    established: &mut bool,
 ) -> Result<()> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, cfg.net.connect(addr))
         .await
@@ -228,15 +295,14 @@ async fn run(
         .await
         .map_err(|_| Error::Unreachable(format!("no hello from {addr}")))??;
     theirs.check(&cfg.hello)?;
-    *established = true;
 
-    let writer = write_frames(wr, rx);
+    let writer = send_requests(wr, rx, pending);
     let reader_loop = async {
         while let Some(frame) = reader.next().await {
             match codec::decode_payload::<Message>(&frame?)? {
                 Message::Response { id, body } => {
-                    if let Some(slot) = lock(pending).remove(&id) {
-                        let _ = slot.send(body);
+                    if let Some(waiter) = lock(pending).remove(&id) {
+                        let _ = waiter.slot.send(body);
                     }
                 }
                 Message::Request { .. } => {

@@ -10,12 +10,18 @@
 //!
 //! Frames are length + CRC32 + MessagePack ([`crate::codec`]). Anything a peer sends that does
 //! not decode (bad checksum, oversized, unknown message) closes that one connection; it is
-//! counted in [`crate::stats::Stats::rpc_frames_rejected`] and logged, and the node keeps
+//! counted (the node's `rpc_frames_rejected` counter) and logged, and the node keeps
 //! serving everything else. The requester sees its pending calls fail and reconnects on the
 //! next call.
 //!
 //! Messages are requests or responses, each a documented enum. Errors that cross the link keep
-//! their [`Error`] variant.
+//! their [`Error`] variant. The data they carry is defined in [`types`], so that the protocol
+//! depends on nothing above the pure cores.
+//!
+//! Every request is answered by one handler, `Node::serve_*`, in the module of the feature
+//! that owns it; `impl Service for Node` in [`crate::node`] is the one dispatch. A new request
+//! is a variant here (and its data in [`types`]), a handler next to its feature, and one
+//! line in that dispatch.
 //!
 //! A request made on behalf of a client carries a [`Trace`]: the client request's id and the
 //! node coordinating it. The serving node handles it inside a `rpc` tracing span with both, so
@@ -23,6 +29,7 @@
 
 pub mod client;
 pub mod server;
+pub mod types;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,12 +39,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::merkle::NodeRef;
-use crate::store::{ListPage, SegmentId};
-use crate::version::{Condition, Context, Meta, VersionSet};
-use crate::watch::{Announcement, Event};
+use crate::version::{Context, VersionSet};
 
-/// Bumped on any incompatible change to [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub use types::{
+    Announcement, Event, ListEntry, ListPage, NodeStatus, Op, SegmentId, Write, WriteQuorum,
+};
+
+/// Bumped on any incompatible change to [`Message`] or the framing. 4: `Coordinate` carries
+/// the client's [`Write`] itself.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first frame each side sends on a new connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -157,16 +167,10 @@ pub enum Request {
         leaves: Vec<(SegmentId, u32)>,
     },
     /// Coordinate this client write yourself: you are the key's first live replica in my view.
-    /// `value: None` is a delete. The receiver never forwards again, so views that disagree
-    /// for a moment cannot make a request bounce between nodes.
-    Coordinate {
-        key: Bytes,
-        value: Option<Bytes>,
-        meta: Option<Box<Meta>>,
-        context: Option<Context>,
-        condition: Condition,
-        quorum: WriteQuorum,
-    },
+    /// `quorum` is the write's `w` and `pw` as I resolved them (my defaults filled in). The
+    /// receiver never forwards again, so views that disagree for a moment cannot make a
+    /// request bounce between nodes.
+    Coordinate { write: Write, quorum: WriteQuorum },
     /// Send me your keys starting with `prefix` after `after`, in key order, at most `limit`,
     /// with their versions stripped of values.
     List {
@@ -207,15 +211,6 @@ impl Request {
     }
 }
 
-/// What a write waits for.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct WriteQuorum {
-    /// Acknowledgements from any replica, home or fallback (sloppy quorum).
-    pub w: usize,
-    /// Of those, acknowledgements that must come from home replicas (Riak's `pw`).
-    pub pw: usize,
-}
-
 /// Successful answers, one per [`Request`] kind.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
@@ -245,7 +240,7 @@ pub enum Response {
     /// Answer to `List`.
     Listed(ListPage),
     /// Answer to `Status`.
-    Status(crate::stats::NodeStatus),
+    Status(NodeStatus),
     /// Done (`Events`, `Watching`).
     Done,
 }
@@ -260,6 +255,10 @@ pub trait Service: Send + Sync + 'static {
     fn call(self: Arc<Self>, req: Request) -> impl Future<Output = Result<Response>> + Send;
 }
 
+/// A writer stops coalescing queued frames past this many bytes, so one batch never holds
+/// many large values.
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 /// Sends every message from `rx` to `wr` as frames, until `rx` closes or a write fails.
 ///
 /// Frames waiting in the channel are coalesced into one buffer and one `write_all`, so under
@@ -272,9 +271,6 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-
-    /// Stop coalescing past this many bytes, so one batch never holds many large values.
-    const MAX_BATCH_BYTES: usize = 256 * 1024;
 
     let mut buf = bytes::BytesMut::with_capacity(8 * 1024);
     while let Some(msg) = rx.recv().await {

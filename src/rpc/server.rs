@@ -1,6 +1,7 @@
 //! The RPC listener: accepts peer connections and answers their requests.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::net::{BoxStream, Listener};
@@ -14,7 +15,6 @@ use tracing::{Instrument, debug, debug_span, warn};
 use super::{Hello, Message, Request, Service, read_one, write_frames};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
-use crate::stats::Stats;
 
 /// A peer must say hello within this time, so idle garbage connections do not pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,7 +31,9 @@ pub struct ServerContext<S> {
     pub service: Arc<S>,
     pub hello: Hello,
     pub max_payload: usize,
-    pub stats: Arc<Stats>,
+    /// Counts connections closed for a bad frame from the peer (the node's
+    /// `rpc_frames_rejected`).
+    pub frames_rejected: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -67,7 +69,7 @@ pub async fn serve<S: Service>(listener: Box<dyn Listener>, ctx: Arc<ServerConte
                 res = connection(stream, &ctx2) => {
                     if let Err(err) = res {
                         if matches!(err, Error::Protocol(_)) {
-                            Stats::incr(&ctx2.stats.rpc_frames_rejected);
+                            ctx2.frames_rejected.fetch_add(1, Ordering::Relaxed);
                             warn!(%peer, %err, "closing rpc connection: bad frame from peer");
                         } else {
                             debug!(%peer, %err, "rpc connection closed");

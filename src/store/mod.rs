@@ -71,6 +71,9 @@ use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
 use crate::ring::{SHARD_BITS, Segment, key_hash, shard_of};
 use crate::version::{Actor, Condition, Context, Meta, VersionSet};
 
+// Segment ids and listing pages cross the wire: they are defined with the protocol.
+pub use crate::rpc::{ListEntry, ListPage, SegmentId};
+
 mod packed;
 
 use packed::{Packer, View};
@@ -88,10 +91,6 @@ pub const PACKED_VALUE_MAX: usize = 4 * 1024;
 /// allocation of its own. With a length byte and a tag this makes a `Key` 24 bytes, the
 /// size a boxed slice and its tag need anyway.
 pub const INLINE_KEY: usize = 22;
-
-/// A segment's position in the ring's segment list ([`crate::ring::Ring::segments`]): the
-/// same on every node with the same ring.
-pub type SegmentId = u32;
 
 struct SegTree {
     id: SegmentId,
@@ -223,25 +222,6 @@ pub struct ExpireReport {
     pub expired: Vec<(Bytes, VersionSet)>,
     /// Value bytes freed.
     pub freed: u64,
-}
-
-/// One key of a listing page.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ListEntry {
-    pub key: Bytes,
-    /// [`VersionSet::fingerprint`]: replicas with equal fingerprints hold the same writes.
-    pub fingerprint: u64,
-    /// [`VersionSet::live_until`].
-    pub live_until: u64,
-}
-
-/// One node's answer to a listing ([`Store::list`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ListPage {
-    /// Keys in order.
-    pub entries: Vec<ListEntry>,
-    /// Whether keys after the last entry may match.
-    pub more: bool,
 }
 
 /// Counts of what a store holds.
