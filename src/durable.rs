@@ -376,6 +376,20 @@ fn frames(data: &[u8], mut each: impl FnMut(&[u8]) -> Result<()>) -> Ending {
     Ending::Clean
 }
 
+/// True if a whole, valid record frame starts anywhere in `data`: then a short frame before it
+/// was not a torn last append but a damaged length, with good records after it.
+fn valid_frame_within(data: &[u8]) -> bool {
+    (0..data.len().saturating_sub(HEADER_LEN)).any(|pos| {
+        let rest = &data[pos..];
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        len > 0
+            && HEADER_LEN + len <= rest.len()
+            && crc32fast::hash(&rest[HEADER_LEN..HEADER_LEN + len]) == crc
+            && codec::decode_payload::<Record>(&rest[HEADER_LEN..HEADER_LEN + len]).is_ok()
+    })
+}
+
 /// Checks a file's header frame; returns the offset after it.
 fn header(data: &[u8], magic: &str, path: &Path) -> Result<usize> {
     let mut got = None;
@@ -564,12 +578,23 @@ pub fn recover(
         report.records += n;
         report.bytes += data.len() as u64;
         progress.done.store(report.bytes, Ordering::Relaxed);
+        // A short last frame is a torn append only if nothing valid follows it: a damaged
+        // length field also runs past the end, but then good records come after it.
+        let ending = match ending {
+            Ending::Torn(at) if !last || valid_frame_within(&data[start + at as usize + 1..]) => {
+                Ending::Corrupt(at, "a record's length runs past good records".into())
+            }
+            other => other,
+        };
         match ending {
             Ending::Clean => {}
-            Ending::Torn(at) if last => {
+            Ending::Torn(at) => {
                 let at = start + at as usize;
+                // Kept beside the log all the same: cutting never deletes bytes.
+                let aside = path.with_extension(format!("log.torn-{at}"));
+                std::fs::write(&aside, &data[at..]).map_err(|e| io_err(aside.display(), e))?;
                 warn!(file = %path.display(), offset = at, bytes = data.len() - at,
-                    "torn last log record (a crash mid-append) cut off");
+                    kept_in = %aside.display(), "torn last log record (a crash mid-append) cut off");
                 let f = OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -579,11 +604,7 @@ pub fn recover(
                     .map_err(|e| io_err(path.display(), e))?;
                 report.torn_tail = true;
             }
-            Ending::Torn(at) | Ending::Corrupt(at, _) => {
-                let why = match ending {
-                    Ending::Corrupt(_, why) => why,
-                    _ => "a short record before the end of the log".into(),
-                };
+            Ending::Corrupt(at, why) => {
                 let at = start + at as usize;
                 let aside = set_aside_tail(&path, &data, at)?;
                 error!(file = %path.display(), offset = at, moved_to = %aside.display(),
