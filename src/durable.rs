@@ -351,6 +351,10 @@ enum Ending {
 fn frames(data: &[u8], mut each: impl FnMut(&[u8]) -> Result<()>) -> Ending {
     let mut pos = 0usize;
     while pos < data.len() {
+        // Zeros to the end: space the file system allocated but no record reached.
+        if data[pos] == 0 && data[pos..].iter().all(|b| *b == 0) {
+            return Ending::Clean;
+        }
         if data.len() - pos < HEADER_LEN {
             return Ending::Torn(pos as u64);
         }
@@ -578,10 +582,17 @@ pub fn recover(
         report.records += n;
         report.bytes += data.len() as u64;
         progress.done.store(report.bytes, Ordering::Relaxed);
-        // A short last frame is a torn append only if nothing valid follows it: a damaged
-        // length field also runs past the end, but then good records come after it.
+        // A bad record is a torn append (a crash mid-write) only at the end of the newest
+        // segment with nothing valid after it: a damaged length also runs past the end, and a
+        // torn write into space allocated ahead fails its checksum, so neither shape alone
+        // tells them apart; good records after it do.
         let ending = match ending {
-            Ending::Torn(at) if !last || valid_frame_within(&data[start + at as usize + 1..]) => {
+            Ending::Torn(at) | Ending::Corrupt(at, _)
+                if last && !valid_frame_within(&data[start + at as usize + 1..]) =>
+            {
+                Ending::Torn(at)
+            }
+            Ending::Torn(at) => {
                 Ending::Corrupt(at, "a record's length runs past good records".into())
             }
             other => other,
@@ -675,12 +686,20 @@ pub fn write_snapshot(
     Ok(bytes)
 }
 
+/// The segment being appended to.
+struct Segment {
+    file: File,
+    /// Where the next record goes: the end of the records.
+    end: u64,
+}
+
 /// Opens a new log segment with its header, durable before anything is appended.
-fn open_segment(dir: &Path, seq: u64) -> Result<File> {
+fn open_segment(dir: &Path, seq: u64) -> Result<Segment> {
     let path = dir.join(wal_name(seq));
     let mut file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(true)
+        .write(true)
         .open(&path)
         .map_err(|e| io_err(path.display(), e))?;
     let mut buf = BytesMut::new();
@@ -696,7 +715,10 @@ fn open_segment(dir: &Path, seq: u64) -> Result<File> {
         .and_then(|()| file.sync_all())
         .map_err(|e| io_err(path.display(), e))?;
     sync_dir(dir)?;
-    Ok(file)
+    Ok(Segment {
+        file,
+        end: buf.len() as u64,
+    })
 }
 
 impl Wal {
@@ -824,7 +846,7 @@ impl Wal {
     }
 
     /// The flusher thread: writes and syncs batches until [`Wal::close`].
-    fn run_flusher(self: Arc<Self>, mut file: File, mut seq: u64) {
+    fn run_flusher(self: Arc<Self>, mut file: Segment, mut seq: u64) {
         // Bytes taken from `pending` but not yet written: the log from `written` on. Kept
         // across a failed write (a full disk), so the retry writes the same bytes.
         let mut carry = BytesMut::new();
@@ -897,20 +919,26 @@ impl Wal {
 
     /// Writes `bytes` at the end of the current segment and syncs it (per the mode). On an
     /// error, cuts the segment back to where it was, publishes the error, and returns false.
-    fn write_out(&self, file: &mut File, bytes: &[u8]) -> bool {
+    fn write_out(&self, seg: &mut Segment, bytes: &[u8]) -> bool {
+        use std::os::unix::fs::FileExt;
         if bytes.is_empty() {
             return true;
         }
-        let before = file.metadata().map(|m| m.len()).ok();
-        let res = file.write_all(bytes).and_then(|()| match self.fsync {
-            Fsync::Always | Fsync::Periodic => {
-                self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                file.sync_data()
-            }
-            Fsync::Never => Ok(()),
-        });
+        // Written at the end of the records, not appended: a failed write is simply written
+        // again over whatever part of it reached the file.
+        let res = seg
+            .file
+            .write_all_at(bytes, seg.end)
+            .and_then(|()| match self.fsync {
+                Fsync::Always | Fsync::Periodic => {
+                    self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    seg.file.sync_data()
+                }
+                Fsync::Never => Ok(()),
+            });
         match res {
             Ok(()) => {
+                seg.end += bytes.len() as u64;
                 self.stats
                     .bytes_written
                     .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -921,11 +949,6 @@ impl Wal {
             }
             Err(err) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                // A partial write would leave a torn record mid-log: cut it off, so the
-                // retry appends whole records after the last good one.
-                if let Some(len) = before {
-                    let _ = file.set_len(len);
-                }
                 let msg = format!("cannot write the log in {}: {err}", self.dir.display());
                 warn!("{msg}");
                 self.durable.send_modify(|d| d.error = Some(msg));

@@ -419,6 +419,17 @@ impl Node {
 /// The one RPC dispatch: each request goes to its handler, `serve_*`, in the module of the
 /// feature that owns it.
 impl Service for Node {
+    /// Forwarded writes wait on other replicas; with a data dir, copies wait for their log
+    /// record to be durable (`--fsync always`), which must not serialise a connection: the
+    /// writes behind it join the same fsync instead (group commit).
+    fn may_wait(&self, req: &Request) -> bool {
+        match req {
+            Request::Coordinate { .. } => true,
+            Request::Replicate { .. } | Request::ReplicateMany { .. } => self.store.log().is_some(),
+            _ => false,
+        }
+    }
+
     async fn call(self: Arc<Self>, req: Request) -> Result<Response> {
         match req {
             Request::Replicate {

@@ -253,6 +253,13 @@ pub const ANSWER_BUDGET: usize = 1024 * 1024;
 pub trait Service: Send + Sync + 'static {
     /// Answers one request.
     fn call(self: Arc<Self>, req: Request) -> impl Future<Output = Result<Response>> + Send;
+
+    /// Whether answering `req` may wait (on other replicas, or on the disk). The server runs
+    /// such requests beside the connection's reader, so they do not hold up the requests
+    /// behind them; the others it answers inline, which costs no task.
+    fn may_wait(&self, req: &Request) -> bool {
+        matches!(req, Request::Coordinate { .. })
+    }
 }
 
 /// A writer stops coalescing queued frames past this many bytes, so one batch never holds

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::{Hello, Message, Request, Service, read_one, write_frames};
+use super::{Hello, Message, Service, read_one, write_frames};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
 
@@ -104,7 +104,7 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
             };
             // Forwarded writes wait on other replicas: run them beside the reader so they do
             // not hold up the requests behind them. Store reads and merges finish at once.
-            let inline = !matches!(body, Request::Coordinate { .. });
+            let inline = !ctx.service.may_wait(&body);
             let service = ctx.service.clone();
             let resp_tx = resp_tx.clone();
             let work = async move {
