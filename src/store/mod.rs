@@ -87,10 +87,10 @@ pub const SHARDS: usize = 1 << SHARD_BITS;
 /// instead of about 125: under 10% of such a value.
 pub const PACKED_VALUE_MAX: usize = 4 * 1024;
 
-/// Hash slots a snapshot encodes per hold of a shard's lock: about 1-2 ms of work, so a
+/// Hash slots a snapshot encodes per hold of a shard's lock: well under a millisecond of work, so a
 /// snapshot never stops a shard's writes for longer (a whole shard of a million-key store took
 /// 20 ms).
-const SNAPSHOT_CHUNK: usize = 1024;
+const SNAPSHOT_CHUNK: usize = 256;
 
 /// Longest key the key-order, tombstone and expiry indexes hold inline, without an
 /// allocation of its own. With a length byte and a tag this makes a `Key` 24 bytes, the
