@@ -75,6 +75,9 @@ build() {
     local ctx old new
     ctx="$(mktemp -d)"
     cp "$here/Dockerfile" "$binary" "$ctx/"
+    # An empty directory that becomes the image's /data, owned by the node's user: a named
+    # volume mounted there starts with its ownership, so the node can write its data dir.
+    mkdir "$ctx/data"
     old="$(docker image inspect -f '{{.Id}}' "$RINGKV_IMAGE" 2>/dev/null || true)"
     log "building the image $RINGKV_IMAGE (FROM scratch)"
     # The legacy builder: it needs no buildx plugin (BuildKit would), and FROM scratch needs
