@@ -88,7 +88,7 @@ struct NodeCollector {
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.counters;
-        let counters: [(&str, &str, u64); 20] = [
+        let mut counters: Vec<(&str, &str, u64)> = vec![
             (
                 "quorum_failures",
                 "Client requests answered 503: quorum not met",
@@ -190,6 +190,32 @@ impl Collector for NodeCollector {
                 c.gossip_datagrams_rejected,
             ),
         ];
+        if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {
+            counters.extend([
+                (
+                    "wal_records",
+                    "Records appended to the write-ahead log",
+                    records,
+                ),
+                (
+                    "wal_bytes_written",
+                    "Bytes written to the write-ahead log",
+                    bytes,
+                ),
+                ("wal_fsyncs", "fsyncs of the write-ahead log", fsyncs),
+                (
+                    "wal_write_errors",
+                    "Failed log writes or fsyncs (a full disk): writes not acknowledged",
+                    errors,
+                ),
+                ("snapshots", "Snapshots written", snapshots),
+                (
+                    "data_files_set_aside",
+                    "Damaged log tails and snapshots recovery set aside at start",
+                    corrupt,
+                ),
+            ]);
+        }
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(
@@ -236,41 +262,6 @@ impl Collector for NodeCollector {
                 None,
                 gauge.metric_type(),
             )?)?;
-        }
-        if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {
-            let wal: [(&str, &str, u64); 6] = [
-                (
-                    "wal_records",
-                    "Records appended to the write-ahead log",
-                    records,
-                ),
-                (
-                    "wal_bytes_written",
-                    "Bytes written to the write-ahead log",
-                    bytes,
-                ),
-                ("wal_fsyncs", "fsyncs of the write-ahead log", fsyncs),
-                (
-                    "wal_write_errors",
-                    "Failed log writes or fsyncs (a full disk): writes not acknowledged",
-                    errors,
-                ),
-                ("snapshots", "Snapshots written", snapshots),
-                (
-                    "data_files_set_aside",
-                    "Damaged log tails and snapshots recovery set aside at start",
-                    corrupt,
-                ),
-            ];
-            for (name, help, value) in wal {
-                let counter = ConstCounter::new(value);
-                counter.encode(encoder.encode_descriptor(
-                    &format!("ringkv_{name}"),
-                    help,
-                    None,
-                    counter.metric_type(),
-                )?)?;
-            }
         }
         Ok(())
     }

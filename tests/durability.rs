@@ -225,6 +225,21 @@ async fn homes(http: &Http, node: SocketAddr, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// An in-process ring of `n` nodes, node `id` keeping its data in `base/id` with
+/// `--fsync always`, once every node is ready.
+async fn durable_cluster(n: usize, base: &Path) -> TestCluster {
+    let c = TestCluster::start_with(n, |cfg| {
+        cfg.data_dir = Some(base.join(&cfg.id));
+        cfg.fsync = Fsync::Always;
+    })
+    .await;
+    wait_until(READY_TIMEOUT, "every node ready", || async {
+        (0..n).all(|i| c.node(i).node().readiness().is_ready())
+    })
+    .await;
+    c
+}
+
 // ---------------------------------------------------------------------------------------
 // 1. In process: the whole ring stops and starts again on its data dirs.
 // ---------------------------------------------------------------------------------------
@@ -235,16 +250,8 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
     const KEYS: usize = 100;
     let dirs = TempDir::new("in-process");
     let base = dirs.path.clone();
-    let mut c = TestCluster::start_with(N, |cfg| {
-        cfg.data_dir = Some(base.join(&cfg.id));
-        cfg.fsync = Fsync::Always;
-    })
-    .await;
+    let mut c = durable_cluster(N, &base).await;
     let http = Http::new();
-    wait_until(READY_TIMEOUT, "every node ready", || async {
-        (0..N).all(|i| c.node(i).node().readiness().is_ready())
-    })
-    .await;
 
     let mut expected = BTreeMap::new();
     for i in 0..KEYS {
@@ -1129,16 +1136,8 @@ async fn hints_survive_a_full_restart() {
     const KEYS: usize = 20;
     let dirs = TempDir::new("hints");
     let base = dirs.path.clone();
-    let mut c = TestCluster::start_with(N, |cfg| {
-        cfg.data_dir = Some(base.join(&cfg.id));
-        cfg.fsync = Fsync::Always;
-    })
-    .await;
+    let mut c = durable_cluster(N, &base).await;
     let http = Http::new();
-    wait_until(READY_TIMEOUT, "every node ready", || async {
-        (0..N).all(|i| c.node(i).node().readiness().is_ready())
-    })
-    .await;
     let keys = keys_homed_on_first_three(&c, KEYS);
 
     c.kill(1).await;
