@@ -933,15 +933,8 @@ async fn nodes_killed_during_writes_keep_every_acknowledged_write() {
     println!("crash loop: seed={seed} rounds={rounds} (RINGKV_CRASH_SEED={seed} replays it)");
     let mut rng = StdRng::seed_from_u64(seed);
     let dirs = TempDir::new("crash");
-    let data: Vec<PathBuf> = (1..=N).map(|i| dirs.join(&format!("n{i}"))).collect();
-    let ids: Vec<String> = (1..=N).map(|i| format!("c{i}")).collect();
+    let (data, ids, mut nodes) = snapshotting_ring(&dirs, "c", N).await;
     let http = Http::new();
-    let mut nodes: Vec<ProcessNode> = Vec::new();
-    for i in 0..N {
-        let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.gossip).collect();
-        nodes.push(start_snapshotting(&ids[i], &data[i], &seeds).await);
-    }
-    wait_ready(&http, &nodes.iter().map(|n| n.http).collect::<Vec<_>>()).await;
 
     let shared = Arc::new(Writers {
         up: Mutex::new(nodes.iter().map(|n| Some(n.http)).collect()),
@@ -1247,6 +1240,28 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// `n` snapshotting processes with ids `<prefix><i>` and data dirs `dirs/n<i>`, each seeded
+/// with the ones started before it, once all are ready.
+async fn snapshotting_ring(
+    dirs: &TempDir,
+    prefix: &str,
+    n: usize,
+) -> (Vec<PathBuf>, Vec<String>, Vec<ProcessNode>) {
+    let data: Vec<PathBuf> = (1..=n).map(|i| dirs.join(&format!("n{i}"))).collect();
+    let ids: Vec<String> = (1..=n).map(|i| format!("{prefix}{i}")).collect();
+    let mut nodes: Vec<ProcessNode> = Vec::new();
+    for i in 0..n {
+        let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.gossip).collect();
+        nodes.push(start_snapshotting(&ids[i], &data[i], &seeds).await);
+    }
+    wait_ready(
+        &Http::new(),
+        &nodes.iter().map(|n| n.http).collect::<Vec<_>>(),
+    )
+    .await;
+    (data, ids, nodes)
+}
+
 /// A three-node ring; the third node is SIGKILLed, one record in the middle of its log is
 /// damaged, and it is started again. It must start with what precedes the damage, keep the
 /// rest of the file aside (never delete it), name it in an error line, count it, and get the
@@ -1255,15 +1270,8 @@ async fn a_damaged_record_mid_log(damage: Damage) {
     const N: usize = 3;
     const KEYS: usize = 100;
     let dirs = TempDir::new(&format!("damage-{damage:?}"));
-    let data: Vec<PathBuf> = (1..=N).map(|i| dirs.join(&format!("n{i}"))).collect();
-    let ids: Vec<String> = (1..=N).map(|i| format!("m{i}")).collect();
+    let (data, ids, mut nodes) = snapshotting_ring(&dirs, "m", N).await;
     let http = Http::new();
-    let mut nodes: Vec<ProcessNode> = Vec::new();
-    for i in 0..N {
-        let seeds: Vec<SocketAddr> = nodes.iter().map(|n| n.gossip).collect();
-        nodes.push(start_snapshotting(&ids[i], &data[i], &seeds).await);
-    }
-    wait_ready(&http, &nodes.iter().map(|n| n.http).collect::<Vec<_>>()).await;
     let mut expected = BTreeMap::new();
     for i in 0..KEYS {
         let (key, value) = (format!("m/{i:03}"), format!("value {i}"));
