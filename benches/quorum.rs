@@ -4,8 +4,8 @@
 //! `ChannelTransport`, RPC and HTTP over real loopback TCP on port 0, default N = 3. Every
 //! request enters at node 0, one at a time, with 100-byte values over 10k keys:
 //!
-//! - `coordinator/put/w=1..3`, `coordinator/get/r=1..3`: [`Node::put`] and [`Node::get`] on
-//!   node 0's `Arc<Node>`. Node 0 is a key's first home replica for about 1/5 of the keys;
+//! - `coordinator/put/w=1..3`, `coordinator/get/r=1..3`: [`Coordinator::put`] and [`Coordinator::get`] on
+//!   node 0's `Arc<Coordinator>`. Node 0 is a key's first home replica for about 1/5 of the keys;
 //!   the other writes take one forwarding hop to the key's coordinator, as they would for a
 //!   client talking to node 0.
 //! - `http/put/w=..`, `http/get/r=..`: the same through node 0's HTTP API, over a keep-alive
@@ -30,8 +30,9 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ringkv::coordinator::Coordinator;
 use ringkv::membership::GossipConfig;
-use ringkv::{Config, GossipTransport, Node, NodeHandle};
+use ringkv::{Config, GossipTransport, NodeHandle};
 use tokio::runtime::Runtime;
 
 const NODES: usize = 5;
@@ -109,7 +110,7 @@ impl Keys {
 }
 
 /// Writes every key at w = 3, so every read finds a value on every home replica.
-async fn prefill(node: &Arc<Node>, keys: &[Bytes], value: &Bytes) {
+async fn prefill(node: &Arc<Coordinator>, keys: &[Bytes], value: &Bytes) {
     futures_util::stream::iter(keys.iter().cloned())
         .map(|key| async move {
             node.put(key, Some(value.clone()), None, Some(3), None)
@@ -134,7 +135,7 @@ async fn http_send(client: &HttpClient, method: Method, url: String, body: Bytes
     status
 }
 
-fn bench_coordinator(c: &mut Criterion, rt: &Runtime, node: &Arc<Node>, value: &Bytes) {
+fn bench_coordinator(c: &mut Criterion, rt: &Runtime, node: &Arc<Coordinator>, value: &Bytes) {
     let mut keys = Keys::new();
     let mut group = c.benchmark_group("coordinator/put");
     group.sampling_mode(SamplingMode::Flat);
@@ -229,7 +230,7 @@ fn main() {
         .configure_from_args();
 
     let handles = rt.block_on(start_ring());
-    let node = handles[0].node().clone();
+    let node = handles[0].node().coordinator().clone();
     let base = format!("http://{}", handles[0].http_addr());
     let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
 

@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,9 +48,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::merkle::{NodeRef, differing_children};
-use crate::node::Node;
+use crate::readiness::Startup;
+use crate::replica::{Replica, fit, set_size};
 use crate::ring::{NodeId, Ring, Segment};
 use crate::rpc::{ANSWER_BUDGET, Request, Response};
 use crate::stats::Stats;
@@ -105,6 +107,37 @@ impl Segments {
     }
 }
 
+/// The anti-entropy part of a node: its view of the ring's segments, and the worker and
+/// RPCs that compare and repair them.
+pub struct AntiEntropy {
+    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) replica: Arc<Replica>,
+    /// The ring's segments, swapped by the worker when the ring changes.
+    segments: RwLock<Arc<Segments>>,
+}
+
+impl AntiEntropy {
+    pub(crate) fn new(cluster: Arc<Cluster>, replica: Arc<Replica>) -> AntiEntropy {
+        AntiEntropy {
+            cluster,
+            replica,
+            segments: RwLock::default(),
+        }
+    }
+
+    /// The ring segments the store's Merkle trees follow.
+    pub fn segments(&self) -> Arc<Segments> {
+        self.segments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_segments(&self, segs: Segments) {
+        *self.segments.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(segs);
+    }
+}
+
 fn digest_of(roots: &[u64]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for r in roots {
@@ -117,100 +150,73 @@ fn wire_size<T: Serialize>(msg: &T) -> u64 {
     rmp_serde::to_vec(msg).map_or(0, |v| v.len() as u64)
 }
 
-/// Most bytes of keys and values one transfer message carries: the answer budget, but never
-/// more than one maximum value, so any batch fits the frame limit (a value plus 128 KiB). A
-/// single item is always sent, alone if need be.
-pub(crate) fn transfer_budget(node: &Node) -> usize {
-    ANSWER_BUDGET.min(node.config().max_value_bytes)
-}
-
-/// The longest prefix of `items` within `budget` bytes, at least one item.
-pub(crate) fn fit<T>(items: &[T], budget: usize, size: impl Fn(&T) -> usize) -> usize {
-    let mut total = 0;
-    items
-        .iter()
-        .position(|item| {
-            total += size(item);
-            total > budget
-        })
-        .map_or(items.len(), |i| i.max(1))
-}
-
-pub(crate) fn set_size(key: &[u8], vs: &VersionSet) -> usize {
-    key.len()
-        + vs.versions()
-            .iter()
-            .map(|v| 64 + v.value.as_ref().map_or(0, |b| b.len()))
-            .sum::<usize>()
-}
-
 /// Runs the worker until `shutdown` fires.
-pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
-    let mut views = node.subscribe_view();
-    let mut tick = tokio::time::interval(node.config().anti_entropy_interval);
+pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
+    let mut views = ae.cluster.subscribe_view();
+    let mut tick = tokio::time::interval(ae.cluster.config().anti_entropy_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_peer = 0usize;
-    refresh_segments(&node);
+    refresh_segments(&ae);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             res = views.changed() => {
                 if res.is_err() { return }
-                refresh_segments(&node);
+                refresh_segments(&ae);
                 continue;
             }
             _ = tick.tick() => {}
         }
-        let mut pacer = Pacer::new(node.config().anti_entropy_rate);
-        let segs = node.segments();
-        let peers = peers_of(&node, &segs);
+        let mut pacer = Pacer::new(ae.cluster.config().anti_entropy_rate);
+        let segs = ae.segments();
+        let peers = peers_of(&ae, &segs);
         if !peers.is_empty() {
             let (peer, addr) = &peers[next_peer % peers.len()];
             next_peer = next_peer.wrapping_add(1);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                res = exchange(&node, &segs, peer, *addr, &mut pacer) => if let Err(err) = res.map(drop) {
+                res = exchange(&ae, &segs, peer, *addr, &mut pacer) => if let Err(err) = res.map(drop) {
                     debug!(%peer, %err, "anti-entropy round ended early");
                 },
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = handoff_orphans(&node, &segs, &mut pacer) => {}
+            _ = handoff_orphans(&ae, &segs, &mut pacer) => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = collect_tombstones(&node, &segs) => {}
+            _ = collect_tombstones(&ae, &segs) => {}
         }
     }
 }
 
 /// Rebuilds the trees if the ring changed.
-fn refresh_segments(node: &Arc<Node>) {
-    let ring = node.view().ring.clone();
-    if node.segments().fingerprint == ring.fingerprint() && !node.segments().list.is_empty() {
+fn refresh_segments(ae: &Arc<AntiEntropy>) {
+    let ring = ae.cluster.view().ring.clone();
+    if ae.segments().fingerprint == ring.fingerprint() && !ae.segments().list.is_empty() {
         return;
     }
     let started = std::time::Instant::now();
-    let segs = Segments::new(ring, node.config().replicas);
-    node.store().set_segments(&segs.list);
+    let segs = Segments::new(ring, ae.cluster.config().replicas);
+    ae.replica.store.set_segments(&segs.list);
     info!(
         members = segs.ring.nodes().len(),
         segments = segs.list.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "ring changed; Merkle trees rebuilt"
     );
-    node.set_segments(segs);
+    ae.set_segments(segs);
 }
 
 /// Alive peers that share at least one segment with this node, with their RPC addresses.
-fn peers_of(node: &Node, segs: &Segments) -> Vec<(NodeId, SocketAddr)> {
-    let view = node.view();
+fn peers_of(ae: &AntiEntropy, segs: &Segments) -> Vec<(NodeId, SocketAddr)> {
+    let view = ae.cluster.view();
     segs.ring
         .nodes()
         .iter()
-        .filter(|id| **id != *node.id() && view.is_alive(id))
-        .filter(|id| !segs.shared(node.id(), id).is_empty())
+        .filter(|id| **id != *ae.cluster.id() && view.is_alive(id))
+        .filter(|id| !segs.shared(ae.cluster.id(), id).is_empty())
         .filter_map(|id| Some((id.clone(), view.member(id)?.rpc?)))
         .collect()
 }
@@ -242,26 +248,31 @@ impl Pacer {
     }
 }
 
-async fn call(node: &Node, addr: SocketAddr, req: Request, pacer: &mut Pacer) -> Result<Response> {
+async fn call(
+    ae: &AntiEntropy,
+    addr: SocketAddr,
+    req: Request,
+    pacer: &mut Pacer,
+) -> Result<Response> {
     let size = wire_size(&req);
-    Stats::add(&node.stats.ae_bytes_sent, size);
+    Stats::add(&ae.cluster.stats.ae_bytes_sent, size);
     pacer.sent(size).await;
-    let resp = node.pool.call(addr, req).await?;
-    Stats::add(&node.stats.ae_bytes_received, wire_size(&resp));
+    let resp = ae.cluster.pool.call(addr, req).await?;
+    Stats::add(&ae.cluster.stats.ae_bytes_received, wire_size(&resp));
     Ok(resp)
 }
 
 /// Runs one anti-entropy exchange with `peer` now, outside the worker's schedule (tests,
 /// measurements and the start-up catch-up use it), and returns the keys it moved. Fails if
 /// the peer is unknown, down, or has another ring.
-pub async fn exchange_once(node: &Arc<Node>, peer: &str) -> Result<usize> {
-    let segs = node.segments();
-    let (id, addr) = peers_of(node, &segs)
+pub async fn exchange_once(ae: &Arc<AntiEntropy>, peer: &str) -> Result<usize> {
+    let segs = ae.segments();
+    let (id, addr) = peers_of(ae, &segs)
         .into_iter()
         .find(|(id, _)| &**id == peer)
         .ok_or_else(|| Error::Unreachable(format!("{peer} is not a live peer sharing data")))?;
-    let mut pacer = Pacer::new(node.config().anti_entropy_rate);
-    exchange(node, &segs, &id, addr, &mut pacer).await
+    let mut pacer = Pacer::new(ae.cluster.config().anti_entropy_rate);
+    exchange(ae, &segs, &id, addr, &mut pacer).await
 }
 
 /// How long the catch-up waits before it tries a peer again after a failed exchange (most
@@ -278,14 +289,23 @@ const CATCH_UP_PEER_PATIENCE: Duration = Duration::from_secs(30);
 /// while an exchange hits [`MAX_KEYS_PER_ROUND`]). The node announces `alive` after it, so a
 /// node restarted empty has its copies back before peers route requests to it. Peers that
 /// stop serving meanwhile are skipped: their copies are on the other replicas. Returns false
-/// if the node shut down first.
-pub(crate) async fn catch_up(node: &Arc<Node>, shutdown: &CancellationToken) -> bool {
-    let mut views = node.subscribe_view();
+/// if the node shut down first. `progress` hears how far it got.
+pub(crate) async fn catch_up(
+    ae: &Arc<AntiEntropy>,
+    shutdown: &CancellationToken,
+    progress: impl Fn(Startup),
+) -> bool {
+    let mut views = ae.cluster.subscribe_view();
     loop {
-        let view = node.view();
-        let q = node.quorums();
-        let quorum =
-            crate::readiness::quorum(&view, node.id(), true, q, crate::readiness::Counting::Up);
+        let view = ae.cluster.view();
+        let q = ae.cluster.quorums();
+        let quorum = crate::readiness::quorum(
+            &view,
+            ae.cluster.id(),
+            true,
+            q,
+            crate::readiness::Counting::Up,
+        );
         if view.heard_seed && quorum.ok {
             break;
         }
@@ -296,28 +316,25 @@ pub(crate) async fn catch_up(node: &Arc<Node>, shutdown: &CancellationToken) -> 
     }
     // The worker rebuilds the trees on a ring change; make sure they follow this view's ring
     // before comparing them with anyone.
-    refresh_segments(node);
-    let segs = node.segments();
-    let peers: Vec<NodeId> = peers_of(node, &segs)
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    refresh_segments(ae);
+    let segs = ae.segments();
+    let peers: Vec<NodeId> = peers_of(ae, &segs).into_iter().map(|(id, _)| id).collect();
     let total = peers.len();
     let started = std::time::Instant::now();
     let mut moved = 0usize;
     for (done, peer) in peers.iter().enumerate() {
-        node.set_startup(crate::readiness::Startup::CatchingUp { done, of: total });
+        progress(Startup::CatchingUp { done, of: total });
         let first_try = Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return false;
             }
-            if !node.view().is_alive(peer) {
+            if !ae.cluster.view().is_alive(peer) {
                 debug!(%peer, "catch-up: peer stopped serving; its replicas cover it");
                 break;
             }
-            refresh_segments(node);
-            match exchange_once(node, peer).await {
+            refresh_segments(ae);
+            match exchange_once(ae, peer).await {
                 Ok(n) => {
                     moved += n;
                     if n < MAX_KEYS_PER_ROUND {
@@ -349,25 +366,25 @@ pub(crate) async fn catch_up(node: &Arc<Node>, shutdown: &CancellationToken) -> 
 
 /// One anti-entropy exchange with `peer`.
 async fn exchange(
-    node: &Arc<Node>,
+    ae: &Arc<AntiEntropy>,
     segs: &Segments,
     peer: &NodeId,
     addr: SocketAddr,
     pacer: &mut Pacer,
 ) -> Result<usize> {
-    Stats::incr(&node.stats.ae_rounds);
-    let store = node.store();
-    let shared = segs.shared(node.id(), peer);
+    Stats::incr(&ae.cluster.stats.ae_rounds);
+    let store = &ae.replica.store;
+    let shared = segs.shared(ae.cluster.id(), peer);
     let roots: Vec<u64> = shared
         .iter()
         .map(|&id| store.root(&segs.list[id as usize], id).unwrap_or(0))
         .collect();
     let req = Request::AeDigest {
         ring: segs.fingerprint,
-        from: node.id().to_string(),
+        from: ae.cluster.id().to_string(),
         digest: digest_of(&roots),
     };
-    let theirs = match call(node, addr, req, pacer).await? {
+    let theirs = match call(ae, addr, req, pacer).await? {
         Response::AeSame => return Ok(0),
         Response::AeRoots(theirs) => theirs,
         other => return Err(unexpected(other)),
@@ -388,7 +405,7 @@ async fn exchange(
                 ring: segs.fingerprint,
                 nodes: chunk.to_vec(),
             };
-            match call(node, addr, req, pacer).await? {
+            match call(ae, addr, req, pacer).await? {
                 Response::AeChildren(a) => answers.extend(a),
                 other => return Err(unexpected(other)),
             }
@@ -409,7 +426,7 @@ async fn exchange(
         frontier = next;
     }
     // Compare the keys of the differing leaves.
-    let grace = node.config().tombstone_grace;
+    let grace = ae.cluster.config().tombstone_grace;
     let mut moved = 0usize;
     for chunk in leaves.chunks(LEAVES_PER_REQUEST) {
         let mut rest: &[(SegmentId, u32)] = chunk;
@@ -418,7 +435,7 @@ async fn exchange(
                 ring: segs.fingerprint,
                 leaves: rest.to_vec(),
             };
-            let (covered, their_keys) = match call(node, addr, req, pacer).await? {
+            let (covered, their_keys) = match call(ae, addr, req, pacer).await? {
                 Response::AeKeys { covered, keys } => (covered.clamp(1, rest.len()), keys),
                 other => return Err(unexpected(other)),
             };
@@ -438,8 +455,8 @@ async fn exchange(
             let push = to_send(&ours, &theirs);
             let pull = to_send(&theirs, &ours);
             moved += push.len() + pull.len();
-            push_keys(node, addr, &push, pacer).await?;
-            pull_keys(node, addr, pull, pacer).await?;
+            push_keys(ae, addr, &push, pacer).await?;
+            pull_keys(ae, addr, pull, pacer).await?;
             rest = &rest[covered..];
         }
     }
@@ -472,38 +489,43 @@ fn to_send(from: &HashMap<Bytes, Listed>, to: &HashMap<Bytes, Listed>) -> Vec<By
 }
 
 /// Sends our versions of `keys` to the peer, in byte-bounded batches.
-async fn push_keys(node: &Node, addr: SocketAddr, keys: &[Bytes], pacer: &mut Pacer) -> Result<()> {
-    let budget = transfer_budget(node);
+async fn push_keys(
+    ae: &AntiEntropy,
+    addr: SocketAddr,
+    keys: &[Bytes],
+    pacer: &mut Pacer,
+) -> Result<()> {
+    let budget = ae.replica.transfer_budget();
     let mut batch = Vec::new();
     let mut bytes = 0;
     for key in keys {
-        let Some(vs) = node.store().get(key) else {
+        let Some(vs) = ae.replica.store.get(key) else {
             continue;
         };
         let size = set_size(key, &vs);
         if !batch.is_empty() && bytes + size > budget {
-            send_batch(node, addr, std::mem::take(&mut batch), pacer).await?;
+            send_batch(ae, addr, std::mem::take(&mut batch), pacer).await?;
             bytes = 0;
         }
         bytes += size;
         batch.push((key.clone(), vs));
     }
     if !batch.is_empty() {
-        send_batch(node, addr, batch, pacer).await?;
+        send_batch(ae, addr, batch, pacer).await?;
     }
     Ok(())
 }
 
 async fn send_batch(
-    node: &Node,
+    ae: &AntiEntropy,
     addr: SocketAddr,
     items: Vec<(Bytes, VersionSet)>,
     pacer: &mut Pacer,
 ) -> Result<()> {
     let n = items.len() as u64;
-    match call(node, addr, Request::ReplicateMany { items }, pacer).await? {
+    match call(ae, addr, Request::ReplicateMany { items }, pacer).await? {
         Response::Replicated => {
-            Stats::add(&node.stats.ae_keys_repaired, n);
+            Stats::add(&ae.cluster.stats.ae_keys_repaired, n);
             Ok(())
         }
         other => Err(unexpected(other)),
@@ -512,7 +534,7 @@ async fn send_batch(
 
 /// Fetches the peer's versions of `keys` and merges them here.
 async fn pull_keys(
-    node: &Node,
+    ae: &AntiEntropy,
     addr: SocketAddr,
     keys: Vec<Bytes>,
     pacer: &mut Pacer,
@@ -522,14 +544,14 @@ async fn pull_keys(
         let req = Request::ReadMany {
             keys: rest.to_vec(),
         };
-        let sets = match call(node, addr, req, pacer).await? {
+        let sets = match call(ae, addr, req, pacer).await? {
             Response::VersionsMany(sets) if !sets.is_empty() => sets,
             other => return Err(unexpected(other)),
         };
         let n = sets.len().min(rest.len());
         for (key, vs) in rest[..n].iter().zip(sets) {
-            if node.store().merge_owned(key, vs) {
-                Stats::incr(&node.stats.ae_keys_repaired);
+            if ae.replica.store.merge_owned(key, vs) {
+                Stats::incr(&ae.cluster.stats.ae_keys_repaired);
             }
         }
         rest = &rest[n..];
@@ -538,16 +560,16 @@ async fn pull_keys(
 }
 
 /// Pushes keys of segments this node no longer owns to their homes, then drops them.
-async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
-    let view = node.view();
-    let me = node.id();
+async fn handoff_orphans(ae: &Arc<AntiEntropy>, segs: &Segments, pacer: &mut Pacer) {
+    let view = ae.cluster.view();
+    let me = ae.cluster.id();
     let mut handed = 0usize;
     for (id, seg) in segs.list.iter().enumerate() {
         if seg.homes.is_empty() || seg.homes.iter().any(|h| h == me) {
             continue;
         }
         let id = id as SegmentId;
-        if node.store().root(seg, id).unwrap_or(0) == 0 {
+        if ae.replica.store.root(seg, id).unwrap_or(0) == 0 {
             continue;
         }
         // Every home must be up to confirm; otherwise keep the keys for a later round.
@@ -561,8 +583,8 @@ async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
         };
         let mut after = None;
         loop {
-            let mut batch = node.store().segment_batch(seg, after.as_ref(), 256);
-            let fits = fit(&batch, transfer_budget(node), |((_, k), vs)| {
+            let mut batch = ae.replica.store.segment_batch(seg, after.as_ref(), 256);
+            let fits = fit(&batch, ae.replica.transfer_budget(), |((_, k), vs)| {
                 set_size(k, vs)
             });
             batch.truncate(fits);
@@ -577,10 +599,7 @@ async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
                 let req = Request::ReplicateMany {
                     items: items.clone(),
                 };
-                if !matches!(
-                    call(node, *addr, req, pacer).await,
-                    Ok(Response::Replicated)
-                ) {
+                if !matches!(call(ae, *addr, req, pacer).await, Ok(Response::Replicated)) {
                     all_acked = false;
                     break;
                 }
@@ -589,7 +608,7 @@ async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
                 break;
             }
             for (key, vs) in &items {
-                if node.store().remove_if(key, vs.fingerprint(key)) {
+                if ae.replica.store.remove_if(key, vs.fingerprint(key)) {
                     handed += 1;
                 }
             }
@@ -599,31 +618,31 @@ async fn handoff_orphans(node: &Arc<Node>, segs: &Segments, pacer: &mut Pacer) {
         }
     }
     if handed > 0 {
-        Stats::add(&node.stats.ae_keys_handed_off, handed as u64);
+        Stats::add(&ae.cluster.stats.ae_keys_handed_off, handed as u64);
         info!(keys = handed, "handed off keys this node no longer owns");
     }
 }
 
 /// Purges tombstones older than the grace period that every home replica agrees on.
-async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
-    let grace = node.config().tombstone_grace;
-    let candidates = node.store().old_tombstones(grace, GC_BATCH);
+async fn collect_tombstones(ae: &Arc<AntiEntropy>, segs: &Segments) {
+    let grace = ae.cluster.config().tombstone_grace;
+    let candidates = ae.replica.store.old_tombstones(grace, GC_BATCH);
     if candidates.is_empty() {
         return;
     }
-    let view = node.view();
+    let view = ae.cluster.view();
     // Every other ring member is asked, not only the homes: a node that lost ownership of
     // the key may still hold an older value it has yet to hand over, and purging before it
     // did would let that value come back. So one unreachable member blocks every purge.
     let mut by_peer: HashMap<NodeId, Vec<usize>> = HashMap::new();
     let mut blocked = vec![false; candidates.len()];
     for (i, (key, _)) in candidates.iter().enumerate() {
-        let homes = segs.ring.preference_list(key, node.config().replicas);
-        if !homes.iter().any(|h| h == node.id()) {
+        let homes = segs.ring.preference_list(key, ae.cluster.config().replicas);
+        if !homes.iter().any(|h| h == ae.cluster.id()) {
             blocked[i] = true; // not ours: ownership handoff moves it instead
             continue;
         }
-        for peer in segs.ring.nodes().iter().filter(|h| *h != node.id()) {
+        for peer in segs.ring.nodes().iter().filter(|h| *h != ae.cluster.id()) {
             by_peer.entry(peer.clone()).or_default().push(i);
         }
     }
@@ -633,7 +652,12 @@ async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
             continue;
         };
         let keys: Vec<Bytes> = idxs.iter().map(|&i| candidates[i].0.clone()).collect();
-        match node.pool.call(addr, Request::Fingerprints { keys }).await {
+        match ae
+            .cluster
+            .pool
+            .call(addr, Request::Fingerprints { keys })
+            .await
+        {
             Ok(Response::Fingerprints(fps)) if fps.len() == idxs.len() => {
                 for (&i, fp) in idxs.iter().zip(fps) {
                     if fp != 0 && fp != candidates[i].1 {
@@ -647,13 +671,13 @@ async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
     let mut purged = 0;
     let mut everywhere = Vec::new();
     for (i, (key, fp)) in candidates.iter().enumerate() {
-        if !blocked[i] && node.store().remove_if(key, *fp) {
+        if !blocked[i] && ae.replica.store.remove_if(key, *fp) {
             purged += 1;
             everywhere.push((key.clone(), *fp));
         }
     }
     if purged > 0 {
-        Stats::add(&node.stats.tombstones_purged, purged);
+        Stats::add(&ae.cluster.stats.tombstones_purged, purged);
         debug!(purged, "tombstones purged");
     }
     // Every member holds these tombstones or nothing: have them drop theirs now too. A
@@ -662,14 +686,14 @@ async fn collect_tombstones(node: &Arc<Node>, segs: &Segments) {
     // their grace periods, and two replicas could pass it back and forth for ever. The
     // peers drop only the same tombstone, never anything written since.
     if !everywhere.is_empty() {
-        for peer in segs.ring.nodes().iter().filter(|h| *h != node.id()) {
+        for peer in segs.ring.nodes().iter().filter(|h| *h != ae.cluster.id()) {
             let Some(addr) = view.member(peer).and_then(|m| m.rpc) else {
                 continue;
             };
             let req = Request::Purge {
                 items: everywhere.clone(),
             };
-            if let Err(err) = node.pool.call(addr, req).await {
+            if let Err(err) = ae.cluster.pool.call(addr, req).await {
                 debug!(%peer, %err, "tombstone purge not delivered");
             }
         }
@@ -680,43 +704,20 @@ fn unexpected(resp: Response) -> Error {
     Error::Protocol(format!("unexpected anti-entropy answer: {resp:?}"))
 }
 
-impl Node {
-    /// Serves [`Request::ReadMany`]: our versions of these keys, in order, up to the transfer
-    /// budget (at least one key).
-    pub(crate) fn serve_read_many(&self, keys: Vec<Bytes>) -> Result<Response> {
-        let budget = transfer_budget(self);
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for key in &keys {
-            let vs = self.store().get(key).unwrap_or_default();
-            let size = set_size(key, &vs);
-            if !out.is_empty() && bytes + size > budget {
-                break;
-            }
-            bytes += size;
-            out.push(vs);
-        }
-        Ok(Response::VersionsMany(out))
-    }
-
-    /// Serves [`Request::Fingerprints`]: the fingerprint of each key, 0 if absent.
-    pub(crate) fn serve_fingerprints(&self, keys: Vec<Bytes>) -> Result<Response> {
-        let store = self.store();
-        Ok(Response::Fingerprints(
-            keys.iter()
-                .map(|k| store.get(k).map_or(0, |vs| vs.fingerprint(k)))
-                .collect(),
-        ))
-    }
-
+impl AntiEntropy {
     /// Serves [`Request::AeDigest`]: `AeSame` if our roots of the segments shared with
     /// `from` hash to `digest`, else those roots.
     pub(crate) fn serve_ae_digest(&self, ring: u64, from: String, digest: u64) -> Result<Response> {
         let segs = self.checked_segments(ring)?;
         let roots: Vec<u64> = segs
-            .shared(self.id(), &from)
+            .shared(self.cluster.id(), &from)
             .iter()
-            .map(|&id| self.store().root(&segs.list[id as usize], id).unwrap_or(0))
+            .map(|&id| {
+                self.replica
+                    .store
+                    .root(&segs.list[id as usize], id)
+                    .unwrap_or(0)
+            })
             .collect();
         Ok(if digest_of(&roots) == digest {
             Response::AeSame
@@ -737,7 +738,7 @@ impl Node {
         }
         let mut out = Vec::with_capacity(nodes.len());
         for (id, n) in nodes {
-            out.push(self.store().children(segs.get(id)?, id, n));
+            out.push(self.replica.store.children(segs.get(id)?, id, n));
         }
         Ok(Response::AeChildren(out))
     }
@@ -753,8 +754,8 @@ impl Node {
         let mut bytes = 0;
         let mut covered = 0;
         for (id, leaf) in leaves {
-            let grace = self.config().tombstone_grace;
-            let listed = self.store().leaf_keys(segs.get(id)?, id, leaf, grace);
+            let grace = self.cluster.config().tombstone_grace;
+            let listed = self.replica.store.leaf_keys(segs.get(id)?, id, leaf, grace);
             bytes += listed.iter().map(|(k, _, _)| k.len() + 9).sum::<usize>();
             keys.extend(listed);
             covered += 1;
@@ -763,17 +764,6 @@ impl Node {
             }
         }
         Ok(Response::AeKeys { covered, keys })
-    }
-
-    /// Serves [`Request::Purge`]: drops each of these tombstones still held with that
-    /// fingerprint.
-    pub(crate) fn serve_purge(&self, items: Vec<(Bytes, u64)>) -> Result<Response> {
-        let purged = items
-            .iter()
-            .filter(|(key, fp)| self.store().remove_if(key, *fp))
-            .count();
-        Stats::add(&self.stats().tombstones_purged, purged as u64);
-        Ok(Response::Replicated)
     }
 
     fn checked_segments(&self, ring: u64) -> Result<Arc<Segments>> {

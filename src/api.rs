@@ -54,6 +54,7 @@ use crate::config::{DEFAULT_LIST_LIMIT, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_TTL_S
 use crate::coordinator::Write;
 use crate::error::{Error, Result};
 use crate::membership::{Member, STATUS_LEAVING, View};
+use crate::metrics::HttpMetrics;
 use crate::node::Node;
 use crate::ttl::rfc3339;
 use crate::version::{Condition, Context, Meta, VersionSet};
@@ -75,6 +76,7 @@ type Body = Full<Bytes>;
 
 /// Serves HTTP on `listener` until `shutdown` fires.
 pub async fn serve(listener: Box<dyn Listener>, node: Arc<Node>, stop: Stop, tracker: TaskTracker) {
+    let metrics = Arc::new(HttpMetrics::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.drain.cancelled() => return,
@@ -89,11 +91,12 @@ pub async fn serve(listener: Box<dyn Listener>, node: Arc<Node>, stop: Stop, tra
             },
         };
         let node = node.clone();
+        let metrics = metrics.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
             let svc = service_fn(move |req| {
-                let node = node.clone();
-                async move { Ok::<_, Infallible>(handle(node, req).await) }
+                let (node, metrics) = (node.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(handle(node, metrics, req).await) }
             });
             // The timer arms hyper's 30 s header-read timeout, so a client that opens a
             // connection and never finishes its request headers cannot hold it forever.
@@ -136,7 +139,11 @@ pub struct Stop {
 /// Each request runs in a `request` tracing span with its id (the client's `x-request-id`
 /// if it sent a usable one, else `<node>-<n>`), echoed in the answer's `x-request-id`, and
 /// every RPC it causes carries the id on to the other nodes' logs ([`crate::rpc::Trace`]).
-pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    node: Arc<Node>,
+    metrics: Arc<HttpMetrics>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = std::time::Instant::now();
     let label = route_label(req.uri().path());
     let op = method_label(req.method());
@@ -144,12 +151,12 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let id = request_id(&node, &req);
     // A debug span: at the default level (info) it is never built. Building and entering
     // it on every poll cost 10-15% of a quorum request's CPU (measured with wrk).
-    let span = tracing::debug_span!("request", request = %id, node = %node.id(), method = op, route = label);
+    let span = tracing::debug_span!("request", request = %id, node = %node.cluster.id(), method = op, route = label);
     let trace = crate::rpc::Trace {
         request: id.clone(),
-        coordinator: node.actor().node.clone(),
+        coordinator: node.cluster.actor().node.clone(),
     };
-    let answer = crate::rpc::TRACE.scope(trace, route(node.clone(), req));
+    let answer = crate::rpc::TRACE.scope(trace, route(node.clone(), &metrics, req));
     let mut resp = match tracing::Instrument::instrument(answer, span.clone()).await {
         Ok(resp) => resp,
         Err(err) => {
@@ -160,8 +167,7 @@ pub async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    node.http_metrics()
-        .observe(label, op, resp.status().as_u16(), started.elapsed());
+    metrics.observe(label, op, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -180,7 +186,7 @@ fn request_id(node: &Node, req: &Request<Incoming>) -> Arc<str> {
         .unwrap_or_else(|| {
             Arc::from(format!(
                 "{}-{}",
-                node.id(),
+                node.cluster.id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ))
         })
@@ -223,7 +229,11 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>> {
+async fn route(
+    node: Arc<Node>,
+    metrics: &HttpMetrics,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if let Some(raw) = path.strip_prefix("/kv/") {
@@ -250,6 +260,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
         get_only(Ok(Response::default()))?;
         let key = parse_key(raw)?;
         let replicas: Vec<String> = node
+            .cluster
             .replicas_of(&key)
             .iter()
             .map(|id| id.to_string())
@@ -285,14 +296,14 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>
             if method != Method::POST {
                 return Err(Error::MethodNotAllowed("POST".into()));
             }
-            node.leave().await;
+            node.lifecycle.leave().await;
             Ok(json_response(
                 StatusCode::ACCEPTED,
                 json!({"status": "leaving", "keys": node.store().stats().keys}),
             ))
         }
         "/admin/stats" => get_only(Ok(stats(&node))),
-        "/metrics" => get_only(metrics_response(&node)),
+        "/metrics" => get_only(metrics_response(&node, metrics)),
         _ => Err(Error::NotFound(path)),
     }
 }
@@ -387,8 +398,12 @@ async fn get_kv(node: Arc<Node>, key: Bytes, req: &Request<Incoming>) -> Result<
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
-    let versions = node.get(key, r).await?;
-    Ok(read_response(&versions, wants_json, node.clock().now_ms()))
+    let versions = node.coordinator.get(key, r).await?;
+    Ok(read_response(
+        &versions,
+        wants_json,
+        node.cluster.clock().now_ms(),
+    ))
 }
 
 /// Turns merged versions into the GET answer, as seen at `now`: 200 raw, 300 siblings, or
@@ -457,7 +472,7 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
         None => None,
         Some(v) => match v.parse::<u64>() {
             Ok(secs) if (1..=MAX_TTL_SECS).contains(&secs) => {
-                Some(node.clock().now_ms() + secs * 1000)
+                Some(node.cluster.clock().now_ms() + secs * 1000)
             }
             _ => {
                 return Err(Error::invalid(format!(
@@ -476,7 +491,7 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
             (ct != "application/octet-stream").then(|| Box::from(ct))
         }
     };
-    let limit = node.config().max_value_bytes;
+    let limit = node.cluster.config().max_value_bytes;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -515,7 +530,7 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
         w,
         pw,
     };
-    let new_ctx = node.write(write).await?;
+    let new_ctx = node.coordinator.write(write).await?;
     Ok(written(&new_ctx))
 }
 
@@ -642,7 +657,7 @@ async fn delete_kv(node: Arc<Node>, key: Bytes, req: &Request<Incoming>) -> Resu
         w: quorum_param(req, "w")?,
         pw: quorum_param(req, "pw")?,
     };
-    let new_ctx = node.write(write).await?;
+    let new_ctx = node.coordinator.write(write).await?;
     Ok(written(&new_ctx))
 }
 
@@ -669,7 +684,7 @@ async fn list_kv(node: Arc<Node>, req: &Request<Incoming>) -> Result<Response<Bo
     };
     let r = quorum_param(req, "r")?;
     let base64 = key_encoding(req)?;
-    let listing = node.list(prefix, after, limit, r).await?;
+    let listing = node.coordinator.list(prefix, after, limit, r).await?;
     let keys: Vec<String> = listing
         .keys
         .iter()
@@ -711,10 +726,10 @@ async fn watch(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<B
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let prefix = Bytes::from(query_bytes(&req, "prefix").unwrap_or_default());
     let base64 = key_encoding(&req)?;
-    let sub = node.watch(prefix).await;
+    let sub = node.watches.watch(prefix).await;
     let upgrade = hyper::upgrade::on(&mut req);
-    let shutdown = node.shutdown.clone();
-    node.tracker.spawn(async move {
+    let shutdown = node.cluster.shutdown.clone();
+    node.cluster.tracker.spawn(async move {
         match upgrade.await {
             Ok(io) => {
                 let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
@@ -802,7 +817,7 @@ fn member_status<'a>(view: &View, m: &'a Member) -> &'a str {
 /// `GET /ready`: 200 when the node can serve a request at its default quorums, else 503 with
 /// the first unmet condition as `reason` ([`crate::readiness`]).
 fn ready(node: &Node) -> Response<Body> {
-    let r = node.readiness();
+    let r = node.lifecycle.readiness();
     match r.reason() {
         None => json_response(
             StatusCode::OK,
@@ -816,7 +831,7 @@ fn ready(node: &Node) -> Response<Body> {
 }
 
 fn members(node: &Node) -> Response<Body> {
-    let view = node.view();
+    let view = node.cluster.view();
     let members: Vec<_> = view
         .members
         .values()
@@ -837,7 +852,7 @@ fn members(node: &Node) -> Response<Body> {
 /// ring, adjacent arcs of one node joined) and, if it answers within the RPC timeout, its
 /// [`crate::stats::NodeStatus`].
 async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
-    let view = node.view();
+    let view = node.cluster.view();
     const RING: f64 = 18_446_744_073_709_551_616.0; // 2^64
     let mut arcs: std::collections::HashMap<&str, Vec<[f64; 2]>> = Default::default();
     let mut last: Option<(&str, f64)> = None;
@@ -862,11 +877,16 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
         let alive = m.alive && m.status != STATUS_LEAVING;
         let (id, rpc) = (m.id.clone(), m.rpc);
         async move {
-            if id == *node.id() {
+            if id == *node.cluster.id() {
                 return Some(node.status());
             }
             let addr = rpc.filter(|_| alive)?;
-            match node.pool.call(addr, crate::rpc::Request::Status).await {
+            match node
+                .cluster
+                .pool
+                .call(addr, crate::rpc::Request::Status)
+                .await
+            {
                 Ok(crate::rpc::Response::Status(s)) => Some(s),
                 _ => None,
             }
@@ -891,9 +911,9 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
     json_response(
         StatusCode::OK,
         json!({
-            "node": &**node.id(),
-            "replicas": node.config().replicas,
-            "time_ms": node.clock().now_ms(),
+            "node": &**node.cluster.id(),
+            "replicas": node.cluster.config().replicas,
+            "time_ms": node.cluster.clock().now_ms(),
             "members": members,
         }),
     )
@@ -903,9 +923,9 @@ fn stats(node: &Node) -> Response<Body> {
     json_response(
         StatusCode::OK,
         json!({
-            "id": &**node.id(),
+            "id": &**node.cluster.id(),
             "store": node.store().stats(),
-            "hints_pending": node.hints_pending(),
+            "hints_pending": node.replica.hints_pending(),
             "counters": node.stats().snapshot(),
         }),
     )
@@ -965,8 +985,8 @@ fn error_response(err: &Error) -> Response<Body> {
     resp
 }
 
-fn metrics_response(node: &Node) -> Result<Response<Body>> {
-    let text = crate::metrics::render(node).map_err(Error::internal)?;
+fn metrics_response(node: &Node, http: &HttpMetrics) -> Result<Response<Body>> {
+    let text = crate::metrics::render(node, http).map_err(Error::internal)?;
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
         CONTENT_TYPE,

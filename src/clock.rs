@@ -17,7 +17,7 @@
 //! system clock (and NTP's corrections to it) exactly as it did before the seam.
 //!
 //! **Stamps that must not be skewed.** A node's gossip generation
-//! ([`crate::node::NodeHandle::start`]) and its watch-announcement versions
+//! ([`crate::server::NodeHandle::start`]) and its watch-announcement versions
 //! ([`crate::watch::Watchers::starting_now`]) are seeded from [`system_ms`], not from the
 //! node's `Clock`. Each must exceed whatever the node's previous process issued, or peers
 //! keep the old process's state: a test that set a node's clock back and restarted it would

@@ -15,6 +15,9 @@ pub const DEFAULT_REPLICAS: usize = 3;
 pub const DEFAULT_READ_QUORUM: usize = 2;
 /// Default write quorum W.
 pub const DEFAULT_WRITE_QUORUM: usize = 2;
+/// Events a watcher may fall behind by before it gets a `lagged` message instead (the
+/// default of [`Config::watch_buffer`], see [`crate::watch`]).
+pub const WATCH_BUFFER: usize = 1024;
 /// Default largest value accepted: 8 MiB.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 8 * 1024 * 1024;
 /// Default time a replica has to answer one RPC. A healthy loopback replica answers in well
@@ -146,7 +149,7 @@ impl Config {
             tombstone_grace: DEFAULT_TOMBSTONE_GRACE,
             ttl_sweep_interval: DEFAULT_TTL_SWEEP_INTERVAL,
             clock: Clock::system(),
-            watch_buffer: crate::watch::WATCH_BUFFER,
+            watch_buffer: WATCH_BUFFER,
             data_dir: None,
             fsync: crate::durable::Fsync::Always,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,

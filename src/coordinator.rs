@@ -46,7 +46,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,15 +56,17 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::membership::View;
-use crate::node::Node;
 use crate::quorum::{QuorumStatus, QuorumTracker};
+use crate::replica::Replica;
 use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
 use crate::stats::Stats;
 use crate::store::{ListPage, WriteOp};
 use crate::version::{Condition, Context, VersionSet};
+use crate::watch::Watches;
 use crate::watch::{Event, Op};
 
 // A client write crosses the wire when it is forwarded to its coordinator: it is defined with
@@ -77,9 +79,19 @@ pub use crate::rpc::Write;
 /// socket buffer, a paused process) does not hold reads for seconds.
 pub const SPECULATIVE_READ_DELAY: Duration = Duration::from_millis(20);
 
+/// The coordinator of one node: runs the client requests this node receives.
+pub struct Coordinator {
+    cluster: Arc<Cluster>,
+    replica: Arc<Replica>,
+    /// Acknowledged writes are announced to watchers.
+    watches: Arc<Watches>,
+    /// Turns of the remote homes a GET asks (see [`Coordinator::get`]).
+    read_turn: AtomicUsize,
+}
+
 /// Where a copy lives: this node, or a peer's RPC address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Replica {
+enum Place {
     Local,
     Remote(SocketAddr),
 }
@@ -87,7 +99,7 @@ enum Replica {
 /// One destination of a quorum call.
 #[derive(Debug, Clone)]
 struct Dest {
-    replica: Replica,
+    place: Place,
     /// The home this copy stands in for, if it is a fallback.
     hint_for: Option<NodeId>,
 }
@@ -107,25 +119,29 @@ pub struct Listing {
     pub next: Option<Bytes>,
 }
 
-impl Node {
-    /// The key's home replicas, in preference order, dead or alive.
-    pub fn replicas_of(&self, key: &[u8]) -> Vec<NodeId> {
-        self.view().ring.preference_list(key, self.config.replicas)
+impl Coordinator {
+    pub(crate) fn new(cluster: Arc<Cluster>, replica: Arc<Replica>, watches: Arc<Watches>) -> Self {
+        Coordinator {
+            cluster,
+            replica,
+            watches,
+            read_turn: AtomicUsize::new(0),
+        }
     }
 
     /// The sloppy-quorum destinations of `key` in `view`, resolved to addresses, taking the
     /// nodes for which `usable` holds as alive.
     fn destinations(&self, view: &View, key: &[u8], usable: impl Fn(&NodeId) -> bool) -> Vec<Dest> {
         let walk = view.ring.preference_list(key, view.ring.nodes().len());
-        sloppy_targets(&walk, self.config.replicas, usable)
+        sloppy_targets(&walk, self.cluster.config.replicas, usable)
             .into_iter()
             .filter_map(|Target { node, hint_for }| {
-                let replica = if node == self.id {
-                    Replica::Local
+                let place = if node == self.cluster.id {
+                    Place::Local
                 } else {
-                    Replica::Remote(view.member(&node)?.rpc?)
+                    Place::Remote(view.member(&node)?.rpc?)
                 };
-                Some(Dest { replica, hint_for })
+                Some(Dest { place, hint_for })
             })
             .collect()
     }
@@ -156,33 +172,40 @@ impl Node {
     /// else forwarded there. Returns the context of the new version.
     pub async fn write(self: &Arc<Self>, write: Write) -> Result<Context> {
         let quorum = WriteQuorum {
-            w: write.w.unwrap_or(self.config.write_quorum),
+            w: write.w.unwrap_or(self.cluster.config.write_quorum),
             pw: write.pw.unwrap_or(0),
         };
-        self.check_write_quorum(quorum)?;
-        let view = self.view();
-        let homes = view.ring.preference_list(&write.key, self.config.replicas);
+        self.cluster.check_write_quorum(quorum)?;
+        let view = self.cluster.view();
+        let homes = view
+            .ring
+            .preference_list(&write.key, self.cluster.config.replicas);
         // Serving homes first; joining ones (up, still catching up) only when no home serves,
         // which happens only while a whole ring starts: better they coordinate than nobody.
         let serving = homes.iter().filter(|id| view.is_alive(id));
         let joining = homes
             .iter()
-            .filter(|id| (**id == self.id || view.is_up(id)) && !view.is_alive(id));
+            .filter(|id| (**id == self.cluster.id || view.is_up(id)) && !view.is_alive(id));
         for id in serving.chain(joining) {
-            if *id == self.id {
+            if *id == self.cluster.id {
                 return self.coordinate_write(write, quorum).await;
             }
             let Some(addr) = view.member(id).and_then(|m| m.rpc) else {
                 continue;
             };
-            Stats::incr(&self.stats.writes_forwarded);
+            Stats::incr(&self.cluster.stats.writes_forwarded);
             let req = Request::Coordinate {
                 write: write.clone(),
                 quorum,
             };
             // The coordinator itself waits up to one RPC timeout for its replicas.
-            let timeout = self.pool.timeout() * 2;
-            match self.pool.call_with_timeout(addr, req, timeout).await {
+            let timeout = self.cluster.pool.timeout() * 2;
+            match self
+                .cluster
+                .pool
+                .call_with_timeout(addr, req, timeout)
+                .await
+            {
                 Ok(Response::Written(ctx)) => return Ok(ctx),
                 Ok(other) => {
                     return Err(Error::Protocol(format!(
@@ -199,7 +222,7 @@ impl Node {
                 Err(err) => return Err(err),
             }
         }
-        Stats::incr(&self.stats.quorum_failures);
+        Stats::incr(&self.cluster.stats.quorum_failures);
         Err(Error::Unavailable {
             replied: 0,
             required: quorum.w,
@@ -214,10 +237,10 @@ impl Node {
         write: Write,
         quorum: WriteQuorum,
     ) -> Result<Response> {
-        self.check_write_quorum(quorum)?;
+        self.cluster.check_write_quorum(quorum)?;
         // This node coordinates: the replicas' logs name it.
         let trace = crate::rpc::current_trace().map(|t| crate::rpc::Trace {
-            coordinator: self.actor.node.clone(),
+            coordinator: self.cluster.actor.node.clone(),
             ..t
         });
         let run = self.coordinate_write(write, quorum);
@@ -234,7 +257,7 @@ impl Node {
         write: Write,
         quorum: WriteQuorum,
     ) -> Result<Context> {
-        Stats::incr(&self.stats.writes_coordinated);
+        Stats::incr(&self.cluster.stats.writes_coordinated);
         let Write {
             key,
             value,
@@ -245,7 +268,8 @@ impl Node {
         } = write;
         // Only this node mints this actor's counters: a context claiming one it never minted
         // is forged or corrupt, and would push every later counter out of range.
-        let claims_unminted = |ctx: &Context| ctx.max_counter(&self.actor) > self.store.minted();
+        let claims_unminted =
+            |ctx: &Context| ctx.max_counter(&self.cluster.actor) > self.replica.store.minted();
         let if_match = match &condition {
             Condition::IfMatch(ctx) => Some(ctx),
             _ => None,
@@ -259,43 +283,44 @@ impl Node {
             // Check the condition against what a quorum holds, not only this replica's copy
             // (it may have just restarted empty, or missed a write).
             let read = self.get(key.clone(), None).await?;
-            self.store.merge_owned(&key, read);
+            self.replica.store.merge_owned(&key, read);
         }
-        let view = self.view();
+        let view = self.cluster.view();
         // Copies go to joining nodes too: they take writes while they catch up.
-        let dests = self.destinations(&view, &key, |id| *id == self.id || view.is_up(id));
+        let dests = self.destinations(&view, &key, |id| *id == self.cluster.id || view.is_up(id));
         let op = WriteOp {
             context: context.as_ref().or(if_match),
             value,
             meta,
             condition: &condition,
-            now_ms: self.clock().now_ms(),
+            now_ms: self.cluster.clock().now_ms(),
         };
-        let (new_ctx, versions) =
-            self.store
-                .write_with(&key, &self.actor, op)
-                .map_err(|current| Error::PreconditionFailed {
-                    context: current.encode(),
-                })?;
+        let (new_ctx, versions) = self
+            .replica
+            .store
+            .write_with(&key, &self.cluster.actor, op)
+            .map_err(|current| Error::PreconditionFailed {
+                context: current.encode(),
+            })?;
 
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
         let mut all = QuorumTracker::new(dests.len(), quorum.w);
         let mut homes = QuorumTracker::new(homes_total, quorum.pw);
         let mut calls: FuturesUnordered<BoxFuture<'static, (bool, bool)>> = FuturesUnordered::new();
         for dest in dests {
-            let addr = match dest.replica {
+            let addr = match dest.place {
                 // The coordinator is always a home replica, and has stored the write. With a
                 // data dir its own copy counts once logged, like any replica's; meanwhile
                 // the copies go out, so the fsync and the round trips overlap.
-                Replica::Local if self.store.log().is_none() => {
+                Place::Local if self.replica.store.log().is_none() => {
                     all.success();
                     homes.success();
                     continue;
                 }
-                Replica::Local => {
+                Place::Local => {
                     let node = self.clone();
                     calls.push(Box::pin(async move {
-                        let res = node.sync().await;
+                        let res = node.replica.sync().await;
                         if let Err(err) = &res {
                             warn!(%err, "a write was not acknowledged here: it could not be logged");
                         }
@@ -303,7 +328,7 @@ impl Node {
                     }));
                     continue;
                 }
-                Replica::Remote(addr) => addr,
+                Place::Remote(addr) => addr,
             };
             let node = self.clone();
             let is_home = dest.is_home();
@@ -313,7 +338,10 @@ impl Node {
                 hint_for: dest.hint_for.map(|h| h.to_string()),
             };
             calls.push(Box::pin(async move {
-                let ok = matches!(node.pool.call(addr, req).await, Ok(Response::Replicated));
+                let ok = matches!(
+                    node.cluster.pool.call(addr, req).await,
+                    Ok(Response::Replicated)
+                );
                 (is_home, ok)
             }));
         }
@@ -321,11 +349,13 @@ impl Node {
         // quorum is met or the client went away (each call is bounded by the RPC timeout).
         let (ack_tx, mut ack_rx) = mpsc::channel(calls.len().max(1));
         if !calls.is_empty() {
-            self.tracker.spawn(crate::rpc::in_current_trace(async move {
-                while let Some(ack) = calls.next().await {
-                    let _ = ack_tx.send(ack).await;
-                }
-            }));
+            self.cluster
+                .tracker
+                .spawn(crate::rpc::in_current_trace(async move {
+                    while let Some(ack) = calls.next().await {
+                        let _ = ack_tx.send(ack).await;
+                    }
+                }));
         }
         while !settled(&all, &homes) {
             let Some((is_home, ok)) = ack_rx.recv().await else {
@@ -345,7 +375,7 @@ impl Node {
         }
         if all.status() == QuorumStatus::Met && homes.status() == QuorumStatus::Met {
             // Built only if someone watches the key.
-            self.emit_with(&key, || {
+            self.watches.emit_with(&key, || {
                 let value = versions
                     .versions()
                     .iter()
@@ -360,9 +390,9 @@ impl Node {
             });
             return Ok(new_ctx);
         }
-        Stats::incr(&self.stats.quorum_failures);
+        Stats::incr(&self.cluster.stats.quorum_failures);
         // A coordinator that cannot log says so: that is what an operator must fix.
-        if let Some(why) = self.store.log().and_then(|log| log.error()) {
+        if let Some(why) = self.replica.store.log().and_then(|log| log.error()) {
             return Err(Error::Storage(why));
         }
         Err(if all.status() != QuorumStatus::Met {
@@ -378,48 +408,13 @@ impl Node {
         })
     }
 
-    /// Serves [`Request::Replicate`]: merges a coordinator's copy (or a read repair) into
-    /// the store, or keeps it as a hint if this node stands in for the dead home `hint_for`.
-    /// A copy counts toward W only once it is logged (with `--fsync always`, on disk), so the
-    /// answer waits for the log.
-    pub(crate) async fn serve_replicate(
-        &self,
-        key: Bytes,
-        versions: VersionSet,
-        hint_for: Option<String>,
-    ) -> Result<Response> {
-        match hint_for {
-            Some(home) if *home != *self.id => {
-                self.store_hint(NodeId::from(home), key, &versions)?;
-            }
-            _ => {
-                self.store.merge_owned(&key, versions);
-            }
-        }
-        self.sync().await?;
-        Ok(Response::Replicated)
-    }
-
-    /// Serves [`Request::ReplicateMany`] (hint delivery, handoff, anti-entropy): merges every
-    /// copy, and answers once they are logged.
-    pub(crate) async fn serve_replicate_many(
-        &self,
-        items: Vec<(Bytes, VersionSet)>,
-    ) -> Result<Response> {
-        for (key, versions) in items {
-            self.store.merge_owned(&key, versions);
-        }
-        self.sync().await?;
-        Ok(Response::Replicated)
-    }
-
     /// Reads `key` from `r` replicas (default R) and returns their merged versions (empty if
     /// none has the key). Stale home replicas are repaired in the background.
     pub async fn get(self: &Arc<Self>, key: Bytes, r: Option<usize>) -> Result<VersionSet> {
-        let r = r.unwrap_or(self.config.read_quorum);
-        self.check_quorum(r, "r")?;
-        Stats::incr(&self.stats.reads_coordinated);
-        let view = self.view();
+        let r = r.unwrap_or(self.cluster.config.read_quorum);
+        self.cluster.check_quorum(r, "r")?;
+        Stats::incr(&self.cluster.stats.reads_coordinated);
+        let view = self.cluster.view();
         // Live homes first; fallbacks only to make up for missing homes, since a fallback
         // that holds no hint for this key answers "nothing" and would count toward R.
         // Only serving replicas answer reads: a joining one may still be catching up.
@@ -430,7 +425,7 @@ impl Node {
         // Our own copy is asked first: it costs no round trip. The remote homes take turns
         // coming next, so that reads spread over them and, over repeated reads, every home's
         // copy is compared (and repaired) even though each read asks only R of them.
-        let local = homes.iter().position(|d| d.replica == Replica::Local);
+        let local = homes.iter().position(|d| d.place == Place::Local);
         if let Some(i) = local {
             homes.swap(0, i);
         }
@@ -443,11 +438,11 @@ impl Node {
         let missing = r.saturating_sub(homes.len());
         homes.extend(fallbacks.into_iter().take(missing));
         // Joining homes come last, as reserves: asked only if the others cannot make R.
-        let asked: Vec<Replica> = homes.iter().map(|d| d.replica).collect();
+        let asked: Vec<Place> = homes.iter().map(|d| d.place).collect();
         homes.extend(
-            self.destinations(&view, &key, |id| *id == self.id || view.is_up(id))
+            self.destinations(&view, &key, |id| *id == self.cluster.id || view.is_up(id))
                 .into_iter()
-                .filter(|d| d.is_home() && !asked.contains(&d.replica)),
+                .filter(|d| d.is_home() && !asked.contains(&d.place)),
         );
         let mut candidates = homes.into_iter();
         let total = candidates.len();
@@ -463,18 +458,18 @@ impl Node {
                    quorum: &mut QuorumTracker,
                    merged: &mut VersionSet,
                    replies: &mut Vec<(Dest, VersionSet)>| {
-            match dest.replica {
-                Replica::Local => {
-                    let vs = self.local_read(&key);
+            match dest.place {
+                Place::Local => {
+                    let vs = self.replica.local_read(&key);
                     merged.merge(&vs);
                     replies.push((dest, vs));
                     quorum.success();
                 }
-                Replica::Remote(addr) => {
+                Place::Remote(addr) => {
                     let node = self.clone();
                     let key = key.clone();
                     calls.push(async move {
-                        let res = node.pool.call(addr, Request::Read { key }).await;
+                        let res = node.cluster.pool.call(addr, Request::Read { key }).await;
                         let vs = match res {
                             Ok(Response::Versions(vs)) => Some(vs),
                             _ => None,
@@ -522,7 +517,7 @@ impl Node {
             }
         }
         if quorum.status() != QuorumStatus::Met {
-            Stats::incr(&self.stats.quorum_failures);
+            Stats::incr(&self.cluster.stats.quorum_failures);
             return Err(Error::Unavailable {
                 replied: quorum.successes(),
                 required: r,
@@ -534,16 +529,18 @@ impl Node {
         }
         let node = self.clone();
         let result = merged.clone();
-        self.tracker.spawn(crate::rpc::in_current_trace(async move {
-            // Wait for the stragglers (each bounded by the RPC timeout), then repair.
-            while let Some((dest, vs)) = calls.next().await {
-                if let Some(vs) = vs {
-                    merged.merge(&vs);
-                    replies.push((dest, vs));
+        self.cluster
+            .tracker
+            .spawn(crate::rpc::in_current_trace(async move {
+                // Wait for the stragglers (each bounded by the RPC timeout), then repair.
+                while let Some((dest, vs)) = calls.next().await {
+                    if let Some(vs) = vs {
+                        merged.merge(&vs);
+                        replies.push((dest, vs));
+                    }
                 }
-            }
-            node.read_repair(key, merged, replies).await;
-        }));
+                node.read_repair(key, merged, replies).await;
+            }));
         Ok(result)
     }
 
@@ -558,29 +555,23 @@ impl Node {
             if !is_stale(&key, fp, &dest, &vs) {
                 continue;
             }
-            Stats::incr(&self.stats.read_repairs);
-            match dest.replica {
-                Replica::Local => {
-                    self.store.merge(&key, &merged);
+            Stats::incr(&self.cluster.stats.read_repairs);
+            match dest.place {
+                Place::Local => {
+                    self.replica.store.merge(&key, &merged);
                 }
-                Replica::Remote(addr) => {
+                Place::Remote(addr) => {
                     let req = Request::Replicate {
                         key: key.clone(),
                         versions: merged.clone(),
                         hint_for: None,
                     };
-                    if let Err(err) = self.pool.call(addr, req).await {
+                    if let Err(err) = self.cluster.pool.call(addr, req).await {
                         debug!(%addr, %err, "read repair failed");
                     }
                 }
             }
         }
-    }
-
-    /// Serves [`Request::Read`]: this node's copy of the key, hinted copies included.
-    pub(crate) fn serve_read(&self, key: Bytes) -> Result<Response> {
-        self.refuse_reads_if_stopping()?;
-        Ok(Response::Versions(self.local_read(&key)))
     }
 }
 
@@ -602,7 +593,7 @@ fn is_stale(key: &[u8], merged_fp: u64, dest: &Dest, vs: &VersionSet) -> bool {
     dest.is_home() && vs.fingerprint(key) != merged_fp
 }
 
-impl Node {
+impl Coordinator {
     /// Lists live keys starting with `prefix`, after `after`, at most `limit`, merging every
     /// live node's answer; every ring range must be covered by `r` (default R) answering home
     /// replicas.
@@ -613,19 +604,19 @@ impl Node {
         limit: usize,
         r: Option<usize>,
     ) -> Result<Listing> {
-        let r = r.unwrap_or(self.config.read_quorum);
-        self.check_quorum(r, "r")?;
-        let view = self.view();
-        let now = self.clock().now_ms();
-        let nodes: Vec<(NodeId, Replica)> = view
+        let r = r.unwrap_or(self.cluster.config.read_quorum);
+        self.cluster.check_quorum(r, "r")?;
+        let view = self.cluster.view();
+        let now = self.cluster.clock().now_ms();
+        let nodes: Vec<(NodeId, Place)> = view
             .ring
             .nodes()
             .iter()
             .filter_map(|id| {
-                if *id == self.id {
-                    Some((id.clone(), Replica::Local))
+                if *id == self.cluster.id {
+                    Some((id.clone(), Place::Local))
                 } else if view.is_alive(id) {
-                    Some((id.clone(), Replica::Remote(view.member(id)?.rpc?)))
+                    Some((id.clone(), Place::Remote(view.member(id)?.rpc?)))
                 } else {
                     None
                 }
@@ -639,14 +630,16 @@ impl Node {
                 let (prefix, cursor) = (prefix.clone(), cursor.clone());
                 async move {
                     let page = match replica {
-                        Replica::Local => Ok(self.store.list(&prefix, cursor.as_deref(), want)),
-                        Replica::Remote(addr) => {
+                        Place::Local => {
+                            Ok(self.replica.store.list(&prefix, cursor.as_deref(), want))
+                        }
+                        Place::Remote(addr) => {
                             let req = Request::List {
                                 prefix,
                                 after: cursor,
                                 limit: want as u32,
                             };
-                            match self.pool.call(*addr, req).await {
+                            match self.cluster.pool.call(*addr, req).await {
                                 Ok(Response::Listed(page)) => Ok(page),
                                 Ok(other) => Err(Error::Protocol(format!(
                                     "unexpected answer to a listing: {other:?}"
@@ -664,9 +657,9 @@ impl Node {
                 .filter(|(_, page)| page.is_ok())
                 .map(|(id, _)| id)
                 .collect();
-            let covered = min_coverage(&view, self.config.replicas, &answered);
+            let covered = min_coverage(&view, self.cluster.config.replicas, &answered);
             if covered < r {
-                Stats::incr(&self.stats.quorum_failures);
+                Stats::incr(&self.cluster.stats.quorum_failures);
                 return Err(Error::Unavailable {
                     replied: covered,
                     required: r,
@@ -727,23 +720,6 @@ impl Node {
             }
         }
     }
-
-    /// Serves [`Request::List`]: this node's next keys under the prefix, in key order, with
-    /// fingerprints instead of values.
-    pub(crate) fn serve_list(
-        &self,
-        prefix: Bytes,
-        after: Option<Bytes>,
-        limit: u32,
-    ) -> Result<Response> {
-        self.refuse_reads_if_stopping()?;
-        let limit = (limit as usize).clamp(1, crate::config::MAX_LIST_LIMIT);
-        Ok(Response::Listed(self.store.list(
-            &prefix,
-            after.as_deref(),
-            limit,
-        )))
-    }
 }
 
 /// What a listing learned of one key from the nodes' answers.
@@ -758,12 +734,12 @@ struct Seen {
     holders: Vec<usize>,
 }
 
-impl Node {
+impl Coordinator {
     /// Decides liveness for the keys whose holders disagree, by reading their versions from
     /// every holder and merging them.
     async fn settle_disagreements(
         self: &Arc<Self>,
-        nodes: &[(NodeId, Replica)],
+        nodes: &[(NodeId, Place)],
         merged: &mut std::collections::BTreeMap<Bytes, Seen>,
         now: u64,
     ) -> Result<()> {
@@ -777,13 +753,13 @@ impl Node {
         for (i, mut keys) in per_node.into_iter().enumerate() {
             while !keys.is_empty() {
                 let got: Vec<VersionSet> = match nodes[i].1 {
-                    Replica::Local => keys
+                    Place::Local => keys
                         .iter()
-                        .map(|k| self.store.get(k).unwrap_or_default())
+                        .map(|k| self.replica.store.get(k).unwrap_or_default())
                         .collect(),
-                    Replica::Remote(addr) => {
+                    Place::Remote(addr) => {
                         let req = Request::ReadMany { keys: keys.clone() };
-                        match self.pool.call(addr, req).await? {
+                        match self.cluster.pool.call(addr, req).await? {
                             Response::VersionsMany(v) if !v.is_empty() => v,
                             other => {
                                 return Err(Error::Protocol(format!(

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::node::{Node, lock};
+use crate::lock;
+use crate::replica::{Replica, fit, set_size};
 use crate::rpc::{Request, Response};
 use crate::stats::Stats;
 
@@ -23,9 +24,9 @@ use crate::stats::Stats;
 pub const BATCH: usize = 256;
 
 /// Runs until `shutdown` fires.
-pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
-    let mut views = node.subscribe_view();
-    let mut tick = tokio::time::interval(node.config().handoff_interval);
+pub async fn run(replica: Arc<Replica>, shutdown: CancellationToken) {
+    let mut views = replica.cluster.subscribe_view();
+    let mut tick = tokio::time::interval(replica.cluster.config().handoff_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -33,22 +34,22 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
             res = views.changed() => if res.is_err() { return },
         }
-        deliver(&node).await;
+        deliver(&replica).await;
     }
 }
 
 /// One delivery round. Public so that shutdown can push hints one last time.
-pub async fn deliver(node: &Arc<Node>) {
-    let expired = lock(&node.hints).expire(Instant::now());
+pub async fn deliver(replica: &Replica) {
+    let expired = lock(&replica.hints).expire(Instant::now());
     if expired > 0 {
-        Stats::add(&node.stats.hints_dropped, expired as u64);
+        Stats::add(&replica.cluster.stats.hints_dropped, expired as u64);
         info!(
             expired,
             "dropped hints older than the tombstone grace period"
         );
     }
-    let view = node.view();
-    let targets = lock(&node.hints).targets();
+    let view = replica.cluster.view();
+    let targets = lock(&replica.hints).targets();
     for target in targets {
         // A joining target takes its hints too: they are part of what it catches up on.
         if !view.is_up(&target) {
@@ -58,27 +59,25 @@ pub async fn deliver(node: &Arc<Node>) {
             continue;
         };
         loop {
-            let mut batch = lock(&node.hints).batch(&target, BATCH);
+            let mut batch = lock(&replica.hints).batch(&target, BATCH);
             if batch.is_empty() {
                 break;
             }
             // Keep the message within the frame limit; the rest goes in the next one.
-            let budget = crate::antientropy::transfer_budget(node);
-            batch.truncate(crate::antientropy::fit(&batch, budget, |(k, vs)| {
-                crate::antientropy::set_size(k, vs)
-            }));
+            let budget = replica.transfer_budget();
+            batch.truncate(fit(&batch, budget, |(k, vs)| set_size(k, vs)));
             let req = Request::ReplicateMany {
                 items: batch.clone(),
             };
-            match node.pool.call(addr, req).await {
+            match replica.cluster.pool.call(addr, req).await {
                 Ok(Response::Replicated) => {
-                    let mut hints = lock(&node.hints);
+                    let mut hints = lock(&replica.hints);
                     let delivered = batch
                         .iter()
                         .filter(|(k, v)| hints.delivered(&target, k, v))
                         .count();
                     drop(hints);
-                    Stats::add(&node.stats.hints_delivered, delivered as u64);
+                    Stats::add(&replica.cluster.stats.hints_delivered, delivered as u64);
                     debug!(%target, delivered, "hints delivered");
                     if delivered == 0 {
                         // Every hint in the batch changed meanwhile; try again next round

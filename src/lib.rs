@@ -50,7 +50,16 @@
 //! | [`clock`] | the wall clock a node judges expiry by (skewable per node in tests); elapsed time goes through tokio |
 //! | [`ttl`] | expiry by the node's clock, and the sweep that frees expired values |
 //! | [`watch`] | watchers, who watches what across the ring, and the event fan-out |
-//! | [`node`] | starts all of the above, decommissions, and shuts every task down in order |
+//! | [`cluster`] | the handle every part shares: identity, config, membership view, RPC pool, counters, task set |
+//! | [`replica`] | the copies a node holds (store and hints) and the RPCs that read and change them |
+//! | [`lifecycle`] | the gossiped status, start-up, readiness and decommission |
+//! | [`node`] | a node composed of its parts ([`cluster`], [`replica`], [`coordinator`], [`antientropy`], [`watch`], [`lifecycle`]) and the one RPC dispatch |
+//! | [`server`] | [`NodeHandle`]: binds, loads the data dir, composes a node, starts every worker with the parts it uses, and shuts every task down in order |
+//!
+//! Modules depend only downward: the pure cores and the wire types ([`rpc`]) on nothing above
+//! them; each part on [`cluster`] and the parts below it; [`node`] on the parts; [`api`] and
+//! [`metrics`] on [`node`]; [`server`] on everything. No module imports one that imports it
+//! back.
 //!
 //! Around the node: [`client::Client`] (an async client of the HTTP API), [`cli`] (the
 //! `get`/`put`/`del`/`ls`/`watch`/`members`/`replicas`/`leave` verbs of the binary) and
@@ -136,7 +145,7 @@
 //!   counter, even for a key it purged: its store remembers the highest counter it minted.
 //! - **Graceful stop.** On SIGTERM a node announces `stopping` (peers stop routing to it but
 //!   keep it in the ring), drains its HTTP connections, pushes its hints and exits 0
-//!   ([`node::NodeHandle::shutdown_gracefully`]).
+//!   ([`server::NodeHandle::shutdown_gracefully`]).
 //! - **Readiness** ([`readiness`]). `GET /ready` is a list of named conditions (`gossip`,
 //!   `quorum`, `caught_up`, `announced`, `serving`); `/health` is liveness only. A started
 //!   node announces the member status `joining` until it has heard a seed, sees a quorum and
@@ -329,6 +338,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod coordinator;
@@ -336,6 +346,7 @@ pub mod durable;
 pub mod error;
 pub mod handoff;
 pub mod hints;
+pub mod lifecycle;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;
@@ -343,19 +354,28 @@ pub mod net;
 pub mod node;
 pub mod quorum;
 pub mod readiness;
+pub mod replica;
 pub mod ring;
 pub mod rpc;
+pub mod server;
 pub mod stats;
 pub mod store;
 pub mod ttl;
 pub mod version;
 pub mod watch;
 
+/// Locks a std mutex, ignoring poisoning: every critical section in ringkv is a single map
+/// update that leaves the data consistent even if a panic interrupts the caller afterwards.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub use client::Client;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use membership::GossipTransport;
-pub use node::{Node, NodeHandle};
+pub use node::Node;
+pub use server::NodeHandle;
 
 /// The README's Rust examples, compiled as doctests so they cannot drift from the API.
 #[cfg(doctest)]

@@ -329,7 +329,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     // addresses actually bound.
     println!(
         "listening id={} http={} rpc={} gossip={}",
-        handle.node().id(),
+        handle.node().cluster().id(),
         handle.http_addr(),
         handle.rpc_addr(),
         handle.gossip_addr()
@@ -402,14 +402,14 @@ fn spawn_dev_node(
                 };
                 let _ = events.send(DevEvent::Started {
                     index,
-                    id: handle.node().id().to_string(),
+                    id: handle.node().cluster().id().to_string(),
                     http: handle.http_addr(),
                     rpc: handle.rpc_addr(),
                     gossip: handle.gossip_addr(),
                 });
                 let node = handle.node().clone();
                 let ready = async {
-                    node.wait_ready().await;
+                    node.lifecycle().wait_ready().await;
                     let _ = events.send(DevEvent::Ready(index));
                     std::future::pending::<()>().await
                 };

@@ -45,7 +45,7 @@ pub const KEY_RPC: &str = "rpc";
 /// [`STATUS_STOPPING`] or [`STATUS_LEAVING`].
 pub const KEY_STATUS: &str = "status";
 /// Node-state key holding the prefixes the node's watchers follow
-/// ([`crate::watch::Announcement`]).
+/// ([`crate::rpc::Announcement`]).
 pub const KEY_WATCH: &str = "watch";
 /// A node that started but cannot serve yet: it has not heard a seed, does not see a quorum, or
 /// has not caught up with its peers by anti-entropy ([`crate::readiness`]). Peers keep it in
@@ -116,7 +116,7 @@ pub struct Member {
     /// alive).
     pub dead_since: Option<Instant>,
     /// The key prefixes its watchers follow, as it last gossiped them.
-    pub watch: Option<Arc<crate::watch::Announcement>>,
+    pub watch: Option<Arc<crate::rpc::Announcement>>,
 }
 
 /// A consistent snapshot of the cluster: members and the ring built from them.
@@ -339,7 +339,7 @@ fn compute_view(
                 dead_since,
                 watch: state
                     .get(KEY_WATCH)
-                    .and_then(crate::watch::Announcement::decode)
+                    .and_then(crate::rpc::Announcement::decode)
                     .map(Arc::new),
             },
         );

@@ -268,18 +268,19 @@ impl Collector for NodeCollector {
 }
 
 /// Renders every metric of `node` as OpenMetrics text.
-pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
-    let view = node.view();
+pub fn render(node: &Node, http: &HttpMetrics) -> Result<String, std::fmt::Error> {
+    let view = node.cluster().view();
     let alive = view.members.keys().filter(|id| view.is_alive(id)).count() as u64;
     let collector = NodeCollector {
         counters: node.stats().snapshot(),
         store: node.store().stats(),
-        hints_pending: node.hints_pending() as u64,
+        hints_pending: node.replica().hints_pending() as u64,
         alive,
         dead: view.members.len() as u64 - alive,
-        watchers: node.watchers().count() as u64,
-        events_lagged: node.watchers().lagged(),
+        watchers: node.watches().watchers.count() as u64,
+        events_lagged: node.watches().watchers.lagged(),
         events_dropped: node
+            .watches()
             .fanout
             .dropped
             .load(std::sync::atomic::Ordering::Relaxed),
@@ -297,7 +298,6 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         }),
     };
     let mut registry = Registry::default();
-    let http = node.http_metrics();
     registry.register(
         "ringkv_http_requests",
         "HTTP requests by route, method and status",

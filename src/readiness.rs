@@ -204,18 +204,18 @@ pub fn announced(state: Startup) -> Condition {
 
 /// What a node is doing about its own lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
+pub enum Phase {
     Running,
     Stopping,
     Leaving,
 }
 
 /// The `serving` condition.
-pub fn serving(life: Lifecycle) -> Condition {
+pub fn serving(life: Phase) -> Condition {
     let (ok, detail) = match life {
-        Lifecycle::Running => (true, "serving"),
-        Lifecycle::Stopping => (false, "stopping: the node is shutting down"),
-        Lifecycle::Leaving => (false, "leaving the ring: the node hands its data over"),
+        Phase::Running => (true, "serving"),
+        Phase::Stopping => (false, "stopping: the node is shutting down"),
+        Phase::Leaving => (false, "leaving the ring: the node hands its data over"),
     };
     Condition {
         name: "serving",
@@ -230,10 +230,10 @@ pub fn evaluate(
     me: &str,
     q: Quorums,
     startup: Startup,
-    life: Lifecycle,
+    life: Phase,
     announced_alive: bool,
 ) -> Readiness {
-    let me_serves = announced_alive && life == Lifecycle::Running;
+    let me_serves = announced_alive && life == Phase::Running;
     Readiness {
         conditions: vec![
             gossip(view),
@@ -303,7 +303,7 @@ mod tests {
     fn a_node_alone_is_not_ready_and_says_how_many_it_sees() {
         let v = view(&[("n1", true, STATUS_ALIVE)], true);
         let mut q = Q;
-        let r = evaluate(&v, "n1", q, Startup::Done, Lifecycle::Running, true);
+        let r = evaluate(&v, "n1", q, Startup::Done, Phase::Running, true);
         assert!(!r.is_ready());
         assert_eq!(
             r.reason(),
@@ -312,20 +312,20 @@ mod tests {
         // With R = W = 1 a single node serves.
         q.read = 1;
         q.write = 1;
-        let r = evaluate(&v, "n1", q, Startup::Done, Lifecycle::Running, true);
+        let r = evaluate(&v, "n1", q, Startup::Done, Phase::Running, true);
         assert!(r.is_ready(), "{r:?}");
     }
 
     #[test]
     fn every_condition_must_hold() {
         let all_alive = five([(true, STATUS_ALIVE); 5]);
-        let ready = evaluate(&all_alive, "n1", Q, Startup::Done, Lifecycle::Running, true);
+        let ready = evaluate(&all_alive, "n1", Q, Startup::Done, Phase::Running, true);
         assert!(ready.is_ready(), "{ready:?}");
         assert_eq!(ready.reason(), None);
 
         let mut no_seed = all_alive.clone();
         no_seed.heard_seed = false;
-        let r = evaluate(&no_seed, "n1", Q, Startup::Done, Lifecycle::Running, true);
+        let r = evaluate(&no_seed, "n1", Q, Startup::Done, Phase::Running, true);
         assert!(!r.is_ready());
         assert!(r.reason().unwrap().contains("seed"));
 
@@ -334,7 +334,7 @@ mod tests {
             "n1",
             Q,
             Startup::CatchingUp { done: 2, of: 4 },
-            Lifecycle::Running,
+            Phase::Running,
             true,
         );
         assert_eq!(
@@ -342,14 +342,7 @@ mod tests {
             Some("catching up with peers by anti-entropy: 2 of 4 done")
         );
 
-        let r = evaluate(
-            &all_alive,
-            "n1",
-            Q,
-            Startup::Done,
-            Lifecycle::Stopping,
-            true,
-        );
+        let r = evaluate(&all_alive, "n1", Q, Startup::Done, Phase::Stopping, true);
         assert_eq!(r.reason(), Some("stopping: the node is shutting down"));
         assert!(!r.holds("serving"));
     }
@@ -364,7 +357,7 @@ mod tests {
             (false, STATUS_ALIVE),
             (true, STATUS_STOPPING),
         ]);
-        assert!(evaluate(&two_down, "n1", Q, Startup::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&two_down, "n1", Q, Startup::Done, Phase::Running, true).is_ready());
         // Three of five cannot serve: some key may have all three homes among them.
         let three_down = five([
             (true, STATUS_ALIVE),
@@ -373,14 +366,7 @@ mod tests {
             (true, STATUS_JOINING),
             (true, STATUS_STOPPING),
         ]);
-        let r = evaluate(
-            &three_down,
-            "n1",
-            Q,
-            Startup::Done,
-            Lifecycle::Running,
-            true,
-        );
+        let r = evaluate(&three_down, "n1", Q, Startup::Done, Phase::Running, true);
         assert!(!r.is_ready());
         assert_eq!(
             r.reason(),
@@ -392,7 +378,7 @@ mod tests {
     fn a_whole_ring_starting_together_may_announce_before_anyone_serves() {
         let starting = five([(true, STATUS_JOINING); 5]);
         // Nobody serves yet, so /ready says no...
-        let r = evaluate(&starting, "n1", Q, Startup::Done, Lifecycle::Running, false);
+        let r = evaluate(&starting, "n1", Q, Startup::Done, Phase::Running, false);
         assert!(!r.is_ready());
         // ...but each may go on to catch up and announce: joining members count as live.
         assert!(quorum(&starting, "n1", true, Q, Counting::Up).ok);
@@ -401,7 +387,7 @@ mod tests {
             "n1",
             Q,
             Startup::Announcing { seen_by: 1, of: 4 },
-            Lifecycle::Running,
+            Phase::Running,
             true,
         );
         assert_eq!(
@@ -421,9 +407,9 @@ mod tests {
             (true, STATUS_ALIVE),
             (true, STATUS_ALIVE),
         ]);
-        assert!(evaluate(&v, "n1", Q, Startup::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&v, "n1", Q, Startup::Done, Phase::Running, true).is_ready());
         // Before it announced, it does not count itself.
-        let r = evaluate(&v, "n1", Q, Startup::Done, Lifecycle::Running, false);
+        let r = evaluate(&v, "n1", Q, Startup::Done, Phase::Running, false);
         assert!(r.holds("quorum"), "four others serve: {r:?}");
     }
 
@@ -433,7 +419,7 @@ mod tests {
             &[("n1", true, STATUS_ALIVE), ("n2", true, STATUS_ALIVE)],
             true,
         );
-        assert!(evaluate(&v, "n1", Q, Startup::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&v, "n1", Q, Startup::Done, Phase::Running, true).is_ready());
         let v = view(
             &[("n1", true, STATUS_ALIVE), ("n2", false, STATUS_ALIVE)],
             true,
@@ -443,6 +429,6 @@ mod tests {
             read: 1,
             write: 1,
         };
-        assert!(evaluate(&v, "n1", q, Startup::Done, Lifecycle::Running, true).is_ready());
+        assert!(evaluate(&v, "n1", q, Startup::Done, Phase::Running, true).is_ready());
     }
 }

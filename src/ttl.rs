@@ -30,9 +30,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::node::Node;
+use crate::replica::Replica;
 use crate::stats::Stats;
-use crate::watch::{Event, Op};
+use crate::watch::{Event, Op, Watches};
 
 /// Keys the sweep handles under one shard lock before it lets writers in.
 const SWEEP_BATCH: usize = 4096;
@@ -59,8 +59,9 @@ pub fn rfc3339(ms: u64) -> String {
 /// Sweeps expired values every `interval` until `shutdown`, and hands memory back to the OS
 /// once the store shrank by [`TRIM_AFTER_FREED`] and stopped shrinking (after a sweep, a
 /// tombstone purge, a handoff).
-pub(crate) async fn run(node: Arc<Node>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(node.config.ttl_sweep_interval);
+pub(crate) async fn run(replica: Arc<Replica>, watches: Arc<Watches>, shutdown: CancellationToken) {
+    let cluster = &replica.cluster;
+    let mut tick = tokio::time::interval(cluster.config.ttl_sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut peak, mut last, mut steady) = (0u64, 0u64, 0u32);
     loop {
@@ -68,8 +69,8 @@ pub(crate) async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        node.sweep_expired();
-        let stats = node.store.stats();
+        sweep_expired(&replica, &watches);
+        let stats = replica.store.stats();
         let size = stats.bytes + stats.keys * BOOKKEEPING_PER_KEY;
         peak = peak.max(size);
         // Trim once the store stopped shrinking for a while (a purge runs in passes for
@@ -81,9 +82,9 @@ pub(crate) async fn run(node: Arc<Node>, shutdown: CancellationToken) {
         };
         last = size;
         if peak - size >= TRIM_AFTER_FREED && steady >= TRIM_WHEN_STEADY_TICKS {
-            tracing::debug!(id = %node.id, shrunk = peak - size, "store shrank: trimming the heap");
+            tracing::debug!(id = %cluster.id, shrunk = peak - size, "store shrank: trimming the heap");
             peak = size;
-            node.tracker.spawn_blocking(release_free_memory);
+            cluster.tracker.spawn_blocking(release_free_memory);
         }
     }
 }
@@ -100,39 +101,38 @@ pub fn release_free_memory() {
     }
 }
 
-impl Node {
-    /// Drops every value expired by now (by the node's clock), and announces each key whose last live value
-    /// expired, if this node is the key's first live home (one announcement per key while
-    /// views agree). Returns the number of values dropped.
-    pub fn sweep_expired(self: &Arc<Self>) -> usize {
-        let now = self.clock().now_ms();
-        let mut total = 0;
-        loop {
-            let report = self.store.expire_due(now, SWEEP_BATCH);
-            total += report.processed;
-            Stats::add(&self.stats.ttl_values_expired, report.processed as u64);
-            Stats::add(&self.stats.ttl_bytes_freed, report.freed);
-            if !report.expired.is_empty() {
-                let view = self.view();
-                for (key, versions) in report.expired {
-                    let first = view
-                        .ring
-                        .preference_list(&key, self.config.replicas)
-                        .into_iter()
-                        .find(|id| *id == self.id || view.is_alive(id));
-                    if first.as_ref() == Some(&self.id) {
-                        self.emit_with(&key, || Event {
-                            op: Op::Expire,
-                            key: key.clone(),
-                            value: None,
-                            context: versions.context().encode(),
-                        });
-                    }
+/// Drops every value expired by now (by the node's clock), and announces each key whose last
+/// live value expired, if this node is the key's first live home (one announcement per key
+/// while views agree). Returns the number of values dropped.
+pub fn sweep_expired(replica: &Replica, watches: &Arc<Watches>) -> usize {
+    let cluster = &replica.cluster;
+    let now = cluster.clock().now_ms();
+    let mut total = 0;
+    loop {
+        let report = replica.store.expire_due(now, SWEEP_BATCH);
+        total += report.processed;
+        Stats::add(&cluster.stats.ttl_values_expired, report.processed as u64);
+        Stats::add(&cluster.stats.ttl_bytes_freed, report.freed);
+        if !report.expired.is_empty() {
+            let view = cluster.view();
+            for (key, versions) in report.expired {
+                let first = view
+                    .ring
+                    .preference_list(&key, cluster.config.replicas)
+                    .into_iter()
+                    .find(|id| *id == cluster.id || view.is_alive(id));
+                if first.as_ref() == Some(&cluster.id) {
+                    watches.emit_with(&key, || Event {
+                        op: Op::Expire,
+                        key: key.clone(),
+                        value: None,
+                        context: versions.context().encode(),
+                    });
                 }
             }
-            if report.processed < SWEEP_BATCH {
-                return total;
-            }
+        }
+        if report.processed < SWEEP_BATCH {
+            return total;
         }
     }
 }

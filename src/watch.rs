@@ -28,21 +28,22 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::cluster::Cluster;
 use crate::error::Result;
+use crate::lock;
+use crate::membership::SelfKeys;
 use crate::membership::{KEY_WATCH, View};
-use crate::node::Node;
 use crate::ring::NodeId;
 use crate::rpc::{Request, Response};
 
@@ -50,9 +51,7 @@ use crate::rpc::{Request, Response};
 // client-facing and gossiped forms are here.
 pub use crate::rpc::{Announcement, Event, Op};
 
-/// Events a watcher may fall behind by before it gets a `lagged` message instead (the
-/// default of [`crate::Config::watch_buffer`]).
-pub const WATCH_BUFFER: usize = 1024;
+pub use crate::config::WATCH_BUFFER;
 
 /// Events queued for one peer before new ones are dropped (and counted).
 const FANOUT_QUEUE: usize = 8192;
@@ -210,40 +209,6 @@ impl Watchers {
     }
 }
 
-impl Announcement {
-    /// The gossiped form: JSON with base64url prefixes.
-    pub fn encode(&self) -> String {
-        let p: Vec<String> = self
-            .prefixes
-            .iter()
-            .map(|p| URL_SAFE_NO_PAD.encode(p))
-            .collect();
-        json!({"v": self.version, "p": p}).to_string()
-    }
-
-    /// Parses [`Announcement::encode`]; `None` for anything else.
-    pub fn decode(s: &str) -> Option<Announcement> {
-        #[derive(Deserialize)]
-        struct Wire {
-            v: u64,
-            p: Vec<String>,
-        }
-        let w: Wire = serde_json::from_str(s).ok()?;
-        let prefixes =
-            w.p.iter()
-                .map(|p| URL_SAFE_NO_PAD.decode(p).ok().map(Bytes::from))
-                .collect::<Option<Vec<_>>>()?;
-        Some(Announcement {
-            version: w.v,
-            prefixes,
-        })
-    }
-
-    fn matches(&self, key: &[u8]) -> bool {
-        self.prefixes.iter().any(|p| key.starts_with(p))
-    }
-}
-
 /// Peers' announcements received directly (RPC). Gossip carries the same announcements;
 /// [`Interest::nodes_for`] takes the newer of the two per node.
 #[derive(Debug, Default)]
@@ -291,12 +256,36 @@ pub struct Fanout {
     pub dropped: AtomicU64,
 }
 
-impl Node {
+/// The watch part of a node: its own watchers, what its peers watch, and the queues of
+/// events on their way to them.
+pub struct Watches {
+    cluster: Arc<Cluster>,
+    /// This node's WebSocket watchers.
+    pub(crate) watchers: Arc<Watchers>,
+    /// Which prefixes peers watch, as they told us directly.
+    interest: Mutex<Interest>,
+    /// Queues of events on their way to watching peers.
+    pub(crate) fanout: Fanout,
+    /// Gossips this node's prefixes.
+    self_keys: SelfKeys,
+}
+
+impl Watches {
+    pub(crate) fn new(cluster: Arc<Cluster>, self_keys: SelfKeys) -> Watches {
+        Watches {
+            cluster,
+            watchers: Arc::new(Watchers::starting_now()),
+            interest: Mutex::default(),
+            fanout: Fanout::default(),
+            self_keys,
+        }
+    }
+
     /// Announces a change to `key`: to this node's watchers, and to every live peer watching
     /// it. The event is only built if someone watches, so unwatched writes pay two lookups.
     pub(crate) fn emit_with(self: &Arc<Self>, key: &[u8], event: impl FnOnce() -> Event) {
-        let view = self.view();
-        let dests = lock(&self.interest).nodes_for(&view, &self.id, key);
+        let view = self.cluster.view();
+        let dests = lock(&self.interest).nodes_for(&view, &self.cluster.id, key);
         let local = self.watchers.wants(key);
         if dests.is_empty() && !local {
             return;
@@ -315,7 +304,8 @@ impl Node {
         let tx = queues.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
             let node = self.clone();
-            self.tracker
+            self.cluster
+                .tracker
                 .spawn(async move { node.deliver_events(addr, rx).await });
             tx
         });
@@ -328,7 +318,7 @@ impl Node {
     async fn deliver_events(self: Arc<Self>, addr: SocketAddr, mut rx: mpsc::Receiver<Event>) {
         loop {
             let first = tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.cluster.shutdown.cancelled() => return,
                 ev = rx.recv() => match ev {
                     Some(ev) => ev,
                     None => return,
@@ -342,7 +332,12 @@ impl Node {
                 }
             }
             let n = events.len() as u64;
-            if let Err(err) = self.pool.call(addr, Request::Events { events }).await {
+            if let Err(err) = self
+                .cluster
+                .pool
+                .call(addr, Request::Events { events })
+                .await
+            {
                 debug!(%addr, %err, "could not deliver watch events");
                 self.fanout.dropped.fetch_add(n, Ordering::Relaxed);
             }
@@ -352,7 +347,9 @@ impl Node {
     /// Starts watching `prefix` here. Returns once every live peer has been told (or did not
     /// answer within the RPC timeout), so changes they acknowledge from then on reach us.
     pub async fn watch(self: &Arc<Self>, prefix: Bytes) -> Subscription {
-        let sub = self.watchers.subscribe(prefix, self.config.watch_buffer);
+        let sub = self
+            .watchers
+            .subscribe(prefix, self.cluster.config.watch_buffer);
         self.announce_watches().await;
         sub
     }
@@ -369,19 +366,19 @@ impl Node {
     pub(crate) async fn announce_watches(self: &Arc<Self>) {
         let ann = self.announcement();
         self.self_keys.set(KEY_WATCH, &ann.encode()).await;
-        let view = self.view();
+        let view = self.cluster.view();
         let calls = view
             .members
             .values()
-            .filter(|m| m.id != self.id && m.alive)
+            .filter(|m| m.id != self.cluster.id && m.alive)
             .filter_map(|m| m.rpc)
             .map(|addr| {
                 let req = Request::Watching {
-                    node: self.id.to_string(),
+                    node: self.cluster.id.to_string(),
                     announcement: ann.clone(),
                 };
                 async move {
-                    if let Err(err) = self.pool.call(addr, req).await {
+                    if let Err(err) = self.cluster.pool.call(addr, req).await {
                         debug!(%addr, %err, "could not announce watches");
                     }
                 }
@@ -396,7 +393,7 @@ impl Node {
         self.self_keys.set(KEY_WATCH, &first.encode()).await;
         loop {
             tokio::select! {
-                _ = self.shutdown.cancelled() => return,
+                _ = self.cluster.shutdown.cancelled() => return,
                 _ = self.watchers.changed.notified() => {}
             }
             // Coalesce a burst of (un)subscriptions into one announcement.
@@ -461,12 +458,6 @@ pub async fn stream<S>(
             },
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a plain map or vector update: a panic cannot leave
-    // them half-done, so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ async fn writes_survive_two_dead_homes_and_hints_reach_them_on_return() {
     wait_until(Duration::from_secs(20), "hints drained", || async {
         c.up()
             .iter()
-            .all(|&i| c.node(i).node().hints_pending() == 0)
+            .all(|&i| c.node(i).node().replica().hints_pending() == 0)
     })
     .await;
     let delivered: u64 = c
@@ -408,7 +408,18 @@ async fn one_round_costs_bytes_proportional_to_the_difference() {
     wait_until(
         Duration::from_secs(10),
         "trees built for the ring",
-        || async { (0..3).all(|i| c.node(i).node().segments().ring.nodes().len() == 3) },
+        || async {
+            (0..3).all(|i| {
+                c.node(i)
+                    .node()
+                    .anti_entropy()
+                    .segments()
+                    .ring
+                    .nodes()
+                    .len()
+                    == 3
+            })
+        },
     )
     .await;
     let writer = Actor::new("n1", 1);
@@ -424,7 +435,9 @@ async fn one_round_costs_bytes_proportional_to_the_difference() {
         (s.ae_bytes_sent + s.ae_bytes_received, s.ae_keys_repaired)
     };
     let (bytes0, _) = cost(&a);
-    ringkv::antientropy::exchange_once(&a, "n2").await.unwrap();
+    ringkv::antientropy::exchange_once(a.anti_entropy(), "n2")
+        .await
+        .unwrap();
     let (bytes1, repaired1) = cost(&a);
     let identical = bytes1 - bytes0;
     // Change 1% of the keys on b only.
@@ -439,7 +452,9 @@ async fn one_round_costs_bytes_proportional_to_the_difference() {
             Some(bytes::Bytes::from(vec![b'w'; 100])),
         );
     }
-    ringkv::antientropy::exchange_once(&a, "n2").await.unwrap();
+    ringkv::antientropy::exchange_once(a.anti_entropy(), "n2")
+        .await
+        .unwrap();
     let (bytes2, repaired2) = cost(&a);
     let differing = bytes2 - bytes1;
     println!(
@@ -461,7 +476,9 @@ async fn one_round_costs_bytes_proportional_to_the_difference() {
         "{differing} bytes for {changed} keys"
     );
     // And the two replicas now agree.
-    ringkv::antientropy::exchange_once(&a, "n2").await.unwrap();
+    ringkv::antientropy::exchange_once(a.anti_entropy(), "n2")
+        .await
+        .unwrap();
     let (bytes3, _) = cost(&a);
     assert!(bytes3 - bytes2 < 100);
     c.shutdown().await;

@@ -234,7 +234,7 @@ async fn durable_cluster(n: usize, base: &Path) -> TestCluster {
     })
     .await;
     wait_until(READY_TIMEOUT, "every node ready", || async {
-        (0..n).all(|i| c.node(i).node().readiness().is_ready())
+        (0..n).all(|i| c.node(i).node().lifecycle().readiness().is_ready())
     })
     .await;
     c
@@ -260,7 +260,12 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
             // log after it (the delete and the TTL writes below land in that log); n2 and n4
             // from their log alone.
             for n in [0, 2, 4] {
-                c.node(n).node().snapshot_now().await.expect("snapshot");
+                c.node(n)
+                    .node()
+                    .replica()
+                    .snapshot_now()
+                    .await
+                    .expect("snapshot");
             }
         }
         let (key, value) = (format!("d/k{i:03}"), format!("value {i}"));
@@ -317,7 +322,12 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
     let swept_after = ttl_written.elapsed();
 
     // n1 takes a second snapshot: it recovers from that one, the first kept as a fallback.
-    c.node(0).node().snapshot_now().await.expect("snapshot");
+    c.node(0)
+        .node()
+        .replica()
+        .snapshot_now()
+        .await
+        .expect("snapshot");
     let snapshots: Vec<usize> = (0..N)
         .map(|i| {
             std::fs::read_dir(base.join(c.id(i)))
@@ -334,7 +344,7 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
     // Stop every node (the log is closed, the dir unlocked), keeping each one's memory to
     // compare with what comes back from disk.
     let old: Vec<_> = (0..N).map(|i| c.node(i).node().clone()).collect();
-    let old_generations: Vec<u64> = old.iter().map(|n| n.actor().generation).collect();
+    let old_generations: Vec<u64> = old.iter().map(|n| n.cluster().actor().generation).collect();
     for i in 0..N {
         c.kill(i).await;
     }
@@ -359,7 +369,7 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
         c.restart(i).await;
         let node = c.node(i).node();
         assert_ne!(
-            node.actor().generation,
+            node.cluster().actor().generation,
             old_generations[i],
             "a restarted node takes a new generation"
         );
@@ -376,7 +386,7 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
     }
     c.wait_all_alive().await;
     wait_until(READY_TIMEOUT, "every restarted node ready", || async {
-        (0..N).all(|i| c.node(i).node().readiness().is_ready())
+        (0..N).all(|i| c.node(i).node().lifecycle().readiness().is_ready())
     })
     .await;
     let ready_after = restarted.elapsed();
@@ -1178,7 +1188,7 @@ async fn hints_survive_a_full_restart() {
     }
     c.wait_all_alive().await;
     wait_until(READY_TIMEOUT, "every restarted node ready", || async {
-        (0..N).all(|i| c.node(i).node().readiness().is_ready())
+        (0..N).all(|i| c.node(i).node().lifecycle().readiness().is_ready())
     })
     .await;
     let restarted = Instant::now();

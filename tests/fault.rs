@@ -1060,7 +1060,7 @@ async fn kill(c: &mut TestCluster, shared: &Mutex<Shared>, i: usize) {
 async fn restart(c: &mut TestCluster, shared: &Mutex<Shared>, i: usize) {
     let from = Instant::now();
     c.restart(i).await;
-    let generation = c.node(i).node().actor().generation;
+    let generation = c.node(i).node().cluster().actor().generation;
     let url = c.url(i);
     let mut s = lock(shared);
     s.processes.push(Process {
@@ -1225,7 +1225,7 @@ async fn run_seed(seed: u64, run: Duration) -> Result<String, String> {
         processes: (0..NODES)
             .map(|i| Process {
                 node: i,
-                generation: c.node(i).node().actor().generation,
+                generation: c.node(i).node().cluster().actor().generation,
                 from: booted,
                 to: None,
             })
@@ -1286,7 +1286,9 @@ async fn run_seed(seed: u64, run: Duration) -> Result<String, String> {
     let mut snap;
     let converged = loop {
         snap = snapshot(&c, &http, &homes, seed).await;
-        let hints: usize = (0..NODES).map(|i| c.node(i).node().hints_pending()).sum();
+        let hints: usize = (0..NODES)
+            .map(|i| c.node(i).node().replica().hints_pending())
+            .sum();
         if differing(&snap).is_empty() && hints == 0 {
             break Ok(healed.elapsed());
         }

@@ -349,7 +349,7 @@ async fn a_watcher_sees_changes_coordinated_anywhere() {
     // A watcher that goes away is forgotten.
     drop(ws);
     wait_until(Duration::from_secs(5), "watcher count drops", || async {
-        c.node(0).node().watchers().count() == 0
+        c.node(0).node().watches().watchers().count() == 0
     })
     .await;
     // /watch without an upgrade is a clear 400.
@@ -373,7 +373,7 @@ async fn a_slow_watcher_is_told_what_it_missed_and_never_blocks_writes() {
     // buffers and the watcher's 8-event buffer are full and events start being dropped
     // (however large this machine's socket buffers are).
     let value = vec![b'x'; 32 * 1024];
-    let watchers = c.node(0).node().watchers();
+    let watchers = c.node(0).node().watches().watchers();
     let started = Instant::now();
     let mut writes = 0usize;
     while watchers.lagged() == 0 {

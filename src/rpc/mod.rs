@@ -18,8 +18,9 @@
 //! their [`Error`] variant. The data they carry is defined in [`types`], so that the protocol
 //! depends on nothing above the pure cores.
 //!
-//! Every request is answered by one handler, `Node::serve_*`, in the module of the feature
-//! that owns it; `impl Service for Node` in [`crate::node`] is the one dispatch. A new request
+//! Every request is answered by one handler, `serve_*`, on the part of the node that owns it
+//! (the replica, the coordinator, anti-entropy, watches); `impl Service for Node` in
+//! [`crate::node`] is the one dispatch. A new request
 //! is a variant here (and its data in [`types`]), a handler next to its feature, and one
 //! line in that dispatch.
 //!

@@ -11,8 +11,11 @@
 //! Any change to a type here that MessagePack would not read the same way is a change of the
 //! protocol: bump [`super::PROTOCOL_VERSION`].
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::version::{Condition, Context, Meta};
 
@@ -94,6 +97,40 @@ pub struct Announcement {
     /// wall-clock time in ms of the change it announces.
     pub version: u64,
     pub prefixes: Vec<Bytes>,
+}
+
+impl Announcement {
+    /// The gossiped form: JSON with base64url prefixes.
+    pub fn encode(&self) -> String {
+        let p: Vec<String> = self
+            .prefixes
+            .iter()
+            .map(|p| URL_SAFE_NO_PAD.encode(p))
+            .collect();
+        json!({"v": self.version, "p": p}).to_string()
+    }
+
+    /// Parses [`Announcement::encode`]; `None` for anything else.
+    pub fn decode(s: &str) -> Option<Announcement> {
+        #[derive(Deserialize)]
+        struct Wire {
+            v: u64,
+            p: Vec<String>,
+        }
+        let w: Wire = serde_json::from_str(s).ok()?;
+        let prefixes =
+            w.p.iter()
+                .map(|p| URL_SAFE_NO_PAD.decode(p).ok().map(Bytes::from))
+                .collect::<Option<Vec<_>>>()?;
+        Some(Announcement {
+            version: w.v,
+            prefixes,
+        })
+    }
+
+    pub(crate) fn matches(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p))
+    }
 }
 
 /// What the status page shows of one node (`GET /cluster/status`).

@@ -213,7 +213,7 @@ impl TestCluster {
                     Some(h) => {
                         view.is_alive(&id)
                             && view.member(&id).map(|m| m.generation)
-                                == Some(h.node().actor().generation)
+                                == Some(h.node().cluster().actor().generation)
                     }
                     None => !view.is_alive(&id),
                 }
@@ -271,6 +271,7 @@ impl TestCluster {
         let up = self.up()[0];
         self.node(up)
             .node()
+            .cluster()
             .replicas_of(key)
             .iter()
             .map(|id| self.index_of(id))

@@ -1,0 +1,266 @@
+//! A node's own lifetime as the ring sees it: the status it gossips (`joining`, `alive`,
+//! `stopping`, `leaving`), its start-up, its readiness, and a decommission.
+//!
+//! The rules of readiness are pure and live in [`crate::readiness`]; this part feeds them the
+//! node's state and runs the start-up and the leave, which talk to peers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::antientropy::AntiEntropy;
+use crate::cluster::Cluster;
+use crate::membership::{
+    KEY_STATUS, STATUS_ALIVE, STATUS_JOINING, STATUS_LEAVING, STATUS_STOPPING, SelfKeys,
+};
+use crate::readiness::{Phase, Readiness, Startup};
+use crate::replica::Replica;
+use crate::ring::NodeId;
+use crate::rpc::{Request, Response};
+
+/// How often a node that announced `alive` asks its peers whether they route to it yet. About
+/// one gossip round: that is how fast the news can spread.
+const ANNOUNCE_POLL: Duration = Duration::from_millis(100);
+
+/// How long a node waits for every serving peer to route to it before it says ready anyway: a
+/// peer that cannot see it (a one-way partition) must not keep it unready for ever; it is
+/// logged instead.
+const ANNOUNCE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a leaving node waits for undeliverable hints (their targets are down) once its
+/// own data is handed over, before it exits anyway; anti-entropy covers what they held.
+const LEAVE_HINT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long a stopping or leaving node keeps serving after it announced itself down, in
+/// gossip rounds, so that gossip tells every peer to stop routing to it before it goes.
+pub const STOP_ANNOUNCE_ROUNDS: u32 = 5;
+
+/// Progress of a decommission (`POST /cluster/leave`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveState {
+    /// Serving normally.
+    Member,
+    /// Out of the ring, handing data to the new owners.
+    Leaving,
+    /// Every key handed over: the process may exit.
+    Left,
+}
+
+/// The lifecycle part of a node.
+pub struct Lifecycle {
+    cluster: Arc<Cluster>,
+    replica: Arc<Replica>,
+    /// Sets this node's gossiped status.
+    self_keys: SelfKeys,
+    /// The status this node announces through gossip. A tokio mutex held across the gossip
+    /// update, so that a late `alive` can never overwrite `stopping` or `leaving`.
+    status: tokio::sync::Mutex<&'static str>,
+    /// Set once this node announced `alive` (readable without the lock).
+    announced: AtomicBool,
+    /// Where the start-up stands ([`crate::readiness`]).
+    startup: watch::Sender<Startup>,
+    /// Where a decommission stands.
+    leave_tx: watch::Sender<LeaveState>,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(cluster: Arc<Cluster>, replica: Arc<Replica>, self_keys: SelfKeys) -> Self {
+        Lifecycle {
+            cluster,
+            replica,
+            self_keys,
+            status: tokio::sync::Mutex::new(STATUS_JOINING),
+            announced: AtomicBool::new(false),
+            startup: watch::channel(Startup::Waiting).0,
+            leave_tx: watch::channel(LeaveState::Member).0,
+        }
+    }
+
+    /// Where a decommission stands.
+    pub fn leave_state(&self) -> LeaveState {
+        *self.leave_tx.borrow()
+    }
+
+    /// Resolves once a decommission has handed every key over.
+    pub async fn left(&self) {
+        let mut rx = self.leave_tx.subscribe();
+        let _ = rx.wait_for(|s| *s == LeaveState::Left).await;
+    }
+
+    /// Whether this node is running, stopping or leaving.
+    pub fn phase(&self) -> Phase {
+        if self.leave_state() != LeaveState::Member {
+            Phase::Leaving
+        } else if self.replica.is_stopping() {
+            Phase::Stopping
+        } else {
+            Phase::Running
+        }
+    }
+
+    /// Whether this node can serve requests at its default quorums (`GET /ready`).
+    pub fn readiness(&self) -> Readiness {
+        crate::readiness::evaluate(
+            &self.cluster.view(),
+            &self.cluster.id,
+            self.cluster.quorums(),
+            *self.startup.borrow(),
+            self.phase(),
+            self.announced.load(Ordering::Acquire),
+        )
+    }
+
+    /// Resolves once [`Lifecycle::readiness`] holds (re-checked on every view or start-up
+    /// change, and at least every 100 ms).
+    pub async fn wait_ready(&self) {
+        let mut views = self.cluster.subscribe_view();
+        let mut startup = self.startup.subscribe();
+        while !self.readiness().is_ready() {
+            tokio::select! {
+                _ = views.changed() => {}
+                _ = startup.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    fn set_startup(&self, state: Startup) {
+        self.startup.send_replace(state);
+    }
+
+    /// The start-up ([`crate::readiness`]): catch up with the peers, announce `alive`, then
+    /// wait until every serving peer routes to this node.
+    pub(crate) async fn start_up(
+        self: Arc<Self>,
+        ae: Arc<AntiEntropy>,
+        shutdown: CancellationToken,
+    ) {
+        let progress = |state| self.set_startup(state);
+        if !crate::antientropy::catch_up(&ae, &shutdown, progress).await {
+            return;
+        }
+        self.set_startup(Startup::Announcing { seen_by: 0, of: 0 });
+        self.announce(STATUS_ALIVE).await;
+        let cluster = &self.cluster;
+        let began = Instant::now();
+        loop {
+            let view = cluster.view();
+            let peers: Vec<(NodeId, SocketAddr)> = view
+                .members
+                .values()
+                .filter(|m| m.id != cluster.id && view.is_alive(&m.id))
+                .filter_map(|m| Some((m.id.clone(), m.rpc?)))
+                .collect();
+            let asks = peers
+                .iter()
+                .map(|(_, addr)| cluster.pool.call(*addr, Request::Status));
+            let answers = futures_util::future::join_all(asks).await;
+            let me = (cluster.id.to_string(), cluster.actor.generation);
+            let seen_by = answers
+                .iter()
+                .filter(|a| matches!(a, Ok(Response::Status(s)) if s.serving.contains(&me)))
+                .count();
+            if seen_by == peers.len() {
+                break;
+            }
+            if began.elapsed() > ANNOUNCE_PATIENCE {
+                warn!(
+                    seen_by,
+                    of = peers.len(),
+                    "not every serving peer routes to this node yet; ready anyway"
+                );
+                break;
+            }
+            self.set_startup(Startup::Announcing {
+                seen_by,
+                of: peers.len(),
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ANNOUNCE_POLL) => {}
+            }
+        }
+        info!(
+            took_ms = began.elapsed().as_millis() as u64,
+            "every serving peer routes to this node"
+        );
+        self.set_startup(Startup::Done);
+    }
+
+    /// Announces `status` through gossip, unless that would undo a later step: `alive` only
+    /// follows `joining`, and nothing follows `leaving` but `leaving`.
+    pub(crate) async fn announce(&self, status: &'static str) {
+        let mut current = self.status.lock().await;
+        let allowed = match status {
+            STATUS_ALIVE => *current == STATUS_JOINING,
+            STATUS_STOPPING => *current == STATUS_JOINING || *current == STATUS_ALIVE,
+            _ => true,
+        };
+        if !allowed {
+            return;
+        }
+        self.self_keys.set(KEY_STATUS, status).await;
+        *current = status;
+        if status == STATUS_ALIVE {
+            self.announced.store(true, Ordering::Release);
+        }
+    }
+
+    /// Begins a graceful stop: replica reads are refused from now on, and the ring hears
+    /// `stopping` (a node in the middle of a leave stays `leaving`: it is out for good).
+    pub(crate) async fn begin_stop(&self) {
+        self.replica.stop_serving_reads();
+        self.announce(STATUS_STOPPING).await;
+    }
+
+    /// Starts a decommission: announce `leaving` through gossip, which takes this node out of
+    /// every ring at once; anti-entropy's ownership handoff then pushes every key to its new
+    /// homes and drops it here after they acknowledge. Once the store has stayed empty for
+    /// [`STOP_ANNOUNCE_ROUNDS`] gossip rounds (and hints are delivered, or
+    /// `LEAVE_HINT_PATIENCE` passed) the state becomes [`LeaveState::Left`].
+    ///
+    /// Why wait with an empty store: a peer that has not heard `leaving` yet still counts this
+    /// node as a home and sends it writes, which land here after the handover. Those writes
+    /// refill the store, which restarts the wait and gets them handed over too; the node only
+    /// leaves once gossip had the rounds a stop also gives it to reach every peer.
+    pub async fn leave(self: &Arc<Self>) {
+        if self.leave_state() != LeaveState::Member {
+            return;
+        }
+        self.leave_tx.send_replace(LeaveState::Leaving);
+        self.announce(STATUS_LEAVING).await;
+        let cluster = &self.cluster;
+        info!(id = %cluster.id, "leaving the ring: handing data over");
+        let this = self.clone();
+        let shutdown = cluster.shutdown.clone();
+        let settle = cluster.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
+        cluster.tracker.spawn(async move {
+            let mut emptied: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                if this.replica.store.stats().keys > 0 {
+                    emptied = None;
+                    continue;
+                }
+                let since = *emptied.get_or_insert_with(Instant::now);
+                if since.elapsed() < settle {
+                    continue;
+                }
+                if this.replica.hints_pending() == 0 || since.elapsed() > LEAVE_HINT_PATIENCE {
+                    info!(id = %this.cluster.id, "all data handed over; leaving");
+                    this.leave_tx.send_replace(LeaveState::Left);
+                    return;
+                }
+            }
+        });
+    }
+}
