@@ -38,7 +38,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    ACCEPT, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, IF_MATCH,
+    ACCEPT, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, IF_MATCH,
     SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
 };
 use hyper::service::service_fn;
@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::access::{Decision, TokenFile};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_TTL_SECS};
 use crate::coordinator::Write;
 use crate::error::{Error, Result};
@@ -75,8 +76,17 @@ const COMPACT_BELOW: usize = 64 * 1024;
 type Body = Full<Bytes>;
 
 /// Serves HTTP on `listener` until `shutdown` fires.
-pub async fn serve(listener: Box<dyn Listener>, node: Arc<Node>, stop: Stop, tracker: TaskTracker) {
-    let metrics = Arc::new(HttpMetrics::default());
+pub async fn serve(
+    listener: Box<dyn Listener>,
+    node: Arc<Node>,
+    tokens: Option<Arc<TokenFile>>,
+    stop: Stop,
+    tracker: TaskTracker,
+) {
+    let http = Arc::new(Http {
+        metrics: HttpMetrics::default(),
+        tokens,
+    });
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.drain.cancelled() => return,
@@ -91,12 +101,12 @@ pub async fn serve(listener: Box<dyn Listener>, node: Arc<Node>, stop: Stop, tra
             },
         };
         let node = node.clone();
-        let metrics = metrics.clone();
+        let http = http.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
             let svc = service_fn(move |req| {
-                let (node, metrics) = (node.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(handle(node, metrics, req).await) }
+                let (node, http) = (node.clone(), http.clone());
+                async move { Ok::<_, Infallible>(handle(node, http, req).await) }
             });
             // The timer arms hyper's 30 s header-read timeout, so a client that opens a
             // connection and never finishes its request headers cannot hold it forever.
@@ -125,6 +135,38 @@ pub async fn serve(listener: Box<dyn Listener>, node: Arc<Node>, stop: Stop, tra
     }
 }
 
+/// What the HTTP layer keeps beside the node.
+pub struct Http {
+    /// Request counts and latencies.
+    pub metrics: HttpMetrics,
+    /// With `--api-tokens`: who may use which route ([`crate::access`]).
+    pub tokens: Option<Arc<TokenFile>>,
+}
+
+impl Http {
+    /// Refuses a request whose token does not allow it (401 or 403).
+    fn check_access(&self, req: &Request<Incoming>) -> Result<()> {
+        let Some(file) = &self.tokens else {
+            return Ok(());
+        };
+        let auth = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        match file
+            .tokens()
+            .decide(req.method().as_str(), req.uri().path(), auth)
+        {
+            Decision::Allow => Ok(()),
+            Decision::Unauthorized => Err(Error::Unauthorized(
+                "send a valid API token: Authorization: Bearer TOKEN".into(),
+            )),
+            Decision::Forbidden { needs, has } => Err(Error::Forbidden(format!(
+                "this needs a {} token; this one is {}",
+                needs.name(),
+                has.name()
+            ))),
+        }
+    }
+}
+
 /// How the HTTP server stops.
 #[derive(Clone, Default)]
 pub struct Stop {
@@ -139,11 +181,7 @@ pub struct Stop {
 /// Each request runs in a `request` tracing span with its id (the client's `x-request-id`
 /// if it sent a usable one, else `<node>-<n>`), echoed in the answer's `x-request-id`, and
 /// every RPC it causes carries the id on to the other nodes' logs ([`crate::rpc::Trace`]).
-pub async fn handle(
-    node: Arc<Node>,
-    metrics: Arc<HttpMetrics>,
-    req: Request<Incoming>,
-) -> Response<Body> {
+pub async fn handle(node: Arc<Node>, http: Arc<Http>, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let label = route_label(req.uri().path());
     let op = method_label(req.method());
@@ -156,7 +194,10 @@ pub async fn handle(
         request: id.clone(),
         coordinator: node.cluster.actor().node.clone(),
     };
-    let answer = crate::rpc::TRACE.scope(trace, route(node.clone(), &metrics, req));
+    let answer = crate::rpc::TRACE.scope(trace, async {
+        http.check_access(&req)?;
+        route(node.clone(), &http.metrics, req).await
+    });
     let mut resp = match tracing::Instrument::instrument(answer, span.clone()).await {
         Ok(resp) => resp,
         Err(err) => {
@@ -167,7 +208,8 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    metrics.observe(label, op, resp.status().as_u16(), started.elapsed());
+    http.metrics
+        .observe(label, op, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -937,6 +979,8 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
         Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Unavailable { .. }
@@ -974,6 +1018,12 @@ fn error_response(err: &Error) -> Response<Body> {
         && let Ok(v) = HeaderValue::from_str(allow)
     {
         resp.headers_mut().insert(ALLOW, v);
+    }
+    if let Error::Unauthorized(_) = err {
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ringkv\""),
+        );
     }
     // Part of a rejected body may still be unread (refused on `Expect: 100-continue`, or past
     // the drain bounds), and then the connection cannot carry another request: say so, so the

@@ -53,7 +53,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -115,6 +115,8 @@ pub struct BenchArgs {
     /// over the nodes in turn.
     #[arg(long = "node", env = "RINGKV_NODE", value_delimiter = ',', default_value = DEFAULT_NODE, value_name = "URL")]
     pub nodes: Vec<String>,
+    #[command(flatten)]
+    pub token: crate::cli::TokenArg,
     /// Concurrent connections, one task each.
     #[arg(long, short = 'c', default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
@@ -263,7 +265,8 @@ pub async fn watch_latency(args: &BenchArgs) -> Result<WatchSummary> {
     };
     let mut conns = Vec::new();
     for base in &writers {
-        conns.push(Conn::open(Target::resolve(base).await?).await?);
+        conns
+            .push(Conn::open(Target::resolve(base, args.token.api_token.as_deref()).await?).await?);
     }
     let value = Bytes::from(vec![b'w'; args.value_size]);
     let mut responses: Vec<(String, Instant)> = Vec::with_capacity(writes as usize);
@@ -340,11 +343,13 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 struct Target {
     addr: SocketAddr,
     host: HeaderValue,
+    /// `Bearer TOKEN`, with `--token`.
+    authorization: Option<HeaderValue>,
 }
 
 impl Target {
     /// The address and `host` header of a normalized `http://host:port` URL.
-    async fn resolve(base: &str) -> Result<Arc<Target>> {
+    async fn resolve(base: &str, token: Option<&str>) -> Result<Arc<Target>> {
         let authority = base.trim_start_matches("http://");
         let addr = tokio::net::lookup_host(authority)
             .await
@@ -353,7 +358,12 @@ impl Target {
             .ok_or_else(|| Error::invalid(format!("{authority} resolves to no address")))?;
         let host = HeaderValue::from_str(authority)
             .map_err(|_| Error::invalid(format!("bad host {authority:?}")))?;
-        Ok(Arc::new(Target { addr, host }))
+        let authorization = token.map(crate::client::bearer).transpose()?;
+        Ok(Arc::new(Target {
+            addr,
+            host,
+            authorization,
+        }))
     }
 }
 
@@ -563,6 +573,9 @@ impl Conn {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         req.headers_mut().insert(HOST, self.target.host.clone());
+        if let Some(auth) = &self.target.authorization {
+            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
         let exchange = async {
             sender.ready().await.map_err(|_| Failure::Broken)?;
             let resp = sender
@@ -654,7 +667,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
     let mut targets = Vec::new();
     for url in args.nodes.iter().filter(|u| !u.trim().is_empty()) {
         let base = normalize_url(url)?;
-        targets.push(Target::resolve(&base).await?);
+        targets.push(Target::resolve(&base, args.token.api_token.as_deref()).await?);
         nodes.push(base);
     }
     if targets.is_empty() {
@@ -1062,6 +1075,7 @@ mod tests {
 
     fn args(dist: KeyDist, keys: u64) -> BenchArgs {
         BenchArgs {
+            token: Default::default(),
             nodes: vec![],
             connections: 1,
             duration: None,

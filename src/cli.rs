@@ -3,7 +3,8 @@
 //!
 //! Output is for people by default and JSON with `--json`. Exit codes are part of the
 //! interface, so scripts can branch on them: [`EXIT_OK`], [`EXIT_NOT_FOUND`], [`EXIT_USAGE`]
-//! (clap uses 2 for bad arguments too), [`EXIT_UNAVAILABLE`] and [`EXIT_CONFLICT`].
+//! (clap uses 2 for bad arguments too), [`EXIT_UNAVAILABLE`], [`EXIT_CONFLICT`] and
+//! [`EXIT_DENIED`].
 
 use std::io::{IsTerminal, Read as _, Write};
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ pub const EXIT_UNAVAILABLE: u8 = 3;
 /// condition of a `put` or `del` did not hold (HTTP 412; the key's current context is printed
 /// on stderr), or `get --output` found siblings where it needs one value.
 pub const EXIT_CONFLICT: u8 = 4;
+/// The node refused the request's API token: none or unknown (401), or too small a role
+/// (403). See `--token`.
+pub const EXIT_DENIED: u8 = 5;
 
 /// Longest value `watch` prints whole; a longer one is shown by its size.
 const WATCH_SHOW_BYTES: usize = 200;
@@ -48,11 +52,30 @@ pub struct Target {
     /// The node's HTTP URL.
     #[arg(long, env = "RINGKV_NODE", default_value = DEFAULT_NODE, value_name = "URL")]
     pub node: String,
+    #[command(flatten)]
+    pub token: TokenArg,
+}
+
+/// The API token a command sends.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TokenArg {
+    /// API token, for nodes started with --api-tokens.
+    #[arg(
+        long = "token",
+        env = "RINGKV_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub api_token: Option<String>,
 }
 
 impl Target {
     fn client(&self) -> Result<Client> {
-        Client::new([&self.node])
+        let mut b = Client::builder([&self.node]);
+        if let Some(t) = &self.token.api_token {
+            b = b.token(t);
+        }
+        b.build()
     }
 }
 
@@ -250,6 +273,7 @@ pub fn exit_code(err: &Error) -> u8 {
             EXIT_USAGE
         }
         Error::PreconditionFailed { .. } => EXIT_CONFLICT,
+        Error::Unauthorized(_) | Error::Forbidden(_) => EXIT_DENIED,
         _ => EXIT_UNAVAILABLE,
     }
 }
@@ -617,6 +641,7 @@ async fn leave(args: LeaveArgs) -> Result<u8> {
 }
 
 async fn wait(args: WaitArgs) -> Result<u8> {
+    // `/ready` is open to all: no token needed.
     let client = Client::new(&args.node)?;
     let started = std::time::Instant::now();
     client.wait_ready(args.timeout).await?;

@@ -453,6 +453,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     read_retries: usize,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -474,6 +475,13 @@ impl ClientBuilder {
         self
     }
 
+    /// An API token, sent as `Authorization: Bearer TOKEN` on every request (nodes started
+    /// with `--api-tokens`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// Checks the node URLs and builds the client. No connection is opened yet.
     pub fn build(self) -> Result<Client> {
         if self.nodes.is_empty() {
@@ -489,6 +497,7 @@ impl ClientBuilder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let authorization = self.token.as_deref().map(bearer).transpose()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(self.connect_timeout));
@@ -505,9 +514,18 @@ impl ClientBuilder {
                 timeout: self.timeout,
                 connect_timeout: self.connect_timeout,
                 read_retries: self.read_retries,
+                authorization,
             }),
         })
     }
+}
+
+/// The `Authorization` header of an API token: `Bearer TOKEN`, marked sensitive.
+pub fn bearer(token: &str) -> Result<hyper::header::HeaderValue> {
+    let mut v = hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .map_err(|_| Error::invalid("an API token must be printable ASCII"))?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// Turns `host:port`, `http://host:port` or `http://host:port/` into `http://host:port`.
@@ -596,6 +614,8 @@ struct Inner {
     timeout: Duration,
     connect_timeout: Duration,
     read_retries: usize,
+    /// `Bearer TOKEN`, if the client has a token.
+    authorization: Option<hyper::header::HeaderValue>,
 }
 
 struct NodeSlot {
@@ -670,6 +690,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
             read_retries: DEFAULT_READ_RETRIES,
+            token: None,
         }
     }
 
@@ -1004,10 +1025,15 @@ impl Client {
     ) -> std::result::Result<WebSocketStream<TcpStream>, Failure> {
         let authority = base.strip_prefix("http://").unwrap_or(base);
         let url = format!("ws://{authority}{path}");
-        let request = url
+        let mut request = url
             .as_str()
             .into_client_request()
             .map_err(|e| Failure::NotSent(Error::invalid(format!("bad watch URL {url}: {e}"))))?;
+        if let Some(auth) = &self.inner.authorization {
+            request
+                .headers_mut()
+                .insert(hyper::header::AUTHORIZATION, auth.clone());
+        }
         let unreachable = |e: &dyn fmt::Display| Error::Unreachable(format!("{base}: {e}"));
         let stream =
             tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(authority))
@@ -1290,6 +1316,9 @@ impl Client {
         for (name, value) in &call.headers {
             req = req.header(name, value);
         }
+        if let Some(auth) = &self.inner.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, auth.clone());
+        }
         let req = req
             .body(Full::new(call.body.clone()))
             .map_err(|e| Failure::NotSent(Error::invalid(format!("bad request {url}: {e}"))))?;
@@ -1554,6 +1583,8 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
             "method_not_allowed" => {
                 Error::MethodNotAllowed(ans.allow.clone().unwrap_or_else(|| msg.clone()))
             }
+            "unauthorized" => Error::Unauthorized(text("unauthorized: ")),
+            "forbidden" => Error::Forbidden(text("forbidden: ")),
             "value_too_large" => Error::ValueTooLarge {
                 size: sent_bytes,
                 limit: count("limit").unwrap_or(0),
@@ -1587,6 +1618,8 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
         StatusCode::BAD_REQUEST => "invalid_input",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
         StatusCode::PRECONDITION_FAILED => "precondition_failed",
         StatusCode::PAYLOAD_TOO_LARGE => "value_too_large",
         StatusCode::SERVICE_UNAVAILABLE if count("replied").is_some() => "unavailable",

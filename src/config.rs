@@ -110,6 +110,12 @@ pub struct Config {
     /// A snapshot is due once the log since the last one holds this many bytes (and more
     /// than the live data).
     pub snapshot_log_bytes: u64,
+    /// The ring's shared secret (`--cluster-secret-file`): with one, RPC connections and
+    /// gossip datagrams are authenticated ([`crate::secret`]); without, the ring is open.
+    pub cluster_secret: Option<crate::secret::ClusterSecret>,
+    /// The API token file (`--api-tokens`, [`crate::access`]); without one, the HTTP API is
+    /// open.
+    pub api_tokens: Option<std::path::PathBuf>,
 }
 
 /// Default `--fsync-interval-ms`: what `periodic` may lose on a crash of the node.
@@ -154,6 +160,8 @@ impl Config {
             fsync: crate::durable::Fsync::Always,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             snapshot_log_bytes: crate::durable::SNAPSHOT_MIN_LOG,
+            cluster_secret: None,
+            api_tokens: None,
         }
     }
 

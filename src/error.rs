@@ -27,6 +27,10 @@ pub enum Error {
     NotFound(String),
     /// The route exists but not with this method; carries the allowed methods.
     MethodNotAllowed(String),
+    /// The request needs an API token, and had none or an unknown one.
+    Unauthorized(String),
+    /// The request's API token has too small a role for it.
+    Forbidden(String),
     /// A value larger than `--max-value-bytes`.
     ValueTooLarge { size: u64, limit: u64 },
     /// A conditional write whose condition did not hold; carries the key's current context.
@@ -81,6 +85,8 @@ impl Error {
             Error::InvalidInput(_) => "invalid_input",
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::ValueTooLarge { .. } => "value_too_large",
             Error::PreconditionFailed { .. } => "precondition_failed",
             Error::Unavailable { .. } => "unavailable",
@@ -103,6 +109,8 @@ impl fmt::Display for Error {
             Error::InvalidInput(msg) => write!(f, "{msg}"),
             Error::NotFound(path) => write!(f, "no route for {path}"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed; allowed: {allow}"),
+            Error::Unauthorized(msg) => write!(f, "unauthorized: {msg}"),
+            Error::Forbidden(msg) => write!(f, "forbidden: {msg}"),
             Error::ValueTooLarge { size, limit } => {
                 write!(
                     f,

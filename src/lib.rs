@@ -50,6 +50,10 @@
 //! | [`clock`] | the wall clock a node judges expiry by (skewable per node in tests); elapsed time goes through tokio |
 //! | [`ttl`] | expiry by the node's clock, and the sweep that frees expired values |
 //! | [`watch`] | watchers, who watches what across the ring, and the event fan-out |
+//! | [`secret`] | the cluster secret (`--cluster-secret-file`): loading it (mode 600), and the keys derived from it |
+//! | [`seal`] | gossip datagrams sealed with the secret (HMAC tag, replay window), dropped before chitchat sees them |
+//! | [`rpc::auth`] | RPC handshake proofs of the secret, and a tag on every frame |
+//! | [`access`] | API tokens and the role each route needs (pure); `api` asks it before routing |
 //! | [`cluster`] | the handle every part shares: identity, config, membership view, RPC pool, counters, task set |
 //! | [`replica`] | the copies a node holds (store and hints) and the RPCs that read and change them |
 //! | [`lifecycle`] | the gossiped status, start-up, readiness and decommission |
@@ -231,6 +235,11 @@
 //!   This needs the ring to change twice around one key; the fix is a new actor per
 //!   ownership epoch (not done).
 //! - Tombstones wait while any member is down (the purge asks every member).
+//! - Security is opt-in. Without `--cluster-secret-file` anyone who reaches the RPC or gossip
+//!   port can join the ring; without `--api-tokens` anyone who reaches the HTTP port can
+//!   read, write and decommission. With a secret, node-to-node traffic is authenticated but
+//!   not encrypted. The HTTP port has no TLS yet, and no cap on connections or watchers
+//!   beyond hyper's header-read timeout.
 //! - Contexts are checksummed, not authenticated: a client can forge one for keys it may
 //!   write anyway.
 //! - Expiry is wall-clock time: nodes with skewed clocks disagree about when a value
@@ -332,6 +341,7 @@
 //! - **Request spans** at info level cost 10–15% of a quorum request's CPU, which is why the
 //!   `request` span is at debug level (see Operations above).
 
+pub mod access;
 pub mod antientropy;
 pub mod api;
 pub mod bench;
@@ -357,6 +367,8 @@ pub mod readiness;
 pub mod replica;
 pub mod ring;
 pub mod rpc;
+pub mod seal;
+pub mod secret;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -76,6 +76,15 @@ struct ServeArgs {
     /// (created if missing; locked while the node runs). Without it the node is in memory only.
     #[arg(long, env = "RINGKV_DATA_DIR", value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
+    /// The ring's shared secret (mode 600 or stricter): RPC connections and gossip are then
+    /// authenticated, and nodes without it cannot join. Make one with
+    /// `openssl rand -hex 32 > FILE && chmod 600 FILE`.
+    #[arg(long, env = "RINGKV_CLUSTER_SECRET_FILE", value_name = "PATH")]
+    cluster_secret_file: Option<std::path::PathBuf>,
+    /// API tokens, one `ROLE TOKEN` per line (ROLE: read, write or admin); clients then send
+    /// `Authorization: Bearer TOKEN`. SIGHUP reloads the file.
+    #[arg(long, env = "RINGKV_API_TOKENS", value_name = "PATH")]
+    api_tokens: Option<std::path::PathBuf>,
     /// Worker threads; 0 means one per core. Use 1 when several nodes share a machine's
     /// cores: each node then runs on one thread and no request pays for waking another core.
     #[arg(long, env = "RINGKV_THREADS", default_value_t = 0)]
@@ -322,8 +331,24 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     let mut cfg = Config::new(args.id, args.http, args.rpc, args.gossip);
     cfg.seeds = args.seeds.into_iter().filter(|s| !s.is_empty()).collect();
     cfg.data_dir = args.data_dir;
+    cfg.cluster_secret = args
+        .cluster_secret_file
+        .as_deref()
+        .map(ringkv::secret::ClusterSecret::load)
+        .transpose()?;
+    cfg.api_tokens = args.api_tokens;
     args.tuning.apply(&mut cfg);
     cfg.validate()?;
+    if cfg.cluster_secret.is_none() {
+        tracing::warn!(
+            "no --cluster-secret-file: any process that reaches this node's RPC or gossip port can join the ring and read or change its data"
+        );
+    }
+    if cfg.api_tokens.is_none() {
+        tracing::warn!(
+            "no --api-tokens: anyone who reaches the HTTP port can read, write and delete keys, and decommission the node"
+        );
+    }
     let handle = NodeHandle::start(cfg, GossipTransport::Udp).await?;
     // One machine-readable line on stdout, so scripts and tests that bind port 0 learn the
     // addresses actually bound.
@@ -337,6 +362,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     let signalled = tokio::select! {
         _ = wait_for_signal() => true,
         _ = handle.left() => false,
+        _ = reload_on_sighup(&handle) => false,
     };
     if signalled {
         // SIGTERM or Ctrl-C: stop without failing any client request.
@@ -345,6 +371,21 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
         handle.shutdown().await;
     }
     Ok(())
+}
+
+/// Reloads the API tokens on every SIGHUP; never returns (unless SIGHUP cannot be caught).
+async fn reload_on_sighup(handle: &NodeHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return std::future::pending().await;
+    };
+    while hup.recv().await.is_some() {
+        match handle.reload_tokens() {
+            Ok(n) => tracing::info!(tokens = n, "SIGHUP: API tokens reloaded"),
+            Err(err) => tracing::warn!(%err, "SIGHUP: API tokens not reloaded; the old ones stay"),
+        }
+    }
+    std::future::pending().await
 }
 
 /// How long a stopping node waits for requests in flight and hint delivery.

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,8 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ring::{NodeId, Ring};
+use crate::seal::SealedUdp;
 
 /// Node-state key holding the node's HTTP address.
 pub const KEY_HTTP: &str = "http";
@@ -165,6 +167,8 @@ pub struct Membership {
     chitchat: ChitchatHandle,
     view_rx: watch::Receiver<Arc<View>>,
     gossip_addr: SocketAddr,
+    /// Gossip datagrams this node refused ([`crate::seal`]); stays 0 without a key.
+    refused: Arc<AtomicU64>,
 }
 
 /// What [`Membership::start`] needs.
@@ -178,6 +182,11 @@ pub struct MembershipConfig {
     pub rpc_addr: SocketAddr,
     pub vnodes: usize,
     pub gossip: GossipConfig,
+    /// The key gossip datagrams are sealed with (`ClusterSecret::derive("gossip")`, see
+    /// [`crate::seal`]); `None` gossips in the clear. Only [`GossipTransport::Udp`] can be
+    /// sealed: [`Membership::start`] refuses a key with channel gossip rather than run
+    /// unauthenticated.
+    pub gossip_key: Option<[u8; 32]>,
 }
 
 impl Membership {
@@ -188,16 +197,29 @@ impl Membership {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Membership> {
+        let refused = Arc::new(AtomicU64::new(0));
         // Bind before building the identity, so that port 0 advertises the real port.
         let (transport, gossip_addr): (Box<dyn Transport>, SocketAddr) = match transport {
             GossipTransport::Udp => {
                 // chitchat's errors are `anyhow`; `?` keeps them whole (see `Error::from`).
-                let socket = UdpSocket::open(cfg.gossip_addr).await?;
+                let socket: Box<dyn Socket> = match &cfg.gossip_key {
+                    Some(key) => {
+                        Box::new(SealedUdp::bind(cfg.gossip_addr, key, refused.clone()).await?)
+                    }
+                    None => Box::new(UdpSocket::open(cfg.gossip_addr).await?),
+                };
                 let addr = socket.local_addr()?;
                 (
                     Box::new(PreboundUdp(std::sync::Mutex::new(Some(socket)))),
                     addr,
                 )
+            }
+            GossipTransport::Channel(_) if cfg.gossip_key.is_some() => {
+                // Channel gossip passes envelopes, not bytes: there is nothing to seal.
+                return Err(Error::invalid(
+                    "a gossip key needs UDP gossip: in-process channel gossip cannot be \
+                     authenticated",
+                ));
             }
             GossipTransport::Channel(t) => (Box::new(t), cfg.gossip_addr),
         };
@@ -257,6 +279,7 @@ impl Membership {
             chitchat,
             view_rx,
             gossip_addr,
+            refused,
         })
     }
 
@@ -273,6 +296,13 @@ impl Membership {
     /// The gossip address actually bound.
     pub fn gossip_addr(&self) -> SocketAddr {
         self.gossip_addr
+    }
+
+    /// Gossip datagrams this node refused (forged, truncated, replayed, skewed, undecodable;
+    /// see [`crate::seal`]). Always 0 without a gossip key. [`crate::seal::refused`] is the
+    /// same count for the whole process.
+    pub fn gossip_datagrams_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// A handle that sets this node's own gossiped keys.
@@ -383,9 +413,9 @@ fn log_changes(prev: &View, next: &View) {
     }
 }
 
-/// UDP gossip whose socket is bound before chitchat starts, so that port 0 works and the
-/// advertised address is the real one.
-struct PreboundUdp(std::sync::Mutex<Option<UdpSocket>>);
+/// UDP gossip whose socket (chitchat's own, or [`SealedUdp`]) is bound before chitchat
+/// starts, so that port 0 works and the advertised address is the real one.
+struct PreboundUdp(std::sync::Mutex<Option<Box<dyn Socket>>>);
 
 #[async_trait]
 impl Transport for PreboundUdp {
@@ -396,7 +426,7 @@ impl Transport for PreboundUdp {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| anyhow::anyhow!("gossip socket already opened"))?;
-        Ok(Box::new(socket))
+        Ok(socket)
     }
 }
 
@@ -406,6 +436,10 @@ impl Transport for PreboundUdp {
 /// codec is private to the crate); it drops a bad one and logs a `invalid-chitchat-payload`
 /// warning. This tracing layer counts those events, so the count exists even when the log
 /// level hides them. It is process-wide: one `ringkv serve` process is one node.
+///
+/// With a gossip key, a datagram reaches chitchat's decoder only once its MAC is checked:
+/// forgeries and garbage are counted by [`crate::seal::refused`] instead, and an authentic
+/// envelope chitchat cannot decode is counted by both.
 pub mod garbage {
     use std::sync::atomic::{AtomicU64, Ordering};
 

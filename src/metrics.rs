@@ -185,9 +185,19 @@ impl Collector for NodeCollector {
                 c.rpc_frames_rejected,
             ),
             (
+                "rpc_handshakes_refused",
+                "RPC connections refused: the peer could not prove the cluster secret",
+                c.rpc_handshakes_refused,
+            ),
+            (
                 "gossip_datagrams_rejected",
                 "Undecodable gossip datagrams (process-wide)",
                 c.gossip_datagrams_rejected,
+            ),
+            (
+                "gossip_datagrams_refused",
+                "Gossip datagrams dropped: forged, replayed or without the cluster secret (process-wide)",
+                c.gossip_datagrams_refused,
             ),
         ];
         if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {

@@ -50,6 +50,8 @@ pub struct NodeHandle {
     http_tracker: TaskTracker,
     /// The snapshot thread, with its stop flag, when the node has a data dir.
     snapshots: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    /// The API tokens, with `--api-tokens`.
+    tokens: Option<Arc<crate::access::TokenFile>>,
 }
 
 impl NodeHandle {
@@ -65,6 +67,10 @@ impl NodeHandle {
         net: Arc<dyn Network>,
     ) -> Result<NodeHandle> {
         config.validate()?;
+        let tokens = match &config.api_tokens {
+            Some(path) => Some(Arc::new(crate::access::TokenFile::open(path)?)),
+            None => None,
+        };
         let http = net.bind(config.http).await?;
         let rpc_listener = net.bind(config.rpc).await?;
         let http_addr = http.local_addr()?;
@@ -90,6 +96,7 @@ impl NodeHandle {
                 rpc_addr,
                 vnodes: config.vnodes,
                 gossip: config.gossip_config.clone(),
+                gossip_key: config.cluster_secret.as_ref().map(|s| s.derive("gossip")),
             },
             transport,
             shutdown.clone(),
@@ -101,7 +108,15 @@ impl NodeHandle {
             cluster_id: config.cluster_id.clone(),
             protocol: rpc::PROTOCOL_VERSION,
             node: config.id.clone(),
+            nonce: None,
+            proof: None,
         };
+        let auth = config.cluster_secret.as_ref().map(|secret| {
+            Arc::new(rpc::auth::RpcAuth::new(
+                secret,
+                stats.rpc_handshakes_refused.clone(),
+            ))
+        });
         let pool = Pool::new(PoolConfig {
             net,
             hello: hello.clone(),
@@ -110,6 +125,7 @@ impl NodeHandle {
             frames_rejected: stats.rpc_frames_rejected.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            auth: auth.clone(),
         });
         let cluster = Arc::new(Cluster::new(
             config,
@@ -150,6 +166,7 @@ impl NodeHandle {
             frames_rejected: stats.rpc_frames_rejected.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            auth,
         });
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
         tracker.spawn(crate::handoff::run(replica.clone(), shutdown.clone()));
@@ -183,6 +200,7 @@ impl NodeHandle {
         tracker.spawn(crate::api::serve(
             http,
             node.clone(),
+            tokens.clone(),
             http_stop.clone(),
             http_tracker.clone(),
         ));
@@ -205,7 +223,17 @@ impl NodeHandle {
             http_stop,
             http_tracker,
             snapshots,
+            tokens,
         })
+    }
+
+    /// Reads the `--api-tokens` file again (`SIGHUP`). Returns how many tokens it holds; on
+    /// error the tokens in force stay.
+    pub fn reload_tokens(&self) -> Result<usize> {
+        match &self.tokens {
+            Some(file) => file.reload(),
+            None => Err(Error::invalid("this node has no --api-tokens")),
+        }
     }
 
     /// The shared node state.

@@ -14,6 +14,8 @@ pub struct Stats {
     /// RPC frames dropped for a bad checksum, size, encoding or handshake. Shared with the
     /// RPC client and server ([`crate::rpc`] does not know this struct).
     pub rpc_frames_rejected: Arc<AtomicU64>,
+    /// RPC connections refused because the peer could not prove the cluster secret.
+    pub rpc_handshakes_refused: Arc<AtomicU64>,
     /// Replicas brought up to date by read repair.
     pub read_repairs: AtomicU64,
     /// Client requests answered 503 because the quorum was not met.
@@ -57,8 +59,11 @@ pub use crate::rpc::NodeStatus;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub rpc_frames_rejected: u64,
+    pub rpc_handshakes_refused: u64,
     /// Process-wide: see [`crate::membership::garbage`].
     pub gossip_datagrams_rejected: u64,
+    /// Process-wide: gossip datagrams dropped by the cluster secret's check ([`crate::seal`]).
+    pub gossip_datagrams_refused: u64,
     pub read_repairs: u64,
     pub quorum_failures: u64,
     pub writes_coordinated: u64,
@@ -94,7 +99,9 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
             rpc_frames_rejected: get(&self.rpc_frames_rejected),
+            rpc_handshakes_refused: get(&self.rpc_handshakes_refused),
             gossip_datagrams_rejected: crate::membership::garbage::rejected(),
+            gossip_datagrams_refused: crate::seal::refused(),
             read_repairs: get(&self.read_repairs),
             quorum_failures: get(&self.quorum_failures),
             writes_coordinated: get(&self.writes_coordinated),

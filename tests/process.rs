@@ -180,6 +180,8 @@ fn hello(cluster_id: &str) -> Hello {
         cluster_id: cluster_id.into(),
         protocol: PROTOCOL_VERSION,
         node: "test".into(),
+        nonce: None,
+        proof: None,
     }
 }
 

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::auth::{FrameMac, Proof, Role, RpcAuth};
 use super::{Hello, Message, Request, Response, read_one};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
@@ -66,6 +67,8 @@ pub struct PoolConfig {
     pub frames_rejected: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// With a cluster secret: servers must prove it, and so do we ([`super::auth`]).
+    pub auth: Option<Arc<RpcAuth>>,
 }
 
 /// Connections to peers, opened on first use.
@@ -227,6 +230,7 @@ async fn send_requests<W>(
     mut wr: W,
     rx: &mut mpsc::Receiver<Message>,
     pending: &Pending,
+    mut mac: Option<FrameMac>,
 ) -> Result<()>
 where
     W: tokio::io::AsyncWrite + Unpin,
@@ -242,7 +246,7 @@ where
             if let Message::Request { id, .. } = &msg {
                 ids.push(*id);
             }
-            codec::encode(&msg, &mut buf)?;
+            super::auth::encode(&msg, &mut buf, &mut mac)?;
             if buf.len() < super::MAX_BATCH_BYTES {
                 next = rx.try_recv().ok();
             }
@@ -288,18 +292,37 @@ async fn run(
     stream.reset_on_drop()?;
     let (rd, mut wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, FrameCodec::new(cfg.max_payload));
+    let mut hello = cfg.hello.clone();
+    let nc = cfg.auth.as_ref().map(|_| RpcAuth::nonce());
+    hello.nonce = nc.clone();
     let mut buf = bytes::BytesMut::new();
-    codec::encode(&cfg.hello, &mut buf)?;
+    codec::encode(&hello, &mut buf)?;
     tokio::io::AsyncWriteExt::write_all(&mut wr, &buf).await?;
     let theirs: Hello = tokio::time::timeout(CONNECT_TIMEOUT, read_one(&mut reader))
         .await
         .map_err(|_| Error::Unreachable(format!("no hello from {addr}")))??;
     theirs.check(&cfg.hello)?;
+    let (send_mac, mut recv_mac) = match (&cfg.auth, nc) {
+        (Some(auth), Some(nc)) => {
+            let ns = theirs.nonce.clone().unwrap_or_default();
+            auth.check(Role::Server, &nc, &ns, theirs.proof.as_deref())?;
+            buf.clear();
+            let proof = Proof {
+                proof: auth.client_proof(&nc, &ns),
+            };
+            codec::encode(&proof, &mut buf)?;
+            tokio::io::AsyncWriteExt::write_all(&mut wr, &buf).await?;
+            let (send, recv) = auth.frame_keys(Role::Client, &nc, &ns);
+            (Some(send), Some(recv))
+        }
+        _ => (None, None),
+    };
 
-    let writer = send_requests(wr, rx, pending);
+    let writer = send_requests(wr, rx, pending, send_mac);
     let reader_loop = async {
         while let Some(frame) = reader.next().await {
-            match codec::decode_payload::<Message>(&frame?)? {
+            let payload = super::auth::open(&mut recv_mac, frame?)?;
+            match codec::decode_payload::<Message>(&payload)? {
                 Message::Response { id, body } => {
                     if let Some(waiter) = lock(pending).remove(&id) {
                         let _ = waiter.slot.send(body);

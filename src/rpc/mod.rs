@@ -28,6 +28,7 @@
 //! node coordinating it. The serving node handles it inside a `rpc` tracing span with both, so
 //! one grep for a request id finds its lines in the logs of every node it touched.
 
+pub mod auth;
 pub mod client;
 pub mod server;
 pub mod types;
@@ -47,8 +48,9 @@ pub use types::{
 };
 
 /// Bumped on any incompatible change to [`Message`] or the framing. 4: `Coordinate` carries
-/// the client's [`Write`] itself.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// the client's [`Write`] itself. 5: the hello carries the nonces and proofs of the cluster
+/// secret ([`auth`]).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The first frame each side sends on a new connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,6 +61,12 @@ pub struct Hello {
     pub protocol: u32,
     /// The sender's node id, for logs.
     pub node: String,
+    /// With a cluster secret: the sender's fresh nonce ([`auth`]).
+    #[serde(default)]
+    pub nonce: Option<Bytes>,
+    /// With a cluster secret, from the server: its proof ([`auth`]).
+    #[serde(default)]
+    pub proof: Option<Bytes>,
 }
 
 impl Hello {
@@ -274,6 +282,7 @@ pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 pub(crate) async fn write_frames<W>(
     mut wr: W,
     rx: &mut tokio::sync::mpsc::Receiver<Message>,
+    mut mac: Option<auth::FrameMac>,
 ) -> Result<()>
 where
     W: tokio::io::AsyncWrite + Unpin,
@@ -283,10 +292,10 @@ where
     let mut buf = bytes::BytesMut::with_capacity(8 * 1024);
     while let Some(msg) = rx.recv().await {
         buf.clear();
-        crate::codec::encode(&msg, &mut buf)?;
+        auth::encode(&msg, &mut buf, &mut mac)?;
         while buf.len() < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(msg) => crate::codec::encode(&msg, &mut buf)?,
+                Ok(msg) => auth::encode(&msg, &mut buf, &mut mac)?,
                 Err(_) => break,
             }
         }

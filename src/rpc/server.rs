@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use super::auth::{Proof, Role, RpcAuth};
 use super::{Hello, Message, Service, read_one, write_frames};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
@@ -36,6 +37,8 @@ pub struct ServerContext<S> {
     pub frames_rejected: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// With a cluster secret: peers must prove it ([`super::auth`]).
+    pub auth: Option<Arc<RpcAuth>>,
 }
 
 /// Accepts connections on `listener` until `ctx.shutdown` fires.
@@ -89,16 +92,43 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
         .await
         .map_err(|_| Error::Protocol("no hello within the handshake timeout".into()))??;
     theirs.check(&ctx.hello)?;
+    let mut ours = ctx.hello.clone();
+    let nonces = match &ctx.auth {
+        Some(auth) => {
+            let Some(nc) = theirs.nonce.clone() else {
+                return Err(auth.refuse(Role::Client));
+            };
+            let ns = RpcAuth::nonce();
+            ours.nonce = Some(ns.clone());
+            ours.proof = Some(auth.server_proof(&nc, &ns));
+            Some((auth, nc, ns))
+        }
+        None => None,
+    };
     let mut buf = bytes::BytesMut::new();
-    codec::encode(&ctx.hello, &mut buf)?;
+    codec::encode(&ours, &mut buf)?;
     tokio::io::AsyncWriteExt::write_all(&mut wr, &buf).await?;
+    // With a secret, no request is read before the client proved it.
+    let (send_mac, mut recv_mac) = match nonces {
+        Some((auth, nc, ns)) => {
+            let proof = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_one::<_, Proof>(&mut reader))
+                .await
+                .ok()
+                .and_then(|res| res.ok());
+            auth.check(Role::Client, &nc, &ns, proof.as_ref().map(|p| &p.proof[..]))?;
+            let (send, recv) = auth.frame_keys(Role::Server, &nc, &ns);
+            (Some(send), Some(recv))
+        }
+        None => (None, None),
+    };
     debug!(peer = %theirs.node, "rpc peer connected");
 
     let (resp_tx, mut resp_rx) = mpsc::channel(RESPONSE_QUEUE);
-    let writer = write_frames(wr, &mut resp_rx);
+    let writer = write_frames(wr, &mut resp_rx, send_mac);
     let reader_loop = async {
         while let Some(frame) = reader.next().await {
-            let msg: Message = codec::decode_payload(&frame?)?;
+            let payload = super::auth::open(&mut recv_mac, frame?)?;
+            let msg: Message = codec::decode_payload(&payload)?;
             let Message::Request { id, body, trace } = msg else {
                 return Err(Error::Protocol("peer sent a response to a server".into()));
             };

@@ -1,0 +1,253 @@
+//! A locked ring: API tokens with roles (in process), and the cluster secret (real processes:
+//! a node with another secret, or none, never joins and never gets data).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::process::ProcessNode;
+use common::{Http, TestCluster, wait_until};
+use hyper::{Method, StatusCode};
+
+/// A private temporary directory for one test's files.
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ringkv-security-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Writes `text` to `dir/name` with mode 600.
+fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+const TOKENS: &str = "read r-secret-token\nwrite w-secret-token\nadmin a-secret-token\n";
+
+async fn send(http: &Http, method: Method, url: &str, token: Option<&str>) -> common::Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    http.send(method, url, Bytes::from_static(b"v"), &headers)
+        .await
+}
+
+/// Every route, as each role and as nobody: 401 (with `WWW-Authenticate: Bearer`) without a
+/// valid token, 403 with too small a role, and through otherwise.
+#[tokio::test]
+async fn every_route_answers_by_role() {
+    let dir = temp_dir("roles");
+    let tokens = private_file(&dir, "tokens", TOKENS);
+    let c = TestCluster::start_with(3, |cfg| cfg.api_tokens = Some(tokens.clone())).await;
+    let http = Http::new();
+    let base = c.url(0);
+    // (method, path, the least role that passes)
+    let routes: &[(Method, &str, Option<&str>)] = &[
+        (Method::GET, "/health", None),
+        (Method::GET, "/ready", None),
+        (Method::GET, "/kv/k", Some("read")),
+        (Method::GET, "/kv?prefix=", Some("read")),
+        (Method::GET, "/cluster/members", Some("read")),
+        (Method::GET, "/cluster/replicas/k", Some("read")),
+        (Method::GET, "/cluster/status", Some("read")),
+        (Method::GET, "/metrics", Some("read")),
+        (Method::GET, "/", None),
+        (Method::PUT, "/kv/k", Some("write")),
+        (Method::DELETE, "/kv/k", Some("write")),
+        (Method::GET, "/admin/stats", Some("admin")),
+        (Method::GET, "/admin/local/k", Some("admin")),
+    ];
+    let roles = ["read", "write", "admin"];
+    for (method, path, least) in routes {
+        let url = format!("{base}{path}");
+        for (rank, role) in roles.iter().enumerate() {
+            let token = format!("{}-secret-token", &role[..1]);
+            let got = send(&http, method.clone(), &url, Some(&token)).await;
+            let allowed = least.is_none_or(|l| rank >= roles.iter().position(|r| r == &l).unwrap());
+            if allowed {
+                assert!(
+                    got.status != StatusCode::UNAUTHORIZED && got.status != StatusCode::FORBIDDEN,
+                    "{method} {path} as {role}: {got:?}"
+                );
+            } else {
+                assert_eq!(
+                    got.status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {path} as {role}"
+                );
+                assert_eq!(got.json()["kind"], "forbidden", "{got:?}");
+            }
+        }
+        for token in [None, Some("not-a-token")] {
+            let got = send(&http, method.clone(), &url, token).await;
+            if least.is_none() {
+                assert_eq!(got.status, StatusCode::OK, "{method} {path} open: {got:?}");
+            } else {
+                assert_eq!(
+                    got.status,
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path}: {got:?}"
+                );
+                assert_eq!(got.json()["kind"], "unauthorized", "{got:?}");
+                let www = got
+                    .headers
+                    .get("www-authenticate")
+                    .expect("WWW-Authenticate");
+                assert!(www.to_str().unwrap().starts_with("Bearer"), "{www:?}");
+            }
+        }
+    }
+    // The write went through with a write token, and reads back with a read token.
+    let put = send(
+        &http,
+        Method::PUT,
+        &format!("{base}/kv/k2"),
+        Some("w-secret-token"),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+    let got = send(
+        &http,
+        Method::GET,
+        &format!("{base}/kv/k2"),
+        Some("r-secret-token"),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK, "{got:?}");
+    assert_eq!(&got.body[..], b"v");
+    // The client library and its token.
+    let anonymous = ringkv::Client::new([&base]).unwrap();
+    let err = anonymous.get("k2").await.unwrap_err();
+    assert_eq!(err.kind(), "unauthorized", "{err}");
+    let reader = ringkv::Client::builder([&base])
+        .token("r-secret-token")
+        .build()
+        .unwrap();
+    assert_eq!(
+        reader.get("k2").await.unwrap().value().map(|v| &v[..]),
+        Some(&b"v"[..])
+    );
+    let err = reader.put("k3", "x").await.unwrap_err();
+    assert_eq!(err.kind(), "forbidden", "{err}");
+    c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node started with another secret, or with none, against a ring with a secret: it never
+/// appears in any member list, and never receives a key; the ring counts the refusals.
+#[tokio::test]
+async fn nodes_without_the_secret_never_join() {
+    let dir = temp_dir("secret");
+    let good = private_file(&dir, "good", "the-ring-secret-0123456789abcdef\n");
+    let bad = private_file(&dir, "bad", "another-secret-0123456789abcdef\n");
+    let good_arg = ["--cluster-secret-file", good.to_str().unwrap()];
+    let n1 = ProcessNode::start_with("s1", &[], &good_arg).await;
+    let n2 = ProcessNode::start_with("s2", &[n1.gossip], &good_arg).await;
+    let seeds: Vec<SocketAddr> = vec![n1.gossip, n2.gossip];
+    let http = Http::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the two secured nodes see each other",
+        || async {
+            let m = n1.members(&http).await;
+            m.get("s2").is_some_and(|i| i.alive)
+        },
+    )
+    .await;
+    let wrong = ProcessNode::start_with(
+        "wrong",
+        &seeds,
+        &["--cluster-secret-file", bad.to_str().unwrap()],
+    )
+    .await;
+    let none = ProcessNode::start_with("none", &seeds, &[]).await;
+    // Traffic the outsiders would get a share of, if they were members.
+    for i in 0..50 {
+        let got = http.put(&format!("{}/kv/key-{i}", n1.url()), "v").await;
+        assert_eq!(got.status, StatusCode::NO_CONTENT, "{got:?}");
+    }
+    // Poll for a while (the outsiders gossip every 100 ms and dial RPC on every join
+    // attempt): neither ever shows up, on any side.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        for node in [&n1, &n2] {
+            let m = node.members(&http).await;
+            assert!(!m.contains_key("wrong") && !m.contains_key("none"), "{m:?}");
+        }
+        for outsider in [&wrong, &none] {
+            let m = outsider.members(&http).await;
+            assert!(
+                !m.contains_key("s1") && !m.contains_key("s2"),
+                "{} sees {m:?}",
+                outsider.id
+            );
+            let keys = outsider.counters(&http).await;
+            let stats = http
+                .get(&format!("{}/admin/stats", outsider.url()))
+                .await
+                .json();
+            assert_eq!(
+                stats["store"]["keys"], 0,
+                "{} got data: {keys}",
+                outsider.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = http.get(&format!("{}/metrics", n1.url())).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let refused: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("ringkv_gossip_datagrams_refused")
+                || l.starts_with("ringkv_rpc_handshakes_refused")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum();
+    assert!(refused > 0, "no refusal counted:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A secret file readable by others stops the node at start, with exit code 2.
+#[tokio::test]
+async fn a_secret_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("perms");
+    let path = private_file(&dir, "secret", "the-ring-secret-0123456789abcdef\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = common::process::serve_command(
+        "perm",
+        &[],
+        &["--cluster-secret-file", path.to_str().unwrap()],
+    )
+    .output()
+    .expect("run ringkv");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        !stderr.contains("the-ring-secret"),
+        "the secret leaked: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
