@@ -363,7 +363,10 @@ def node_counters():
 
 
 def wait_status(observers, targets, want, deadline_secs=60):
-    """Polls until every observer sees every target with status `want`; returns the time."""
+    """Polls until every observer sees every target with status `want`; returns the time.
+
+    A node just (re)started answers 503 to everything but /health and /ready while it loads
+    its data dir: that is "not yet", like a node that does not answer at all."""
     t = time.monotonic()
     while True:
         seen = {}
@@ -372,7 +375,7 @@ def wait_status(observers, targets, want, deadline_secs=60):
                 m = members(o)
                 for n in targets:
                     seen[(o, n)] = m.get(n, {}).get("status")
-        except (NotSent, Unknown) as err:
+        except (NotSent, Unknown, Failed) as err:
             seen["error"] = str(err)
         if all(seen.get((o, n)) == want for o in observers for n in targets):
             return time.monotonic() - t

@@ -484,3 +484,138 @@ pub mod garbage {
         }
     }
 }
+
+/// Gossip sealed with the cluster secret ([`crate::seal`]), end to end through chitchat.
+#[cfg(test)]
+mod sealed_tests {
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Two gossip keys ([`crate::seal`]).
+    const KEY: [u8; 32] = [7; 32];
+    const OTHER: [u8; 32] = [8; 32];
+
+    struct Node {
+        membership: Membership,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    }
+
+    async fn start(id: &str, seeds: Vec<String>, key: Option<[u8; 32]>) -> Node {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let unused: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let membership = Membership::start(
+            MembershipConfig {
+                id: id.into(),
+                generation: crate::clock::system_ms(),
+                cluster_id: "sealed-test".into(),
+                gossip_addr: ([127, 0, 0, 1], 0).into(),
+                seeds,
+                http_addr: unused,
+                rpc_addr: unused,
+                vnodes: 8,
+                gossip: GossipConfig {
+                    interval: Duration::from_millis(50),
+                    ..GossipConfig::default()
+                },
+                gossip_key: key,
+            },
+            GossipTransport::Udp,
+            shutdown.clone(),
+            &tracker,
+        )
+        .await
+        .unwrap();
+        Node {
+            membership,
+            shutdown,
+            tracker,
+        }
+    }
+
+    impl Node {
+        fn sees(&self, id: &str) -> bool {
+            self.membership.view().member(id).is_some_and(|m| m.alive)
+        }
+
+        fn knows(&self, id: &str) -> bool {
+            self.membership.view().member(id).is_some()
+        }
+
+        async fn stop(self) {
+            self.membership.shutdown().await;
+            self.shutdown.cancel();
+            self.tracker.close();
+            self.tracker.wait().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_members_with_the_key_see_each_other() {
+        let a = start("a", vec![], Some(KEY)).await;
+        let seed = vec![a.membership.gossip_addr().to_string()];
+        let b = start("b", seed.clone(), Some(KEY)).await;
+        let stranger = start("c", seed.clone(), Some(OTHER)).await;
+        let open = start("d", seed, None).await;
+
+        // Poll until a and b see each other and a has refused several datagrams of each
+        // outsider's kind; at every look, neither outsider is a member anywhere.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        loop {
+            tick.tick().await;
+            for (who, n) in [("a", &a), ("b", &b)] {
+                for outsider in ["c", "d"] {
+                    assert!(!n.knows(outsider), "{who} lists {outsider}");
+                }
+            }
+            assert!(!stranger.knows("a") && !open.knows("a"));
+            let done = a.sees("b") && b.sees("a") && a.membership.gossip_datagrams_refused() >= 10;
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a sees b: {}, b sees a: {}, a refused {}",
+                a.sees("b"),
+                b.sees("a"),
+                a.membership.gossip_datagrams_refused()
+            );
+        }
+        for n in [a, b, stranger, open] {
+            n.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_with_channel_gossip_is_refused() {
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let unused: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let res = Membership::start(
+            MembershipConfig {
+                id: "a".into(),
+                generation: 1,
+                cluster_id: "sealed-test".into(),
+                gossip_addr: unused,
+                seeds: vec![],
+                http_addr: unused,
+                rpc_addr: unused,
+                vnodes: 8,
+                gossip: GossipConfig::default(),
+                gossip_key: Some(KEY),
+            },
+            GossipTransport::Channel(Default::default()),
+            shutdown,
+            &tracker,
+        )
+        .await;
+        assert!(matches!(res, Err(crate::Error::InvalidInput(_))));
+    }
+}
