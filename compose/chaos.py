@@ -121,11 +121,33 @@ def _drop(node):
         c.close()
 
 
+def _admin_token():
+    """The ring's admin token: $RINGKV_TOKEN, or compose/.secrets/tokens (up.sh makes it)."""
+    if os.environ.get("RINGKV_TOKEN"):
+        return os.environ["RINGKV_TOKEN"]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".secrets", "tokens")
+    try:
+        with open(path) as f:
+            for line in f:
+                role, _, token = line.strip().partition(" ")
+                if role == "admin":
+                    return token.strip()
+    except OSError:
+        pass
+    return None
+
+
+ADMIN_TOKEN = _admin_token()
+
+
 def request(node, method, path, body=None, timeout=10.0, headers=None):
     """Returns (status, headers, body). Raises NotSent or Unknown on a network failure."""
     c = _conn(node, timeout)
+    headers = dict(headers or {})
+    if ADMIN_TOKEN:
+        headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
     try:
-        c.request(method, path, body=body, headers=headers or {})
+        c.request(method, path, body=body, headers=headers)
         resp = c.getresponse()
         data = resp.read()
     except (OSError, http.client.HTTPException) as err:

@@ -96,6 +96,30 @@ build() {
     log "built $RINGKV_IMAGE ($new) in $((SECONDS - t0)) s"
 }
 
+# The ring's secrets, made once and kept in compose/.secrets/ (ignored by git): the cluster
+# secret and the API tokens, mode 600 and owned by the nodes' user (65534 in the image), since
+# a node refuses a secret file that group or other may read. Making them needs root (chown).
+secrets_dir="$here/.secrets"
+make_secrets() {
+    local uid=65534
+    if [[ -s "$secrets_dir/cluster.secret" && -s "$secrets_dir/tokens" ]]; then
+        return 0
+    fi
+    ((EUID == 0)) || die "making $secrets_dir needs root (the files go to the nodes' user $uid): run up.sh with sudo once"
+    mkdir -p "$secrets_dir"
+    chmod 700 "$secrets_dir"
+    rand() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+    (umask 077
+        rand >"$secrets_dir/cluster.secret"
+        printf 'admin a-%s\nwrite w-%s\nread r-%s\n' "$(rand)" "$(rand)" "$(rand)" >"$secrets_dir/tokens")
+    chown "$uid:$uid" "$secrets_dir/cluster.secret" "$secrets_dir/tokens"
+    chmod 600 "$secrets_dir/cluster.secret" "$secrets_dir/tokens"
+    log "made the ring's cluster secret and API tokens in $secrets_dir"
+}
+
+# A token of `role` from compose/.secrets/tokens.
+token() { awk -v r="$1" '$1 == r { print $2; exit }' "$secrets_dir/tokens"; }
+
 # Waits until the five containers are healthy (their healthcheck is GET /ready) and n1 reports
 # five alive members.
 wait_ready() {
@@ -107,7 +131,8 @@ wait_ready() {
             status="$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null || true)"
             [[ "$status" == healthy ]] && healthy=$((healthy + 1))
         done
-        alive="$(curl -fsS -m 2 "http://$host_addr:$RINGKV_PORT_1/cluster/members" 2>/dev/null |
+        alive="$(curl -fsS -m 2 -H "Authorization: Bearer $(token read)" \
+            "http://$host_addr:$RINGKV_PORT_1/cluster/members" 2>/dev/null |
             grep -o '"status":"alive"' | wc -l || true)"
         if ((healthy == 5 && alive == 5)); then
             log "ring up: 5 healthy containers, 5 alive members, $((SECONDS - t0)) s after 'up'"
@@ -132,6 +157,7 @@ up)
     fi
     docker image inspect "$RINGKV_IMAGE" >/dev/null 2>&1 ||
         die "no image $RINGKV_IMAGE: run compose/up.sh build (there is no registry to pull it from)"
+    make_secrets
     log "starting the ring: project $RINGKV_PROJECT, network $RINGKV_NET.0/24, HTTP on $host_addr:$RINGKV_PORT_1..$RINGKV_PORT_5 (${compose_cmd[*]})"
     t_up=$SECONDS
     compose up -d
@@ -141,6 +167,8 @@ up)
         port_var="RINGKV_PORT_$i"
         echo "  n$i  http://$host_addr:${!port_var}"
     done
+    echo "  tokens (read, write, admin): $secrets_dir/tokens, e.g."
+    echo "  curl -H \"Authorization: Bearer \$(awk '\$1==\"write\"{print \$2}' $secrets_dir/tokens)\" -X PUT -d hello http://$host_addr:$RINGKV_PORT_1/kv/greeting"
     ;;
 down)
     shift

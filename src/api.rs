@@ -79,14 +79,17 @@ type Body = Full<Bytes>;
 pub async fn serve(
     listener: Box<dyn Listener>,
     node: Arc<Node>,
-    tokens: Option<Arc<TokenFile>>,
+    security: Security,
     stop: Stop,
     tracker: TaskTracker,
 ) {
     let http = Arc::new(Http {
         metrics: HttpMetrics::default(),
-        tokens,
+        tokens: security.tokens,
     });
+    let config = &node.cluster.config;
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_http_connections));
+    let header_timeout = config.http_header_timeout;
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.drain.cancelled() => return,
@@ -100,18 +103,50 @@ pub async fn serve(
                 }
             },
         };
+        // Past the cap, a connection is closed at once: the client sees a reset at once
+        // rather than waiting in the backlog, and the node's memory stays bounded.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            crate::stats::Stats::incr(&node.stats().http_connections_refused);
+            drop(stream);
+            continue;
+        };
         let node = node.clone();
         let http = http.clone();
         let stop = stop.clone();
+        let tls = security.tls.clone();
         tracker.spawn(async move {
+            let _slot = slot;
+            http.metrics.connections.inc();
+            let _open = decrement_on_drop(&http.metrics.connections);
+            let stream: Box<dyn crate::net::Stream> = match tls {
+                None => stream,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(tls)) => Box::new(TlsStream(tls)),
+                        Ok(Err(err)) => {
+                            crate::stats::Stats::incr(&node.stats().tls_handshakes_failed);
+                            debug!(%peer, %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            crate::stats::Stats::incr(&node.stats().tls_handshakes_failed);
+                            return;
+                        }
+                    }
+                }
+            };
             let svc = service_fn(move |req| {
                 let (node, http) = (node.clone(), http.clone());
                 async move { Ok::<_, Infallible>(handle(node, http, req).await) }
             });
-            // The timer arms hyper's 30 s header-read timeout, so a client that opens a
-            // connection and never finishes its request headers cannot hold it forever.
+            // The timer arms hyper's header-read timeout. It runs whenever the connection
+            // waits for a request's headers, idle keep-alive included, so neither a client
+            // that never finishes its headers (slowloris) nor an idle one holds a slot for
+            // ever.
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -132,6 +167,67 @@ pub async fn serve(
                 debug!(%peer, %err, "http connection ended with an error");
             }
         });
+    }
+}
+
+/// Decrements `gauge` when dropped: a connection task counts itself out however it ends.
+fn decrement_on_drop(gauge: &prometheus_client::metrics::gauge::Gauge) -> impl Drop + use<> {
+    struct Dec(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Dec {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(gauge.clone())
+}
+
+/// The HTTP port's security: API tokens and TLS, each optional.
+#[derive(Clone, Default)]
+pub struct Security {
+    pub tokens: Option<Arc<TokenFile>>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// A server-side TLS stream as a [`crate::net::Stream`].
+struct TlsStream(tokio_rustls::server::TlsStream<crate::net::BoxStream>);
+
+impl crate::net::Stream for TlsStream {
+    fn reset_on_drop(&self) -> std::io::Result<()> {
+        self.0.get_ref().0.reset_on_drop()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -558,7 +654,10 @@ async fn put_kv(node: Arc<Node>, key: Bytes, req: Request<Incoming>) -> Result<R
         drain(&mut body, 0, limit).await;
         return Err(too_large);
     }
-    let value = read_body(req.into_body(), declared, limit).await?;
+    let body_timeout = node.cluster.config.http_body_timeout;
+    let value = tokio::time::timeout(body_timeout, read_body(req.into_body(), declared, limit))
+        .await
+        .map_err(|_| Error::RequestTimeout)??;
     let write = Write {
         key,
         value: Some(value),
@@ -768,7 +867,8 @@ async fn watch(node: Arc<Node>, mut req: Request<Incoming>) -> Result<Response<B
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let prefix = Bytes::from(query_bytes(&req, "prefix").unwrap_or_default());
     let base64 = key_encoding(&req)?;
-    let sub = node.watches.watch(prefix).await;
+    // Past `--max-watchers`: 503, `kind: rejected`, before any upgrade.
+    let sub = node.watches.watch(prefix).await?;
     let upgrade = hyper::upgrade::on(&mut req);
     let shutdown = node.cluster.shutdown.clone();
     node.cluster.tracker.spawn(async move {
@@ -980,6 +1080,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
         Error::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -1028,7 +1129,7 @@ fn error_response(err: &Error) -> Response<Body> {
     // Part of a rejected body may still be unread (refused on `Expect: 100-continue`, or past
     // the drain bounds), and then the connection cannot carry another request: say so, so the
     // client does not send one into a closing socket.
-    if let Error::ValueTooLarge { .. } = err {
+    if let Error::ValueTooLarge { .. } | Error::RequestTimeout = err {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }

@@ -116,7 +116,7 @@ pub struct BenchArgs {
     #[arg(long = "node", env = "RINGKV_NODE", value_delimiter = ',', default_value = DEFAULT_NODE, value_name = "URL")]
     pub nodes: Vec<String>,
     #[command(flatten)]
-    pub token: crate::cli::TokenArg,
+    pub token: crate::cli::AuthArgs,
     /// Concurrent connections, one task each.
     #[arg(long, short = 'c', default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
@@ -265,8 +265,7 @@ pub async fn watch_latency(args: &BenchArgs) -> Result<WatchSummary> {
     };
     let mut conns = Vec::new();
     for base in &writers {
-        conns
-            .push(Conn::open(Target::resolve(base, args.token.api_token.as_deref()).await?).await?);
+        conns.push(Conn::open(Target::resolve(base, &args.token).await?).await?);
     }
     let value = Bytes::from(vec![b'w'; args.value_size]);
     let mut responses: Vec<(String, Instant)> = Vec::with_capacity(writes as usize);
@@ -343,14 +342,31 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 struct Target {
     addr: SocketAddr,
     host: HeaderValue,
+    /// For an `https://` node: the TLS settings and the name its certificate must carry.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
     /// `Bearer TOKEN`, with `--token`.
     authorization: Option<HeaderValue>,
 }
 
 impl Target {
     /// The address and `host` header of a normalized `http://host:port` URL.
-    async fn resolve(base: &str, token: Option<&str>) -> Result<Arc<Target>> {
-        let authority = base.trim_start_matches("http://");
+    async fn resolve(base: &str, auth: &crate::cli::AuthArgs) -> Result<Arc<Target>> {
+        let token = auth.api_token.as_deref();
+        let (https, authority) = match base.strip_prefix("https://") {
+            Some(a) => (true, a),
+            None => (false, base.trim_start_matches("http://")),
+        };
+        let tls = if https {
+            let ca = auth.ca_cert.as_deref().ok_or_else(|| {
+                Error::invalid(
+                    "https:// nodes need the CA certificate that signed theirs: --ca-cert PEM",
+                )
+            })?;
+            let config = crate::tls::client_config(Some(ca))?;
+            Some((config, crate::tls::host_of(authority).to_string()))
+        } else {
+            None
+        };
         let addr = tokio::net::lookup_host(authority)
             .await
             .map_err(|e| Error::invalid(format!("cannot resolve {authority}: {e}")))?
@@ -362,6 +378,7 @@ impl Target {
         Ok(Arc::new(Target {
             addr,
             host,
+            tls,
             authorization,
         }))
     }
@@ -517,6 +534,21 @@ impl Failure {
     }
 }
 
+/// An HTTP/1.1 handshake over `io`; the connection is driven by its own task, which ends
+/// when the sender is dropped.
+async fn handshake<I>(io: I) -> std::result::Result<SendRequest<Full<Bytes>>, Failure>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|_| Failure::Connect)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
 /// One keep-alive HTTP/1.1 connection, reopened after a failure.
 struct Conn {
     target: Arc<Target>,
@@ -540,13 +572,15 @@ impl Conn {
             .await
             .map_err(|_| Failure::Connect)?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Failure::Connect)?;
-        // The connection future drives the socket; it ends when the sender is dropped.
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let sender = match &self.target.tls {
+            None => handshake(stream).await?,
+            Some((config, host)) => {
+                let tls = crate::tls::connect(config, host, stream)
+                    .await
+                    .map_err(|_| Failure::Connect)?;
+                handshake(tls).await?
+            }
+        };
         self.sender = Some(sender);
         Ok(())
     }
@@ -667,7 +701,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
     let mut targets = Vec::new();
     for url in args.nodes.iter().filter(|u| !u.trim().is_empty()) {
         let base = normalize_url(url)?;
-        targets.push(Target::resolve(&base, args.token.api_token.as_deref()).await?);
+        targets.push(Target::resolve(&base, &args.token).await?);
         nodes.push(base);
     }
     if targets.is_empty() {

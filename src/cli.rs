@@ -53,12 +53,13 @@ pub struct Target {
     #[arg(long, env = "RINGKV_NODE", default_value = DEFAULT_NODE, value_name = "URL")]
     pub node: String,
     #[command(flatten)]
-    pub token: TokenArg,
+    pub token: AuthArgs,
 }
 
-/// The API token a command sends.
+/// How a command authenticates to a secured ring: its API token, and the CA of `https://`
+/// nodes.
 #[derive(Args, Debug, Clone, Default)]
-pub struct TokenArg {
+pub struct AuthArgs {
     /// API token, for nodes started with --api-tokens.
     #[arg(
         long = "token",
@@ -67,6 +68,9 @@ pub struct TokenArg {
         hide_env_values = true
     )]
     pub api_token: Option<String>,
+    /// CA certificate (PEM) of https:// nodes; a node's self-signed certificate works too.
+    #[arg(long, env = "RINGKV_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Target {
@@ -74,6 +78,9 @@ impl Target {
         let mut b = Client::builder([&self.node]);
         if let Some(t) = &self.token.api_token {
             b = b.token(t);
+        }
+        if let Some(ca) = &self.token.ca_cert {
+            b = b.ca_cert(ca);
         }
         b.build()
     }
@@ -264,6 +271,9 @@ pub struct WaitArgs {
     /// The nodes to wait for (repeat the flag, or separate URLs with commas).
     #[arg(long, env = "RINGKV_NODE", default_value = DEFAULT_NODE, value_name = "URL", value_delimiter = ',')]
     pub node: Vec<String>,
+    /// CA certificate (PEM) of https:// nodes.
+    #[arg(long, env = "RINGKV_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The exit code for a failed command.
@@ -642,7 +652,11 @@ async fn leave(args: LeaveArgs) -> Result<u8> {
 
 async fn wait(args: WaitArgs) -> Result<u8> {
     // `/ready` is open to all: no token needed.
-    let client = Client::new(&args.node)?;
+    let mut b = Client::builder(&args.node);
+    if let Some(ca) = &args.ca_cert {
+        b = b.ca_cert(ca);
+    }
+    let client = b.build()?;
     let started = std::time::Instant::now();
     client.wait_ready(args.timeout).await?;
     println!(

@@ -454,6 +454,7 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     read_retries: usize,
     token: Option<String>,
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ClientBuilder {
@@ -482,6 +483,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The certificates (PEM) that `https://` nodes' certificates must chain to; a node's
+    /// self-signed certificate may be given directly.
+    pub fn ca_cert(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_cert = Some(path.into());
+        self
+    }
+
     /// Checks the node URLs and builds the client. No connection is opened yet.
     pub fn build(self) -> Result<Client> {
         if self.nodes.is_empty() {
@@ -498,9 +506,21 @@ impl ClientBuilder {
             })
             .collect::<Result<Vec<_>>>()?;
         let authorization = self.token.as_deref().map(bearer).transpose()?;
+        if self.ca_cert.is_none() && nodes.iter().any(|n| n.base.starts_with("https://")) {
+            return Err(Error::invalid(
+                "https:// nodes need the CA certificate that signed theirs: --ca-cert PEM",
+            ));
+        }
+        let tls = crate::tls::client_config(self.ca_cert.as_deref())?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(self.connect_timeout));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
@@ -515,6 +535,7 @@ impl ClientBuilder {
                 connect_timeout: self.connect_timeout,
                 read_retries: self.read_retries,
                 authorization,
+                tls,
             }),
         })
     }
@@ -539,11 +560,14 @@ pub(crate) fn normalize_url(url: &str) -> Result<String> {
     let uri: hyper::Uri = full
         .parse()
         .map_err(|e| Error::invalid(format!("bad node URL {url:?}: {e}")))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(Error::invalid(format!(
-            "bad node URL {url:?}: only http:// is supported"
-        )));
-    }
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
+        _ => {
+            return Err(Error::invalid(format!(
+                "bad node URL {url:?}: use http:// or https://"
+            )));
+        }
+    };
     let Some(authority) = uri.authority() else {
         return Err(Error::invalid(format!("bad node URL {url:?}: no host")));
     };
@@ -552,8 +576,13 @@ pub(crate) fn normalize_url(url: &str) -> Result<String> {
             "bad node URL {url:?}: give only scheme, host and port"
         )));
     }
-    Ok(format!("http://{authority}"))
+    Ok(format!("{scheme}://{authority}"))
 }
+
+/// The byte stream under a watch: TCP, or TLS over TCP.
+trait WatchStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> WatchStream for T {}
+type WatchIo = Box<dyn WatchStream>;
 
 /// A client of a ringkv ring. Cheap to clone; clones share connections.
 ///
@@ -606,7 +635,7 @@ pub struct Client {
 
 struct Inner {
     nodes: Vec<NodeSlot>,
-    http: HyperClient<HttpConnector, Full<Bytes>>,
+    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// Round-robin position: each request starts at the next node.
     next: AtomicUsize,
     /// Origin of the `down_until_ms` clocks.
@@ -616,6 +645,8 @@ struct Inner {
     read_retries: usize,
     /// `Bearer TOKEN`, if the client has a token.
     authorization: Option<hyper::header::HeaderValue>,
+    /// For `https://` nodes (watches open their TLS themselves).
+    tls: Arc<rustls::ClientConfig>,
 }
 
 struct NodeSlot {
@@ -691,6 +722,7 @@ impl Client {
             connect_timeout: CONNECT_TIMEOUT,
             read_retries: DEFAULT_READ_RETRIES,
             token: None,
+            ca_cert: None,
         }
     }
 
@@ -1022,9 +1054,12 @@ impl Client {
         &self,
         base: &str,
         path: &str,
-    ) -> std::result::Result<WebSocketStream<TcpStream>, Failure> {
-        let authority = base.strip_prefix("http://").unwrap_or(base);
-        let url = format!("ws://{authority}{path}");
+    ) -> std::result::Result<WebSocketStream<WatchIo>, Failure> {
+        let (tls, authority) = match base.strip_prefix("https://") {
+            Some(a) => (true, a),
+            None => (false, base.strip_prefix("http://").unwrap_or(base)),
+        };
+        let url = format!("{}://{authority}{path}", if tls { "wss" } else { "ws" });
         let mut request = url
             .as_str()
             .into_client_request()
@@ -1041,6 +1076,19 @@ impl Client {
                 .map_err(|_| Failure::NotSent(unreachable(&"connect timed out")))?
                 .map_err(|e| Failure::NotSent(unreachable(&e)))?;
         let _ = stream.set_nodelay(true);
+        let stream: WatchIo = if tls {
+            let host = crate::tls::host_of(authority);
+            let opened = tokio::time::timeout(
+                self.inner.connect_timeout,
+                crate::tls::connect(&self.inner.tls, host, stream),
+            )
+            .await
+            .map_err(|_| Failure::NotSent(unreachable(&"TLS handshake timed out")))?
+            .map_err(|e| Failure::NotSent(unreachable(&e)))?;
+            Box::new(opened)
+        } else {
+            Box::new(stream)
+        };
         let handshake = tokio_tungstenite::client_async(request, stream);
         match tokio::time::timeout(self.inner.timeout, handshake).await {
             Err(_) => Err(Failure::Sent(Error::Timeout)),
@@ -1363,7 +1411,7 @@ impl Client {
 /// The changes under a watched prefix, from [`Client::watch`]: one [`WatchEvent`] per
 /// change, until the connection closes. Dropping it closes the WebSocket and ends the watch.
 pub struct Watch {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<WatchIo>,
     /// The node watched through, `http://host:port`.
     node: String,
     /// The connection closed; nothing more will come.
@@ -1585,6 +1633,7 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
             }
             "unauthorized" => Error::Unauthorized(text("unauthorized: ")),
             "forbidden" => Error::Forbidden(text("forbidden: ")),
+            "request_timeout" => Error::RequestTimeout,
             "value_too_large" => Error::ValueTooLarge {
                 size: sent_bytes,
                 limit: count("limit").unwrap_or(0),
@@ -1618,6 +1667,7 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
         StatusCode::BAD_REQUEST => "invalid_input",
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",
         StatusCode::PRECONDITION_FAILED => "precondition_failed",
@@ -1671,6 +1721,9 @@ mod tests {
                 replied: 1,
                 required: 2,
             },
+            Error::Unauthorized("no token".into()),
+            Error::Forbidden("read only".into()),
+            Error::RequestTimeout,
             Error::Rejected("hint store full".into()),
             Error::Interrupted("link dropped".into()),
             Error::Timeout,
@@ -1758,13 +1811,8 @@ mod tests {
         );
         assert_eq!(normalize_url("http://h:1/").unwrap(), "http://h:1");
         assert_eq!(normalize_url(" http://h:1 ").unwrap(), "http://h:1");
-        for bad in [
-            "https://h:1",
-            "http://h:1/kv",
-            "http://",
-            "ftp://x",
-            "http://h:1/?a=b",
-        ] {
+        assert_eq!(normalize_url("https://h:1/").unwrap(), "https://h:1");
+        for bad in ["http://h:1/kv", "http://", "ftp://x", "http://h:1/?a=b"] {
             assert!(
                 matches!(normalize_url(bad), Err(Error::InvalidInput(_))),
                 "{bad} accepted"

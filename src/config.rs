@@ -116,7 +116,51 @@ pub struct Config {
     /// The API token file (`--api-tokens`, [`crate::access`]); without one, the HTTP API is
     /// open.
     pub api_tokens: Option<std::path::PathBuf>,
+    /// Most WebSocket watchers this node serves at once (`--max-watchers`); more are
+    /// refused with 503 and counted (`ringkv_watchers_refused`).
+    pub max_watchers: usize,
+    /// Most RPC requests that may wait (forwarded writes; copies with a data dir) one peer
+    /// connection has in flight here (`--max-rpc-in-flight`); past the cap a request is
+    /// refused at once as busy (`ringkv_rpc_in_flight_refused`).
+    pub max_rpc_in_flight: usize,
+    /// `--tls-cert` and `--tls-key` (PEM): with both, the HTTP port speaks only HTTPS
+    /// ([`crate::tls`]).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Most HTTP connections served at once; more are closed at once (and counted).
+    pub max_http_connections: usize,
+    /// How long a client has to send a request's headers, counted from the end of the
+    /// previous request on a keep-alive connection (so it bounds idle connections too).
+    pub http_header_timeout: Duration,
+    /// How long a client has to send a request's body.
+    pub http_body_timeout: Duration,
 }
+
+/// Default `--max-http-connections`: room for many clients (a connection costs about 10 KiB
+/// idle), well below the file-descriptor limit a service usually gets (65,536).
+pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 8192;
+
+/// Default `--http-header-timeout-secs`: hyper's default. A slowloris client, or one idle on
+/// a keep-alive connection, is dropped after it. Clients that pool connections keep them idle
+/// for less ([`crate::client::POOL_IDLE_TIMEOUT`], 20 s).
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default `--http-body-timeout-secs`: an 8 MiB value (the default limit) needs a client
+/// sending at 150 KB/s to be refused; a client trickling a body slower is cut off.
+pub const DEFAULT_HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default `--max-watchers`: WebSocket watchers one node serves at once. Each costs a task,
+/// a buffer of up to [`WATCH_BUFFER`] events and a socket; a client past the cap gets 503
+/// (`kind: rejected`) before the upgrade, and may watch through another node.
+pub const DEFAULT_MAX_WATCHERS: usize = 1024;
+
+/// Default `--max-rpc-in-flight`: requests that may wait (forwarded writes, and copies with a
+/// data dir) one peer connection may have in flight on a node. Past it a request is refused
+/// at once (`Rejected`, "busy"): the peer counts that replica as failed, and its client may
+/// see 503 and retry. Shedding, not waiting: a node that stopped reading a peer's connection
+/// would also stop reading the acknowledgements of its own writes to that peer, and two
+/// nodes doing so to each other would stall until RPC timeouts. Each peer has one
+/// connection, so a node runs at most (peers × this) such requests at once.
+pub const DEFAULT_MAX_RPC_IN_FLIGHT: usize = 256;
 
 /// Default `--fsync-interval-ms`: what `periodic` may lose on a crash of the node.
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
@@ -162,6 +206,12 @@ impl Config {
             snapshot_log_bytes: crate::durable::SNAPSHOT_MIN_LOG,
             cluster_secret: None,
             api_tokens: None,
+            max_watchers: DEFAULT_MAX_WATCHERS,
+            max_rpc_in_flight: DEFAULT_MAX_RPC_IN_FLIGHT,
+            tls: None,
+            max_http_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
+            http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
+            http_body_timeout: DEFAULT_HTTP_BODY_TIMEOUT,
         }
     }
 
@@ -193,6 +243,20 @@ impl Config {
         }
         if self.vnodes == 0 || self.vnodes > 4096 {
             return bad("--vnodes must be between 1 and 4096".into());
+        }
+        if self.max_http_connections == 0 {
+            return bad("--max-http-connections must be at least 1".into());
+        }
+        if self.http_header_timeout.is_zero() || self.http_body_timeout.is_zero() {
+            return bad(
+                "--http-header-timeout-secs and --http-body-timeout-secs must be positive".into(),
+            );
+        }
+        if self.max_watchers == 0 {
+            return bad("--max-watchers must be at least 1".into());
+        }
+        if self.max_rpc_in_flight == 0 {
+            return bad("--max-rpc-in-flight must be at least 1".into());
         }
         if self.rpc_timeout.is_zero() {
             return bad("--rpc-timeout-ms must be positive".into());

@@ -31,6 +31,8 @@ pub enum Error {
     Unauthorized(String),
     /// The request's API token has too small a role for it.
     Forbidden(String),
+    /// The client did not send its request body within `--http-body-timeout-secs`.
+    RequestTimeout,
     /// A value larger than `--max-value-bytes`.
     ValueTooLarge { size: u64, limit: u64 },
     /// A conditional write whose condition did not hold; carries the key's current context.
@@ -87,6 +89,7 @@ impl Error {
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
+            Error::RequestTimeout => "request_timeout",
             Error::ValueTooLarge { .. } => "value_too_large",
             Error::PreconditionFailed { .. } => "precondition_failed",
             Error::Unavailable { .. } => "unavailable",
@@ -111,6 +114,7 @@ impl fmt::Display for Error {
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed; allowed: {allow}"),
             Error::Unauthorized(msg) => write!(f, "unauthorized: {msg}"),
             Error::Forbidden(msg) => write!(f, "forbidden: {msg}"),
+            Error::RequestTimeout => write!(f, "the request body did not arrive in time"),
             Error::ValueTooLarge { size, limit } => {
                 write!(
                     f,
@@ -248,6 +252,9 @@ mod tests {
             Error::invalid("bad key"),
             Error::NotFound("/x".into()),
             Error::MethodNotAllowed("GET".into()),
+            Error::Unauthorized("no token".into()),
+            Error::Forbidden("read only".into()),
+            Error::RequestTimeout,
             Error::ValueTooLarge { size: 2, limit: 1 },
             Error::PreconditionFailed {
                 context: "c".into(),

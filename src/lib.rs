@@ -238,8 +238,9 @@
 //! - Security is opt-in. Without `--cluster-secret-file` anyone who reaches the RPC or gossip
 //!   port can join the ring; without `--api-tokens` anyone who reaches the HTTP port can
 //!   read, write and decommission. With a secret, node-to-node traffic is authenticated but
-//!   not encrypted. The HTTP port has no TLS yet, and no cap on connections or watchers
-//!   beyond hyper's header-read timeout.
+//!   not encrypted. TLS (`--tls-cert`) covers the HTTP port only. Connections, watchers,
+//!   header and body times, and RPC requests in flight per peer are capped (see the README's
+//!   "Securing a ring").
 //! - Contexts are checksummed, not authenticated: a client can forge one for keys it may
 //!   write anyway.
 //! - Expiry is wall-clock time: nodes with skewed clocks disagree about when a value
@@ -372,6 +373,7 @@ pub mod secret;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod ttl;
 pub mod version;
 pub mod watch;

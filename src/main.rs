@@ -46,7 +46,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run a local ring of several nodes in this process, on 127.0.0.1.
     Dev(DevArgs),
     #[command(flatten)]
@@ -85,6 +85,22 @@ struct ServeArgs {
     /// `Authorization: Bearer TOKEN`. SIGHUP reloads the file.
     #[arg(long, env = "RINGKV_API_TOKENS", value_name = "PATH")]
     api_tokens: Option<std::path::PathBuf>,
+    /// Serve HTTPS only (WebSockets too), with this certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        env = "RINGKV_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "RINGKV_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     /// Worker threads; 0 means one per core. Use 1 when several nodes share a machine's
     /// cores: each node then runs on one thread and no request pays for waking another core.
     #[arg(long, env = "RINGKV_THREADS", default_value_t = 0)]
@@ -159,6 +175,26 @@ struct Tuning {
     /// last one holds this many bytes and more than the live data.
     #[arg(long, env = "RINGKV_SNAPSHOT_LOG_BYTES", default_value_t = ringkv::durable::SNAPSHOT_MIN_LOG)]
     snapshot_log_bytes: u64,
+    /// Most WebSocket watchers (`GET /watch`) this node serves at once; more are refused with
+    /// 503 (counted in ringkv_watchers_refused) and may watch through another node.
+    #[arg(long, env = "RINGKV_MAX_WATCHERS", default_value_t = ringkv::config::DEFAULT_MAX_WATCHERS)]
+    max_watchers: usize,
+    /// Most RPC requests that may wait (forwarded writes; copies with --data-dir) one peer
+    /// connection has in flight on this node. Past it a request is refused as busy (the
+    /// peer counts that replica as failed; counted in ringkv_rpc_in_flight_refused).
+    #[arg(long, env = "RINGKV_MAX_RPC_IN_FLIGHT", default_value_t = ringkv::config::DEFAULT_MAX_RPC_IN_FLIGHT)]
+    max_rpc_in_flight: usize,
+    /// Most HTTP connections served at once; more are closed at once (counted in
+    /// ringkv_http_connections_refused).
+    #[arg(long, env = "RINGKV_MAX_HTTP_CONNECTIONS", default_value_t = ringkv::config::DEFAULT_MAX_HTTP_CONNECTIONS)]
+    max_http_connections: usize,
+    /// Seconds a client has to send a request's headers, idle keep-alive included (a
+    /// slowloris or idle client is then dropped).
+    #[arg(long, env = "RINGKV_HTTP_HEADER_TIMEOUT_SECS", default_value_t = ringkv::config::DEFAULT_HTTP_HEADER_TIMEOUT.as_secs())]
+    http_header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body (else 408).
+    #[arg(long, env = "RINGKV_HTTP_BODY_TIMEOUT_SECS", default_value_t = ringkv::config::DEFAULT_HTTP_BODY_TIMEOUT.as_secs())]
+    http_body_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -205,6 +241,11 @@ impl Tuning {
         cfg.fsync = self.fsync;
         cfg.fsync_interval = Duration::from_millis(self.fsync_interval_ms);
         cfg.snapshot_log_bytes = self.snapshot_log_bytes;
+        cfg.max_watchers = self.max_watchers;
+        cfg.max_rpc_in_flight = self.max_rpc_in_flight;
+        cfg.max_http_connections = self.max_http_connections;
+        cfg.http_header_timeout = Duration::from_secs(self.http_header_timeout_secs);
+        cfg.http_body_timeout = Duration::from_secs(self.http_body_timeout_secs);
     }
 }
 
@@ -242,7 +283,7 @@ fn main() -> ExitCode {
     };
     let res = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Dev(args) => dev(args).await,
             Command::Client(verb) => return ExitCode::from(ringkv::cli::run(verb).await),
             Command::Bench(args) => return bench(args).await,
@@ -337,6 +378,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
         .map(ringkv::secret::ClusterSecret::load)
         .transpose()?;
     cfg.api_tokens = args.api_tokens;
+    cfg.tls = args.tls_cert.zip(args.tls_key);
     args.tuning.apply(&mut cfg);
     cfg.validate()?;
     if cfg.cluster_secret.is_none() {

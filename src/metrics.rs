@@ -42,6 +42,8 @@ pub struct RouteLabels {
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// HTTP connections open now (TLS handshakes and WebSockets included).
+    pub connections: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for HttpMetrics {
@@ -53,6 +55,7 @@ impl Default for HttpMetrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
             }),
+            connections: Default::default(),
         }
     }
 }
@@ -171,8 +174,13 @@ impl Collector for NodeCollector {
             ),
             (
                 "watch_events_dropped",
-                "Watch events not delivered to a peer (queue full or peer unreachable)",
+                "Watch events not delivered to a peer (queue full, peer unreachable or gone, or shutdown)",
                 self.events_dropped,
+            ),
+            (
+                "watchers_refused",
+                "WebSocket watchers refused with 503 because --max-watchers were connected",
+                c.watchers_refused,
             ),
             (
                 "watch_events_lagged",
@@ -183,6 +191,21 @@ impl Collector for NodeCollector {
                 "rpc_frames_rejected",
                 "RPC connections closed for a bad frame",
                 c.rpc_frames_rejected,
+            ),
+            (
+                "http_connections_refused",
+                "HTTP connections closed at once because --max-http-connections were open",
+                c.http_connections_refused,
+            ),
+            (
+                "tls_handshakes_failed",
+                "TLS handshakes on the HTTP port that failed or timed out",
+                c.tls_handshakes_failed,
+            ),
+            (
+                "rpc_in_flight_refused",
+                "RPC requests refused as busy: --max-rpc-in-flight of their connection's requests were running",
+                c.rpc_in_flight_refused,
             ),
             (
                 "rpc_handshakes_refused",
@@ -317,6 +340,11 @@ pub fn render(node: &Node, http: &HttpMetrics) -> Result<String, std::fmt::Error
         "ringkv_http_request_seconds",
         "HTTP request latency by route and method",
         http.latency.clone(),
+    );
+    registry.register(
+        "ringkv_http_connections",
+        "HTTP connections open now",
+        http.connections.clone(),
     );
     registry.register_collector(Box::new(collector));
     let mut out = String::new();

@@ -85,3 +85,88 @@ impl Network for Tcp {
         Ok(Box::new(stream))
     }
 }
+
+/// An in-memory [`Network`] for unit tests: connections are [`tokio::io::duplex`] pipes, so
+/// they need no sockets and work under paused tokio time (every step is a task wake-up,
+/// never an I/O wait the clock could jump past).
+#[cfg(test)]
+pub(crate) mod mem {
+    use std::collections::HashMap;
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU16, Ordering};
+
+    use async_trait::async_trait;
+    use tokio::io::DuplexStream;
+    use tokio::sync::mpsc;
+
+    use super::{BoxStream, Listener, Network, Stream};
+
+    /// Bytes a pipe buffers in each direction.
+    const PIPE: usize = 256 * 1024;
+
+    impl Stream for DuplexStream {
+        fn reset_on_drop(&self) -> io::Result<()> {
+            // Dropping either end closes the pipe and discards what it held.
+            Ok(())
+        }
+    }
+
+    type Accepted = (BoxStream, SocketAddr);
+
+    /// Listeners by address; port 0 picks the next free one.
+    #[derive(Default)]
+    pub(crate) struct MemNet {
+        listeners: Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Accepted>>>,
+        next_port: AtomicU16,
+    }
+
+    struct MemListener {
+        addr: SocketAddr,
+        rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Accepted>>,
+    }
+
+    #[async_trait]
+    impl Listener for MemListener {
+        async fn accept(&self) -> io::Result<Accepted> {
+            match self.rx.lock().await.recv().await {
+                Some(conn) => Ok(conn),
+                None => Err(io::Error::other("the network is gone")),
+            }
+        }
+
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(self.addr)
+        }
+    }
+
+    #[async_trait]
+    impl Network for MemNet {
+        async fn bind(&self, mut addr: SocketAddr) -> io::Result<Box<dyn Listener>> {
+            if addr.port() == 0 {
+                addr.set_port(10_000 + self.next_port.fetch_add(1, Ordering::Relaxed));
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            if listeners.get(&addr).is_some_and(|l| !l.is_closed()) {
+                return Err(io::ErrorKind::AddrInUse.into());
+            }
+            listeners.insert(addr, tx);
+            Ok(Box::new(MemListener {
+                addr,
+                rx: tokio::sync::Mutex::new(rx),
+            }))
+        }
+
+        async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream> {
+            let (ours, theirs) = tokio::io::duplex(PIPE);
+            let from = SocketAddr::from(([127, 0, 0, 2], 1));
+            let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            match listeners.get(&addr) {
+                Some(l) if l.send((Box::new(theirs), from)).is_ok() => Ok(Box::new(ours)),
+                _ => Err(io::ErrorKind::ConnectionRefused.into()),
+            }
+        }
+    }
+}

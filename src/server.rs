@@ -71,6 +71,10 @@ impl NodeHandle {
             Some(path) => Some(Arc::new(crate::access::TokenFile::open(path)?)),
             None => None,
         };
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
+            None => None,
+        };
         let http = net.bind(config.http).await?;
         let rpc_listener = net.bind(config.rpc).await?;
         let http_addr = http.local_addr()?;
@@ -167,6 +171,8 @@ impl NodeHandle {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             auth,
+            max_in_flight: cluster.config.max_rpc_in_flight,
+            in_flight_refused: stats.rpc_in_flight_refused.clone(),
         });
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
         tracker.spawn(crate::handoff::run(replica.clone(), shutdown.clone()));
@@ -200,7 +206,10 @@ impl NodeHandle {
         tracker.spawn(crate::api::serve(
             http,
             node.clone(),
-            tokens.clone(),
+            crate::api::Security {
+                tokens: tokens.clone(),
+                tls,
+            },
             http_stop.clone(),
             http_tracker.clone(),
         ));

@@ -16,6 +16,15 @@ pub struct Stats {
     pub rpc_frames_rejected: Arc<AtomicU64>,
     /// RPC connections refused because the peer could not prove the cluster secret.
     pub rpc_handshakes_refused: Arc<AtomicU64>,
+    /// RPC requests refused at once (busy) because `--max-rpc-in-flight` of their
+    /// connection's requests were running. Shared with the RPC server.
+    pub rpc_in_flight_refused: Arc<AtomicU64>,
+    /// WebSocket watchers refused because `--max-watchers` were connected.
+    pub watchers_refused: AtomicU64,
+    /// HTTP connections closed at once: `--max-http-connections` were open.
+    pub http_connections_refused: AtomicU64,
+    /// TLS handshakes on the HTTP port that failed or timed out.
+    pub tls_handshakes_failed: AtomicU64,
     /// Replicas brought up to date by read repair.
     pub read_repairs: AtomicU64,
     /// Client requests answered 503 because the quorum was not met.
@@ -60,6 +69,10 @@ pub use crate::rpc::NodeStatus;
 pub struct StatsSnapshot {
     pub rpc_frames_rejected: u64,
     pub rpc_handshakes_refused: u64,
+    pub rpc_in_flight_refused: u64,
+    pub watchers_refused: u64,
+    pub http_connections_refused: u64,
+    pub tls_handshakes_failed: u64,
     /// Process-wide: see [`crate::membership::garbage`].
     pub gossip_datagrams_rejected: u64,
     /// Process-wide: gossip datagrams dropped by the cluster secret's check ([`crate::seal`]).
@@ -100,6 +113,10 @@ impl Stats {
         StatsSnapshot {
             rpc_frames_rejected: get(&self.rpc_frames_rejected),
             rpc_handshakes_refused: get(&self.rpc_handshakes_refused),
+            rpc_in_flight_refused: get(&self.rpc_in_flight_refused),
+            watchers_refused: get(&self.watchers_refused),
+            http_connections_refused: get(&self.http_connections_refused),
+            tls_handshakes_failed: get(&self.tls_handshakes_failed),
             gossip_datagrams_rejected: crate::membership::garbage::rejected(),
             gossip_datagrams_refused: crate::seal::refused(),
             read_repairs: get(&self.read_repairs),

@@ -15,8 +15,8 @@
 //! coordinator leave in order through one queue per destination ([`Fanout`]), so a watcher
 //! sees one coordinator's changes to a key in the order they were acknowledged. An event is
 //! lost, never retried, when the coordinator dies between its answer and the send, when the
-//! watcher's node is unreachable from the coordinator (partition, RPC timeout) or its queue is
-//! full, and while the watcher is not connected. A watcher that falls behind by more than
+//! watcher's node is unreachable from the coordinator (partition, RPC timeout), has left the
+//! ring, or its queue is full, and while the watcher is not connected. A watcher that falls behind by more than
 //! [`WATCH_BUFFER`] events gets one `{"op":"lagged","missed":n}` message instead of the
 //! events it missed; writes never wait for watchers. A client that needs every change
 //! reconnects and re-reads (list the prefix, read the keys) after a `lagged` message or a
@@ -40,12 +40,13 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::cluster::Cluster;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock;
 use crate::membership::SelfKeys;
 use crate::membership::{KEY_WATCH, View};
 use crate::ring::NodeId;
 use crate::rpc::{Request, Response};
+use crate::stats::Stats;
 
 // Events and announcements cross the wire: they are defined with the protocol, and their
 // client-facing and gossiped forms are here.
@@ -55,6 +56,12 @@ pub use crate::config::WATCH_BUFFER;
 
 /// Events queued for one peer before new ones are dropped (and counted).
 const FANOUT_QUEUE: usize = 8192;
+
+/// A peer's event queue (and the task sending it) is dropped once it has had nothing to
+/// send for this long, so that peers that stopped watching, or left, cost nothing; the next
+/// event to that peer starts a new one. A peer that is no longer a member has its queue
+/// dropped at its next event (those events are counted as dropped).
+pub const FANOUT_IDLE: Duration = Duration::from_secs(30);
 
 /// Most events sent to a peer in one RPC.
 const FANOUT_BATCH: usize = 256;
@@ -144,10 +151,26 @@ impl Watchers {
 
     /// Registers a watcher of `prefix` that may fall `buffer` events behind.
     pub fn subscribe(self: &Arc<Self>, prefix: Bytes, buffer: usize) -> Subscription {
+        let mut slots = lock(&self.slots);
+        self.add(&mut slots, prefix, buffer)
+    }
+
+    /// As [`Watchers::subscribe`], unless `max` watchers are connected already: `None`.
+    pub fn try_subscribe(
+        self: &Arc<Self>,
+        prefix: Bytes,
+        buffer: usize,
+        max: usize,
+    ) -> Option<Subscription> {
+        let mut slots = lock(&self.slots);
+        (slots.len() < max).then(|| self.add(&mut slots, prefix, buffer))
+    }
+
+    fn add(self: &Arc<Self>, slots: &mut Vec<Slot>, prefix: Bytes, buffer: usize) -> Subscription {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let missed = Arc::new(AtomicU64::new(0));
-        lock(&self.slots).push(Slot {
+        slots.push(Slot {
             id,
             prefix,
             tx,
@@ -248,12 +271,137 @@ impl Interest {
 }
 
 /// One queue and one sending task per destination node, so that events to a node leave in
-/// order and a slow peer never holds up the coordinator.
+/// order and a slow peer never holds up the coordinator. A queue lives while it has events to
+/// send: it is dropped after [`FANOUT_IDLE`] without any, or at once when its peer is no
+/// longer a member, and the next event to that peer makes a new one.
 #[derive(Default)]
 pub struct Fanout {
-    queues: Mutex<HashMap<SocketAddr, mpsc::Sender<Event>>>,
-    /// Events dropped because a peer's queue was full or its task ended.
+    queues: Mutex<HashMap<SocketAddr, Queue>>,
+    next_queue: AtomicU64,
+    /// Events dropped because a peer's queue was full, the peer was unreachable or no
+    /// longer a member, or the node shut down.
     pub dropped: AtomicU64,
+}
+
+/// One destination's queue; `id` tells a queue from its successor to the same address.
+struct Queue {
+    id: u64,
+    tx: mpsc::Sender<Event>,
+}
+
+impl Fanout {
+    /// Queues `event` for the peer at `addr`, starting its sending task if it has none. Never
+    /// waits: a full queue drops the event (and counts it).
+    fn send(self: &Arc<Self>, cluster: &Arc<Cluster>, addr: SocketAddr, event: Event) {
+        if cluster.shutdown.is_cancelled() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Events enter a queue only under this lock, and a task leaves the map only under it
+        // after checking its queue is empty ([`Fanout::retire_if_idle`]): no event is ever
+        // sent into a queue whose task has gone.
+        let mut queues = lock(&self.queues);
+        let queue = queues.entry(addr).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
+            let id = self.next_queue.fetch_add(1, Ordering::Relaxed);
+            let (fanout, task_cluster) = (self.clone(), cluster.clone());
+            cluster
+                .tracker
+                .spawn(async move { fanout.deliver(task_cluster, addr, id, rx).await });
+            Queue { id, tx }
+        });
+        if queue.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends queued events to one peer, a batch at a time, until the queue has been idle for
+    /// [`FANOUT_IDLE`], the peer is no longer a member, or the node shuts down.
+    async fn deliver(
+        self: Arc<Self>,
+        cluster: Arc<Cluster>,
+        addr: SocketAddr,
+        id: u64,
+        mut rx: mpsc::Receiver<Event>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                _ = cluster.shutdown.cancelled() => None,
+                ev = tokio::time::timeout(FANOUT_IDLE, rx.recv()) => match ev {
+                    Ok(ev) => ev,
+                    Err(_idle) => match self.retire_if_idle(addr, id, &mut rx) {
+                        Some(ev) => Some(ev),
+                        None => return,
+                    },
+                },
+            };
+            let Some(first) = next else {
+                self.retire(addr, id, &mut rx);
+                return;
+            };
+            let mut events = vec![first];
+            while events.len() < FANOUT_BATCH {
+                match rx.try_recv() {
+                    Ok(ev) => events.push(ev),
+                    Err(_) => break,
+                }
+            }
+            let n = events.len() as u64;
+            // A peer that left, or restarted on another port, watches nothing here any more.
+            let member = cluster.view().members.values().any(|m| m.rpc == Some(addr));
+            if !member {
+                debug!(%addr, "watch events for a former member: dropping its queue");
+                self.dropped.fetch_add(n, Ordering::Relaxed);
+                self.retire(addr, id, &mut rx);
+                return;
+            }
+            if let Err(err) = cluster.pool.call(addr, Request::Events { events }).await {
+                debug!(%addr, %err, "could not deliver watch events");
+                self.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Takes queue `id` of `addr` out of the map if nothing arrived in it; otherwise keeps it
+    /// and returns the event that did. Under the map lock, so no event can enter the queue
+    /// between the check and the removal.
+    fn retire_if_idle(
+        &self,
+        addr: SocketAddr,
+        id: u64,
+        rx: &mut mpsc::Receiver<Event>,
+    ) -> Option<Event> {
+        let mut queues = lock(&self.queues);
+        if let Ok(ev) = rx.try_recv() {
+            return Some(ev);
+        }
+        if queues.get(&addr).is_some_and(|q| q.id == id) {
+            queues.remove(&addr);
+        }
+        None
+    }
+
+    /// Takes queue `id` of `addr` out of the map and drops (and counts) what it still holds.
+    fn retire(&self, addr: SocketAddr, id: u64, rx: &mut mpsc::Receiver<Event>) {
+        {
+            let mut queues = lock(&self.queues);
+            if queues.get(&addr).is_some_and(|q| q.id == id) {
+                queues.remove(&addr);
+            }
+        }
+        // Out of the map: nothing can enter the queue any more.
+        rx.close();
+        let mut n = 0;
+        while rx.try_recv().is_ok() {
+            n += 1;
+        }
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Peers with a queue (and a sending task).
+    pub fn queues(&self) -> usize {
+        lock(&self.queues).len()
+    }
 }
 
 /// The watch part of a node: its own watchers, what its peers watch, and the queues of
@@ -265,7 +413,7 @@ pub struct Watches {
     /// Which prefixes peers watch, as they told us directly.
     interest: Mutex<Interest>,
     /// Queues of events on their way to watching peers.
-    pub(crate) fanout: Fanout,
+    pub(crate) fanout: Arc<Fanout>,
     /// Gossips this node's prefixes.
     self_keys: SelfKeys,
 }
@@ -276,7 +424,7 @@ impl Watches {
             cluster,
             watchers: Arc::new(Watchers::starting_now()),
             interest: Mutex::default(),
-            fanout: Fanout::default(),
+            fanout: Arc::default(),
             self_keys,
         }
     }
@@ -295,63 +443,29 @@ impl Watches {
             self.watchers.publish(&event);
         }
         for addr in dests {
-            self.send_event(addr, event.clone());
-        }
-    }
-
-    fn send_event(self: &Arc<Self>, addr: SocketAddr, event: Event) {
-        let mut queues = lock(&self.fanout.queues);
-        let tx = queues.entry(addr).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
-            let node = self.clone();
-            self.cluster
-                .tracker
-                .spawn(async move { node.deliver_events(addr, rx).await });
-            tx
-        });
-        if tx.try_send(event).is_err() {
-            self.fanout.dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Sends queued events to one peer, a batch at a time, until shutdown.
-    async fn deliver_events(self: Arc<Self>, addr: SocketAddr, mut rx: mpsc::Receiver<Event>) {
-        loop {
-            let first = tokio::select! {
-                _ = self.cluster.shutdown.cancelled() => return,
-                ev = rx.recv() => match ev {
-                    Some(ev) => ev,
-                    None => return,
-                },
-            };
-            let mut events = vec![first];
-            while events.len() < FANOUT_BATCH {
-                match rx.try_recv() {
-                    Ok(ev) => events.push(ev),
-                    Err(_) => break,
-                }
-            }
-            let n = events.len() as u64;
-            if let Err(err) = self
-                .cluster
-                .pool
-                .call(addr, Request::Events { events })
-                .await
-            {
-                debug!(%addr, %err, "could not deliver watch events");
-                self.fanout.dropped.fetch_add(n, Ordering::Relaxed);
-            }
+            self.fanout.send(&self.cluster, addr, event.clone());
         }
     }
 
     /// Starts watching `prefix` here. Returns once every live peer has been told (or did not
     /// answer within the RPC timeout), so changes they acknowledge from then on reach us.
-    pub async fn watch(self: &Arc<Self>, prefix: Bytes) -> Subscription {
-        let sub = self
-            .watchers
-            .subscribe(prefix, self.cluster.config.watch_buffer);
+    /// With `--max-watchers` connected already, refuses ([`Error::Rejected`], 503) and counts
+    /// it (`watchers_refused`).
+    pub async fn watch(self: &Arc<Self>, prefix: Bytes) -> Result<Subscription> {
+        let config = &self.cluster.config;
+        let Some(sub) =
+            self.watchers
+                .try_subscribe(prefix, config.watch_buffer, config.max_watchers)
+        else {
+            Stats::incr(&self.cluster.stats.watchers_refused);
+            return Err(Error::Rejected(format!(
+                "this node serves its limit of {} watchers (--max-watchers); watch through \
+                 another node or try again later",
+                config.max_watchers
+            )));
+        };
         self.announce_watches().await;
-        sub
+        Ok(sub)
     }
 
     /// The announcement of this node's current prefixes.
@@ -464,6 +578,8 @@ pub async fn stream<S>(
 mod tests {
     use super::*;
     use crate::membership::Member;
+    use crate::net::mem::MemNet;
+    use crate::rpc::testing::{Recorder, start_server, wait_until};
 
     fn event(key: &str) -> Event {
         Event {
@@ -501,6 +617,105 @@ mod tests {
         drop(b);
         assert_eq!(w.count(), 1);
         assert!(w.wants(b"a/x") && !w.wants(b"b/x"));
+    }
+
+    #[test]
+    fn watchers_past_the_cap_are_refused_until_one_leaves() {
+        let w = Arc::new(Watchers::default());
+        let a = w.try_subscribe(Bytes::from_static(b"a/"), 8, 2);
+        let b = w.try_subscribe(Bytes::from_static(b"b/"), 8, 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(w.try_subscribe(Bytes::new(), 8, 2).is_none());
+        assert_eq!(w.count(), 2, "a refused watcher leaves no slot behind");
+        drop(a);
+        assert!(w.try_subscribe(Bytes::new(), 8, 2).is_some());
+    }
+
+    /// A cluster of one node, `me`, whose pool reaches peers over `net`, seeing `view`.
+    fn cluster(
+        net: Arc<MemNet>,
+        view: View,
+    ) -> (Arc<Cluster>, tokio::sync::watch::Sender<Arc<View>>) {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(view));
+        let cluster = Cluster::new(
+            crate::config::Config::new("me", any, any, any),
+            crate::version::Actor {
+                node: NodeId::from("me"),
+                generation: 1,
+            },
+            crate::rpc::testing::pool(net, Duration::from_secs(2)),
+            Arc::default(),
+            view_rx,
+            tokio_util::task::TaskTracker::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        (Arc::new(cluster), view_tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_queue_goes_once_idle_or_its_peer_left_and_comes_back_with_an_event() {
+        let net = Arc::new(MemNet::default());
+        let peer = Arc::new(Recorder::default());
+        let (addr, _server) = start_server(&net, peer.clone(), 8).await;
+        let mut p = member("p", 2, None);
+        p.rpc = Some(addr);
+        let mut view = View::default();
+        view.members.insert(p.id.clone(), p);
+        let (cluster, view_tx) = cluster(net, view);
+        let fanout = Arc::new(Fanout::default());
+        let dropped = || fanout.dropped.load(Ordering::Relaxed);
+
+        fanout.send(&cluster, addr, event("a/1"));
+        wait_until("the event is delivered", || peer.keys() == ["a/1"]).await;
+        assert_eq!(fanout.queues(), 1);
+        tokio::time::sleep(FANOUT_IDLE / 2).await;
+        assert_eq!(fanout.queues(), 1, "not idle for long enough yet");
+        tokio::time::sleep(FANOUT_IDLE / 2).await;
+        wait_until("the idle queue is dropped", || fanout.queues() == 0).await;
+        assert_eq!(dropped(), 0);
+
+        // A later event makes a new queue, and is delivered.
+        fanout.send(&cluster, addr, event("a/2"));
+        assert_eq!(fanout.queues(), 1);
+        wait_until("the later event is delivered", || {
+            peer.keys() == ["a/1", "a/2"]
+        })
+        .await;
+
+        // The peer leaves the ring: its queue goes at its next event, which is dropped.
+        view_tx.send_replace(Arc::new(View::default()));
+        fanout.send(&cluster, addr, event("a/3"));
+        wait_until("the former member's queue is dropped", || {
+            fanout.queues() == 0
+        })
+        .await;
+        assert_eq!(dropped(), 1);
+        assert_eq!(peer.keys(), ["a/1", "a/2"]);
+    }
+
+    /// The race of an idle queue's end with a new event: the event found in the queue under
+    /// the map lock keeps the queue; and a task never removes its successor's queue.
+    #[test]
+    fn an_idle_queue_that_got_an_event_meanwhile_stays() {
+        let fanout = Fanout::default();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 2));
+        let (tx, mut rx) = mpsc::channel(4);
+        lock(&fanout.queues).insert(
+            addr,
+            Queue {
+                id: 7,
+                tx: tx.clone(),
+            },
+        );
+        tx.try_send(event("k")).expect("room");
+        let ev = fanout.retire_if_idle(addr, 7, &mut rx);
+        assert_eq!(ev.map(|e| e.key), Some(Bytes::from_static(b"k")));
+        assert_eq!(fanout.queues(), 1);
+        assert!(fanout.retire_if_idle(addr, 6, &mut rx).is_none());
+        assert_eq!(fanout.queues(), 1, "queue 7 is not queue 6's to remove");
+        assert!(fanout.retire_if_idle(addr, 7, &mut rx).is_none());
+        assert_eq!(fanout.queues(), 0);
     }
 
     #[test]

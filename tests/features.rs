@@ -365,6 +365,43 @@ async fn a_watcher_sees_changes_coordinated_anywhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_past_max_watchers_are_refused_with_503() {
+    let c = TestCluster::start_with(3, |cfg| cfg.max_watchers = 1).await;
+    let http = Http::new();
+    let first = connect(&c.url(0), "a/").await;
+    let url = format!("{}/watch?prefix=b/", c.url(0).replace("http://", "ws://"));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["kind"], "rejected", "{body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("--max-watchers"),
+                "{body}"
+            );
+        }
+        Err(other) => panic!("expected a 503, got {other}"),
+        Ok(_) => panic!("a watcher past the cap was accepted"),
+    }
+    assert_eq!(c.node(0).node().watches().watchers().count(), 1);
+    let metrics = http.get(&format!("{}/metrics", c.url(0))).await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(text.contains("ringkv_watchers_refused_total 1"), "{text}");
+    // The cap is per node, and a watcher that leaves makes room.
+    let _other = connect(&c.url(1), "b/").await;
+    drop(first);
+    wait_until(
+        Duration::from_secs(5),
+        "the first watcher is gone",
+        || async { c.node(0).node().watches().watchers().count() == 0 },
+    )
+    .await;
+    let _again = connect(&c.url(0), "b/").await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_is_told_what_it_missed_and_never_blocks_writes() {
     let c = TestCluster::start_with(3, |cfg| cfg.watch_buffer = 8).await;
     let http = Http::new();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::process::ProcessNode;
 use common::{Http, TestCluster, wait_until};
+use futures_util::StreamExt;
 use hyper::{Method, StatusCode};
 
 /// A private temporary directory for one test's files.
@@ -249,5 +250,86 @@ async fn a_secret_readable_by_others_is_refused() {
         !stderr.contains("the-ring-secret"),
         "the secret leaked: {stderr}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A self-signed certificate for localhost and 127.0.0.1, as (cert, key) PEM files.
+fn test_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let cert = private_file(dir, "cert.pem", &ck.cert.pem());
+    let key = private_file(dir, "key.pem", &ck.signing_key.serialize_pem());
+    (cert, key)
+}
+
+/// With --tls-cert/--tls-key the HTTP port speaks only HTTPS: the client (with the CA),
+/// the CLI and a watch (wss) work; plain HTTP and a client without the CA do not.
+#[tokio::test]
+async fn https_round_trip_with_a_watch() {
+    let dir = temp_dir("tls");
+    let (cert, key) = test_certificate(&dir);
+    let tls = Some((cert.clone(), key.clone()));
+    let c = TestCluster::start_with(1, |cfg| {
+        cfg.tls = tls.clone();
+        cfg.replicas = 1;
+        cfg.read_quorum = 1;
+        cfg.write_quorum = 1;
+    })
+    .await;
+    let https = format!("https://localhost:{}", c.node(0).http_addr().port());
+    let client = ringkv::Client::builder([&https])
+        .ca_cert(&cert)
+        .build()
+        .unwrap();
+    let mut watch = client.watch("tls/").await.expect("a watch over wss");
+    client
+        .put("tls/a", "over TLS")
+        .await
+        .expect("put over https");
+    let got = client.get("tls/a").await.expect("get over https");
+    assert_eq!(got.value().map(|v| &v[..]), Some(&b"over TLS"[..]));
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the watch is open")
+        .expect("an event");
+    assert_eq!(event.key(), Some("tls/a"), "{event:?}");
+    // The CLI, with --ca-cert.
+    // On the blocking pool: the node runs on this test's runtime thread.
+    let mut cli = common::process::ringkv();
+    cli.args([
+        "get",
+        "tls/a",
+        "--node",
+        &https,
+        "--ca-cert",
+        cert.to_str().unwrap(),
+    ]);
+    let out = tokio::task::spawn_blocking(move || cli.output())
+        .await
+        .unwrap()
+        .expect("run ringkv get");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"over TLS");
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let plain = Http::new().try_get(&format!("{}/health", c.url(0))).await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // Without the CA (and for another name) the handshake fails.
+    assert!(
+        ringkv::Client::new([&https]).is_err(),
+        "https without --ca-cert"
+    );
+    let other = ringkv::Client::builder([format!(
+        "https://127.0.0.2:{}",
+        c.node(0).http_addr().port()
+    )])
+    .ca_cert(&cert)
+    .build()
+    .unwrap();
+    assert!(
+        other.get("tls/a").await.is_err(),
+        "a name the certificate lacks"
+    );
+    c.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

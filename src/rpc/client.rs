@@ -6,13 +6,14 @@
 //!
 //! Connections are keyed by the peer's RPC *address*: a peer restarted on a new port simply
 //! gets a new connection, and the old one dies with its socket. A broken connection fails
-//! every call pending on it at once (they do not wait for their timeouts), and the next call
-//! opens a fresh one.
+//! every call pending on it at once (they do not wait for their timeouts), leaves the pool,
+//! and the next call opens a fresh one. The pool holds only connections that are open or
+//! opening, so the addresses of departed peers do not pile up in it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -71,10 +72,13 @@ pub struct PoolConfig {
     pub auth: Option<Arc<RpcAuth>>,
 }
 
+type Conns = Arc<Mutex<HashMap<SocketAddr, Arc<Conn>>>>;
+
 /// Connections to peers, opened on first use.
 pub struct Pool {
     cfg: Arc<PoolConfig>,
-    conns: Mutex<HashMap<SocketAddr, Arc<Conn>>>,
+    /// Open or opening connections: each one's task removes it when the connection ends.
+    conns: Conns,
 }
 
 impl Pool {
@@ -82,8 +86,14 @@ impl Pool {
     pub fn new(cfg: PoolConfig) -> Pool {
         Pool {
             cfg: Arc::new(cfg),
-            conns: Mutex::new(HashMap::new()),
+            conns: Conns::default(),
         }
+    }
+
+    /// Connections held (open, or opening).
+    #[cfg(test)]
+    pub(crate) fn connections(&self) -> usize {
+        lock(&self.conns).len()
     }
 
     /// The per-call timeout.
@@ -150,10 +160,7 @@ impl Pool {
                 // next call reconnects.
                 conn.dead.store(true, Ordering::Release);
                 conn.abort.cancel();
-                let mut conns = lock(&self.conns);
-                if conns.get(&addr).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-                    conns.remove(&addr);
-                }
+                forget(&self.conns, addr, &conn);
                 Err(Error::Timeout)
             }
         }
@@ -179,6 +186,7 @@ impl Pool {
         let pending = conn.pending.clone();
         let dead = conn.dead.clone();
         let abort = conn.abort.clone();
+        let (conns, this) = (self.conns.clone(), Arc::downgrade(&conn));
         self.cfg.tracker.spawn(async move {
             let mut rx = rx;
             let res = tokio::select! {
@@ -189,6 +197,11 @@ impl Pool {
             dead.store(true, Ordering::Release);
             rx.close();
             fail_all(&pending);
+            // A weak handle: the pool's entry, not this task, decides how long the `Conn`
+            // (and its queue's sender) lives.
+            if let Some(conn) = Weak::upgrade(&this) {
+                forget(&conns, addr, &conn);
+            }
             match res {
                 Err(err @ Error::Protocol(_)) => {
                     cfg.frames_rejected.fetch_add(1, Ordering::Relaxed);
@@ -199,6 +212,14 @@ impl Pool {
             }
         });
         conn
+    }
+}
+
+/// Removes `conn` from the pool, unless a newer connection to `addr` replaced it already.
+fn forget(conns: &Conns, addr: SocketAddr, conn: &Arc<Conn>) {
+    let mut conns = lock(conns);
+    if conns.get(&addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+        conns.remove(&addr);
     }
 }
 
@@ -338,5 +359,67 @@ async fn run(
     tokio::select! {
         res = writer => res,
         res = reader_loop => res,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::mem::MemNet;
+    use crate::rpc::testing::{Recorder, pool, start_server, wait_until};
+
+    #[tokio::test]
+    async fn a_connection_that_ends_leaves_the_pool() {
+        let net = Arc::new(MemNet::default());
+        let (addr, server) = start_server(&net, Arc::new(Recorder::default()), 8).await;
+        let pool = pool(net.clone(), Duration::from_secs(5));
+        let res = pool.call(addr, Request::Status).await;
+        assert!(matches!(res, Ok(Response::Done)), "{res:?}");
+        assert_eq!(pool.connections(), 1);
+        // The peer goes away: its connection leaves the pool at once, with no further call
+        // to that address.
+        server.shutdown.cancel();
+        wait_until("the dead connection left the pool", || {
+            pool.connections() == 0
+        })
+        .await;
+        // A connection that never comes up leaves nothing behind either.
+        let res = pool.call(addr, Request::Status).await;
+        assert!(matches!(res, Err(Error::Unreachable(_))), "{res:?}");
+        wait_until("the failed connection left the pool", || {
+            pool.connections() == 0
+        })
+        .await;
+        // Another peer, reached afresh, is held while it lives.
+        let (other, _server) = start_server(&net, Arc::new(Recorder::default()), 8).await;
+        let res = pool.call(other, Request::Status).await;
+        assert!(matches!(res, Ok(Response::Done)), "{res:?}");
+        assert_eq!(pool.connections(), 1);
+    }
+
+    /// The task of a connection the pool already replaced must not remove its successor.
+    #[test]
+    fn forgetting_a_replaced_connection_keeps_its_successor() {
+        let conn = || {
+            Arc::new(Conn {
+                tx: mpsc::channel(1).0,
+                pending: Pending::default(),
+                next_id: AtomicU64::new(1),
+                dead: Arc::default(),
+                abort: CancellationToken::new(),
+            })
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let (old, new) = (conn(), conn());
+        let conns = Conns::default();
+        lock(&conns).insert(addr, new.clone());
+        forget(&conns, addr, &old);
+        assert!(
+            lock(&conns)
+                .get(&addr)
+                .is_some_and(|c| Arc::ptr_eq(c, &new))
+        );
+        forget(&conns, addr, &new);
+        assert!(lock(&conns).is_empty());
     }
 }

@@ -318,3 +318,108 @@ where
         None => Err(Error::Unreachable("connection closed".into())),
     }
 }
+
+/// Servers and pools over [`crate::net::mem`], for the RPC layer's and its users' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::client::{Pool, PoolConfig};
+    use super::server::{ServerContext, serve};
+    use super::{Hello, PROTOCOL_VERSION, Service};
+    use crate::net::Network;
+    use crate::net::mem::MemNet;
+
+    /// The hello of every test node.
+    pub(crate) fn hello(node: &str) -> Hello {
+        Hello {
+            cluster_id: "test".into(),
+            protocol: PROTOCOL_VERSION,
+            node: node.into(),
+            nonce: None,
+            proof: None,
+        }
+    }
+
+    /// Serves `service` on a fresh address of `net`, with `max_in_flight` requests that may
+    /// wait per connection, until the returned context's `shutdown` fires.
+    pub(crate) async fn start_server<S: Service>(
+        net: &MemNet,
+        service: Arc<S>,
+        max_in_flight: usize,
+    ) -> (SocketAddr, Arc<ServerContext<S>>) {
+        let listener = net
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ctx = Arc::new(ServerContext {
+            service,
+            hello: hello("server"),
+            max_payload: 1024 * 1024,
+            frames_rejected: Arc::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            auth: None,
+            max_in_flight,
+            in_flight_refused: Arc::new(AtomicU64::new(0)),
+        });
+        tokio::spawn(serve(listener, ctx.clone()));
+        (addr, ctx)
+    }
+
+    /// A pool over `net` whose calls time out after `timeout`.
+    pub(crate) fn pool(net: Arc<MemNet>, timeout: Duration) -> Pool {
+        Pool::new(PoolConfig {
+            net,
+            hello: hello("client"),
+            max_payload: 1024 * 1024,
+            timeout,
+            frames_rejected: Arc::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            auth: None,
+        })
+    }
+
+    /// A peer that answers `Done` to everything and keeps the watch events it is sent.
+    #[derive(Default)]
+    pub(crate) struct Recorder {
+        pub(crate) events: std::sync::Mutex<Vec<super::Event>>,
+    }
+
+    impl Recorder {
+        /// The keys of the events received so far, in order.
+        pub(crate) fn keys(&self) -> Vec<bytes::Bytes> {
+            let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            events.iter().map(|e| e.key.clone()).collect()
+        }
+    }
+
+    impl Service for Recorder {
+        async fn call(self: Arc<Self>, req: super::Request) -> crate::Result<super::Response> {
+            if let super::Request::Events { events } = req {
+                self.events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(events);
+            }
+            Ok(super::Response::Done)
+        }
+    }
+
+    /// Waits until `cond` holds, at most 10 s (of tokio time: instant when paused).
+    pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

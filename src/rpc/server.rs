@@ -39,6 +39,13 @@ pub struct ServerContext<S> {
     pub tracker: TaskTracker,
     /// With a cluster secret: peers must prove it ([`super::auth`]).
     pub auth: Option<Arc<RpcAuth>>,
+    /// Most requests that may wait ([`Service::may_wait`]) one connection has in flight
+    /// (`--max-rpc-in-flight`, [`crate::config::DEFAULT_MAX_RPC_IN_FLIGHT`]). Past it a
+    /// request is answered at once with `Rejected` ("busy"): see that constant for why this
+    /// sheds instead of waiting.
+    pub max_in_flight: usize,
+    /// Counts the requests refused at that cap (the node's `rpc_in_flight_refused`).
+    pub in_flight_refused: Arc<AtomicU64>,
 }
 
 /// Accepts connections on `listener` until `ctx.shutdown` fires.
@@ -124,6 +131,7 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
     debug!(peer = %theirs.node, "rpc peer connected");
 
     let (resp_tx, mut resp_rx) = mpsc::channel(RESPONSE_QUEUE);
+    let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight.max(1)));
     let writer = write_frames(wr, &mut resp_rx, send_mac);
     let reader_loop = async {
         while let Some(frame) = reader.next().await {
@@ -133,8 +141,26 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
                 return Err(Error::Protocol("peer sent a response to a server".into()));
             };
             // Forwarded writes wait on other replicas: run them beside the reader so they do
-            // not hold up the requests behind them. Store reads and merges finish at once.
+            // not hold up the requests behind them, at most `max_in_flight` at once. Store
+            // reads and merges finish at once.
             let inline = !ctx.service.may_wait(&body);
+            let permit = if inline {
+                None
+            } else {
+                match in_flight.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        ctx.in_flight_refused.fetch_add(1, Ordering::Relaxed);
+                        debug!(peer = %theirs.node, "rpc requests in flight at the cap: busy");
+                        let busy = Err(Error::Rejected(format!(
+                            "busy: {} requests from this peer in flight",
+                            ctx.max_in_flight
+                        )));
+                        let _ = resp_tx.send(Message::Response { id, body: busy }).await;
+                        continue;
+                    }
+                }
+            };
             let service = ctx.service.clone();
             let resp_tx = resp_tx.clone();
             let work = async move {
@@ -160,10 +186,14 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
                 // The connection may be gone; the peer then times out, nothing to do here.
                 let _ = resp_tx.send(Message::Response { id, body }).await;
             };
-            if inline {
-                work.await;
-            } else {
-                ctx.tracker.spawn(work);
+            match permit {
+                None => work.await,
+                Some(permit) => {
+                    ctx.tracker.spawn(async move {
+                        let _permit = permit;
+                        work.await
+                    });
+                }
             }
         }
         Ok::<(), Error>(())
@@ -171,5 +201,82 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
     tokio::select! {
         res = reader_loop => res,
         res = writer => res,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::net::mem::MemNet;
+    use crate::rpc::testing::{pool, start_server, wait_until};
+    use crate::rpc::{Request, Response};
+
+    /// A service whose every request may wait, and waits for the gate to open.
+    struct Gate {
+        running: AtomicUsize,
+        most: AtomicUsize,
+        open: Semaphore,
+    }
+
+    impl Service for Gate {
+        async fn call(self: Arc<Self>, _req: Request) -> Result<Response> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let _pass = self.open.acquire().await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(Response::Done)
+        }
+
+        fn may_wait(&self, _req: &Request) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_that_wait_are_capped_per_connection() {
+        let net = Arc::new(MemNet::default());
+        let gate = Arc::new(Gate {
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            open: Semaphore::new(0),
+        });
+        let (addr, server) = start_server(&net, gate.clone(), 2).await;
+        let running = || gate.running.load(Ordering::SeqCst);
+        let refused = || server.in_flight_refused.load(Ordering::SeqCst);
+        let peer = Arc::new(pool(net.clone(), Duration::from_secs(60)));
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let peer = peer.clone();
+                tokio::spawn(async move { peer.call(addr, Request::Status).await })
+            })
+            .collect();
+        wait_until("two requests run and three are refused", || {
+            running() == 2 && refused() == 3
+        })
+        .await;
+        // The cap is per connection: another peer's requests still run.
+        let other = pool(net.clone(), Duration::from_secs(60));
+        let third = tokio::spawn(async move { other.call(addr, Request::Status).await });
+        wait_until("the other peer's request runs", || running() == 3).await;
+        gate.open.add_permits(100);
+        let mut done = 0;
+        for call in calls {
+            match call.await.expect("the call's task") {
+                Ok(Response::Done) => done += 1,
+                Err(Error::Rejected(why)) => assert!(why.contains("busy"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(done, 2, "two ran, three were refused as busy");
+        let res = third.await.expect("the call's task");
+        assert!(matches!(res, Ok(Response::Done)), "{res:?}");
+        assert_eq!(
+            gate.most.load(Ordering::SeqCst),
+            3,
+            "two from the first peer, one from the other"
+        );
+        assert_eq!(refused(), 3);
     }
 }
