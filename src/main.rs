@@ -392,6 +392,8 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
         );
     }
     let handle = NodeHandle::start(cfg, GossipTransport::Udp).await?;
+    // Caught from before the `listening` line on: a SIGHUP's default action ends the process.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     // One machine-readable line on stdout, so scripts and tests that bind port 0 learn the
     // addresses actually bound.
     println!(
@@ -404,7 +406,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     let signalled = tokio::select! {
         _ = wait_for_signal() => true,
         _ = handle.left() => false,
-        _ = reload_on_sighup(&handle) => false,
+        _ = reload_on_sighup(&handle, hup) => false,
     };
     if signalled {
         // SIGTERM or Ctrl-C: stop without failing any client request.
@@ -415,10 +417,9 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     Ok(())
 }
 
-/// Reloads the API tokens on every SIGHUP; never returns (unless SIGHUP cannot be caught).
-async fn reload_on_sighup(handle: &NodeHandle) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+/// Reloads the API tokens on every SIGHUP; never returns.
+async fn reload_on_sighup(handle: &NodeHandle, hup: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hup) = hup else {
         return std::future::pending().await;
     };
     while hup.recv().await.is_some() {

@@ -214,8 +214,48 @@ async fn nodes_without_the_secret_never_join() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // An outsider dialling RPC directly, with a hello that proves nothing, is closed before
+    // any request is read.
+    for nonce in [None, Some(Bytes::from_static(&[7; 32]))] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(n1.rpc)
+            .await
+            .expect("connect");
+        let hello = ringkv::rpc::Hello {
+            cluster_id: "ringkv".into(),
+            protocol: ringkv::rpc::PROTOCOL_VERSION,
+            node: "outsider".into(),
+            nonce: nonce.clone(),
+            proof: None,
+        };
+        let mut frame = bytes::BytesMut::new();
+        ringkv::codec::encode(&hello, &mut frame).unwrap();
+        conn.write_all(&frame).await.expect("send hello");
+        // A bogus proof for the nonce case, then a request: neither is served.
+        let mut rest = bytes::BytesMut::new();
+        ringkv::codec::encode(
+            &ringkv::rpc::auth::Proof {
+                proof: Bytes::from_static(&[1; 32]),
+            },
+            &mut rest,
+        )
+        .unwrap();
+        let _ = conn.write_all(&rest).await;
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "the node closed the connection (nonce {nonce:?})"
+        );
+    }
     let metrics = http.get(&format!("{}/metrics", n1.url())).await;
     let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let handshakes = text
+        .lines()
+        .find(|l| l.starts_with("ringkv_rpc_handshakes_refused_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(handshakes >= 2.0, "{text}");
     let refused: u64 = text
         .lines()
         .filter(|l| {
@@ -225,6 +265,9 @@ async fn nodes_without_the_secret_never_join() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum();
+    for line in text.lines().filter(|l| l.contains("_refused_total ")) {
+        eprintln!("s1 after the outsiders tried: {line}");
+    }
     assert!(refused > 0, "no refusal counted:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -331,5 +374,48 @@ async fn https_round_trip_with_a_watch() {
         "a name the certificate lacks"
     );
     c.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGHUP reloads the token file: a new token works at once, a removed one stops working, and
+/// a broken file keeps the tokens in force.
+#[tokio::test]
+async fn sighup_reloads_the_tokens() {
+    let dir = temp_dir("sighup");
+    let tokens = private_file(&dir, "tokens", "write old-token\n");
+    let node =
+        ProcessNode::start_with("hup", &[], &["--api-tokens", tokens.to_str().unwrap()]).await;
+    let http = Http::new();
+    let url = format!("{}/cluster/members", node.url());
+    let status = |token: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move { send(&http, Method::GET, &url, Some(token)).await.status }
+    };
+    assert_eq!(status("old-token").await, StatusCode::OK);
+    assert_eq!(status("new-token").await, StatusCode::UNAUTHORIZED);
+    private_file(&dir, "tokens", "read new-token\n");
+    let hup = |pid: u32| {
+        let out = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .output()
+            .expect("kill -HUP");
+        assert!(out.status.success(), "{out:?}");
+    };
+    hup(node.pid());
+    wait_until(Duration::from_secs(10), "the new token works", || async {
+        status("new-token").await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(status("old-token").await, StatusCode::UNAUTHORIZED);
+    // A broken file: the node keeps the tokens it has.
+    private_file(&dir, "tokens", "superuser x\n");
+    hup(node.pid());
+    wait_until(
+        Duration::from_secs(10),
+        "the node logs the failed reload",
+        || async { std::fs::read_to_string(&node.log).is_ok_and(|l| l.contains("not reloaded")) },
+    )
+    .await;
+    assert_eq!(status("new-token").await, StatusCode::OK);
     let _ = std::fs::remove_dir_all(&dir);
 }
