@@ -16,6 +16,7 @@
 //! | GET | `/` | the status page |
 //! | GET | `/cluster/status` | every member's status, stats and ring arcs, for the status page |
 //! | GET | `/cluster/members` | members with status, addresses, generation |
+//! | GET | `/cluster/ring` | the ring for key-aware clients: version, N, vnodes, nodes with HTTP address, serving, tokens |
 //! | GET | `/cluster/replicas/{key}` | the key's N home nodes in preference order |
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
 //! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
@@ -304,10 +305,19 @@ pub async fn handle(node: Arc<Node>, http: Arc<Http>, req: Request<Incoming>) ->
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    let version = node.cluster.view().routing_version();
+    if let Ok(v) = HeaderValue::from_str(&format!("{version:016x}")) {
+        resp.headers_mut().insert(RING_HEADER, v);
+    }
     http.metrics
         .observe(label, op, resp.status().as_u16(), started.elapsed());
     resp
 }
+
+/// Header carrying the version of the ring clients route by ([`View::routing_version`]) on
+/// every answer: a client that routes by key fetches `GET /cluster/ring` again when it
+/// changes.
+pub const RING_HEADER: &str = "x-ringkv-ring";
 
 /// Header carrying a request's id, in both directions.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -338,8 +348,9 @@ fn route_label(path: &str) -> &'static str {
         ("/admin/local/", "admin_local"),
         ("/kv", "kv"),
     ];
-    const EXACT: [(&str, &str); 9] = [
+    const EXACT: [(&str, &str); 10] = [
         ("/cluster/members", "cluster_members"),
+        ("/cluster/ring", "cluster_ring"),
         ("/cluster/leave", "cluster_leave"),
         ("/admin/stats", "admin_stats"),
         ("/health", "health"),
@@ -430,6 +441,7 @@ async fn route(
         "/health" => get_only(Ok(json_response(StatusCode::OK, json!({"status": "ok"})))),
         "/ready" => get_only(Ok(ready(&node))),
         "/cluster/members" => get_only(Ok(members(&node))),
+        "/cluster/ring" => get_only(Ok(ring(&node))),
         "/cluster/leave" => {
             if method != Method::POST {
                 return Err(Error::MethodNotAllowed("POST".into()));
@@ -970,6 +982,39 @@ fn ready(node: &Node) -> Response<Body> {
             json!({"ready": false, "reason": reason, "conditions": r.conditions}),
         ),
     }
+}
+
+/// `GET /cluster/ring`: what a client needs to send each key to its home replicas itself
+/// (key-aware routing): the ring's version, N, the vnode count and the hash, and every ring
+/// node with its HTTP address, whether it serves, and its tokens. A key's homes are the first
+/// N distinct nodes met clockwise from `xxh3_64(key)`, taking the first token at or after the
+/// hash (wrapping), ties by node id.
+fn ring(node: &Node) -> Response<Body> {
+    let view = node.cluster.view();
+    let nodes: Vec<serde_json::Value> = view
+        .ring
+        .nodes()
+        .iter()
+        .map(|id| {
+            let m = view.member(id);
+            json!({
+                "id": &**id,
+                "http": m.and_then(|m| m.http).map(|a| a.to_string()),
+                "serving": view.is_alive(id),
+                "tokens": view.ring.tokens_of(id),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "version": format!("{:016x}", view.routing_version()),
+            "replicas": node.cluster.config.replicas,
+            "vnodes": view.ring.vnodes(),
+            "hash": "xxh3_64",
+            "nodes": nodes,
+        }),
+    )
 }
 
 fn members(node: &Node) -> Response<Body> {

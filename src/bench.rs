@@ -117,6 +117,11 @@ pub struct BenchArgs {
     pub nodes: Vec<String>,
     #[command(flatten)]
     pub token: crate::cli::AuthArgs,
+    /// Key-aware routing: learn the ring (`GET /cluster/ring`) and send each key's requests
+    /// straight to a home replica (PUT: its coordinator; GET: its homes in turn), as the Rust
+    /// client does. Each task then keeps a connection to every serving node.
+    #[arg(long)]
+    pub route: bool,
     /// Concurrent connections, one task each.
     #[arg(long, short = 'c', default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
@@ -549,6 +554,47 @@ where
     Ok(sender)
 }
 
+/// A task's connections to every serving ring node, for `--route`.
+struct Router {
+    routes: Arc<crate::routing::Routes>,
+    conns: std::collections::HashMap<String, Conn>,
+}
+
+impl Router {
+    async fn open(
+        routes: &Arc<crate::routing::Routes>,
+        scheme: &str,
+        auth: &crate::cli::AuthArgs,
+    ) -> Result<Router> {
+        let mut conns = std::collections::HashMap::new();
+        for addr in routes.serving() {
+            let target = Target::resolve(&format!("{scheme}://{addr}"), auth).await?;
+            conns.insert(addr.to_string(), Conn::open(target).await?);
+        }
+        Ok(Router {
+            routes: routes.clone(),
+            conns,
+        })
+    }
+
+    /// The connection to `key`'s coordinator (a write) or one of its homes (a read).
+    fn conn_for(
+        &mut self,
+        key: &[u8],
+        read: bool,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Option<&mut Conn> {
+        let homes = self.routes.homes(key);
+        let pick = match (read, homes.len()) {
+            (_, 0) => return None,
+            (false, _) => 0,
+            (true, n) => rng.random_range(0..n),
+        };
+        let addr = homes[pick].to_string();
+        self.conns.get_mut(&addr)
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection, reopened after a failure.
 struct Conn {
     target: Arc<Target>,
@@ -713,6 +759,23 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
         .collect();
     let query =
         |name: &str, v: Option<usize>| v.map(|v| format!("?{name}={v}")).unwrap_or_default();
+    let routes = if args.route {
+        let mut client = crate::client::Client::builder(&nodes).routing(false);
+        if let Some(t) = &args.token.api_token {
+            client = client.token(t);
+        }
+        if let Some(ca) = &args.token.ca_cert {
+            client = client.ca_cert(ca);
+        }
+        Some(Arc::new(client.build()?.ring().await?))
+    } else {
+        None
+    };
+    let scheme = if nodes[0].starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
     let plan = Arc::new(Plan {
         value: Bytes::from(value),
         picker: KeyPicker::new(args)?,
@@ -728,6 +791,14 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
     // Every connection is opened before the clock starts, so connecting is not measured.
     let opening = (0..args.connections).map(|i| Conn::open(targets[i % targets.len()].clone()));
     let mut conns = futures_util::future::try_join_all(opening).await?;
+    // With --route, each task also opens one connection to every serving ring node.
+    let mut routed: Vec<Option<Router>> = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        routed.push(match &routes {
+            Some(r) => Some(Router::open(r, scheme, &args.token).await?),
+            None => None,
+        });
+    }
 
     let prefill = if args.prefill {
         let (back, prefill) = prefill_keys(conns, &plan, args.keys).await?;
@@ -748,11 +819,12 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
     let progress = tokio::spawn(progress_line(plan.clone(), start, stop_progress.clone()));
     let tasks: Vec<_> = conns
         .into_iter()
+        .zip(routed)
         .enumerate()
-        .map(|(i, conn)| {
+        .map(|(i, (conn, router))| {
             let plan = plan.clone();
             let seed = rng.random::<u64>() ^ i as u64;
-            tokio::spawn(async move { worker(conn, plan, start, end, seed).await })
+            tokio::spawn(async move { worker(conn, router, plan, start, end, seed).await })
         })
         .collect();
     let mut total = Tally::new()?;
@@ -878,6 +950,7 @@ async fn prefill_keys(
 /// record the outcome.
 async fn worker(
     mut conn: Conn,
+    mut router: Option<Router>,
     plan: Arc<Plan>,
     start: Instant,
     end: Option<Instant>,
@@ -919,7 +992,11 @@ async fn worker(
             (Method::PUT, &plan.put_query, plan.value.clone())
         };
         key_path(&mut path, key, query);
-        let res = conn.send(method, &path, body).await;
+        let target = match router.as_mut() {
+            Some(router) => router.conn_for(format!("key{key:08}").as_bytes(), is_read, &mut rng),
+            None => None,
+        };
+        let res = target.unwrap_or(&mut conn).send(method, &path, body).await;
         let took = scheduled.elapsed();
         let ok = match res {
             Ok(StatusCode::OK) if is_read => true,
@@ -1110,6 +1187,7 @@ mod tests {
     fn args(dist: KeyDist, keys: u64) -> BenchArgs {
         BenchArgs {
             token: Default::default(),
+            route: false,
             nodes: vec![],
             connections: 1,
             duration: None,

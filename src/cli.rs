@@ -75,7 +75,8 @@ pub struct AuthArgs {
 
 impl Target {
     fn client(&self) -> Result<Client> {
-        let mut b = Client::builder([&self.node]);
+        // One request per command: fetching the ring first would double it.
+        let mut b = Client::builder([&self.node]).routing(false);
         if let Some(t) = &self.token.api_token {
             b = b.token(t);
         }

@@ -455,6 +455,7 @@ pub struct ClientBuilder {
     read_retries: usize,
     token: Option<String>,
     ca_cert: Option<std::path::PathBuf>,
+    routing: bool,
 }
 
 impl ClientBuilder {
@@ -490,6 +491,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Key-aware routing ([`crate::routing`], on by default): learn the ring and send each
+    /// key's requests straight to a home replica, which saves a write the hop to its
+    /// coordinator. Off, requests go to the given nodes in turn.
+    pub fn routing(mut self, on: bool) -> Self {
+        self.routing = on;
+        self
+    }
+
     /// Checks the node URLs and builds the client. No connection is opened yet.
     pub fn build(self) -> Result<Client> {
         if self.nodes.is_empty() {
@@ -512,6 +521,9 @@ impl ClientBuilder {
             ));
         }
         let tls = crate::tls::client_config(self.ca_cert.as_deref())?;
+        // Routed requests go to ring nodes by their advertised addresses, with the scheme of
+        // the nodes given.
+        let nodes_https = nodes.iter().any(|n| n.base.starts_with("https://"));
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(self.connect_timeout));
@@ -536,6 +548,11 @@ impl ClientBuilder {
                 read_retries: self.read_retries,
                 authorization,
                 tls,
+                scheme: if nodes_https { "https" } else { "http" },
+                routes: RouteState {
+                    on: self.routing,
+                    ..RouteState::default()
+                },
             }),
         })
     }
@@ -647,6 +664,23 @@ struct Inner {
     authorization: Option<hyper::header::HeaderValue>,
     /// For `https://` nodes (watches open their TLS themselves).
     tls: Arc<rustls::ClientConfig>,
+    /// `http` or `https`: how routed requests reach ring nodes.
+    scheme: &'static str,
+    routes: RouteState,
+}
+
+/// What a client knows of the ring for key-aware routing ([`crate::routing`]).
+#[derive(Default)]
+struct RouteState {
+    on: bool,
+    current: std::sync::RwLock<Option<Arc<crate::routing::Routes>>>,
+    /// An answer carried another version (or none was fetched yet): fetch the ring again.
+    stale: std::sync::atomic::AtomicBool,
+    fetched_once: std::sync::atomic::AtomicBool,
+    /// One fetch at a time; requests meanwhile route by what is known.
+    fetching: tokio::sync::Mutex<()>,
+    /// Reads take turns over a key's homes.
+    turn: AtomicUsize,
 }
 
 struct NodeSlot {
@@ -677,12 +711,16 @@ struct Call<'a> {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// May be sent again after it may have been applied (a 503, a timeout, a broken link).
     retryable: bool,
+    /// The key, for key-aware routing.
+    key: Option<&'a [u8]>,
 }
 
 /// An answer with its status, before it is interpreted.
 #[derive(Default)]
 struct Answer {
     status: StatusCode,
+    /// `x-ringkv-ring`: the version of the ring the node routes by.
+    ring: Option<String>,
     context: Option<Context>,
     allow: Option<String>,
     content_type: Option<String>,
@@ -723,6 +761,7 @@ impl Client {
             read_retries: DEFAULT_READ_RETRIES,
             token: None,
             ca_cert: None,
+            routing: true,
         }
     }
 
@@ -758,6 +797,7 @@ impl Client {
             context: None,
             headers: Vec::new(),
             retryable: true,
+            key: Some(key.as_ref()),
         };
         let ans = self.call(&call).await?;
         match ans.status {
@@ -1124,6 +1164,7 @@ impl Client {
             context: None,
             headers: Vec::new(),
             retryable: false,
+            key: None,
         };
         for i in 0..self.inner.nodes.len() {
             loop {
@@ -1183,6 +1224,7 @@ impl Client {
             context: None,
             headers: Vec::new(),
             retryable: false,
+            key: None,
         };
         let ans = self.call(&call).await?;
         if ans.status.is_success() {
@@ -1220,6 +1262,7 @@ impl Client {
             context: None,
             headers: Vec::new(),
             retryable: true,
+            key: None,
         };
         let ans = self.call(&call).await?;
         if ans.status == StatusCode::OK {
@@ -1273,6 +1316,7 @@ impl Client {
             context: write.context.as_ref(),
             headers,
             retryable: write.retry,
+            key: Some(key),
         };
         let ans = self.call(&call).await?;
         if ans.status == StatusCode::NO_CONTENT {
@@ -1290,6 +1334,25 @@ impl Client {
     /// a retryable failure. Any answer, 503 included once the retries are spent, is returned
     /// for the caller to interpret.
     async fn call(&self, call: &Call<'_>) -> Result<Answer> {
+        if let Some(key) = call.key {
+            let write = call.method != Method::GET;
+            if let Some(base) = Box::pin(self.route(key, write)).await {
+                match self.send_to(&base, call).await {
+                    // A 503 may be a routing mistake (a view older than the node's): retried
+                    // through the given nodes if the request may be sent again.
+                    Ok(ans) if ans.status != StatusCode::SERVICE_UNAVAILABLE || !call.retryable => {
+                        return Ok(ans);
+                    }
+                    Ok(_) => {}
+                    Err(Failure::NotSent(err)) => {
+                        debug!(node = %base, %err, "routed node unreachable; trying the given nodes");
+                        self.inner.routes.stale.store(true, Ordering::Relaxed);
+                    }
+                    Err(Failure::Sent(err)) if !call.retryable => return Err(err),
+                    Err(Failure::Sent(_)) => {}
+                }
+            }
+        }
         let nodes = &self.inner.nodes;
         let n = nodes.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
@@ -1356,7 +1419,14 @@ impl Client {
 
     async fn send_once(&self, i: usize, call: &Call<'_>) -> std::result::Result<Answer, Failure> {
         let node = &self.inner.nodes[i];
-        let url = format!("{}{}", node.base, call.path);
+        let ans = self.send_to(&node.base, call).await?;
+        node.down_until_ms.store(0, Ordering::Relaxed);
+        Ok(ans)
+    }
+
+    /// One attempt at `base` (`http://host:port`).
+    async fn send_to(&self, base: &str, call: &Call<'_>) -> std::result::Result<Answer, Failure> {
+        let url = format!("{base}{}", call.path);
         let mut req = Request::builder().method(call.method.clone()).uri(&url);
         if let Some(ctx) = call.context {
             req = req.header(CONTEXT_HEADER, ctx.as_str());
@@ -1373,7 +1443,7 @@ impl Client {
         let exchange = async {
             let resp = self.inner.http.request(req).await.map_err(|e| {
                 if e.is_connect() {
-                    Failure::NotSent(Error::Unreachable(format!("{}: {}", node.base, causes(&e))))
+                    Failure::NotSent(Error::Unreachable(format!("{base}: {}", causes(&e))))
                 } else {
                     Failure::Sent(Error::Interrupted(format!("{url}: {}", causes(&e))))
                 }
@@ -1397,14 +1467,92 @@ impl Client {
                 allow: header(ALLOW.as_str()),
                 content_type: header(CONTENT_TYPE.as_str()),
                 expires_at: header(EXPIRES_HEADER),
+                ring: header(crate::api::RING_HEADER),
                 body,
             })
         };
         let ans = tokio::time::timeout(self.inner.timeout, exchange)
             .await
             .map_err(|_| Failure::Sent(Error::Timeout))??;
-        node.down_until_ms.store(0, Ordering::Relaxed);
+        self.note_ring_version(ans.ring.as_deref());
         Ok(ans)
+    }
+
+    /// Marks the routes stale if an answer names another ring version.
+    fn note_ring_version(&self, version: Option<&str>) {
+        let routes = &self.inner.routes;
+        let (Some(version), true) = (version, routes.on) else {
+            return;
+        };
+        let current = routes.current.read().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_none_or(|r| r.version != version) {
+            routes.stale.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The node a keyed request should go to first, if the client routes and knows the ring:
+    /// a write to the key's first serving home (its coordinator), a read to its serving homes
+    /// in turn.
+    async fn route(&self, key: &[u8], write: bool) -> Option<String> {
+        let routes = &self.inner.routes;
+        if !routes.on {
+            return None;
+        }
+        let first = !routes.fetched_once.swap(true, Ordering::Relaxed);
+        if (first || routes.stale.load(Ordering::Relaxed))
+            && let Ok(_fetching) = routes.fetching.try_lock()
+        {
+            routes.stale.store(false, Ordering::Relaxed);
+            self.fetch_routes().await;
+        }
+        let current = routes
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let homes = current.homes(key);
+        let pick = match (write, homes.len()) {
+            (_, 0) => return None,
+            (true, _) => 0,
+            (false, n) => routes.turn.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        Some(format!("{}://{}", self.inner.scheme, homes[pick]))
+    }
+
+    /// The ring as a key-aware client routes by it (`GET /cluster/ring`).
+    pub async fn ring(&self) -> Result<crate::routing::Routes> {
+        let body = self.get_json("/cluster/ring").await?;
+        crate::routing::Routes::from_json(&body)
+    }
+
+    /// Fetches `GET /cluster/ring` through the given nodes; on failure routing waits for the
+    /// next version change (answers keep coming from the given nodes meanwhile).
+    async fn fetch_routes(&self) {
+        let call = Call {
+            method: Method::GET,
+            path: "/cluster/ring",
+            body: Bytes::new(),
+            context: None,
+            headers: Vec::new(),
+            retryable: true,
+            key: None,
+        };
+        let fetched = match self.call(&call).await {
+            Ok(ans) if ans.status == StatusCode::OK => crate::routing::Routes::from_json(&ans.body),
+            Ok(ans) => Err(Error::Protocol(format!("/cluster/ring: {}", ans.status))),
+            Err(err) => Err(err),
+        };
+        match fetched {
+            Ok(routes) => {
+                *self
+                    .inner
+                    .routes
+                    .current
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(routes));
+            }
+            Err(err) => debug!(%err, "key-aware routing: no ring; sending to the given nodes"),
+        }
     }
 }
 

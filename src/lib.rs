@@ -53,6 +53,7 @@
 //! | [`secret`] | the cluster secret (`--cluster-secret-file`): loading it (mode 600), and the keys derived from it |
 //! | [`seal`] | gossip datagrams sealed with the secret (HMAC tag, replay window), dropped before chitchat sees them |
 //! | [`rpc::auth`] | RPC handshake proofs of the secret, and a tag on every frame |
+//! | [`routing`] | key-aware routing for clients: the ring from `GET /cluster/ring`, each key's serving homes |
 //! | [`access`] | API tokens and the role each route needs (pure); `api` asks it before routing |
 //! | [`cluster`] | the handle every part shares: identity, config, membership view, RPC pool, counters, task set |
 //! | [`replica`] | the copies a node holds (store and hints) and the RPCs that read and change them |
@@ -367,6 +368,7 @@ pub mod quorum;
 pub mod readiness;
 pub mod replica;
 pub mod ring;
+pub mod routing;
 pub mod rpc;
 pub mod seal;
 pub mod secret;

@@ -129,6 +129,8 @@ pub struct View {
     /// This node has heard gossip from one of its seeds (always true without seeds other
     /// than itself): until then its view may be a partition of one.
     pub heard_seed: bool,
+    /// [`View::routing_version`], computed once per view.
+    pub(crate) routing_version: std::sync::OnceLock<u64>,
 }
 
 impl View {
@@ -151,6 +153,23 @@ impl View {
     /// The member with this id.
     pub fn member(&self, id: &str) -> Option<&Member> {
         self.members.get(id)
+    }
+
+    /// What clients route by (`GET /cluster/ring`, the `x-ringkv-ring` header): the ring and,
+    /// for each of its nodes, whether it serves and where its HTTP API is. A client whose
+    /// copy has another version fetches the ring again.
+    pub fn routing_version(&self) -> u64 {
+        *self.routing_version.get_or_init(|| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(&self.ring.fingerprint().to_le_bytes());
+            for id in self.ring.nodes() {
+                h.update(id.as_bytes());
+                h.update(&[u8::from(self.is_alive(id))]);
+                let http = self.member(id).and_then(|m| m.http);
+                h.update(http.map(|a| a.to_string()).unwrap_or_default().as_bytes());
+            }
+            h.digest()
+        })
     }
 
     /// How long this node has seen `id` dead, if it has.
@@ -396,6 +415,7 @@ fn compute_view(
         members,
         ring,
         heard_seed,
+        routing_version: Default::default(),
     }
 }
 

@@ -286,6 +286,7 @@ mod tests {
             members: map,
             ring: Arc::new(ring),
             heard_seed,
+            ..View::default()
         }
     }
 

@@ -82,6 +82,13 @@ impl Ring {
         self.nodes.is_empty()
     }
 
+    /// The tokens of `node` on this ring (its `vnodes` points on the circle), sorted.
+    pub fn tokens_of(&self, node: &str) -> Vec<u64> {
+        let mut t: Vec<u64> = (0..self.vnodes).map(|v| token(node, v)).collect();
+        t.sort_unstable();
+        t
+    }
+
     /// The first `n` distinct nodes clockwise from the key's hash (fewer if the ring is smaller).
     pub fn preference_list(&self, key: &[u8], n: usize) -> Vec<NodeId> {
         self.preference_list_for_hash(key_hash(key), n)

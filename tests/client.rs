@@ -245,30 +245,35 @@ async fn siblings_context_and_put_resolved() {
     c.shutdown().await;
 }
 
+/// A client that sends to the given nodes in turn, without key-aware routing: the retry
+/// tests count attempts per given node.
+fn given_nodes<I: IntoIterator<Item = S>, S: AsRef<str>>(nodes: I) -> Client {
+    Client::builder(nodes)
+        .routing(false)
+        .build()
+        .expect("client")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_is_retried_on_503_and_put_is_not_unless_asked() {
     let c = TestCluster::start(3).await;
     let real = c.url(0);
-    Client::new([&real])
-        .expect("client")
-        .put("k", "old")
-        .await
-        .expect("put");
+    given_nodes([&real]).put("k", "old").await.expect("put");
     let read_back = || async {
-        let one = Client::new([&real]).expect("client");
+        let one = given_nodes([&real]);
         one.get("k").await.expect("get").value().cloned()
     };
 
     // A fresh client starts at its first node: the stub answers 503, the GET moves on.
     let stub = stub_503().await;
-    let client = Client::new([&stub.url, &real]).expect("client");
+    let client = given_nodes([&stub.url, &real]);
     let read = client.get("k").await.expect("the GET is retried on n1");
     assert_eq!(read.value(), Some(&Bytes::from("old")));
     assert_eq!(stub.hits.load(Ordering::SeqCst), 1);
 
     // The same first attempt for a PUT is final: 503 comes back, nothing reaches the ring.
     let stub = stub_503().await;
-    let client = Client::new([&stub.url, &real]).expect("client");
+    let client = given_nodes([&stub.url, &real]);
     let before = writes(&c);
     let err = client
         .put("k", "new")
@@ -290,7 +295,7 @@ async fn get_is_retried_on_503_and_put_is_not_unless_asked() {
 
     // Unless the caller asks for it.
     let stub = stub_503().await;
-    let client = Client::new([&stub.url, &real]).expect("client");
+    let client = given_nodes([&stub.url, &real]);
     let opts = WriteOptions {
         retry: true,
         ..WriteOptions::default()
@@ -301,7 +306,7 @@ async fn get_is_retried_on_503_and_put_is_not_unless_asked() {
 
     // With only 503s to be had, a GET makes 1 + DEFAULT_READ_RETRIES attempts, a DELETE one.
     let stub = stub_503().await;
-    let client = Client::new([&stub.url]).expect("client");
+    let client = given_nodes([&stub.url]);
     assert!(matches!(
         client.get("k").await,
         Err(Error::Unavailable { .. })
@@ -323,7 +328,7 @@ async fn a_real_quorum_failure_is_retried_on_other_nodes() {
     let key = "needs-three";
     let victim = 2;
     let others = [0, 1];
-    let client = Client::new(others.iter().map(|&i| c.url(i))).expect("client");
+    let client = given_nodes(others.iter().map(|&i| c.url(i)));
     client.put(key, "v").await.expect("put");
     c.kill(victim).await;
     c.wait_all_alive().await;
@@ -1380,5 +1385,46 @@ async fn cli_watch_prints_each_change() {
     let (code, stderr) = raw.exit_code().await;
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("closed"), "{stderr}");
+    c.shutdown().await;
+}
+
+/// Key-aware routing: given one node, the client learns the ring and sends each write to the
+/// key's coordinator, so no write is forwarded; when that node dies, writes still succeed
+/// through the given node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_straight_to_their_coordinator() {
+    let mut c = TestCluster::start(5).await;
+    let forwarded = |c: &TestCluster| -> u64 {
+        c.up()
+            .iter()
+            .map(|&i| c.node(i).node().stats().snapshot().writes_forwarded)
+            .sum()
+    };
+    let routed = Client::new([c.url(0)]).expect("client");
+    for i in 0..200 {
+        routed.put(format!("routed-{i}"), "v").await.expect("put");
+    }
+    for i in 0..200 {
+        let got = routed.get(format!("routed-{i}")).await.expect("get");
+        assert_eq!(got.value(), Some(&Bytes::from("v")));
+    }
+    assert_eq!(forwarded(&c), 0, "a routed write took the extra hop");
+    // Without routing, through one node, about 3/5 of the writes are forwarded (n1 is the
+    // first home of about 1/5 of the keys, and 2/5 more land elsewhere first).
+    let given = given_nodes([c.url(0)]);
+    for i in 0..200 {
+        given.put(format!("given-{i}"), "v").await.expect("put");
+    }
+    assert!(forwarded(&c) > 50, "forwarded {}", forwarded(&c));
+
+    // A home dies: routed writes to its keys fall back to the given node and succeed.
+    let victim = 3;
+    c.kill(victim).await;
+    for i in 0..100 {
+        routed
+            .put(format!("after-{i}"), "w")
+            .await
+            .expect("a routed put survives a dead home");
+    }
     c.shutdown().await;
 }
