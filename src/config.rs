@@ -113,6 +113,12 @@ pub struct Config {
     /// The ring's shared secret (`--cluster-secret-file`): with one, RPC connections and
     /// gossip datagrams are authenticated ([`crate::secret`]); without, the ring is open.
     pub cluster_secret: Option<crate::secret::ClusterSecret>,
+    /// The addresses peers and clients reach this node at (`--advertise-http`, `-rpc`,
+    /// `-gossip`): shown in members, gossip and `/cluster/*`. `None`: the bound address,
+    /// which must then not be a wildcard (`0.0.0.0`, `::`).
+    pub advertise_http: Option<SocketAddr>,
+    pub advertise_rpc: Option<SocketAddr>,
+    pub advertise_gossip: Option<SocketAddr>,
     /// The API token file (`--api-tokens`, [`crate::access`]); without one, the HTTP API is
     /// open.
     pub api_tokens: Option<std::path::PathBuf>,
@@ -162,6 +168,18 @@ pub const DEFAULT_MAX_WATCHERS: usize = 1024;
 /// connection, so a node runs at most (peers × this) such requests at once.
 pub const DEFAULT_MAX_RPC_IN_FLIGHT: usize = 256;
 
+/// Fails (exit code 2) if `addr`, what this node advertises for `bind_flag`, is a wildcard
+/// address that no peer could reach, naming the flag to set instead.
+pub fn check_advertised(bind_flag: &str, advertise_flag: &str, addr: SocketAddr) -> Result<()> {
+    if addr.ip().is_unspecified() {
+        return Err(Error::InvalidInput(format!(
+            "{bind_flag} binds {addr}, which peers cannot reach: set {advertise_flag} HOST:PORT \
+             to the address they reach this node at"
+        )));
+    }
+    Ok(())
+}
+
 /// Default `--fsync-interval-ms`: what `periodic` may lose on a crash of the node.
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -205,6 +223,9 @@ impl Config {
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             snapshot_log_bytes: crate::durable::SNAPSHOT_MIN_LOG,
             cluster_secret: None,
+            advertise_http: None,
+            advertise_rpc: None,
+            advertise_gossip: None,
             api_tokens: None,
             max_watchers: DEFAULT_MAX_WATCHERS,
             max_rpc_in_flight: DEFAULT_MAX_RPC_IN_FLIGHT,

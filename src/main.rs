@@ -60,16 +60,27 @@ struct ServeArgs {
     /// This node's unique, stable id.
     #[arg(long, env = "RINGKV_ID")]
     id: String,
-    /// HTTP listen address (port 0 picks one).
+    /// HTTP listen address, HOST:PORT (a name is resolved at start; port 0 picks one).
     #[arg(long, env = "RINGKV_HTTP", default_value = "127.0.0.1:8001")]
-    http: SocketAddr,
+    http: String,
     /// Node-to-node RPC listen address (port 0 picks one).
     #[arg(long, env = "RINGKV_RPC", default_value = "127.0.0.1:9001")]
-    rpc: SocketAddr,
+    rpc: String,
     /// Gossip (UDP) listen address (port 0 picks one).
     #[arg(long, env = "RINGKV_GOSSIP", default_value = "127.0.0.1:7001")]
-    gossip: SocketAddr,
-    /// Gossip addresses of other nodes, comma-separated.
+    gossip: String,
+    /// The HTTP address clients and peers reach this node at, HOST:PORT, when it differs
+    /// from --http (a node bound to 0.0.0.0, behind NAT, in a container). Default: --http.
+    #[arg(long, env = "RINGKV_ADVERTISE_HTTP", value_name = "HOST:PORT")]
+    advertise_http: Option<String>,
+    /// The RPC address peers reach this node at. Default: --rpc.
+    #[arg(long, env = "RINGKV_ADVERTISE_RPC", value_name = "HOST:PORT")]
+    advertise_rpc: Option<String>,
+    /// The gossip address peers reach this node at. Default: --gossip.
+    #[arg(long, env = "RINGKV_ADVERTISE_GOSSIP", value_name = "HOST:PORT")]
+    advertise_gossip: Option<String>,
+    /// Gossip addresses of other nodes, comma-separated; host names are resolved again on
+    /// every gossip round, so a seed that does not resolve yet is retried.
     #[arg(long, env = "RINGKV_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
     /// Keep a write-ahead log and snapshots here, so the node's data survives restarts
@@ -369,7 +380,15 @@ async fn bench(args: ringkv::bench::BenchArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ringkv::Result<()> {
-    let mut cfg = Config::new(args.id, args.http, args.rpc, args.gossip);
+    let mut cfg = Config::new(
+        args.id,
+        resolve("--http", &args.http).await?,
+        resolve("--rpc", &args.rpc).await?,
+        resolve("--gossip", &args.gossip).await?,
+    );
+    cfg.advertise_http = resolve_opt("--advertise-http", &args.advertise_http).await?;
+    cfg.advertise_rpc = resolve_opt("--advertise-rpc", &args.advertise_rpc).await?;
+    cfg.advertise_gossip = resolve_opt("--advertise-gossip", &args.advertise_gossip).await?;
     cfg.seeds = args.seeds.into_iter().filter(|s| !s.is_empty()).collect();
     cfg.data_dir = args.data_dir;
     cfg.cluster_secret = args
@@ -415,6 +434,31 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
         handle.shutdown().await;
     }
     Ok(())
+}
+
+/// Resolves the HOST:PORT given to `flag` (an IP address, or a name) to one address, IPv4
+/// first. Fails with exit code 2.
+async fn resolve(flag: &str, value: &str) -> ringkv::Result<SocketAddr> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(value)
+        .await
+        .map_err(|e| ringkv::Error::invalid(format!("{flag} {value}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| ringkv::Error::invalid(format!("{flag} {value}: resolves to no address")))
+}
+
+async fn resolve_opt(flag: &str, value: &Option<String>) -> ringkv::Result<Option<SocketAddr>> {
+    match value {
+        Some(v) => resolve(flag, v).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Reloads the API tokens on every SIGHUP; never returns.

@@ -199,6 +199,9 @@ pub struct MembershipConfig {
     pub seeds: Vec<String>,
     pub http_addr: SocketAddr,
     pub rpc_addr: SocketAddr,
+    /// The gossip address peers reach this node at (`--advertise-gossip`); the bound one if
+    /// `None`.
+    pub advertise_gossip: Option<SocketAddr>,
     pub vnodes: usize,
     pub gossip: GossipConfig,
     /// The key gossip datagrams are sealed with (`ClusterSecret::derive("gossip")`, see
@@ -242,12 +245,15 @@ impl Membership {
             }
             GossipTransport::Channel(t) => (Box::new(t), cfg.gossip_addr),
         };
+        let bound_gossip = gossip_addr;
+        let gossip_addr = cfg.advertise_gossip.unwrap_or(bound_gossip);
+        crate::config::check_advertised("--gossip", "--advertise-gossip", gossip_addr)?;
         let chitchat_id = ChitchatId::new(cfg.id.to_string(), cfg.generation, gossip_addr);
         let config = ChitchatConfig {
             chitchat_id,
             cluster_id: cfg.cluster_id,
             gossip_interval: cfg.gossip.interval,
-            listen_addr: gossip_addr,
+            listen_addr: bound_gossip,
             seed_nodes: cfg.seeds.clone(),
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: cfg.gossip.phi_threshold,
@@ -545,6 +551,7 @@ mod sealed_tests {
                     ..GossipConfig::default()
                 },
                 gossip_key: key,
+                advertise_gossip: None,
             },
             GossipTransport::Udp,
             shutdown.clone(),
@@ -630,6 +637,7 @@ mod sealed_tests {
                 vnodes: 8,
                 gossip: GossipConfig::default(),
                 gossip_key: Some(KEY),
+                advertise_gossip: None,
             },
             GossipTransport::Channel(Default::default()),
             shutdown,

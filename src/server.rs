@@ -79,6 +79,11 @@ impl NodeHandle {
         let rpc_listener = net.bind(config.rpc).await?;
         let http_addr = http.local_addr()?;
         let rpc_addr = rpc_listener.local_addr()?;
+        // What peers and clients are told: the bound addresses unless advertised otherwise.
+        let advertised_http = config.advertise_http.unwrap_or(http_addr);
+        let advertised_rpc = config.advertise_rpc.unwrap_or(rpc_addr);
+        crate::config::check_advertised("--http", "--advertise-http", advertised_http)?;
+        crate::config::check_advertised("--rpc", "--advertise-rpc", advertised_rpc)?;
         // The data dir is loaded before anything else starts: gossip and RPC wait, so no
         // peer sends copies into a half-loaded store; HTTP answers `/ready` with the progress.
         let (store, hints) = open_data(&config, http.as_ref()).await?;
@@ -96,8 +101,9 @@ impl NodeHandle {
                 cluster_id: config.cluster_id.clone(),
                 gossip_addr: config.gossip,
                 seeds: config.seeds.clone(),
-                http_addr,
-                rpc_addr,
+                http_addr: advertised_http,
+                rpc_addr: advertised_rpc,
+                advertise_gossip: config.advertise_gossip,
                 vnodes: config.vnodes,
                 gossip: config.gossip_config.clone(),
                 gossip_key: config.cluster_secret.as_ref().map(|s| s.derive("gossip")),

@@ -611,3 +611,48 @@ async fn a_request_id_follows_the_request_through_the_replicas_logs() {
     let id = got.headers["x-request-id"].to_str().unwrap();
     assert!(id.starts_with("t2-"), "{id}");
 }
+
+/// Listen versus advertise: a node bound to a wildcard address with nothing to advertise exits
+/// with code 2 naming the flag to set; with `--advertise-*` (host names accepted) its members
+/// list shows the advertised addresses, not the bound ones.
+#[tokio::test]
+async fn nodes_advertise_what_peers_can_reach() {
+    for (flag, advertise) in [
+        ("--http", "--advertise-http"),
+        ("--rpc", "--advertise-rpc"),
+        ("--gossip", "--advertise-gossip"),
+    ] {
+        let mut cmd = ringkv();
+        cmd.args(["serve", "--id", "wild"]);
+        for (f, _) in [("--http", ()), ("--rpc", ()), ("--gossip", ())] {
+            let addr = if f == flag {
+                "0.0.0.0:0"
+            } else {
+                "127.0.0.1:0"
+            };
+            cmd.args([f, addr]);
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .unwrap()
+            .expect("run ringkv serve");
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(advertise), "{flag}: {stderr}");
+    }
+    let node = ProcessNode::start_with(
+        "adv",
+        &[],
+        &[
+            "--advertise-http",
+            "localhost:65001",
+            "--advertise-rpc",
+            "localhost:65002",
+        ],
+    )
+    .await;
+    let http = Http::new();
+    let members = node.members(&http).await;
+    let me = members.get("adv").expect("the node lists itself");
+    assert_eq!(me.http.as_deref(), Some("127.0.0.1:65001"), "{members:?}");
+}
