@@ -305,8 +305,7 @@ pub async fn handle(node: Arc<Node>, http: Arc<Http>, req: Request<Incoming>) ->
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    let version = node.cluster.view().routing_version();
-    if let Ok(v) = HeaderValue::from_str(&format!("{version:016x}")) {
+    if let Ok(v) = HeaderValue::from_str(node.cluster.view().routing_version()) {
         resp.headers_mut().insert(RING_HEADER, v);
     }
     http.metrics
@@ -1008,7 +1007,7 @@ fn ring(node: &Node) -> Response<Body> {
     json_response(
         StatusCode::OK,
         json!({
-            "version": format!("{:016x}", view.routing_version()),
+            "version": view.routing_version(),
             "replicas": node.cluster.config.replicas,
             "vnodes": view.ring.vnodes(),
             "hash": "xxh3_64",

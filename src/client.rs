@@ -551,6 +551,7 @@ impl ClientBuilder {
                 scheme: if nodes_https { "https" } else { "http" },
                 routes: RouteState {
                     on: self.routing,
+                    stale: std::sync::atomic::AtomicBool::new(true),
                     ..RouteState::default()
                 },
             }),
@@ -674,9 +675,8 @@ struct Inner {
 struct RouteState {
     on: bool,
     current: std::sync::RwLock<Option<Arc<crate::routing::Routes>>>,
-    /// An answer carried another version (or none was fetched yet): fetch the ring again.
+    /// An answer carried another version, or none was fetched yet: fetch the ring again.
     stale: std::sync::atomic::AtomicBool,
-    fetched_once: std::sync::atomic::AtomicBool,
     /// One fetch at a time; requests meanwhile route by what is known.
     fetching: tokio::sync::Mutex<()>,
     /// Reads take turns over a key's homes.
@@ -1498,8 +1498,7 @@ impl Client {
         if !routes.on {
             return None;
         }
-        let first = !routes.fetched_once.swap(true, Ordering::Relaxed);
-        if (first || routes.stale.load(Ordering::Relaxed))
+        if routes.stale.load(Ordering::Relaxed)
             && let Ok(_fetching) = routes.fetching.try_lock()
         {
             routes.stale.store(false, Ordering::Relaxed);

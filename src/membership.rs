@@ -129,8 +129,8 @@ pub struct View {
     /// This node has heard gossip from one of its seeds (always true without seeds other
     /// than itself): until then its view may be a partition of one.
     pub heard_seed: bool,
-    /// [`View::routing_version`], computed once per view.
-    pub(crate) routing_version: std::sync::OnceLock<u64>,
+    /// [`View::routing_version`], computed once per view: every HTTP answer carries it.
+    pub(crate) routing_version: std::sync::OnceLock<Arc<str>>,
 }
 
 impl View {
@@ -158,8 +158,9 @@ impl View {
     /// What clients route by (`GET /cluster/ring`, the `x-ringkv-ring` header): the ring and,
     /// for each of its nodes, whether it serves and where its HTTP API is. A client whose
     /// copy has another version fetches the ring again.
-    pub fn routing_version(&self) -> u64 {
-        *self.routing_version.get_or_init(|| {
+    /// 16 hex digits, as `x-ringkv-ring` carries it.
+    pub fn routing_version(&self) -> &str {
+        self.routing_version.get_or_init(|| {
             let mut h = xxhash_rust::xxh3::Xxh3::new();
             h.update(&self.ring.fingerprint().to_le_bytes());
             for id in self.ring.nodes() {
@@ -168,7 +169,7 @@ impl View {
                 let http = self.member(id).and_then(|m| m.http);
                 h.update(http.map(|a| a.to_string()).unwrap_or_default().as_bytes());
             }
-            h.digest()
+            Arc::from(format!("{:016x}", h.digest()))
         })
     }
 

@@ -41,18 +41,10 @@ fn count_close(mut stream: TcpStream, closed: Arc<AtomicUsize>) {
     });
 }
 
-/// The value of metric `name` in OpenMetrics `text` (0 if absent).
-fn value_of(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find(|l| l.split(' ').next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 /// A gauge of the node's `/metrics`.
 async fn gauge(http: &Http, base: &str, name: &str) -> u64 {
     match http.try_get(&format!("{base}/metrics")).await {
-        Ok(r) => value_of(&String::from_utf8_lossy(&r.body), name),
+        Ok(r) => common::metric(&String::from_utf8_lossy(&r.body), name),
         Err(_) => u64::MAX,
     }
 }
@@ -148,7 +140,7 @@ async fn idle_connections_and_slowloris_do_not_starve_a_client() {
     let after = rss_kib(node.pid());
     let metrics = http.get(&format!("{}/metrics", node.url())).await;
     let text = String::from_utf8_lossy(&metrics.body).to_string();
-    let refused = value_of(&text, "ringkv_http_connections_refused_total");
+    let refused = common::metric(&text, "ringkv_http_connections_refused_total");
     eprintln!(
         "RSS before {before} KiB, with {IDLE} idle + {SLOWLORIS} slowloris connections {during} KiB, \
          after {after} KiB; {refused} connections refused at the cap of {CAP}"

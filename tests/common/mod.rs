@@ -416,3 +416,11 @@ impl Http {
         self.send(Method::DELETE, url, Bytes::new(), &[]).await
     }
 }
+
+/// The value of metric `name` (a whole line's first word) in OpenMetrics `text`; 0 if absent.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
