@@ -159,6 +159,7 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
     refresh_segments(&ae);
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             res = views.changed() => {
                 if res.is_err() { return }
@@ -174,6 +175,7 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
             let (peer, addr) = &peers[next_peer % peers.len()];
             next_peer = next_peer.wrapping_add(1);
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 res = exchange(&ae, &segs, peer, *addr, &mut pacer) => if let Err(err) = res.map(drop) {
                     debug!(%peer, %err, "anti-entropy round ended early");
@@ -181,10 +183,12 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
             }
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             _ = handoff_orphans(&ae, &segs, &mut pacer) => {}
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             _ = collect_tombstones(&ae, &segs) => {}
         }
@@ -310,6 +314,7 @@ pub(crate) async fn catch_up(
             break;
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return false,
             res = views.changed() => if res.is_err() { return false },
         }
@@ -348,6 +353,7 @@ pub(crate) async fn catch_up(
                 Err(err) => {
                     debug!(%peer, %err, "catch-up exchange failed; retrying");
                     tokio::select! {
+                        biased;
                         _ = shutdown.cancelled() => return false,
                         _ = tokio::time::sleep(CATCH_UP_RETRY) => {}
                     }
@@ -478,14 +484,18 @@ struct Listed {
 /// already; sending it back would restart its grace period, and two replicas could pass a
 /// tombstone back and forth forever. A side holding an *older value* still gets the
 /// tombstone, since only the fingerprints differ there.
+/// In key order, so that batches and messages do not depend on a hash map's random state.
 fn to_send(from: &HashMap<Bytes, Listed>, to: &HashMap<Bytes, Listed>) -> Vec<Bytes> {
-    from.iter()
+    let mut keys: Vec<Bytes> = from
+        .iter()
         .filter(|(k, ours)| match to.get(*k) {
             None => !ours.expired,
             Some(theirs) => theirs.fp != ours.fp,
         })
         .map(|(k, _)| k.clone())
-        .collect()
+        .collect();
+    keys.sort_unstable();
+    keys
 }
 
 /// Sends our versions of `keys` to the peer, in byte-bounded batches.
@@ -634,7 +644,7 @@ async fn collect_tombstones(ae: &Arc<AntiEntropy>, segs: &Segments) {
     // Every other ring member is asked, not only the homes: a node that lost ownership of
     // the key may still hold an older value it has yet to hand over, and purging before it
     // did would let that value come back. So one unreachable member blocks every purge.
-    let mut by_peer: HashMap<NodeId, Vec<usize>> = HashMap::new();
+    let mut by_peer: std::collections::BTreeMap<NodeId, Vec<usize>> = Default::default();
     let mut blocked = vec![false; candidates.len()];
     for (i, (key, _)) in candidates.iter().enumerate() {
         let homes = segs.ring.preference_list(key, ae.cluster.config().replicas);

@@ -91,8 +91,10 @@ pub async fn serve(
     let config = &node.cluster.config;
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_http_connections));
     let header_timeout = config.http_header_timeout;
+    let simulated = config.clock.is_simulated();
     loop {
         let (stream, peer) = tokio::select! {
+            biased;
             _ = stop.drain.cancelled() => return,
             _ = stop.kill.cancelled() => return,
             res = listener.accept() => match res {
@@ -148,16 +150,21 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
+                // `Date` reads the system clock: under simulated time it would differ
+                // between two runs of one seed.
+                .auto_date_header(!simulated)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             tokio::pin!(conn);
             let res = tokio::select! {
+                biased;
                 _ = stop.kill.cancelled() => return,
                 _ = stop.drain.cancelled() => {
                     // Finish the request in flight, if any, then close: the client sees a
                     // complete answer and a closed keep-alive connection, never an error.
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
+                        biased;
                         _ = stop.kill.cancelled() => return,
                         res = conn => res,
                     }
@@ -323,8 +330,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The client's request id if it is short printable ASCII, else a new `<node>-<n>`.
 fn request_id(node: &Node, req: &Request<Incoming>) -> Arc<str> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
+    use std::sync::atomic::Ordering;
     req.headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -334,7 +340,7 @@ fn request_id(node: &Node, req: &Request<Incoming>) -> Arc<str> {
             Arc::from(format!(
                 "{}-{}",
                 node.cluster.id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
+                node.cluster.request_ids.fetch_add(1, Ordering::Relaxed)
             ))
         })
 }
@@ -1239,6 +1245,7 @@ pub async fn serve_loading(listener: &dyn Listener, progress: Arc<crate::durable
                 .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => {}
                 _ = conn => {}
             }

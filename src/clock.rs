@@ -14,12 +14,14 @@
 //!   metrics stay on `std::time::Instant`: no rule depends on them.
 //!
 //! A clock's offset is 0 outside tests, and every reading asks the OS: a node follows the
-//! system clock (and NTP's corrections to it) exactly as it did before the seam.
+//! system clock (and NTP's corrections to it) exactly as it did before the seam. The
+//! deterministic simulator (`tests/sim`) replaces the OS with simulated time
+//! ([`Clock::from_source`]), so that one seed replays one run.
 //!
 //! **Stamps that must not be skewed.** A node's gossip generation
 //! ([`crate::server::NodeHandle::start`]) and its watch-announcement versions
-//! ([`crate::watch::Watchers::starting_now`]) are seeded from [`system_ms`], not from the
-//! node's `Clock`. Each must exceed whatever the node's previous process issued, or peers
+//! ([`crate::watch::Watchers::starting_now`]) are seeded from [`Clock::base_ms`], the clock
+//! without its offset. Each must exceed whatever the node's previous process issued, or peers
 //! keep the old process's state: a test that set a node's clock back and restarted it would
 //! make the new process look older than the one it replaces.
 
@@ -34,14 +36,28 @@ pub fn system_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A node's wall clock: the system clock plus an offset that tests set.
+/// Where a [`Clock`] reads time before its offset: milliseconds since the Unix epoch.
+pub type Source = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// A node's wall clock: the system clock (or a simulated one) plus an offset that tests set.
 ///
 /// Clones share the offset, so the copy of a [`crate::Config`] a test keeps moves the clock of
 /// the node started from it (and of its restarts). An atomic, not a lock: readers on every
 /// request only load it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Clock {
     offset_ms: Arc<AtomicI64>,
+    /// `None` reads the system clock.
+    source: Option<Source>,
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clock")
+            .field("offset_ms", &self.offset_ms())
+            .field("simulated", &self.source.is_some())
+            .finish()
+    }
 }
 
 impl Clock {
@@ -54,12 +70,36 @@ impl Clock {
     pub fn skewed(offset_ms: i64) -> Clock {
         Clock {
             offset_ms: Arc::new(AtomicI64::new(offset_ms)),
+            source: None,
+        }
+    }
+
+    /// A clock that reads `source` instead of the system clock, with no offset: simulated
+    /// time.
+    pub fn from_source(source: Source) -> Clock {
+        Clock {
+            offset_ms: Arc::default(),
+            source: Some(source),
         }
     }
 
     /// Milliseconds since the Unix epoch by this clock (0 if the offset goes before 1970).
     pub fn now_ms(&self) -> u64 {
-        system_ms().saturating_add_signed(self.offset_ms())
+        self.base_ms().saturating_add_signed(self.offset_ms())
+    }
+
+    /// Milliseconds since the Unix epoch by the clock's source, without its offset: the
+    /// system clock, or simulated time.
+    pub fn base_ms(&self) -> u64 {
+        match &self.source {
+            Some(source) => source(),
+            None => system_ms(),
+        }
+    }
+
+    /// True if the clock reads simulated time.
+    pub fn is_simulated(&self) -> bool {
+        self.source.is_some()
     }
 
     /// How far this clock is ahead of the system clock, in milliseconds.
@@ -105,5 +145,14 @@ mod tests {
         assert_eq!(shared.offset_ms(), -1);
         // A clock set before the epoch reads 0 rather than wrapping.
         assert_eq!(Clock::skewed(i64::MIN).now_ms(), 0);
+    }
+
+    #[test]
+    fn a_sourced_clock_reads_its_source_plus_its_offset() {
+        let clock = Clock::from_source(Arc::new(|| 1_000_000));
+        assert!(clock.is_simulated());
+        assert_eq!(clock.now_ms(), 1_000_000);
+        clock.set_offset_ms(-2_000);
+        assert_eq!((clock.now_ms(), clock.base_ms()), (998_000, 1_000_000));
     }
 }

@@ -38,6 +38,9 @@ pub struct Cluster {
     /// Fires when the node shuts down.
     pub(crate) shutdown: CancellationToken,
     view_rx: watch::Receiver<Arc<View>>,
+    /// The next generated request id's number (`<node>-<n>`); per node, not per process,
+    /// so a simulation run does not depend on the runs before it.
+    pub(crate) request_ids: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -60,6 +63,7 @@ impl Cluster {
             tracker,
             shutdown,
             view_rx,
+            request_ids: std::sync::atomic::AtomicU64::new(1),
         }
     }
 

@@ -30,6 +30,7 @@ pub async fn run(replica: Arc<Replica>, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             res = views.changed() => if res.is_err() { return },

@@ -19,7 +19,7 @@
 //! This module is pure: time is passed in, as tokio's `Instant` so that a paused test runtime
 //! ages hints like the rest of the node ([`crate::clock`]).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,11 +71,12 @@ struct Hint {
     bytes: usize,
 }
 
-/// Hinted copies, by target node, then by key.
+/// Hinted copies, by target node, then by key. Ordered maps: hints go out in an order that
+/// depends only on what was hinted, so one simulation seed replays one run.
 #[derive(Debug)]
 pub struct HintStore {
     limits: HintLimits,
-    targets: HashMap<NodeId, HashMap<Bytes, Hint>>,
+    targets: BTreeMap<NodeId, BTreeMap<Bytes, Hint>>,
     count: usize,
     bytes: usize,
     /// Where every change is logged when the node has a data dir ([`crate::durable`]).
@@ -96,7 +97,7 @@ impl HintStore {
     pub fn new(limits: HintLimits) -> HintStore {
         HintStore {
             limits,
-            targets: HashMap::new(),
+            targets: BTreeMap::new(),
             count: 0,
             bytes: 0,
             log: None,

@@ -123,6 +123,7 @@ impl Lifecycle {
         let mut startup = self.startup.subscribe();
         while !self.readiness().is_ready() {
             tokio::select! {
+                biased;
                 _ = views.changed() => {}
                 _ = startup.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -182,6 +183,7 @@ impl Lifecycle {
                 of: peers.len(),
             });
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(ANNOUNCE_POLL) => {}
             }
@@ -244,6 +246,7 @@ impl Lifecycle {
             let mut emptied: Option<Instant> = None;
             loop {
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }

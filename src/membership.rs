@@ -93,13 +93,40 @@ impl Default for GossipConfig {
     }
 }
 
-/// Which network gossip runs over.
+/// Which network gossip runs over, or which membership protocol replaces chitchat.
 #[derive(Clone)]
 pub enum GossipTransport {
     /// Real UDP, for `ringkv serve`.
     Udp,
     /// In-memory channels, for in-process test clusters; links can be cut.
     Channel(ChannelTransport),
+    /// Another membership protocol: the deterministic simulator's (`tests/sim`), because
+    /// chitchat seeds its peer choice from the OS and iterates `HashMap`s with random state,
+    /// so one seed could not replay one run.
+    Custom(Arc<dyn Gossip>),
+}
+
+/// A membership protocol other than chitchat ([`GossipTransport::Custom`]).
+///
+/// It publishes the same [`View`] chitchat's state is turned into, and carries the node's own
+/// keys ([`KEY_HTTP`], [`KEY_RPC`], [`KEY_STATUS`], [`KEY_WATCH`]) to its peers. Its tasks run
+/// on `tracker` and stop when `shutdown` is cancelled.
+#[async_trait]
+pub trait Gossip: Send + Sync + 'static {
+    /// Starts membership for the node `cfg` describes.
+    async fn start(
+        &self,
+        cfg: MembershipConfig,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Membership>;
+}
+
+/// Sets keys in a node's own gossiped state.
+#[async_trait]
+pub trait OwnKeys: Send + Sync + 'static {
+    /// Sets `key` to `value`; peers learn it with the next gossip.
+    async fn set(&self, key: &str, value: &str);
 }
 
 /// One node as seen through gossip.
@@ -134,6 +161,34 @@ pub struct View {
 }
 
 impl View {
+    /// A view of `members` routed by `ring`: what a [`Gossip`] protocol publishes.
+    pub fn new(members: BTreeMap<NodeId, Member>, ring: Arc<Ring>, heard_seed: bool) -> View {
+        View {
+            members,
+            ring,
+            heard_seed,
+            routing_version: Default::default(),
+        }
+    }
+
+    /// The ring of `members`: every member that is not leaving, dead or alive. Built only
+    /// when that set changed since `prev`; otherwise `prev`'s is shared.
+    pub fn ring_of(
+        members: &BTreeMap<NodeId, Member>,
+        prev: Option<&View>,
+        vnodes: usize,
+    ) -> Arc<Ring> {
+        let in_ring: Vec<NodeId> = members
+            .values()
+            .filter(|m| m.status != STATUS_LEAVING)
+            .map(|m| m.id.clone())
+            .collect();
+        match prev {
+            Some(p) if p.ring.nodes() == in_ring.as_slice() => p.ring.clone(),
+            _ => Arc::new(Ring::new(in_ring, vnodes)),
+        }
+    }
+
     /// True if `id` serves client requests: up, and announcing `alive` (not joining,
     /// stopping or leaving). Only such nodes coordinate writes and answer reads.
     pub fn is_alive(&self, id: &str) -> bool {
@@ -184,7 +239,9 @@ impl View {
 
 /// The running gossip of one node.
 pub struct Membership {
-    chitchat: ChitchatHandle,
+    /// chitchat's handle; `None` for a [`Gossip`] protocol, whose tasks stop with the node's.
+    chitchat: Option<ChitchatHandle>,
+    keys: Arc<dyn OwnKeys>,
     view_rx: watch::Receiver<Arc<View>>,
     gossip_addr: SocketAddr,
     /// Gossip datagrams this node refused ([`crate::seal`]); stays 0 without a key.
@@ -220,6 +277,9 @@ impl Membership {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Membership> {
+        if let GossipTransport::Custom(gossip) = transport {
+            return gossip.start(cfg, shutdown, tracker).await;
+        }
         let refused = Arc::new(AtomicU64::new(0));
         // Bind before building the identity, so that port 0 advertises the real port.
         let (transport, gossip_addr): (Box<dyn Transport>, SocketAddr) = match transport {
@@ -245,6 +305,7 @@ impl Membership {
                 ));
             }
             GossipTransport::Channel(t) => (Box::new(t), cfg.gossip_addr),
+            GossipTransport::Custom(_) => unreachable!("started above"),
         };
         let bound_gossip = gossip_addr;
         let gossip_addr = cfg.advertise_gossip.unwrap_or(bound_gossip);
@@ -289,6 +350,7 @@ impl Membership {
             let mut tick = tokio::time::interval(VIEW_REFRESH);
             loop {
                 tokio::select! {
+                    biased;
                     _ = shutdown.cancelled() => return,
                     res = live_rx.changed() => if res.is_err() { return },
                     _ = tick.tick() => {}
@@ -302,11 +364,28 @@ impl Membership {
             }
         });
         Ok(Membership {
-            chitchat,
+            keys: Arc::new(ChitchatKeys(chitchat.chitchat())),
+            chitchat: Some(chitchat),
             view_rx,
             gossip_addr,
             refused,
         })
+    }
+
+    /// The membership of a [`Gossip`] protocol: the views it publishes, the handle that sets
+    /// the node's own keys, and the gossip address it advertises.
+    pub fn custom(
+        view_rx: watch::Receiver<Arc<View>>,
+        keys: Arc<dyn OwnKeys>,
+        gossip_addr: SocketAddr,
+    ) -> Membership {
+        Membership {
+            chitchat: None,
+            keys,
+            view_rx,
+            gossip_addr,
+            refused: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// The current view.
@@ -333,12 +412,14 @@ impl Membership {
 
     /// A handle that sets this node's own gossiped keys.
     pub fn self_keys(&self) -> SelfKeys {
-        SelfKeys(self.chitchat.chitchat())
+        SelfKeys(self.keys.clone())
     }
 
     /// Stops gossiping.
     pub async fn shutdown(self) {
-        if let Err(err) = self.chitchat.shutdown().await {
+        if let Some(chitchat) = self.chitchat
+            && let Err(err) = chitchat.shutdown().await
+        {
             warn!(%err, "gossip did not stop cleanly");
         }
     }
@@ -346,11 +427,21 @@ impl Membership {
 
 /// Sets this node's own gossiped keys (status during a leave).
 #[derive(Clone)]
-pub struct SelfKeys(Arc<tokio::sync::Mutex<chitchat::Chitchat>>);
+pub struct SelfKeys(Arc<dyn OwnKeys>);
 
 impl SelfKeys {
     /// Sets `key` to `value` in this node's gossiped state.
     pub async fn set(&self, key: &str, value: &str) {
+        self.0.set(key, value).await;
+    }
+}
+
+/// A node's own keys in chitchat's state.
+struct ChitchatKeys(Arc<tokio::sync::Mutex<chitchat::Chitchat>>);
+
+#[async_trait]
+impl OwnKeys for ChitchatKeys {
+    async fn set(&self, key: &str, value: &str) {
         self.0.lock().await.self_node_state().set(key, value);
     }
 }
@@ -400,17 +491,7 @@ fn compute_view(
             },
         );
     }
-    // The ring holds every member that is not leaving, dead or alive. Rebuild it only when
-    // that set changed; otherwise share the old one.
-    let in_ring: Vec<NodeId> = members
-        .values()
-        .filter(|m| m.status != STATUS_LEAVING)
-        .map(|m| m.id.clone())
-        .collect();
-    let ring = match prev {
-        Some(p) if p.ring.nodes() == in_ring.as_slice() => p.ring.clone(),
-        _ => Arc::new(Ring::new(in_ring, vnodes)),
-    };
+    let ring = View::ring_of(&members, prev.map(|p| &**p), vnodes);
     // Once heard, a seed stays heard: readiness must not flap when a seed later dies.
     let heard_seed = !needs_seed || prev.is_some_and(|p| p.heard_seed) || {
         let seeds = cc.seed_nodes();

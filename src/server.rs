@@ -88,7 +88,7 @@ impl NodeHandle {
         // peer sends copies into a half-loaded store; HTTP answers `/ready` with the progress.
         let (store, hints) = open_data(&config, http.as_ref()).await?;
 
-        let generation = new_generation();
+        let generation = new_generation(&config.clock);
         let id: NodeId = NodeId::from(config.id.as_str());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -363,6 +363,7 @@ async fn open_data(config: &Config, http: &dyn Listener) -> Result<(Store, HintS
         Ok::<_, Error>((store, hints, report))
     });
     let (store, hints, report) = tokio::select! {
+        biased;
         res = load => res.map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))??,
         () = crate::api::serve_loading(http, progress) => unreachable!("serves until dropped"),
     };
@@ -398,12 +399,17 @@ async fn open_data(config: &Config, http: &dyn Listener) -> Result<(Store, HintS
 
 /// A generation new at every start: the wall clock in milliseconds, bumped past the last one
 /// handed out in this process so two nodes started in the same millisecond by one test still
-/// differ. The system clock, not the node's [`crate::clock::Clock`]: a restart must get a
-/// higher generation than the process it replaces even if a test set that node's clock back.
-fn new_generation() -> u64 {
+/// differ. The clock without its offset ([`crate::clock::Clock::base_ms`]): a restart must
+/// get a higher generation than the process it replaces even if a test set that node's clock
+/// back. Simulated time is taken as it is: the bump would carry one simulation's starts into
+/// the next one run by the same process, and a seed would no longer replay its run.
+fn new_generation(clock: &crate::clock::Clock) -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = crate::clock::system_ms();
+    let now = clock.base_ms();
+    if clock.is_simulated() {
+        return now;
+    }
     let mut prev = LAST.load(Ordering::Relaxed);
     loop {
         let next = now.max(prev + 1);

@@ -66,6 +66,7 @@ pub(crate) async fn run(replica: Arc<Replica>, watches: Arc<Watches>, shutdown: 
     let (mut peak, mut last, mut steady) = (0u64, 0u64, 0u32);
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
@@ -81,7 +82,12 @@ pub(crate) async fn run(replica: Arc<Replica>, watches: Arc<Watches>, shutdown: 
             steady.saturating_add(1)
         };
         last = size;
-        if peak - size >= TRIM_AFTER_FREED && steady >= TRIM_WHEN_STEADY_TICKS {
+        // Not under simulated time: the trim runs on a thread of its own, outside the
+        // simulator's control.
+        if peak - size >= TRIM_AFTER_FREED
+            && steady >= TRIM_WHEN_STEADY_TICKS
+            && !cluster.config.clock.is_simulated()
+        {
             tracing::debug!(id = %cluster.id, shrunk = peak - size, "store shrank: trimming the heap");
             peak = size;
             cluster.tracker.spawn_blocking(release_free_memory);

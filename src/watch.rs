@@ -107,6 +107,8 @@ pub struct Watchers {
     changed: tokio::sync::Notify,
     /// Events dropped because a watcher's buffer was full, ever (all watchers).
     lagged: AtomicU64,
+    /// The node's clock, read without its offset: versions must rise across restarts.
+    clock: crate::clock::Clock,
 }
 
 struct Slot {
@@ -142,9 +144,10 @@ impl Drop for Subscription {
 impl Watchers {
     /// No watchers, announced as of now: a restarted node's first announcement supersedes
     /// whatever its previous process announced.
-    pub fn starting_now() -> Watchers {
+    pub fn starting_now(clock: &crate::clock::Clock) -> Watchers {
         Watchers {
-            version: AtomicU64::new(crate::clock::system_ms()),
+            version: AtomicU64::new(clock.base_ms()),
+            clock: clock.clone(),
             ..Watchers::default()
         }
     }
@@ -186,7 +189,7 @@ impl Watchers {
     }
 
     fn bump(&self) {
-        let now = crate::clock::system_ms();
+        let now = self.clock.base_ms();
         let _ = self
             .version
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -326,6 +329,7 @@ impl Fanout {
     ) {
         loop {
             let next = tokio::select! {
+                biased;
                 _ = cluster.shutdown.cancelled() => None,
                 ev = tokio::time::timeout(FANOUT_IDLE, rx.recv()) => match ev {
                     Ok(ev) => ev,
@@ -421,8 +425,8 @@ pub struct Watches {
 impl Watches {
     pub(crate) fn new(cluster: Arc<Cluster>, self_keys: SelfKeys) -> Watches {
         Watches {
+            watchers: Arc::new(Watchers::starting_now(&cluster.config.clock)),
             cluster,
-            watchers: Arc::new(Watchers::starting_now()),
             interest: Mutex::default(),
             fanout: Arc::default(),
             self_keys,
@@ -507,6 +511,7 @@ impl Watches {
         self.self_keys.set(KEY_WATCH, &first.encode()).await;
         loop {
             tokio::select! {
+                biased;
                 _ = self.cluster.shutdown.cancelled() => return,
                 _ = self.watchers.changed.notified() => {}
             }
@@ -550,6 +555,7 @@ pub async fn stream<S>(
     use tokio_tungstenite::tungstenite::Message;
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {
                 let _ = ws.close(None).await;
                 return;

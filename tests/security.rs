@@ -101,7 +101,12 @@ async fn every_route_answers_by_role() {
         for token in [None, Some("not-a-token")] {
             let got = send(&http, method.clone(), &url, token).await;
             if least.is_none() {
-                assert_eq!(got.status, StatusCode::OK, "{method} {path} open: {got:?}");
+                // Open: never refused for want of a token. (Not necessarily 200: `/ready`
+                // may still be 503 while peers learn that this node serves.)
+                assert!(
+                    got.status != StatusCode::UNAUTHORIZED && got.status != StatusCode::FORBIDDEN,
+                    "{method} {path} open: {got:?}"
+                );
             } else {
                 assert_eq!(
                     got.status,

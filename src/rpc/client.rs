@@ -45,7 +45,9 @@ struct Waiter {
     sent: bool,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, Waiter>>>;
+/// A fixed hasher: when a connection dies its callers wake in an order that depends only on
+/// their ids, so one simulation seed replays one run.
+type Pending = Arc<Mutex<HashMap<u64, Waiter, xxhash_rust::xxh3::Xxh3Builder>>>;
 
 struct Conn {
     tx: mpsc::Sender<Message>,
@@ -190,6 +192,7 @@ impl Pool {
         self.cfg.tracker.spawn(async move {
             let mut rx = rx;
             let res = tokio::select! {
+                biased;
                 _ = cfg.shutdown.cancelled() => Err(Error::Shutdown),
                 _ = abort.cancelled() => Err(Error::Timeout),
                 res = run(addr, &cfg, &mut rx, &pending) => res,
@@ -357,6 +360,7 @@ async fn run(
         Err(Error::Unreachable(format!("{addr} closed the connection")))
     };
     tokio::select! {
+        biased;
         res = writer => res,
         res = reader_loop => res,
     }

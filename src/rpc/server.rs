@@ -53,6 +53,7 @@ pub async fn serve<S: Service>(listener: Box<dyn Listener>, ctx: Arc<ServerConte
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
+            biased;
             _ = ctx.shutdown.cancelled() => return,
             permit = limit.clone().acquire_owned() => match permit {
                 Ok(p) => p,
@@ -60,6 +61,7 @@ pub async fn serve<S: Service>(listener: Box<dyn Listener>, ctx: Arc<ServerConte
             },
         };
         let (stream, peer) = tokio::select! {
+            biased;
             _ = ctx.shutdown.cancelled() => return,
             res = listener.accept() => match res {
                 Ok(conn) => conn,
@@ -75,6 +77,7 @@ pub async fn serve<S: Service>(listener: Box<dyn Listener>, ctx: Arc<ServerConte
         ctx.tracker.spawn(async move {
             let _permit = permit;
             tokio::select! {
+                biased;
                 _ = ctx2.shutdown.cancelled() => {}
                 res = connection(stream, &ctx2) => {
                     if let Err(err) = res {
@@ -199,6 +202,7 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
         Ok::<(), Error>(())
     };
     tokio::select! {
+        biased;
         res = reader_loop => res,
         res = writer => res,
     }

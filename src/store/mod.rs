@@ -111,8 +111,9 @@ struct Shard {
     /// This shard's segments, ordered by end. Empty until the ring is known.
     trees: Vec<SegTree>,
     /// When each key whose versions are all tombstones became so, for tombstone GC. Tokio's
-    /// clock, so that a paused test runtime can age tombstones ([`crate::clock`]).
-    tombstones: HashMap<Key, Instant>,
+    /// clock, so that a paused test runtime can age tombstones ([`crate::clock`]). A fixed
+    /// hasher: which old tombstones a GC round picks must not depend on a random state.
+    tombstones: HashMap<Key, Instant, xxhash_rust::xxh3::Xxh3Builder>,
     /// Bytes of keys and values held.
     bytes: u64,
     /// Every key of `entries`, in key order.

@@ -1,0 +1,544 @@
+//! The simulated clients and the fault schedule.
+//!
+//! Clients speak HTTP to any node, as real ones do, over turmoil TCP. Every write carries a
+//! value no other write has (`c1-17`), so the checker can tell where each value came from.
+//! Writes: blind PUTs (no context), read-modify-writes (GET, then PUT with the context read),
+//! deletes with a context at W = N, and PUTs with a one-second TTL on keys of their own.
+//! Reads: GETs and listings. A request that times out, or fails with a 5xx, has an unknown
+//! outcome: it may have been applied.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{NODES, START, WORK, http_addr, node_name, trace};
+
+/// Hot keys every client writes.
+pub const KEYS: usize = 6;
+/// Keys written with a TTL, apart from the others.
+pub const TTL_KEYS: usize = 3;
+/// The TTL they get, in seconds.
+pub const TTL_SECS: u64 = 1;
+/// How long a client waits for an answer before it calls the outcome unknown.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How a write ended, as its client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Acked,
+    /// Refused (4xx): not applied.
+    Failed,
+    /// Timed out, connection lost, or 5xx: maybe applied.
+    Unknown,
+}
+
+/// One write (or delete) a client sent.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// The value written (`c1-17`); for a delete, a name no value has (`c1-17-del`).
+    pub id: String,
+    pub key: String,
+    pub invoked: Duration,
+    pub completed: Option<Duration>,
+    pub outcome: Outcome,
+    /// Without a context: it supersedes whatever its coordinator held.
+    pub blind: bool,
+    pub delete: bool,
+    /// The values its client read before writing: its context covers them.
+    pub covers: Vec<String>,
+    pub w: usize,
+    pub ttl: bool,
+}
+
+impl Write {
+    pub fn acked(&self) -> bool {
+        self.outcome == Outcome::Acked
+    }
+}
+
+/// Everything the clients did and saw.
+#[derive(Debug, Default)]
+pub struct History {
+    pub writes: Vec<Write>,
+    /// Every value any read returned.
+    pub observed: BTreeSet<String>,
+    /// Every key any listing returned.
+    pub listed: BTreeSet<String>,
+    /// What each read returned, by key: the values, siblings if more than one.
+    pub reads: Vec<(String, Vec<String>)>,
+    pub ops: usize,
+    /// Answers no client should ever get (a 400 to a well-formed request, a bad body).
+    pub anomalies: Vec<String>,
+}
+
+type Shared = Rc<RefCell<History>>;
+
+/// An HTTP answer: status, context header, body.
+struct Answer {
+    status: StatusCode,
+    context: Option<String>,
+    body: Bytes,
+}
+
+async fn request(
+    node: usize,
+    method: Method,
+    path: &str,
+    context: Option<&str>,
+    body: Bytes,
+) -> Result<Answer, String> {
+    let exchange = async {
+        let stream = super::net::SimStream::connect(http_addr(node))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::task::spawn_local(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", node_name(node))
+            .header("accept", "application/json");
+        if let Some(ctx) = context {
+            req = req.header(ringkv::api::CONTEXT_HEADER, ctx);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status();
+        let context = resp
+            .headers()
+            .get(ringkv::api::CONTEXT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok(Answer {
+            status,
+            context,
+            body,
+        })
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        Ok(res) => res,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn now() -> Duration {
+    turmoil::sim_elapsed().unwrap_or_default()
+}
+
+/// Reads `key` through `node`: the values seen, and the context to write back with.
+async fn read(
+    history: &Shared,
+    node: usize,
+    key: &str,
+    r: usize,
+) -> Option<(Vec<String>, Option<String>)> {
+    let answer = request(
+        node,
+        Method::GET,
+        &format!("/kv/{key}?r={r}"),
+        None,
+        Bytes::new(),
+    )
+    .await
+    .ok()?;
+    let mut h = history.borrow_mut();
+    match answer.status {
+        StatusCode::NOT_FOUND => Some((Vec::new(), answer.context)),
+        StatusCode::OK | StatusCode::MULTIPLE_CHOICES => {
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+                h.anomalies
+                    .push(format!("GET {key}: a body that is not JSON"));
+                return None;
+            };
+            let values: Vec<String> = json["siblings"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .filter_map(|v| B64.decode(v).ok())
+                        .map(|v| String::from_utf8_lossy(&v).into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for v in &values {
+                h.observed.insert(v.clone());
+            }
+            h.reads.push((key.to_string(), values.clone()));
+            let ctx = answer
+                .context
+                .or_else(|| json["context"].as_str().map(str::to_string));
+            Some((values, ctx))
+        }
+        s if s.is_client_error() => {
+            h.anomalies.push(format!("GET {key}: {s}"));
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Sends one write and records it.
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    history: &Shared,
+    node: usize,
+    client: usize,
+    id: String,
+    key: &str,
+    context: Option<String>,
+    covers: Vec<String>,
+    w: usize,
+    ttl: bool,
+    delete: bool,
+) {
+    let invoked = now();
+    let mut path = format!("/kv/{key}?w={w}");
+    if ttl {
+        path.push_str(&format!("&ttl={TTL_SECS}"));
+    }
+    let (method, body) = if delete {
+        (Method::DELETE, Bytes::new())
+    } else {
+        (Method::PUT, Bytes::from(id.clone()))
+    };
+    let res = request(node, method, &path, context.as_deref(), body).await;
+    let outcome = match &res {
+        Ok(a) if a.status.is_success() => Outcome::Acked,
+        Ok(a) if a.status == StatusCode::PRECONDITION_FAILED => Outcome::Failed,
+        Ok(a) if a.status.is_client_error() => {
+            history.borrow_mut().anomalies.push(format!(
+                "{id} on {key}: {} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            ));
+            Outcome::Failed
+        }
+        _ => Outcome::Unknown,
+    };
+    trace::note(
+        &format!("c{}", client + 1),
+        &format!("{id} {key} via n{} -> {outcome:?}", node + 1),
+    );
+    history.borrow_mut().writes.push(Write {
+        id,
+        key: key.to_string(),
+        invoked,
+        completed: (outcome != Outcome::Unknown).then(now),
+        outcome,
+        blind: context.is_none(),
+        delete,
+        covers,
+        w,
+        ttl,
+    });
+}
+
+/// One client: random operations on random nodes from [`START`] for [`WORK`].
+pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    tokio::time::sleep(START).await;
+    let mut seq = 0u64;
+    while now() < START + WORK {
+        seq += 1;
+        let id = format!("c{}-{seq}", c + 1);
+        let node = rng.random_range(0..NODES);
+        let key = format!("k{}", rng.random_range(0..KEYS));
+        history.borrow_mut().ops += 1;
+        match rng.random_range(0..100) {
+            0..30 => {
+                write(
+                    &history,
+                    node,
+                    c,
+                    id,
+                    &key,
+                    None,
+                    Vec::new(),
+                    w,
+                    false,
+                    false,
+                )
+                .await
+            }
+            30..65 => {
+                if let Some((seen, ctx)) = read(&history, node, &key, r).await {
+                    let writer = rng.random_range(0..NODES);
+                    write(&history, writer, c, id, &key, ctx, seen, w, false, false).await;
+                }
+            }
+            65..72 => {
+                if let Some((seen, Some(ctx))) = read(&history, node, &key, r).await {
+                    let id = format!("{id}-del");
+                    write(&history, node, c, id, &key, Some(ctx), seen, 3, false, true).await;
+                }
+            }
+            72..80 => {
+                let key = format!("t{}", rng.random_range(0..TTL_KEYS));
+                write(
+                    &history,
+                    node,
+                    c,
+                    id,
+                    &key,
+                    None,
+                    Vec::new(),
+                    w,
+                    true,
+                    false,
+                )
+                .await;
+            }
+            80..95 => {
+                read(&history, node, &key, r).await;
+            }
+            _ => {
+                if let Ok(a) = request(node, Method::GET, "/kv?prefix=", None, Bytes::new()).await
+                    && a.status == StatusCode::OK
+                    && let Ok(json) = serde_json::from_slice::<serde_json::Value>(&a.body)
+                {
+                    let mut h = history.borrow_mut();
+                    for k in json["keys"].as_array().into_iter().flatten() {
+                        if let Some(k) = k.as_str() {
+                            h.listed.insert(k.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+    }
+}
+
+/// The links between nodes a fault cut, one way each: (from, to).
+#[derive(Debug, Default)]
+pub struct Cut(pub BTreeSet<(usize, usize)>);
+
+/// A fault the schedule plays.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub at: Duration,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// Kill a node: its process and memory are gone.
+    Crash(usize),
+    /// Start a killed node again, empty.
+    Restart(usize),
+    /// Cut every link between the two sides.
+    Partition(Vec<usize>, Vec<usize>),
+    Repair(Vec<usize>, Vec<usize>),
+    /// Cut the links from one node to another, one way only.
+    OneWay(usize, usize),
+    RepairOneWay(usize, usize),
+    /// Make a node's links slow and jittery (so messages reorder).
+    Slow(usize, Duration),
+    Fast(usize),
+    /// Make a node's links flaky: each message may break the link for a while.
+    Lossy(usize, f64),
+    Lossless(usize),
+}
+
+impl Fault {
+    pub fn describe(&self) -> String {
+        format!("{:.2}s {:?}", self.at.as_secs_f64(), self.kind)
+    }
+
+    pub fn kills(&self) -> bool {
+        matches!(self.kind, Kind::Crash(_))
+    }
+
+    pub fn apply(&self, sim: &mut turmoil::Sim<'_>, cut: &mut Cut) {
+        trace::note("sim", &self.describe());
+        let n = node_name;
+        match &self.kind {
+            Kind::Crash(i) => {
+                // A machine that dies sends nothing: the resets and FINs of the sockets its
+                // runtime drops are lost on the way. (Their order is tokio's task-drop
+                // order, which depends on task ids, a process-wide counter: a seed could
+                // not replay its run after other runs in the same process.)
+                let hosts: Vec<String> = (0..NODES)
+                    .filter(|j| j != i && !cut.0.contains(&(*i, *j)))
+                    .map(n)
+                    .chain((0..super::CLIENTS).map(|c| format!("c{}", c + 1)))
+                    .collect();
+                for h in &hosts {
+                    sim.partition_oneway(n(*i), h.as_str());
+                }
+                sim.crash(n(*i));
+                for h in &hosts {
+                    sim.repair_oneway(n(*i), h.as_str());
+                }
+            }
+            Kind::Restart(i) => {
+                if !sim.is_host_running(n(*i)) {
+                    sim.bounce(n(*i))
+                }
+            }
+            Kind::Partition(a, b) => pairs(a, b, |x, y| {
+                cut.0.extend([(x, y), (y, x)]);
+                sim.partition(n(x), n(y))
+            }),
+            Kind::Repair(a, b) => pairs(a, b, |x, y| {
+                cut.0.remove(&(x, y));
+                cut.0.remove(&(y, x));
+                sim.repair(n(x), n(y))
+            }),
+            Kind::OneWay(a, b) => {
+                cut.0.insert((*a, *b));
+                sim.partition_oneway(n(*a), n(*b))
+            }
+            Kind::RepairOneWay(a, b) => {
+                cut.0.remove(&(*a, *b));
+                sim.repair_oneway(n(*a), n(*b))
+            }
+            Kind::Slow(i, d) => others(*i, |j| sim.set_link_max_message_latency(n(*i), n(j), *d)),
+            Kind::Fast(i) => others(*i, |j| {
+                sim.set_link_max_message_latency(n(*i), n(j), Duration::from_millis(20))
+            }),
+            Kind::Lossy(i, p) => others(*i, |j| sim.set_link_fail_rate(n(*i), n(j), *p)),
+            Kind::Lossless(i) => others(*i, |j| sim.set_link_fail_rate(n(*i), n(j), 0.0)),
+        }
+    }
+}
+
+fn pairs(a: &[usize], b: &[usize], mut f: impl FnMut(usize, usize)) {
+    for &x in a {
+        for &y in b {
+            f(x, y);
+        }
+    }
+}
+
+fn others(i: usize, mut f: impl FnMut(usize)) {
+    (0..NODES).filter(|&j| j != i).for_each(&mut f);
+}
+
+/// A seeded schedule: one to three faults, each with its end, inside the work period. At
+/// most one node is killed per run: it restarts empty, so a second kill before it caught up
+/// could lose what only the two of them held, which no Dynamo-style store without a disk
+/// promises to keep.
+pub fn faults(rng: &mut SmallRng) -> Vec<Fault> {
+    let mut out = Vec::new();
+    let mut killed = false;
+    let first = START + Duration::from_millis(300);
+    let last = START + WORK - Duration::from_millis(500);
+    for _ in 0..rng.random_range(1..=3) {
+        let at =
+            first + Duration::from_millis(rng.random_range(0..(last - first).as_millis() as u64));
+        let len = Duration::from_millis(rng.random_range(300..3_000));
+        let end = (at + len).min(START + WORK);
+        let node = rng.random_range(0..NODES);
+        let (start, stop) = match rng.random_range(0..7) {
+            0 if !killed => {
+                killed = true;
+                (Kind::Crash(node), Kind::Restart(node))
+            }
+            0 | 1 => (
+                Kind::Partition(vec![node], others_of(node)),
+                Kind::Repair(vec![node], others_of(node)),
+            ),
+            2 => {
+                // A majority on one side (three nodes), a minority on the other.
+                let mut all: Vec<usize> = (0..NODES).collect();
+                let cut = rng.random_range(0..NODES);
+                all.rotate_left(cut);
+                let (a, b) = all.split_at(3);
+                (
+                    Kind::Partition(a.to_vec(), b.to_vec()),
+                    Kind::Repair(a.to_vec(), b.to_vec()),
+                )
+            }
+            3 => {
+                let to = (node + rng.random_range(1..NODES)) % NODES;
+                (Kind::OneWay(node, to), Kind::RepairOneWay(node, to))
+            }
+            4 => {
+                // Flapping: the node's links go down and up every 200 ms.
+                let mut t = at;
+                let mut down = true;
+                while t < end {
+                    let kind = if down {
+                        Kind::Partition(vec![node], others_of(node))
+                    } else {
+                        Kind::Repair(vec![node], others_of(node))
+                    };
+                    out.push(Fault { at: t, kind });
+                    down = !down;
+                    t += Duration::from_millis(200);
+                }
+                (
+                    Kind::Repair(vec![node], others_of(node)),
+                    Kind::Repair(vec![node], others_of(node)),
+                )
+            }
+            5 => (
+                Kind::Slow(node, Duration::from_millis(rng.random_range(50..400))),
+                Kind::Fast(node),
+            ),
+            _ => (
+                Kind::Lossy(node, rng.random_range(0.01..0.1)),
+                Kind::Lossless(node),
+            ),
+        };
+        out.push(Fault { at, kind: start });
+        out.push(Fault {
+            at: end,
+            kind: stop,
+        });
+    }
+    out.sort_by_key(|f| f.at);
+    out
+}
+
+fn others_of(i: usize) -> Vec<usize> {
+    (0..NODES).filter(|&j| j != i).collect()
+}
+
+/// Ends every fault: links repaired, fast and lossless, and every node running.
+pub fn heal(sim: &mut turmoil::Sim<'_>, cut: &mut Cut) {
+    trace::note("sim", "heal");
+    for i in 0..NODES {
+        if !sim.is_host_running(node_name(i)) {
+            sim.bounce(node_name(i));
+        }
+        cut.0.clear();
+        for j in (i + 1)..NODES {
+            sim.repair(node_name(i), node_name(j));
+            sim.repair_oneway(node_name(i), node_name(j));
+            sim.repair_oneway(node_name(j), node_name(i));
+        }
+        Fault {
+            at: Duration::ZERO,
+            kind: Kind::Fast(i),
+        }
+        .apply(sim, cut);
+        Fault {
+            at: Duration::ZERO,
+            kind: Kind::Lossless(i),
+        }
+        .apply(sim, cut);
+    }
+}
