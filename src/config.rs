@@ -168,18 +168,6 @@ pub const DEFAULT_MAX_WATCHERS: usize = 1024;
 /// connection, so a node runs at most (peers × this) such requests at once.
 pub const DEFAULT_MAX_RPC_IN_FLIGHT: usize = 256;
 
-/// Fails (exit code 2) if `addr`, what this node advertises for `bind_flag`, is a wildcard
-/// address that no peer could reach, naming the flag to set instead.
-pub fn check_advertised(bind_flag: &str, advertise_flag: &str, addr: SocketAddr) -> Result<()> {
-    if addr.ip().is_unspecified() {
-        return Err(Error::InvalidInput(format!(
-            "{bind_flag} binds {addr}, which peers cannot reach: set {advertise_flag} HOST:PORT \
-             to the address they reach this node at"
-        )));
-    }
-    Ok(())
-}
-
 /// Default `--fsync-interval-ms`: what `periodic` may lose on a crash of the node.
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_millis(100);
 

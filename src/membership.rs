@@ -309,7 +309,7 @@ impl Membership {
         };
         let bound_gossip = gossip_addr;
         let gossip_addr = cfg.advertise_gossip.unwrap_or(bound_gossip);
-        crate::config::check_advertised("--gossip", "--advertise-gossip", gossip_addr)?;
+        crate::net::check_advertised("--gossip", "--advertise-gossip", gossip_addr)?;
         let chitchat_id = ChitchatId::new(cfg.id.to_string(), cfg.generation, gossip_addr);
         let config = ChitchatConfig {
             chitchat_id,

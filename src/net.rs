@@ -19,6 +19,22 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Fails (exit code 2) if `addr`, what this node advertises for `bind_flag`, is a wildcard
+/// address that no peer could reach, naming the flag to set instead.
+pub fn check_advertised(
+    bind_flag: &str,
+    advertise_flag: &str,
+    addr: SocketAddr,
+) -> crate::error::Result<()> {
+    if addr.ip().is_unspecified() {
+        return Err(crate::error::Error::InvalidInput(format!(
+            "{bind_flag} binds {addr}, which peers cannot reach: set {advertise_flag} HOST:PORT \
+             to the address they reach this node at"
+        )));
+    }
+    Ok(())
+}
+
 /// A byte stream between a node and a peer or client.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// From now on, dropping this stream discards whatever the other side has not received

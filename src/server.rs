@@ -82,8 +82,8 @@ impl NodeHandle {
         // What peers and clients are told: the bound addresses unless advertised otherwise.
         let advertised_http = config.advertise_http.unwrap_or(http_addr);
         let advertised_rpc = config.advertise_rpc.unwrap_or(rpc_addr);
-        crate::config::check_advertised("--http", "--advertise-http", advertised_http)?;
-        crate::config::check_advertised("--rpc", "--advertise-rpc", advertised_rpc)?;
+        crate::net::check_advertised("--http", "--advertise-http", advertised_http)?;
+        crate::net::check_advertised("--rpc", "--advertise-rpc", advertised_rpc)?;
         // The data dir is loaded before anything else starts: gossip and RPC wait, so no
         // peer sends copies into a half-loaded store; HTTP answers `/ready` with the progress.
         let (store, hints) = open_data(&config, http.as_ref()).await?;
