@@ -58,6 +58,10 @@ fn run_seeds(first: u64, count: u64) {
     let ops: usize = reports.iter().map(|r| r.ops).sum();
     let acked: usize = reports.iter().map(|r| r.acked).sum();
     let messages: u64 = reports.iter().map(|r| r.messages).sum();
+    let purged: u64 = reports
+        .iter()
+        .map(|r| r.tombstones.0 - r.tombstones.1.min(r.tombstones.0))
+        .sum();
     let mut settle: Vec<u128> = reports
         .iter()
         .filter_map(|r| r.converged_after.map(|d| d.as_millis()))
@@ -65,7 +69,8 @@ fn run_seeds(first: u64, count: u64) {
     settle.sort_unstable();
     eprintln!(
         "{count} seeds in {:.1} s: {ops} client operations, {acked} acknowledged writes, \
-         {messages} messages; healed rings converged in a median {} ms, max {} ms (simulated)",
+         {messages} messages, {purged} tombstones purged; healed rings converged in a median \
+         {} ms, max {} ms (simulated)",
         started.elapsed().as_secs_f64(),
         settle.get(settle.len() / 2).copied().unwrap_or_default(),
         settle.last().copied().unwrap_or_default(),

@@ -3,16 +3,18 @@
 //! - **Convergence**: every key's home replicas hold identical versions (equal
 //!   fingerprints, so equal Merkle leaves and roots), and no node holds a hint.
 //! - **No phantom values**: every value read, listed or left is one a client wrote.
-//! - **No lost acknowledged write**: an acknowledged value is in the final state unless an
-//!   applied write (acknowledged, seen by a read or in the final state, or a delete that may
-//!   have been applied)
-//!   may have superseded it: one whose
-//!   context covered it, directly or through other applied writes, or a blind write that
-//!   was still running after it started (its coordinator may have held it). With a node
+//! - **No lost acknowledged write**, judged by dots as `tests/fault.rs` does: a 2xx write
+//!   returns its new version's context, whose counters past those of the context sent name
+//!   the write's dot. A version is superseded exactly when a later version's history holds
+//!   its dot, and histories are causally closed, so an acknowledged write is kept iff a final
+//!   version (value or tombstone) is it or holds its dot, or a delete that may have been
+//!   applied was sent with a context holding it (its tombstone may have been purged by GC
+//!   since, with the evidence). Blind writes are judged exactly:
+//!   what a blind write superseded at its coordinator is in its history. With a node
 //!   restarted empty, writes acknowledged by W = 1 are exempt: their one copy may have died
-//!   with it.
-//! - **No resurrection**: no value a delete acknowledged by all N replicas covered is in the
-//!   final state, through tombstone GC.
+//!   with it (a run kills at most one node).
+//! - **No resurrection**: no live final version has a dot that an acknowledged delete's
+//!   history holds, after the tombstones' grace ran out and GC purged them.
 //! - **Bounded siblings**: siblings are only concurrent writes: no value shows (in a read
 //!   or the final state) beside one whose write's context covered it, and none shows twice.
 //! - **Expired stays expired**: no TTL value is live at any replica, by its own (skewed)
@@ -23,13 +25,32 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ringkv::Node;
-use ringkv::version::VersionSet;
+use ringkv::version::{Context, Dot, VersionSet};
 
-use super::workload::{History, TTL_SECS, Write};
+use super::workload::{History, Outcome, TTL_SECS, Write};
 use super::{MAX_SKEW_MS, Nodes};
 
+/// `vs` without the versions expired by any node's clock at `now_ms`.
+fn unexpired(vs: &VersionSet, now_ms: u64) -> VersionSet {
+    let horizon = now_ms + MAX_SKEW_MS as u64;
+    VersionSet::from_versions(
+        vs.versions()
+            .iter()
+            .filter(|v| v.expires_at().is_none_or(|e| e > horizon))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Each key's versions, as its first home holds them.
+pub type State = BTreeMap<String, VersionSet>;
+
 /// Ok if every key's home replicas agree and no hints are pending; else what differs.
-pub fn converged(nodes: &BTreeMap<String, Arc<Node>>) -> Result<(), String> {
+///
+/// Versions whose TTL ran out by some node's clock (`now_ms` plus the largest skew) are left
+/// out: each replica sweeps them by its own clock, so for a moment one may hold one that
+/// another dropped, and neither serves it.
+pub fn converged(nodes: &BTreeMap<String, Arc<Node>>, now_ms: u64) -> Result<(), String> {
     for (name, node) in nodes {
         let hints = node.replica().hints_pending();
         if hints > 0 {
@@ -60,7 +81,7 @@ pub fn converged(nodes: &BTreeMap<String, Arc<Node>>) -> Result<(), String> {
                 nodes
                     .get(&**h)
                     .and_then(|n| n.store().get(&key))
-                    .map_or(0, |vs| vs.fingerprint(&key))
+                    .map_or(0, |vs| unexpired(&vs, now_ms).fingerprint(&key))
             })
             .collect();
         if prints.len() > 1 {
@@ -76,6 +97,8 @@ pub fn converged(nodes: &BTreeMap<String, Arc<Node>>) -> Result<(), String> {
 /// Everything the history and the final state break.
 pub fn check(
     history: &History,
+    by_key: &State,
+    after_gc: &State,
     nodes: &Nodes,
     now_ms: u64,
     skews: &[i64],
@@ -84,7 +107,6 @@ pub fn check(
     let nodes = nodes.borrow();
     let mut out = history.anomalies.clone();
     let written: BTreeSet<&str> = history.writes.iter().map(|w| w.id.as_str()).collect();
-    let by_key = final_state(&nodes);
     let final_values = |key: &str| -> Vec<String> {
         by_key
             .get(key)
@@ -120,16 +142,11 @@ pub fn check(
         }
     }
 
-    // Lost acknowledged writes.
-    // A delete leaves no value a read could observe, so one whose outcome is unknown may
-    // have been applied.
-    let left: BTreeSet<String> = by_key.keys().flat_map(|k| final_values(k)).collect();
-    let applied = |w: &Write| {
-        w.acked()
-            || history.observed.contains(&w.id)
-            || left.contains(&w.id)
-            || (w.delete && w.outcome == super::workload::Outcome::Unknown)
-    };
+    // Lost acknowledged writes, by dots: a write's version is superseded exactly when a
+    // later version's history holds its dot, and histories are causally closed, so an
+    // acknowledged write is kept iff some final version (value or tombstone) is it or holds
+    // its dot. This judges blind writes exactly too: whatever a blind write superseded at its
+    // coordinator is in its history.
     for w in history
         .writes
         .iter()
@@ -138,17 +155,33 @@ pub fn check(
         if killed && w.w == 1 {
             continue;
         }
-        if final_values(&w.key).contains(&w.id) {
+        let dots = candidate_dots(w);
+        if dots.is_empty() {
+            out.push(format!(
+                "{} on {} was acknowledged without a context",
+                w.id, w.key
+            ));
             continue;
         }
-        let superseded = history.writes.iter().any(|x| {
-            x.key == w.key
-                && x.id != w.id
-                && applied(x)
-                && (covers(history, x, &w.id)
-                    || (x.blind && x.completed.is_none_or(|c| c > w.invoked)))
+        let versions = by_key
+            .get(&w.key)
+            .map(|vs| vs.versions())
+            .unwrap_or_default();
+        let kept = versions
+            .iter()
+            .any(|v| dots.iter().any(|d| v.dot == *d || v.history.contains(d)));
+        // A tombstone GC purged holds no evidence any more; its delete's context does.
+        let deleted = history.writes.iter().any(|d| {
+            d.delete
+                && d.key == w.key
+                && d.outcome != Outcome::Failed
+                && d.sent
+                    .as_deref()
+                    .and_then(|c| Context::decode(c).ok())
+                    .is_some_and(|c| dots.iter().any(|x| c.contains(x)))
         });
-        if !superseded {
+        let kept = kept || deleted;
+        if !kept {
             out.push(format!(
                 "lost acknowledged write {} on {} (W={}, acked at {:?}); final: {:?}",
                 w.id,
@@ -160,17 +193,47 @@ pub fn check(
         }
     }
 
-    // Resurrection.
-    for d in history
-        .writes
-        .iter()
-        .filter(|d| d.delete && d.acked() && d.w == 3)
-    {
-        for v in final_values(&d.key) {
-            if d.covers.contains(&v) {
+    // Resurrection: a live final version whose dot an acknowledged delete's history holds
+    // came back after that delete (whose tombstone superseded it) reached its replicas.
+    for d in history.writes.iter().filter(|d| d.delete && d.acked()) {
+        if killed && d.w == 1 {
+            continue; // its only copy may have died with a killed node
+        }
+        let Some(deleted) = d.returned.as_deref().and_then(|c| Context::decode(c).ok()) else {
+            continue;
+        };
+        let before = by_key
+            .get(&d.key)
+            .map(|vs| vs.versions())
+            .unwrap_or_default();
+        let after = after_gc
+            .get(&d.key)
+            .map(|vs| vs.versions())
+            .unwrap_or_default();
+        for v in before.iter().chain(after).filter(|v| v.value.is_some()) {
+            if deleted.contains(&v.dot) {
                 out.push(format!(
-                    "{v} on {} came back after {} deleted it at all replicas",
-                    d.key, d.id
+                    "{} on {} came back after {} deleted it (W={})",
+                    String::from_utf8_lossy(v.value.as_deref().unwrap_or_default()),
+                    d.key,
+                    d.id,
+                    d.w
+                ));
+            }
+        }
+    }
+
+    // GC purges tombstones only: every live version before it is there after it.
+    for (key, vs) in by_key {
+        for v in vs.versions().iter().filter(|v| v.value.is_some()) {
+            let kept = after_gc
+                .get(key)
+                .is_some_and(|a| a.versions().iter().any(|x| x.dot == v.dot));
+            let expired = v.expires_at().is_some();
+            if !kept && !expired {
+                out.push(format!(
+                    "{} on {key} was live before tombstone GC and gone after it",
+                    String::from_utf8_lossy(v.value.as_deref().unwrap_or_default())
                 ));
             }
         }
@@ -223,6 +286,27 @@ pub fn check(
     out
 }
 
+/// The dots `w`'s version may have: each actor the returned context counts further than the
+/// sent one did. The coordinator minted one of them; usually there is exactly one.
+fn candidate_dots(w: &Write) -> Vec<Dot> {
+    let Some(returned) = w.returned.as_deref().and_then(|c| Context::decode(c).ok()) else {
+        return Vec::new();
+    };
+    let sent = w
+        .sent
+        .as_deref()
+        .and_then(|c| Context::decode(c).ok())
+        .unwrap_or_default();
+    returned
+        .entries()
+        .filter(|(actor, max, _)| *max > sent.max_counter(actor))
+        .map(|(actor, max, _)| Dot {
+            actor: actor.clone(),
+            counter: max,
+        })
+        .collect()
+}
+
 /// Whether `x`'s context covers `id`: its client read `id`, or read a value whose write
 /// covered it, and so on.
 fn covers(history: &History, x: &Write, id: &str) -> bool {
@@ -243,7 +327,7 @@ fn covers(history: &History, x: &Write, id: &str) -> bool {
 }
 
 /// Each key's versions at its first home: after convergence every home holds the same.
-fn final_state(nodes: &BTreeMap<String, Arc<Node>>) -> BTreeMap<String, VersionSet> {
+pub fn final_state(nodes: &BTreeMap<String, Arc<Node>>) -> State {
     let mut out = BTreeMap::new();
     let Some(ring) = nodes
         .values()

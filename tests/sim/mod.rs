@@ -10,8 +10,9 @@
 //!
 //! A run: the ring starts; clients write, read-modify-write, delete, write with TTLs and
 //! list for [`WORK`] while the faults play; then every fault heals, and the simulation runs
-//! on until every key's home replicas agree and hints drained ([`QUIESCE`] at most); then
-//! [`check`] judges the history against the final state.
+//! on until every key's home replicas agree and hints drained ([`QUIESCE`] at most), and
+//! past [`TOMBSTONE_GRACE`] so tombstone GC runs; then [`check`] judges the history against
+//! the final state.
 
 pub mod check;
 pub mod gossip;
@@ -43,6 +44,10 @@ pub const WORK: Duration = Duration::from_secs(4);
 pub const QUIESCE: Duration = Duration::from_secs(40);
 /// Simulated time per step.
 pub const TICK: Duration = Duration::from_millis(5);
+/// Virtual nodes per node.
+pub const VNODES: usize = 8;
+/// How long a tombstone is kept before GC may purge it: short, so runs see purges.
+pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(1);
 /// The largest clock skew a node gets, either way.
 pub const MAX_SKEW_MS: i64 = 2_000;
 /// The simulated epoch: fixed, so a run never reads the real date.
@@ -53,7 +58,17 @@ const RPC_PORT: u16 = 8081;
 const GOSSIP_PORT: u16 = 7946;
 
 /// The (R, W) settings runs pick from, with N = 3.
-pub const QUORUMS: [(usize, usize); 6] = [(2, 2), (1, 1), (1, 3), (3, 1), (2, 1), (1, 2)];
+pub const QUORUMS: [(usize, usize); 9] = [
+    (2, 2),
+    (1, 1),
+    (1, 2),
+    (1, 3),
+    (2, 1),
+    (2, 3),
+    (3, 1),
+    (3, 2),
+    (3, 3),
+];
 
 /// What one run did and found.
 #[derive(Debug)]
@@ -67,6 +82,8 @@ pub struct Report {
     pub acked: usize,
     /// Simulated time until the healed ring converged.
     pub converged_after: Option<Duration>,
+    /// Tombstones held by all nodes once converged, and after GC.
+    pub tombstones: (u64, u64),
     pub violations: Vec<String>,
 }
 
@@ -137,6 +154,8 @@ pub fn run(seed: u64, verbose: bool) -> Report {
     let schedule = workload::faults(&mut rng);
     let faults: Vec<String> = schedule.iter().map(|f| f.describe()).collect();
     let mut converged_after = None;
+    let mut tombstones = (0, 0);
+    let mut before_gc = check::State::new();
     let mut violations = Vec::new();
     let mut killed = false;
     let mut pending = schedule;
@@ -178,7 +197,7 @@ pub fn run(seed: u64, verbose: bool) -> Report {
                     break;
                 }
             }
-            if check::converged(&nodes.borrow()).is_ok() {
+            if check::converged(&nodes.borrow(), now_ms(&sim)).is_ok() {
                 converged_after = Some(sim.elapsed() - healed_at);
                 break;
             }
@@ -186,17 +205,39 @@ pub fn run(seed: u64, verbose: bool) -> Report {
                 break;
             }
         }
+        // Then the tombstones' grace runs out and GC purges them, so that the checks see
+        // whether a delete survives its tombstone's purge.
+        tombstones.0 = tombstone_count(&nodes);
+        before_gc = check::final_state(&nodes.borrow());
+        let gc_until = sim.elapsed() + TOMBSTONE_GRACE + Duration::from_millis(1_500);
+        while sim.elapsed() < gc_until {
+            if let Err(err) = sim.step() {
+                violations.push(format!("the simulation failed: {err}"));
+                break;
+            }
+        }
+        tombstones.1 = tombstone_count(&nodes);
+        if converged_after.is_some()
+            && let Err(why) = check::converged(&nodes.borrow(), now_ms(&sim))
+        {
+            violations.push(format!("replicas disagree after tombstone GC: {why}"));
+        }
         break;
     }
-    let now_ms = (Duration::from_secs(EPOCH_SECS) + sim.elapsed()).as_millis() as u64;
+    let now_ms = now_ms(&sim);
     let history = history.borrow();
     if converged_after.is_none() {
-        let why = check::converged(&nodes.borrow()).err().unwrap_or_default();
+        let why = check::converged(&nodes.borrow(), now_ms)
+            .err()
+            .unwrap_or_default();
         violations.push(format!(
             "replicas did not converge within {QUIESCE:?}: {why}"
         ));
     }
-    violations.extend(check::check(&history, &nodes, now_ms, &skews, killed));
+    let after_gc = check::final_state(&nodes.borrow());
+    violations.extend(check::check(
+        &history, &before_gc, &after_gc, &nodes, now_ms, &skews, killed,
+    ));
     let (trace, messages) = trace::finish();
     Report {
         seed,
@@ -207,8 +248,22 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         ops: history.ops,
         acked: history.writes.iter().filter(|w| w.acked()).count(),
         converged_after,
+        tombstones,
         violations,
     }
+}
+
+/// The simulation's unskewed wall clock.
+fn now_ms(sim: &turmoil::Sim<'_>) -> u64 {
+    (Duration::from_secs(EPOCH_SECS) + sim.elapsed()).as_millis() as u64
+}
+
+fn tombstone_count(nodes: &Nodes) -> u64 {
+    nodes
+        .borrow()
+        .values()
+        .map(|n| n.store().stats().tombstones)
+        .sum()
 }
 
 async fn start_node(
@@ -225,12 +280,15 @@ async fn start_node(
     cfg.seeds = (0..NODES)
         .map(|i| addr(&node_name(i), GOSSIP_PORT).to_string())
         .collect();
+    // Few virtual nodes: five nodes need no more for balance, and every anti-entropy round
+    // compares one Merkle tree per ring segment.
+    cfg.vnodes = VNODES;
     cfg.read_quorum = r;
     cfg.write_quorum = w;
     cfg.rpc_timeout = Duration::from_millis(500);
     cfg.handoff_interval = Duration::from_millis(250);
     cfg.anti_entropy_interval = Duration::from_millis(500);
-    cfg.tombstone_grace = Duration::from_secs(3);
+    cfg.tombstone_grace = TOMBSTONE_GRACE;
     cfg.ttl_sweep_interval = Duration::from_millis(250);
     cfg.gossip_config.interval = gossip::INTERVAL;
     cfg.clock = Clock::from_source(Arc::new(|| {

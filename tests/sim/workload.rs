@@ -51,8 +51,11 @@ pub struct Write {
     pub invoked: Duration,
     pub completed: Option<Duration>,
     pub outcome: Outcome,
-    /// Without a context: it supersedes whatever its coordinator held.
-    pub blind: bool,
+    /// The context sent with it; `None` for a blind write, which supersedes whatever its
+    /// coordinator held.
+    pub sent: Option<String>,
+    /// The context of the new version, from the 2xx answer.
+    pub returned: Option<String>,
     pub delete: bool,
     /// The values its client read before writing: its context covers them.
     pub covers: Vec<String>,
@@ -240,13 +243,18 @@ async fn write(
         &format!("c{}", client + 1),
         &format!("{id} {key} via n{} -> {outcome:?}", node + 1),
     );
+    let returned = match &res {
+        Ok(a) if a.status.is_success() => a.context.clone(),
+        _ => None,
+    };
     history.borrow_mut().writes.push(Write {
         id,
         key: key.to_string(),
         invoked,
         completed: (outcome != Outcome::Unknown).then(now),
         outcome,
-        blind: context.is_none(),
+        sent: context,
+        returned,
         delete,
         covers,
         w,
