@@ -1,6 +1,7 @@
 //! A node's configuration, with the defaults and the checks made before anything starts.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -103,6 +104,8 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Where the node keeps its write-ahead log and snapshots; `None`: in memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// A disk other than a data dir, in its place: the simulator's ([`crate::durable::Disk`]).
+    pub disk: Option<Arc<dyn crate::durable::Disk>>,
     /// When the log reaches the disk ([`crate::durable`]).
     pub fsync: crate::durable::Fsync,
     /// The period of `--fsync periodic` (and of writes with `never`).
@@ -207,6 +210,7 @@ impl Config {
             clock: Clock::system(),
             watch_buffer: WATCH_BUFFER,
             data_dir: None,
+            disk: None,
             fsync: crate::durable::Fsync::Always,
             fsync_interval: DEFAULT_FSYNC_INTERVAL,
             snapshot_log_bytes: crate::durable::SNAPSHOT_MIN_LOG,

@@ -203,6 +203,57 @@ pub struct WalStats {
     pub snapshot_max_lock_us: AtomicU64,
 }
 
+/// Where a node's store and hints log their changes: the write-ahead log of a data dir
+/// ([`Wal`]), or the deterministic simulator's disk (`tests/sim`), which has no files and no
+/// threads.
+pub trait Log: std::fmt::Debug + Send + Sync + 'static {
+    /// Appends `record`. Called under the key's shard lock, so a key's records keep the order
+    /// of its changes; cheap.
+    fn append(&self, record: &Record);
+    /// Resolves once everything appended before the call is durable. Fails if the log could
+    /// not be written: the caller must not acknowledge.
+    fn barrier(&self) -> futures_util::future::BoxFuture<'_, Result<()>>;
+    /// Why the log cannot be written right now, if it cannot (a full disk).
+    fn error(&self) -> Option<String>;
+    /// The log's counters, for `/metrics`.
+    fn stats(&self) -> &WalStats;
+    /// The data dir's log, if this is one: snapshots and the orderly close need its files.
+    fn wal(self: Arc<Self>) -> Option<Arc<Wal>> {
+        None
+    }
+}
+
+/// A disk other than a data dir, for the simulator: what a node finds at start, and where it
+/// logs from then on ([`crate::Config::disk`]).
+pub trait Disk: std::fmt::Debug + Send + Sync + 'static {
+    /// Every record a restart finds, oldest first: what was durable when the node stopped.
+    fn recover(&self) -> Vec<Record>;
+    /// The log of this start.
+    fn open(&self) -> Arc<dyn Log>;
+}
+
+impl Log for Wal {
+    fn append(&self, record: &Record) {
+        Wal::append(self, record)
+    }
+
+    fn barrier(&self) -> futures_util::future::BoxFuture<'_, Result<()>> {
+        Box::pin(Wal::barrier(self))
+    }
+
+    fn error(&self) -> Option<String> {
+        Wal::error(self)
+    }
+
+    fn stats(&self) -> &WalStats {
+        &self.stats
+    }
+
+    fn wal(self: Arc<Self>) -> Option<Arc<Wal>> {
+        Some(self)
+    }
+}
+
 /// The write-ahead log of one node.
 pub struct Wal {
     dir: PathBuf,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::durable::{Record, Wal};
+use crate::durable::{Log, Record};
 use crate::ring::NodeId;
 use crate::version::VersionSet;
 
@@ -80,7 +80,7 @@ pub struct HintStore {
     count: usize,
     bytes: usize,
     /// Where every change is logged when the node has a data dir ([`crate::durable`]).
-    log: Option<Arc<Wal>>,
+    log: Option<Arc<dyn Log>>,
 }
 
 fn size_of(key: &[u8], versions: &VersionSet) -> usize {
@@ -105,7 +105,7 @@ impl HintStore {
     }
 
     /// An empty store that logs every change to `log`.
-    pub fn with_log(limits: HintLimits, log: Option<Arc<Wal>>) -> HintStore {
+    pub fn with_log(limits: HintLimits, log: Option<Arc<dyn Log>>) -> HintStore {
         HintStore {
             log,
             ..HintStore::new(limits)
@@ -113,7 +113,7 @@ impl HintStore {
     }
 
     /// Attaches the log, after recovery filled the store.
-    pub fn set_log(&mut self, log: Arc<Wal>) {
+    pub fn set_log(&mut self, log: Arc<dyn Log>) {
         self.log = Some(log);
     }
 

@@ -319,7 +319,7 @@ pub fn render(node: &Node, http: &HttpMetrics) -> Result<String, std::fmt::Error
             .load(std::sync::atomic::Ordering::Relaxed),
         wal: node.store().log().map(|log| {
             use std::sync::atomic::Ordering::Relaxed;
-            let s = &log.stats;
+            let s = log.stats();
             [
                 s.records.load(Relaxed),
                 s.bytes_written.load(Relaxed),

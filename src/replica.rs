@@ -108,6 +108,8 @@ impl Replica {
             let log = replica
                 .store
                 .log()
+                .cloned()
+                .and_then(|log| log.wal())
                 .ok_or_else(|| Error::invalid("this node has no --data-dir"))?;
             log.snapshot(|put| replica.snapshot_into(put))
         })

@@ -185,7 +185,7 @@ impl NodeHandle {
         let ae = node.anti_entropy.clone();
         tracker.spawn(crate::antientropy::run(ae.clone(), shutdown.clone()));
         tracker.spawn(node.lifecycle.clone().start_up(ae, shutdown.clone()));
-        let snapshots = match replica.store.log() {
+        let snapshots = match replica.store.log().cloned().and_then(|log| log.wal()) {
             Some(log) => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let (live, fill) = (replica.clone(), replica.clone());
@@ -326,8 +326,15 @@ impl NodeHandle {
             stop.store(true, Ordering::Relaxed);
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
-        if let Some(log) = self.node.replica.store.log().cloned() {
-            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        if let Some(wal) = self
+            .node
+            .replica
+            .store
+            .log()
+            .cloned()
+            .and_then(|log| log.wal())
+        {
+            let _ = tokio::task::spawn_blocking(move || wal.close()).await;
         }
         info!(id = %self.node.cluster.id, "ringkv node stopped");
     }
@@ -341,6 +348,18 @@ async fn open_data(config: &Config, http: &dyn Listener) -> Result<(Store, HintS
         ttl: config.tombstone_grace,
         ..config.hint_limits
     };
+    if let Some(disk) = &config.disk {
+        // The simulator's disk: records in memory, no files and no threads.
+        let (store, mut hints) = (Store::new(), HintStore::new(limits));
+        let now = Instant::now();
+        for record in disk.recover() {
+            restore(&store, &mut hints, record, now);
+        }
+        let (mut store, log) = (store, disk.open());
+        store.set_log(log.clone());
+        hints.set_log(log);
+        return Ok((store, hints));
+    }
     let Some(dir) = config.data_dir.clone() else {
         return Ok((Store::new(), HintStore::new(limits)));
     };
@@ -352,13 +371,8 @@ async fn open_data(config: &Config, http: &dyn Listener) -> Result<(Store, HintS
         let store = Store::new();
         let mut hints = HintStore::new(limits);
         let now = Instant::now();
-        let report = crate::durable::recover(&load_dir, &loading, |record| match record {
-            Record::Key { key, versions } => store.restore(&key, versions),
-            Record::Hint {
-                home,
-                key,
-                versions,
-            } => hints.restore(&NodeId::from(home.as_str()), key, versions, now),
+        let report = crate::durable::recover(&load_dir, &loading, |record| {
+            restore(&store, &mut hints, record, now)
         })?;
         Ok::<_, Error>((store, hints, report))
     });
@@ -395,6 +409,18 @@ async fn open_data(config: &Config, http: &dyn Listener) -> Result<(Store, HintS
     store.set_log(wal.clone());
     hints.set_log(wal);
     Ok((store, hints))
+}
+
+/// Puts one recovered record back: a key's versions, or a hint.
+fn restore(store: &Store, hints: &mut HintStore, record: Record, now: Instant) {
+    match record {
+        Record::Key { key, versions } => store.restore(&key, versions),
+        Record::Hint {
+            home,
+            key,
+            versions,
+        } => hints.restore(&NodeId::from(home.as_str()), key, versions, now),
+    }
 }
 
 /// A generation new at every start: the wall clock in milliseconds, bumped past the last one

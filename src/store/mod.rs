@@ -66,7 +66,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::durable::{Record, Wal};
+use crate::durable::{Log, Record};
 use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
 use crate::ring::{SHARD_BITS, Segment, key_hash, shard_of};
 use crate::version::{Actor, Condition, Context, Meta, VersionSet};
@@ -203,7 +203,7 @@ pub struct Store {
     gc_cursor: AtomicUsize,
     /// The write-ahead log every change is appended to, under the key's shard lock, when the
     /// node has a data dir ([`crate::durable`]).
-    log: Option<Arc<Wal>>,
+    log: Option<Arc<dyn Log>>,
 }
 
 /// A write as the coordinator applies it (see [`Store::write_with`]).
@@ -260,7 +260,7 @@ impl Store {
 
     /// An empty store that appends every change to `log` (recovery fills it first, through
     /// [`Store::restore`], which logs nothing).
-    pub fn with_log(log: Arc<Wal>) -> Store {
+    pub fn with_log(log: Arc<dyn Log>) -> Store {
         Store {
             log: Some(log),
             ..Store::new()
@@ -268,12 +268,12 @@ impl Store {
     }
 
     /// Attaches the log, after recovery filled the store.
-    pub fn set_log(&mut self, log: Arc<Wal>) {
+    pub fn set_log(&mut self, log: Arc<dyn Log>) {
         self.log = Some(log);
     }
 
     /// The log, if this store has one.
-    pub fn log(&self) -> Option<&Arc<Wal>> {
+    pub fn log(&self) -> Option<&Arc<dyn Log>> {
         self.log.as_ref()
     }
 
@@ -343,7 +343,7 @@ impl Store {
             };
             if let Some(log) = &self.log {
                 let held = locked.elapsed().as_micros() as u64;
-                log.stats
+                log.stats()
                     .snapshot_max_lock_us
                     .fetch_max(held, Ordering::Relaxed);
             }

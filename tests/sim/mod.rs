@@ -15,6 +15,7 @@
 //! the final state.
 
 pub mod check;
+pub mod disk;
 pub mod gossip;
 pub mod net;
 pub mod trace;
@@ -77,6 +78,10 @@ pub struct Report {
     pub trace: u64,
     pub messages: u64,
     pub quorum: (usize, usize),
+    /// Whether nodes had a disk (a killed node restarted from it) or restarted empty.
+    pub durable: bool,
+    /// Records restarted nodes read back from their disks.
+    pub recovered: usize,
     pub faults: Vec<String>,
     pub ops: usize,
     pub acked: usize,
@@ -124,16 +129,23 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         .max_message_latency(max_latency)
         .build();
     let nodes: Nodes = Rc::default();
+    // Half the runs give nodes a disk: a killed node restarts from what it had synced.
+    // The others restart empty.
+    let durable = rng.random_bool(0.5);
+    let disks: Vec<Option<disk::SimDisk>> = (0..NODES)
+        .map(|_| durable.then(disk::SimDisk::default))
+        .collect();
     let skews: Vec<i64> = (0..NODES)
         .map(|_| rng.random_range(-MAX_SKEW_MS..=MAX_SKEW_MS))
         .collect();
     for (i, skew) in skews.iter().copied().enumerate() {
         let name = node_name(i);
         let nodes = nodes.clone();
+        let disk = disks[i].clone();
         sim.host(name.clone(), move || {
-            let (name, nodes) = (name.clone(), nodes.clone());
+            let (name, nodes, disk) = (name.clone(), nodes.clone(), disk.clone());
             async move {
-                let handle = start_node(&name, skew, quorum).await?;
+                let handle = start_node(&name, skew, quorum, disk).await?;
                 nodes.borrow_mut().insert(name, handle.node().clone());
                 // The handle lives as long as the host: a crash drops it with the runtime.
                 std::future::pending::<()>().await;
@@ -236,7 +248,13 @@ pub fn run(seed: u64, verbose: bool) -> Report {
     }
     let after_gc = check::final_state(&nodes.borrow());
     violations.extend(check::check(
-        &history, &before_gc, &after_gc, &nodes, now_ms, &skews, killed,
+        &history,
+        &before_gc,
+        &after_gc,
+        &nodes,
+        now_ms,
+        &skews,
+        killed && !durable,
     ));
     let (trace, messages) = trace::finish();
     Report {
@@ -244,6 +262,8 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         trace,
         messages,
         quorum,
+        durable,
+        recovered: disks.iter().flatten().map(disk::SimDisk::recovered).sum(),
         faults,
         ops: history.ops,
         acked: history.writes.iter().filter(|w| w.acked()).count(),
@@ -270,6 +290,7 @@ async fn start_node(
     name: &str,
     skew: i64,
     (r, w): (usize, usize),
+    disk: Option<disk::SimDisk>,
 ) -> Result<NodeHandle, Box<dyn std::error::Error>> {
     // turmoil binds only the wildcard address: each node advertises its host's.
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
@@ -295,6 +316,7 @@ async fn start_node(
         turmoil::since_epoch().map_or(0, |d| d.as_millis() as u64)
     }));
     cfg.clock.set_offset_ms(skew);
+    cfg.disk = disk.map(|d| Arc::new(d) as Arc<dyn ringkv::durable::Disk>);
     let handle = NodeHandle::start_with(
         cfg,
         GossipTransport::Custom(Arc::new(gossip::SimGossip)),
