@@ -114,7 +114,11 @@ const DOOMED: usize = 5;
 const DOOM_FRACTION: f64 = 0.3;
 /// The cluster's write quorum (the default): nodes holding a write when it is acknowledged.
 const WRITE_QUORUM: usize = 2;
-const DEFAULT_SEEDS: &[u64] = &[1, 2, 3, 4, 5];
+/// Two seeds: the deterministic simulator (`tests/simulation.rs`) plays the same faults
+/// (kills with empty restarts, partitions, one-way cuts) against the same dot-based checks on
+/// 500 seeds in less time. This test keeps what the simulator swaps out, real chitchat gossip,
+/// real TCP and real time, on a multi-threaded runtime.
+const DEFAULT_SEEDS: &[u64] = &[1, 2];
 const DEFAULT_RUN: Duration = Duration::from_secs(6);
 /// How long home replicas may take to converge after the final heal.
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(30);
