@@ -174,6 +174,7 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
         if !peers.is_empty() {
             let (peer, addr) = &peers[next_peer % peers.len()];
             next_peer = next_peer.wrapping_add(1);
+            let started = std::time::Instant::now();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
@@ -181,6 +182,8 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
                     debug!(%peer, %err, "anti-entropy round ended early");
                 },
             }
+            let stages = &ae.cluster.stats.stages;
+            stages.record(crate::stages::Stage::AntiEntropy, started);
         }
         tokio::select! {
             biased;

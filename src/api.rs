@@ -21,6 +21,7 @@
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
 //! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
 //! | GET | `/admin/stats` | this node's counters |
+//! | GET, DELETE | `/admin/stages` | where requests' time goes, by stage: count and percentiles in µs since the last DELETE ([`crate::stages`]) |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //! | GET | `/health` | liveness: 200 as soon as the process serves HTTP |
 //! | GET | `/ready` | readiness: 200 when the node can serve requests, else 503 with a reason ([`crate::readiness`]) |
@@ -58,6 +59,7 @@ use crate::error::{Error, Result};
 use crate::membership::{Member, STATUS_LEAVING, View};
 use crate::metrics::HttpMetrics;
 use crate::node::Node;
+use crate::stages::Stage;
 use crate::ttl::rfc3339;
 use crate::version::{Condition, Context, Meta, VersionSet};
 
@@ -396,12 +398,16 @@ async fn route(
             return Err(Error::MethodNotAllowed("GET, PUT, DELETE".into()));
         }
         let key = parse_key(raw)?;
-        return match method {
-            Method::GET => get_kv(node, key, &req).await,
-            Method::PUT => put_kv(node, key, req).await,
-            Method::DELETE => delete_kv(node, key, &req).await,
-            _ => Err(Error::MethodNotAllowed("GET, PUT, DELETE".into())),
+        let started = std::time::Instant::now();
+        let stages = &node.stats().stages;
+        let (stage, resp) = match method {
+            Method::GET => (Stage::HttpRead, get_kv(node.clone(), key, &req).await),
+            Method::PUT => (Stage::HttpWrite, put_kv(node.clone(), key, req).await),
+            Method::DELETE => (Stage::HttpWrite, delete_kv(node.clone(), key, &req).await),
+            _ => return Err(Error::MethodNotAllowed("GET, PUT, DELETE".into())),
         };
+        stages.record(stage, started);
+        return resp;
     }
     let get_only = |resp: Result<Response<Body>>| {
         if method == Method::GET {
@@ -458,6 +464,14 @@ async fn route(
             ))
         }
         "/admin/stats" => get_only(Ok(stats(&node))),
+        "/admin/stages" => match method {
+            Method::GET => Ok(json_response(StatusCode::OK, node.stats().stages.report())),
+            Method::DELETE => {
+                node.stats().stages.reset();
+                Ok(json_response(StatusCode::OK, json!({"reset": true})))
+            }
+            _ => Err(Error::MethodNotAllowed("GET, DELETE".into())),
+        },
         "/metrics" => get_only(metrics_response(&node, metrics)),
         _ => Err(Error::NotFound(path)),
     }

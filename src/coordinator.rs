@@ -63,6 +63,7 @@ use crate::quorum::{QuorumStatus, QuorumTracker};
 use crate::replica::Replica;
 use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
+use crate::stages::Stage;
 use crate::stats::Stats;
 use crate::store::{ListPage, WriteOp};
 use crate::version::{Condition, Context, VersionSet};
@@ -200,12 +201,14 @@ impl Coordinator {
             };
             // The coordinator itself waits up to one RPC timeout for its replicas.
             let timeout = self.cluster.pool.timeout() * 2;
-            match self
+            let started = std::time::Instant::now();
+            let answer = self
                 .cluster
                 .pool
                 .call_with_timeout(addr, req, timeout)
-                .await
-            {
+                .await;
+            self.cluster.stats.stages.record(Stage::Forward, started);
+            match answer {
                 Ok(Response::Written(ctx)) => return Ok(ctx),
                 Ok(other) => {
                     return Err(Error::Protocol(format!(
@@ -295,6 +298,7 @@ impl Coordinator {
             condition: &condition,
             now_ms: self.cluster.clock().now_ms(),
         };
+        let started = std::time::Instant::now();
         let (new_ctx, versions) = self
             .replica
             .store
@@ -302,6 +306,9 @@ impl Coordinator {
             .map_err(|current| Error::PreconditionFailed {
                 context: current.encode(),
             })?;
+        let stages = &self.cluster.stats.stages;
+        stages.record(Stage::Apply, started);
+        let applied = std::time::Instant::now();
 
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
         let mut all = QuorumTracker::new(dests.len(), quorum.w);
@@ -374,6 +381,7 @@ impl Coordinator {
             }
         }
         if all.status() == QuorumStatus::Met && homes.status() == QuorumStatus::Met {
+            stages.record(Stage::Replicate, applied);
             // Built only if someone watches the key.
             self.watches.emit_with(&key, || {
                 let value = versions
@@ -482,6 +490,7 @@ impl Coordinator {
         // R at first (see the module docs); everyone if fewer than R can answer, so that the
         // error says how many replied.
         let first = r.min(total);
+        let started = std::time::Instant::now();
         for dest in candidates.by_ref().take(first) {
             ask(dest, &mut calls, &mut quorum, &mut merged, &mut replies);
         }
@@ -516,6 +525,7 @@ impl Coordinator {
                 }
             }
         }
+        self.cluster.stats.stages.record(Stage::ReadQuorum, started);
         if quorum.status() != QuorumStatus::Met {
             Stats::incr(&self.cluster.stats.quorum_failures);
             return Err(Error::Unavailable {

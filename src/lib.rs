@@ -391,6 +391,7 @@ pub mod rpc;
 pub mod seal;
 pub mod secret;
 pub mod server;
+pub mod stages;
 pub mod stats;
 pub mod store;
 pub mod tls;

@@ -149,6 +149,7 @@ impl Replica {
         versions: VersionSet,
         hint_for: Option<String>,
     ) -> Result<Response> {
+        let started = std::time::Instant::now();
         match hint_for {
             Some(home) if *home != *self.cluster.id => {
                 self.store_hint(NodeId::from(home), key, &versions)?;
@@ -158,6 +159,8 @@ impl Replica {
             }
         }
         self.sync().await?;
+        let stages = &self.cluster.stats.stages;
+        stages.record(crate::stages::Stage::ReplicaApply, started);
         Ok(Response::Replicated)
     }
 

@@ -55,6 +55,8 @@ pub struct Stats {
     pub tombstones_purged: AtomicU64,
     /// HTTP requests answered.
     pub http_requests: AtomicU64,
+    /// Where requests' time goes, by stage (`GET /admin/stages`).
+    pub stages: crate::stages::Stages,
     /// Values dropped by the TTL sweep once expired.
     pub ttl_values_expired: AtomicU64,
     /// Bytes of values the TTL sweep freed.

@@ -608,3 +608,45 @@ async fn listing_merges_replicas_that_disagree() {
     }
     c.shutdown().await;
 }
+
+/// `/admin/stages` times each part of a request on the node that ran it, and a DELETE resets
+/// the histograms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_histograms_time_each_part_of_a_request() {
+    let c = TestCluster::start(3).await;
+    let http = Http::new();
+    for i in 0..c.up().len() {
+        let reset = http
+            .send(
+                Method::DELETE,
+                &format!("{}/admin/stages", c.url(i)),
+                bytes::Bytes::new(),
+                &[],
+            )
+            .await;
+        assert_eq!(reset.status, StatusCode::OK);
+    }
+    for k in 0..20 {
+        let url = format!("{}/kv/stage-{k}", c.url(0));
+        assert_eq!(http.put(&url, "v").await.status, StatusCode::NO_CONTENT);
+        assert_eq!(http.get(&url).await.status, StatusCode::OK);
+    }
+    let mut totals = std::collections::BTreeMap::<String, u64>::new();
+    for i in 0..c.up().len() {
+        let report = http.get(&format!("{}/admin/stages", c.url(i))).await.json();
+        for (stage, h) in report.as_object().expect("an object of stages") {
+            *totals.entry(stage.clone()).or_default() += h["count"].as_u64().unwrap_or(0);
+            if h["count"].as_u64() > Some(0) {
+                assert!(h["p50_us"].as_u64() <= h["max_us"].as_u64(), "{stage}: {h}");
+            }
+        }
+    }
+    // Every request went through node 0; each write was applied by its coordinator and
+    // copied to two replicas (N=3, W=2, so both copies are acknowledged or still going).
+    assert_eq!(totals["http_write"], 20, "{totals:?}");
+    assert_eq!(totals["http_read"], 20, "{totals:?}");
+    assert_eq!(totals["apply"], 20, "{totals:?}");
+    assert_eq!(totals["replicate"], 20, "{totals:?}");
+    assert_eq!(totals["read_quorum"], 20, "{totals:?}");
+    assert!(totals["replica_apply"] >= 20, "{totals:?}");
+}
