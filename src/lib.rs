@@ -215,6 +215,11 @@
 //!
 //! ## Caveats
 //!
+//! - A copy held only as a hint lives at most the tombstone grace (a later hint could bring
+//!   back a value whose delete was purged meanwhile). A write acknowledged by its coordinator
+//!   and one fallback, whose coordinator then dies in memory while the homes stay
+//!   unreachable for longer than the grace, is lost. The simulator found this with a 1 s
+//!   grace; the default is an hour. `pw` (home acknowledgements) or a data dir closes it.
 //! - Without `--data-dir`, in memory only: a replica that restarts comes back empty and
 //!   refills from its peers (seconds for a million keys on loopback) before it says ready.
 //!   With it ([`durable`]), `--fsync always` costs about half the PUT throughput on the

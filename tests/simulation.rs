@@ -103,6 +103,11 @@ fn seeds() {
 #[test]
 fn one_seed() {
     let seed = env("RINGKV_SIM_SEED").unwrap_or(7);
+    // RUST_LOG=ringkv=debug adds the nodes' own logs to the trace.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let report = sim::run(seed, std::env::var("RINGKV_SIM_TRACE").is_ok());
     eprintln!("{report:#?}");
     assert!(report.violations.is_empty(), "{}", failed(&report));

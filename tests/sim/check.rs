@@ -45,7 +45,8 @@ fn unexpired(vs: &VersionSet, now_ms: u64) -> VersionSet {
 /// Each key's versions, as its first home holds them.
 pub type State = BTreeMap<String, VersionSet>;
 
-/// Ok if every key's home replicas agree and no hints are pending; else what differs.
+/// Ok if every key's home replicas agree, only homes hold keys, and no hints are pending;
+/// else what differs.
 ///
 /// Versions whose TTL ran out by some node's clock (`now_ms` plus the largest skew) are left
 /// out: each replica sweeps them by its own clock, so for a moment one may hold one that
@@ -68,8 +69,20 @@ pub fn converged(nodes: &BTreeMap<String, Arc<Node>>, now_ms: u64) -> Result<(),
         return Err(format!("the ring has {} nodes", ring.nodes().len()));
     }
     let mut keys = BTreeSet::new();
-    for node in nodes.values() {
+    for (name, node) in nodes {
         for e in node.store().list(b"", None, usize::MAX).entries {
+            // A node that is not one of the key's homes still holds it: its handoff (of a
+            // write it took while its view of the ring was only itself, say) has not run.
+            if !ring
+                .preference_list(&e.key, 3)
+                .iter()
+                .any(|h| **h == **name)
+            {
+                return Err(format!(
+                    "{name} still holds {}, which it does not own",
+                    String::from_utf8_lossy(&e.key)
+                ));
+            }
             keys.insert(e.key);
         }
     }
@@ -183,12 +196,15 @@ pub fn check(
         let kept = kept || deleted;
         if !kept {
             out.push(format!(
-                "lost acknowledged write {} on {} (W={}, acked at {:?}); final: {:?}",
+                "lost acknowledged write {} on {} (W={}, acked at {:?}, dots {}); final: {:?}; \
+                 at the end, by node: {}",
                 w.id,
                 w.key,
                 w.w,
                 w.completed.unwrap_or_default(),
-                final_values(&w.key)
+                dots.iter().map(show_dot).collect::<Vec<_>>().join(" "),
+                final_values(&w.key),
+                by_node(&nodes, &w.key)
             ));
         }
     }
@@ -284,6 +300,42 @@ pub fn check(
         }
     }
     out
+}
+
+fn show_dot(d: &Dot) -> String {
+    format!(
+        "{}.{}:{}",
+        d.actor.node,
+        d.actor.generation % 100_000,
+        d.counter
+    )
+}
+
+/// Each node's versions of `key` (dot=value), for failure messages.
+fn by_node(nodes: &BTreeMap<String, Arc<Node>>, key: &str) -> String {
+    nodes
+        .iter()
+        .map(|(name, n)| {
+            let vs = n
+                .store()
+                .get(&Bytes::from(key.to_string()))
+                .unwrap_or_default();
+            let shown: Vec<String> = vs
+                .versions()
+                .iter()
+                .map(|v| {
+                    let value = v.value.as_deref().map(String::from_utf8_lossy);
+                    format!(
+                        "{}={}",
+                        show_dot(&v.dot),
+                        value.as_deref().unwrap_or("tombstone")
+                    )
+                })
+                .collect();
+            format!("{name}[{}]", shown.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The dots `w`'s version may have: each actor the returned context counts further than the

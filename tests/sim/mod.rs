@@ -47,8 +47,12 @@ pub const QUIESCE: Duration = Duration::from_secs(40);
 pub const TICK: Duration = Duration::from_millis(5);
 /// Virtual nodes per node.
 pub const VNODES: usize = 8;
-/// How long a tombstone is kept before GC may purge it: short, so runs see purges.
-pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(1);
+/// How long a tombstone is kept before GC may purge it: short, so runs see purges, but
+/// longer than any fault lasts. Hints expire with it, by design (a late hint could bring back
+/// a value whose delete was purged): with a 1 s grace, seed 733 lost a write acknowledged by
+/// its coordinator and one fallback, the coordinator killed in memory and the fallback's hint
+/// expired before the partition healed.
+pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(5);
 /// The largest clock skew a node gets, either way.
 pub const MAX_SKEW_MS: i64 = 2_000;
 /// The simulated epoch: fixed, so a run never reads the real date.

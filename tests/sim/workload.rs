@@ -239,9 +239,25 @@ async fn write(
         }
         _ => Outcome::Unknown,
     };
+    let show = |c: &Option<String>| {
+        c.as_deref()
+            .and_then(|c| ringkv::version::Context::decode(c).ok())
+            .map(|c| {
+                c.entries()
+                    .map(|(a, max, _)| format!("{}.{}:{max}", a.node, a.generation % 100_000))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
     trace::note(
         &format!("c{}", client + 1),
-        &format!("{id} {key} via n{} -> {outcome:?}", node + 1),
+        &format!(
+            "{id} {key} via n{} -> {outcome:?} sent [{}] got [{}]",
+            node + 1,
+            show(&context),
+            show(&res.as_ref().ok().and_then(|a| a.context.clone()))
+        ),
     );
     let returned = match &res {
         Ok(a) if a.status.is_success() => a.context.clone(),
