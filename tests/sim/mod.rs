@@ -1,12 +1,13 @@
 //! The deterministic simulator: a five-node ring, its clients and a seeded fault schedule,
 //! all on one thread under turmoil's simulated network and time.
 //!
-//! One seed fixes everything: the quorum setting, each node's clock skew, the network's
-//! latencies and losses, the fault schedule and every client's choices. Nodes run the real
-//! ringkv code (`NodeHandle::start_with`), with three seams swapped: the network
-//! ([`net::SimNet`], turmoil TCP), membership ([`gossip::SimGossip`], since chitchat cannot
-//! replay a run) and the wall clock (simulated time plus the node's skew). Every message
-//! delivered is folded into a trace hash ([`trace`]): a seed run twice must give one hash.
+//! One seed fixes everything: the quorum setting, whether nodes have disks, each node's
+//! clock skew, the network's latencies and losses, the fault schedule and every client's
+//! choices. Nodes run the real ringkv code (`NodeHandle::start_with`), with four seams
+//! swapped: the network ([`net::SimNet`], turmoil TCP), membership ([`gossip::SimGossip`],
+//! since chitchat cannot replay a run), the wall clock (simulated time plus the node's skew)
+//! and, in half the runs, the disk ([`disk::SimDisk`]). Every message delivered is folded
+//! into a trace hash ([`trace`]): a seed run twice must give one hash.
 //!
 //! A run: the ring starts; clients write, read-modify-write, delete, write with TTLs and
 //! list for [`WORK`] while the faults play; then every fault heals, and the simulation runs
