@@ -3,9 +3,10 @@
 //! **Where copies go.** A key's home replicas are the first N distinct nodes clockwise from
 //! its hash. Under a sloppy quorum (Dynamo §4.6) each *dead* home is replaced by the next live
 //! node past the homes, which keeps the copy as a hint for that home
-//! ([`crate::ring::sloppy_targets`], [`crate::hints`]). Hinted copies count toward W; `pw`
-//! (Riak's primary write quorum) demands that at least that many acknowledgements come from
-//! home replicas.
+//! ([`crate::ring::sloppy_targets`], [`crate::hints`]). Hinted copies count toward W once the
+//! live homes alone can no longer make W ([`crate::quorum::WriteTracker`]: a read of R homes
+//! must meet the write); `pw` (Riak's primary write quorum) demands that at least that many
+//! acknowledgements come from home replicas.
 //!
 //! **Writes.** A write is coordinated by the first *live home* replica of the key. Any other
 //! node forwards it there (one RPC hop). The coordinator applies the write to its own store
@@ -59,7 +60,7 @@ use tracing::{debug, warn};
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::membership::View;
-use crate::quorum::{QuorumStatus, QuorumTracker};
+use crate::quorum::{QuorumStatus, QuorumTracker, WriteTracker};
 use crate::replica::Replica;
 use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
@@ -311,8 +312,8 @@ impl Coordinator {
         let applied = std::time::Instant::now();
 
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
-        let mut all = QuorumTracker::new(dests.len(), quorum.w);
-        let mut homes = QuorumTracker::new(homes_total, quorum.pw);
+        let mut acks =
+            WriteTracker::new(homes_total, dests.len() - homes_total, quorum.w, quorum.pw);
         let mut calls: FuturesUnordered<BoxFuture<'static, (bool, bool)>> = FuturesUnordered::new();
         for dest in dests {
             let addr = match dest.place {
@@ -320,8 +321,7 @@ impl Coordinator {
                 // data dir its own copy counts once logged, like any replica's; meanwhile
                 // the copies go out, so the fsync and the round trips overlap.
                 Place::Local if self.replica.store.log().is_none() => {
-                    all.success();
-                    homes.success();
+                    acks.reply(true, true);
                     continue;
                 }
                 Place::Local => {
@@ -364,23 +364,13 @@ impl Coordinator {
                     }
                 }));
         }
-        while !settled(&all, &homes) {
+        while !acks.is_done() {
             let Some((is_home, ok)) = ack_rx.recv().await else {
                 break;
             };
-            if ok {
-                all.success();
-                if is_home {
-                    homes.success();
-                }
-            } else {
-                all.failure();
-                if is_home {
-                    homes.failure();
-                }
-            }
+            acks.reply(is_home, ok);
         }
-        if all.status() == QuorumStatus::Met && homes.status() == QuorumStatus::Met {
+        if acks.status() == QuorumStatus::Met {
             stages.record(Stage::Replicate, applied);
             // Built only if someone watches the key.
             self.watches.emit_with(&key, || {
@@ -403,14 +393,14 @@ impl Coordinator {
         if let Some(why) = self.replica.store.log().and_then(|log| log.error()) {
             return Err(Error::Storage(why));
         }
-        Err(if all.status() != QuorumStatus::Met {
+        Err(if acks.missed_w() {
             Error::Unavailable {
-                replied: all.successes(),
+                replied: acks.acknowledged(),
                 required: quorum.w,
             }
         } else {
             Error::Unavailable {
-                replied: homes.successes(),
+                replied: acks.home_acks(),
                 required: quorum.pw,
             }
         })
@@ -809,10 +799,4 @@ fn min_coverage(view: &View, n: usize, answered: &std::collections::HashSet<&Nod
         })
         .min()
         .unwrap_or(0)
-}
-
-/// True when a write can stop waiting: both quorums met, or either can no longer be met.
-fn settled(all: &QuorumTracker, homes: &QuorumTracker) -> bool {
-    let met = |q: &QuorumTracker| q.status() == QuorumStatus::Met;
-    (met(all) && met(homes)) || (all.is_done() && !met(all)) || (homes.is_done() && !met(homes))
 }

@@ -126,7 +126,10 @@
 //! ## Convergence
 //!
 //! - **Sloppy quorum.** A dead home replica's copy goes to the next live node clockwise, as a
-//!   hint that counts toward W; `pw` demands home acknowledgements. Hints are bounded in count
+//!   hint that counts toward W once the homes alone can no longer make W (a fallback that
+//!   answers first never stands in for a live home, so a read of R homes meets every write
+//!   acknowledged by W, even while nodes disagree on who is up); `pw` demands home
+//!   acknowledgements. Hints are bounded in count
 //!   and bytes, refused for nodes dead longer than the hint window, and expire after the
 //!   tombstone grace period.
 //! - **Anti-entropy.** The ring is cut into segments (vnode arcs split at shard boundaries);

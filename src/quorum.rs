@@ -91,6 +91,114 @@ impl QuorumTracker {
     }
 }
 
+/// Counts the acknowledgements of one write, which goes to home replicas and, in place of
+/// homes that are down, to fallbacks (sloppy quorum).
+///
+/// **Homes first.** A fallback's acknowledgement counts toward W only once the homes alone can
+/// no longer make W. While they still can, the write waits for them, even if a fallback was
+/// faster. Why: a reader asks R live *homes*. If the coordinator counted a fallback while a
+/// home it sent the write to was still on its way, and another coordinator already saw the
+/// missing home back up, that reader could ask exactly the two homes without the write, and
+/// a write acknowledged a moment ago would read as not found (seen in a rolling restart). With
+/// homes first, a write acknowledged by W homes meets every read of R homes when R + W > N,
+/// whatever each coordinator thinks of the others. Fallbacks still carry a write when too few
+/// homes are up: that is what a sloppy quorum is for. The cost is small: fallbacks are only
+/// asked while a home is down, and then the write waits for a live home rather than for the
+/// fastest replica.
+///
+/// `pw` (Riak's primary write quorum) counts home acknowledgements only.
+#[derive(Debug, Clone)]
+pub struct WriteTracker {
+    homes: QuorumTracker,
+    fallbacks: QuorumTracker,
+    w: usize,
+    pw: usize,
+    /// Replicas that failed, homes or fallbacks.
+    failures: usize,
+}
+
+impl WriteTracker {
+    /// A write sent to `homes` home replicas and `fallbacks` fallbacks, needing `w`
+    /// acknowledgements of which `pw` from homes.
+    pub fn new(homes: usize, fallbacks: usize, w: usize, pw: usize) -> WriteTracker {
+        WriteTracker {
+            homes: QuorumTracker::new(homes, w),
+            fallbacks: QuorumTracker::new(fallbacks, w),
+            w,
+            pw,
+            failures: 0,
+        }
+    }
+
+    /// Records one replica's answer.
+    pub fn reply(&mut self, is_home: bool, ok: bool) -> QuorumStatus {
+        let q = if is_home {
+            &mut self.homes
+        } else {
+            &mut self.fallbacks
+        };
+        if ok {
+            q.success();
+        } else {
+            q.failure();
+            self.failures += 1;
+        }
+        self.status()
+    }
+
+    /// Home acknowledgements still possible: those received plus those outstanding.
+    fn homes_possible(&self) -> usize {
+        self.homes.successes() + self.homes.outstanding()
+    }
+
+    /// The acknowledgements that count toward W (see the type's docs).
+    pub fn acknowledged(&self) -> usize {
+        if self.homes_possible() >= self.w {
+            self.homes.successes()
+        } else {
+            self.homes.successes() + self.fallbacks.successes()
+        }
+    }
+
+    /// The home acknowledgements received.
+    pub fn home_acks(&self) -> usize {
+        self.homes.successes()
+    }
+
+    /// All acknowledgements still possible, fallbacks' included.
+    fn possible(&self) -> usize {
+        self.homes_possible() + self.fallbacks.successes() + self.fallbacks.outstanding()
+    }
+
+    /// Met once W count and `pw` came from homes; failed once either can no longer happen.
+    pub fn status(&self) -> QuorumStatus {
+        if self.acknowledged() >= self.w && self.homes.successes() >= self.pw {
+            QuorumStatus::Met
+        } else if self.possible() < self.w || self.homes_possible() < self.pw {
+            QuorumStatus::Failed
+        } else {
+            QuorumStatus::Pending
+        }
+    }
+
+    /// Whether the write can stop waiting: met, or failed and either a replica failed or none
+    /// is left to answer. A write that could never succeed (fewer replicas than W) still
+    /// waits for the answers, so that the error says how many acknowledged.
+    pub fn is_done(&self) -> bool {
+        let outstanding = self.homes.outstanding() + self.fallbacks.outstanding();
+        match self.status() {
+            QuorumStatus::Met => true,
+            QuorumStatus::Failed => self.failures > 0 || outstanding == 0,
+            QuorumStatus::Pending => false,
+        }
+    }
+
+    /// Whether W itself can no longer be met (rather than only `pw`).
+    pub fn missed_w(&self) -> bool {
+        self.possible() < self.w
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::QuorumStatus::*;
@@ -185,6 +293,130 @@ mod tests {
                     assert_eq!(q.successes(), ok);
                     assert_eq!(q.status() == Met, ok >= required);
                 }
+            }
+        }
+    }
+
+    /// A write's replies, one letter per replica: `H`/`h` a home that acknowledged/failed,
+    /// `F`/`f` the same for a fallback.
+    fn write(
+        homes: usize,
+        fallbacks: usize,
+        w: usize,
+        pw: usize,
+        replies: &str,
+    ) -> Vec<QuorumStatus> {
+        let mut t = WriteTracker::new(homes, fallbacks, w, pw);
+        replies
+            .chars()
+            .map(|c| t.reply(c.eq_ignore_ascii_case(&'h'), c.is_uppercase()))
+            .collect()
+    }
+
+    #[test]
+    fn a_write_waits_for_a_live_home_rather_than_count_a_fallback() {
+        // N=3, W=2, one home down: the coordinator's own ack, then the fallback's, then the
+        // other home's. Met only with the home.
+        assert_eq!(write(2, 1, 2, 0, "HFH"), [Pending, Pending, Met]);
+        // The other home fails: now the fallback counts.
+        assert_eq!(write(2, 1, 2, 0, "HFh"), [Pending, Pending, Met]);
+        assert_eq!(write(2, 1, 2, 0, "HhF"), [Pending, Pending, Met]);
+        // Two homes down: fallbacks count from the start.
+        assert_eq!(write(1, 2, 2, 0, "HF"), [Pending, Met]);
+        // All homes up: as a plain quorum.
+        assert_eq!(write(3, 0, 2, 0, "HH"), [Pending, Met]);
+        assert_eq!(write(3, 0, 2, 0, "hhH"), [Pending, Failed, Failed]);
+        // pw counts homes only.
+        assert_eq!(write(1, 2, 2, 2, "HFF"), [Failed, Failed, Failed]);
+        assert_eq!(write(2, 1, 1, 2, "FHH"), [Pending, Pending, Met]);
+        // W=3 with one home down needs the fallback.
+        assert_eq!(write(2, 1, 3, 0, "HHF"), [Pending, Pending, Met]);
+    }
+
+    #[test]
+    fn a_write_that_cannot_succeed_still_hears_every_replica() {
+        let mut t = WriteTracker::new(1, 1, 3, 0);
+        assert_eq!(t.status(), Failed);
+        assert!(!t.is_done());
+        t.reply(true, true);
+        assert!(!t.is_done());
+        t.reply(false, true);
+        assert!(t.is_done());
+        assert!(t.missed_w());
+        assert_eq!(t.acknowledged(), 2);
+        let mut t = WriteTracker::new(1, 1, 1, 2);
+        t.reply(true, true);
+        t.reply(false, true);
+        assert_eq!(t.status(), Failed);
+        assert!(!t.missed_w(), "W was met; pw was not");
+    }
+
+    /// Every write of up to 6 replicas, every W and pw, every order of replies: the tracker
+    /// agrees with a direct count.
+    #[test]
+    fn write_tracker_agrees_with_a_direct_count_exhaustively() {
+        let symbols = ['H', 'h', 'F', 'f'];
+        for homes in 0..=3usize {
+            for fallbacks in 0..=3usize {
+                let n = homes + fallbacks;
+                for w in 1..=4usize {
+                    for pw in 0..=3usize {
+                        for code in 0..symbols.len().pow(n as u32) {
+                            let seq: Vec<char> = (0..n)
+                                .map(|i| symbols[code / symbols.len().pow(i as u32) % 4])
+                                .collect();
+                            let h_count =
+                                seq.iter().filter(|c| c.eq_ignore_ascii_case(&'h')).count();
+                            if h_count != homes {
+                                continue;
+                            }
+                            check_write(homes, fallbacks, w, pw, &seq);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_write(homes: usize, fallbacks: usize, w: usize, pw: usize, seq: &[char]) {
+        let mut t = WriteTracker::new(homes, fallbacks, w, pw);
+        let (mut hs, mut hf, mut fs, mut ff) = (0, 0, 0, 0);
+        let mut settled: Option<QuorumStatus> = None;
+        for c in seq {
+            match c {
+                'H' => hs += 1,
+                'h' => hf += 1,
+                'F' => fs += 1,
+                _ => ff += 1,
+            }
+            let status = t.reply(c.eq_ignore_ascii_case(&'h'), c.is_uppercase());
+            let ctx = format!("homes={homes} fallbacks={fallbacks} w={w} pw={pw} {seq:?}");
+            let (h_left, f_left) = (homes - hs - hf, fallbacks - fs - ff);
+            match status {
+                Met => {
+                    assert!(hs >= pw && hs + fs >= w, "{ctx}");
+                    // A fallback counted only once the homes could no longer make W.
+                    assert!(
+                        hs >= w || hs + h_left < w,
+                        "{ctx}: met on a fallback too early"
+                    );
+                }
+                Failed => assert!(
+                    hs + h_left + fs + f_left < w || hs + h_left < pw,
+                    "{ctx}: failed while still possible"
+                ),
+                Pending => {
+                    assert!(h_left + f_left > 0, "{ctx}: pending with nobody left");
+                    assert!(
+                        !(hs + fs >= w && hs >= pw && (hs >= w || hs + h_left < w)),
+                        "{ctx}: pending though met"
+                    );
+                }
+            }
+            if let Some(before) = settled {
+                assert_eq!(status, before, "{ctx}: changed its mind");
+            } else if status != Pending {
+                settled = Some(status);
             }
         }
     }

@@ -118,6 +118,7 @@ impl NodeHandle {
             cluster_id: config.cluster_id.clone(),
             protocol: rpc::PROTOCOL_VERSION,
             node: config.id.clone(),
+            generation: Some(generation),
             nonce: None,
             proof: None,
         };
@@ -136,6 +137,7 @@ impl NodeHandle {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             auth: auth.clone(),
+            expect: Some(rpc::client::expect_from_view(membership.subscribe())),
         });
         let cluster = Arc::new(Cluster::new(
             config,

@@ -180,6 +180,7 @@ fn hello(cluster_id: &str) -> Hello {
         cluster_id: cluster_id.into(),
         protocol: PROTOCOL_VERSION,
         node: "test".into(),
+        generation: None,
         nonce: None,
         proof: None,
     }

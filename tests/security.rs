@@ -230,6 +230,7 @@ async fn nodes_without_the_secret_never_join() {
             cluster_id: "ringkv".into(),
             protocol: ringkv::rpc::PROTOCOL_VERSION,
             node: "outsider".into(),
+            generation: None,
             nonce: nonce.clone(),
             proof: None,
         };

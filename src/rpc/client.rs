@@ -72,6 +72,32 @@ pub struct PoolConfig {
     pub tracker: TaskTracker,
     /// With a cluster secret: servers must prove it, and so do we ([`super::auth`]).
     pub auth: Option<Arc<RpcAuth>>,
+    /// Who should answer at an address (node id and generation), if anyone is known there:
+    /// see [`expect_from_view`].
+    pub expect: Option<Expect>,
+}
+
+/// Who should answer at an address, by the current view.
+pub type Expect = Arc<dyn Fn(SocketAddr) -> Option<(String, u64)> + Send + Sync>;
+
+/// The node and generation the view places at an address. A connection to an address
+/// answered by anyone else is refused as unreachable: a node that stopped leaves its port
+/// behind, and a process started later may be given it (a restarted node, or another
+/// cluster's). That process would answer a read with "nothing here", which counts toward R
+/// and can hide a write the real replicas hold.
+pub fn expect_from_view(
+    view: tokio::sync::watch::Receiver<Arc<crate::membership::View>>,
+) -> Expect {
+    Arc::new(move |addr| {
+        let view = view.borrow();
+        // Two members may name one address (one left, another took its port): the live one,
+        // else the newest, is the one there now.
+        view.members
+            .values()
+            .filter(|m| m.rpc == Some(addr))
+            .max_by_key(|m| (m.alive, m.generation))
+            .map(|m| (m.id.to_string(), m.generation))
+    })
 }
 
 type Conns = Arc<Mutex<HashMap<SocketAddr, Arc<Conn>>>>;
@@ -326,6 +352,16 @@ async fn run(
         .await
         .map_err(|_| Error::Unreachable(format!("no hello from {addr}")))??;
     theirs.check(&cfg.hello)?;
+    if let Some((node, generation)) = cfg.expect.as_ref().and_then(|expect| expect(addr)) {
+        let same_generation = theirs.generation.is_none_or(|g| g == generation);
+        if theirs.node != node || !same_generation {
+            return Err(Error::Unreachable(format!(
+                "{addr} answers as {} (generation {:?}), not as {node} (generation {generation}): \
+                 the address changed hands",
+                theirs.node, theirs.generation
+            )));
+        }
+    }
     let (send_mac, mut recv_mac) = match (&cfg.auth, nc) {
         (Some(auth), Some(nc)) => {
             let ns = theirs.nonce.clone().unwrap_or_default();
@@ -370,7 +406,28 @@ async fn run(
 mod tests {
     use super::*;
     use crate::net::mem::MemNet;
-    use crate::rpc::testing::{Recorder, pool, start_server, wait_until};
+    use crate::rpc::testing::{Recorder, pool, pool_expecting, start_server, wait_until};
+
+    /// A process that took over a departed node's address is not taken for that node: the
+    /// call fails as unreachable (nothing was sent), so a reader asks another replica instead
+    /// of counting the stranger's "nothing here".
+    #[tokio::test]
+    async fn a_peer_that_is_not_the_expected_node_is_refused() {
+        let net = Arc::new(MemNet::default());
+        let (addr, _server) = start_server(&net, Arc::new(Recorder::default()), 8).await;
+        let expecting = |node: &'static str| -> Option<Expect> {
+            Some(Arc::new(move |a| {
+                (a == addr).then(|| (node.to_string(), 7))
+            }))
+        };
+        let stranger = pool_expecting(net.clone(), Duration::from_secs(5), expecting("n1"));
+        let res = stranger.call(addr, Request::Status).await;
+        assert!(matches!(res, Err(Error::Unreachable(_))), "{res:?}");
+        // The node the view expects there (the test server says "server") is served.
+        let known = pool_expecting(net.clone(), Duration::from_secs(5), expecting("server"));
+        let res = known.call(addr, Request::Status).await;
+        assert!(matches!(res, Ok(Response::Done)), "{res:?}");
+    }
 
     #[tokio::test]
     async fn a_connection_that_ends_leaves_the_pool() {

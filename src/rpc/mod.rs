@@ -59,8 +59,12 @@ pub struct Hello {
     pub cluster_id: String,
     /// Must equal [`PROTOCOL_VERSION`].
     pub protocol: u32,
-    /// The sender's node id, for logs.
+    /// The sender's node id: a client checks it is the node it meant to reach.
     pub node: String,
+    /// The sender's generation (its start time), checked with `node`: a restarted node is
+    /// a new generation, and the old one's address may now belong to another process.
+    #[serde(default)]
+    pub generation: Option<u64>,
     /// With a cluster secret: the sender's fresh nonce ([`auth`]).
     #[serde(default)]
     pub nonce: Option<Bytes>,
@@ -342,6 +346,7 @@ pub(crate) mod testing {
             cluster_id: "test".into(),
             protocol: PROTOCOL_VERSION,
             node: node.into(),
+            generation: None,
             nonce: None,
             proof: None,
         }
@@ -376,6 +381,15 @@ pub(crate) mod testing {
 
     /// A pool over `net` whose calls time out after `timeout`.
     pub(crate) fn pool(net: Arc<MemNet>, timeout: Duration) -> Pool {
+        pool_expecting(net, timeout, None)
+    }
+
+    /// As [`pool`], checking who answers at each address with `expect`.
+    pub(crate) fn pool_expecting(
+        net: Arc<MemNet>,
+        timeout: Duration,
+        expect: Option<super::client::Expect>,
+    ) -> Pool {
         Pool::new(PoolConfig {
             net,
             hello: hello("client"),
@@ -385,6 +399,7 @@ pub(crate) mod testing {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             auth: None,
+            expect,
         })
     }
 
