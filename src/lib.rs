@@ -95,7 +95,10 @@
 //! - **RPC** ([`rpc`], [`codec`]). One persistent TCP connection per peer, multiplexed by
 //!   request id. Frames are a `u32` length, a `u32` CRC32 and a MessagePack payload, at most
 //!   `--max-value-bytes` + 128 KiB ([`codec::FRAME_OVERHEAD`]). A connection opens with a
-//!   handshake carrying the cluster id and protocol version. A corrupt, oversized or unknown
+//!   handshake carrying the cluster id, protocol version, node id and generation; a client
+//!   refuses a server that is not the node and generation its view places at that address
+//!   (a stopped node's port may have passed to another process, whose "nothing here" would
+//!   count toward a read quorum). A corrupt, oversized or unknown
 //!   frame closes that connection and is counted (`/admin/stats`); every request has a
 //!   timeout.
 //! - **Storage** ([`store`]). An in-memory map sharded 64 ways by key hash (contiguous hash

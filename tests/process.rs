@@ -187,10 +187,10 @@ fn hello(cluster_id: &str) -> Hello {
 }
 
 /// Opens an RPC connection with a correct handshake and checks the node's answering hello.
-async fn handshake(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+async fn handshake(node: &ProcessNode) -> TcpStream {
+    let mut stream = TcpStream::connect(node.rpc).await.expect("connect");
     stream
-        .write_all(&frame(&hello("ringkv")))
+        .write_all(&frame(&hello(&node.cluster_id)))
         .await
         .expect("send hello");
     let mut reader = FramedRead::new(&mut stream, FrameCodec::new(1 << 20));
@@ -201,7 +201,7 @@ async fn handshake(addr: SocketAddr) -> TcpStream {
         .expect("a valid frame");
     assert!(reader.read_buffer().is_empty(), "only the hello so far");
     let theirs: Hello = ringkv::codec::decode_payload(&payload).expect("a hello");
-    assert_eq!(theirs.cluster_id, "ringkv");
+    assert_eq!(theirs.cluster_id, node.cluster_id);
     assert_eq!(theirs.protocol, PROTOCOL_VERSION);
     stream
 }
@@ -240,7 +240,7 @@ async fn garbage_on_every_port_never_takes_a_node_down() {
     assert!(answer.is_empty(), "no hello back to another cluster");
     bad_rpc += 1;
     // After a correct handshake: a well-formed request frame with a wrong CRC.
-    let mut stream = handshake(target.rpc).await;
+    let mut stream = handshake(target).await;
     let mut bad_crc = frame(&Message::Request {
         id: 1,
         body: Request::Read {
@@ -254,7 +254,7 @@ async fn garbage_on_every_port_never_takes_a_node_down() {
     assert!(answer.is_empty(), "a corrupt request gets no answer");
     bad_rpc += 1;
     // After a correct handshake: a frame with a correct CRC whose payload is not a message.
-    let mut stream = handshake(target.rpc).await;
+    let mut stream = handshake(target).await;
     let payload = b"\xc1\xc1 not msgpack";
     let mut undecodable = (payload.len() as u32).to_be_bytes().to_vec();
     undecodable.extend_from_slice(&crc32fast::hash(payload).to_be_bytes());
@@ -263,7 +263,7 @@ async fn garbage_on_every_port_never_takes_a_node_down() {
     read_until_closed(&mut stream, "undecodable payload").await;
     bad_rpc += 1;
     // After a correct handshake: a huge length header.
-    let mut stream = handshake(target.rpc).await;
+    let mut stream = handshake(target).await;
     let _ = stream.write_all(&huge).await;
     read_until_closed(&mut stream, "huge length after hello").await;
     bad_rpc += 1;

@@ -227,7 +227,7 @@ async fn nodes_without_the_secret_never_join() {
             .await
             .expect("connect");
         let hello = ringkv::rpc::Hello {
-            cluster_id: "ringkv".into(),
+            cluster_id: n1.cluster_id.clone(),
             protocol: ringkv::rpc::PROTOCOL_VERSION,
             node: "outsider".into(),
             generation: None,

@@ -4,12 +4,20 @@
 //! reads that line. A node's stderr (RUST_LOG=warn) goes to a file under the target's tmp
 //! directory, removed again unless the test fails. Every child is SIGKILLed and reaped on
 //! drop, so a failing test leaves no process behind.
+//!
+//! **One cluster id per ring.** Tests in one binary run in parallel, and a port a stopped
+//! node freed may be handed to a node of another test's ring. With one cluster id for all,
+//! gossip sent to the old address would merge the two rings, moving keys to nodes that never
+//! held them. So [`serve_command`] gives a node started without seeds a fresh cluster id, and
+//! a node seeded with a known node's gossip address that node's id, unless the test passes
+//! `--cluster-id` itself.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -54,10 +62,45 @@ pub fn ringkv() -> Command {
     cmd
 }
 
-/// `ringkv serve --id <id> <args>` on port 0 everywhere, seeded with `seeds`.
+/// The cluster id of each started node, by gossip address (see the module docs).
+static CLUSTER_OF: Mutex<Option<HashMap<SocketAddr, String>>> = Mutex::new(None);
+
+/// The cluster id a node seeded with `seeds` joins: its first known seed's, else a new one.
+fn cluster_for(seeds: &[SocketAddr]) -> String {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let known = CLUSTER_OF.lock().unwrap();
+    seeds
+        .iter()
+        .find_map(|s| known.as_ref()?.get(s).cloned())
+        .unwrap_or_else(|| {
+            format!(
+                "test-{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            )
+        })
+}
+
+/// The value of `--cluster-id` in `cmd`, or the default.
+fn cluster_in(cmd: &Command) -> String {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    args.iter()
+        .position(|a| a == "--cluster-id")
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| ringkv::config::DEFAULT_CLUSTER_ID.to_string())
+}
+
+/// `ringkv serve --id <id> <args>` on port 0 everywhere, seeded with `seeds`, in the seeds'
+/// ring's cluster (a fresh one without seeds) unless `args` name one.
 pub fn serve_command(id: &str, seeds: &[SocketAddr], args: &[&str]) -> Command {
     let mut cmd = ringkv();
     cmd.args(["serve", "--id", id]).args(PORT_ZERO).args(args);
+    if !args.contains(&"--cluster-id") {
+        cmd.args(["--cluster-id", &cluster_for(seeds)]);
+    }
     if !seeds.is_empty() {
         let seeds: Vec<String> = seeds.iter().map(SocketAddr::to_string).collect();
         cmd.args(["--seeds", &seeds.join(",")]);
@@ -83,6 +126,8 @@ pub struct ProcessNode {
     pub http: SocketAddr,
     pub rpc: SocketAddr,
     pub gossip: SocketAddr,
+    /// Its `--cluster-id`.
+    pub cluster_id: String,
     pub log: PathBuf,
     pub child: Option<Guard>,
 }
@@ -105,6 +150,7 @@ impl ProcessNode {
 
     /// Runs `cmd` (a `serve` command) and waits for its `listening` line.
     pub async fn spawn(mut cmd: Command, label: &str) -> ProcessNode {
+        let cluster_id = cluster_in(&cmd);
         let log = log_path(label);
         let stderr = std::fs::File::create(&log).expect("log file");
         cmd.stdin(Stdio::null())
@@ -155,9 +201,15 @@ impl ProcessNode {
             http: addr("http"),
             rpc: addr("rpc"),
             gossip: addr("gossip"),
+            cluster_id,
             log,
             child: Some(child),
         };
+        CLUSTER_OF
+            .lock()
+            .unwrap()
+            .get_or_insert_default()
+            .insert(node.gossip, node.cluster_id.clone());
         for a in [node.http, node.rpc, node.gossip] {
             assert!(a.ip().is_loopback() && a.port() != 0, "bound address {a}");
         }
