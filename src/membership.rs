@@ -292,6 +292,7 @@ impl Membership {
                     None => Box::new(UdpSocket::open(cfg.gossip_addr).await?),
                 };
                 let addr = socket.local_addr()?;
+                let socket: Box<dyn Socket> = Box::new(traffic::Counted(socket));
                 (
                     Box::new(PreboundUdp(std::sync::Mutex::new(Some(socket)))),
                     addr,
@@ -535,6 +536,63 @@ impl Transport for PreboundUdp {
             .take()
             .ok_or_else(|| anyhow::anyhow!("gossip socket already opened"))?;
         Ok(socket)
+    }
+}
+
+/// Gossip traffic of this process's UDP gossip sockets, counted as chitchat sends and
+/// receives: how the state's size grows with the ring and with restarts shows here first
+/// (chitchat's digests list every node state it holds, and a datagram is capped at 65,507
+/// bytes). Process-wide, like [`garbage`]: one `ringkv serve` process is one node.
+pub mod traffic {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+    use chitchat::transport::{RecvOutcome, SendOutcome, Socket};
+
+    static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
+    static DATAGRAMS_SENT: AtomicU64 = AtomicU64::new(0);
+    static BYTES_RECEIVED: AtomicU64 = AtomicU64::new(0);
+    static LARGEST_SENT: AtomicU64 = AtomicU64::new(0);
+
+    /// Gossip counters so far: bytes sent, datagrams sent, bytes received, largest datagram
+    /// sent.
+    pub fn snapshot() -> [u64; 4] {
+        [
+            BYTES_SENT.load(Ordering::Relaxed),
+            DATAGRAMS_SENT.load(Ordering::Relaxed),
+            BYTES_RECEIVED.load(Ordering::Relaxed),
+            LARGEST_SENT.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// A gossip socket whose traffic is counted.
+    pub(super) struct Counted(pub(super) Box<dyn Socket>);
+
+    #[async_trait]
+    impl Socket for Counted {
+        fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+            self.0.local_addr()
+        }
+
+        async fn send(
+            &mut self,
+            to: SocketAddr,
+            envelope: chitchat::ChitchatEnvelope,
+        ) -> anyhow::Result<SendOutcome> {
+            let outcome = self.0.send(to, envelope).await?;
+            let n = outcome.num_bytes_sent as u64;
+            BYTES_SENT.fetch_add(n, Ordering::Relaxed);
+            DATAGRAMS_SENT.fetch_add(1, Ordering::Relaxed);
+            LARGEST_SENT.fetch_max(n, Ordering::Relaxed);
+            Ok(outcome)
+        }
+
+        async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
+            let outcome = self.0.recv().await?;
+            BYTES_RECEIVED.fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
+            Ok(outcome)
+        }
     }
 }
 

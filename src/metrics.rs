@@ -222,6 +222,21 @@ impl Collector for NodeCollector {
                 "Gossip datagrams dropped: forged, replayed or without the cluster secret (process-wide)",
                 c.gossip_datagrams_refused,
             ),
+            (
+                "gossip_bytes_sent",
+                "Gossip bytes sent over UDP (process-wide)",
+                c.gossip_bytes_sent,
+            ),
+            (
+                "gossip_datagrams_sent",
+                "Gossip datagrams sent over UDP (process-wide)",
+                c.gossip_datagrams_sent,
+            ),
+            (
+                "gossip_bytes_received",
+                "Gossip bytes received over UDP (process-wide)",
+                c.gossip_bytes_received,
+            ),
         ];
         if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {
             counters.extend([
@@ -258,7 +273,7 @@ impl Collector for NodeCollector {
                 counter.metric_type(),
             )?)?;
         }
-        let gauges: [(&str, &str, u64); 7] = [
+        let gauges: [(&str, &str, u64); 8] = [
             ("keys", "Keys stored on this node", self.store.keys),
             (
                 "tombstones",
@@ -285,6 +300,11 @@ impl Collector for NodeCollector {
                 "watchers",
                 "WebSocket watchers connected to this node",
                 self.watchers,
+            ),
+            (
+                "gossip_largest_datagram_bytes",
+                "The largest gossip datagram sent so far (process-wide; chitchat caps them at 65507)",
+                self.counters.gossip_largest_datagram,
             ),
         ];
         for (name, help, value) in gauges {

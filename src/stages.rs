@@ -35,6 +35,7 @@ pub enum Stage {
     AntiEntropy,
 }
 
+/// Every stage, in declaration order: a stage's discriminant is its histogram's index.
 const STAGES: [Stage; 8] = [
     Stage::HttpWrite,
     Stage::HttpRead,
@@ -86,8 +87,8 @@ impl Stages {
     /// Records `stage` as having run from `since` until now.
     pub fn record(&self, stage: Stage, since: Instant) {
         let us = (since.elapsed().as_micros() as u64).clamp(1, MAX_US);
-        let i = STAGES.iter().position(|s| *s == stage).unwrap_or(0);
-        let mut h = crate::lock(&self.hists[i]);
+        // `STAGES` lists the stages in declaration order (checked by a test).
+        let mut h = crate::lock(&self.hists[stage as usize]);
         let _ = h.record(us);
     }
 
@@ -123,6 +124,13 @@ impl Stages {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn stages_are_listed_in_declaration_order() {
+        for (i, stage) in STAGES.iter().enumerate() {
+            assert_eq!(*stage as usize, i, "{stage:?}");
+        }
+    }
 
     #[test]
     fn stages_record_report_and_reset() {

@@ -79,6 +79,12 @@ pub struct StatsSnapshot {
     pub gossip_datagrams_rejected: u64,
     /// Process-wide: gossip datagrams dropped by the cluster secret's check ([`crate::seal`]).
     pub gossip_datagrams_refused: u64,
+    /// Process-wide gossip traffic ([`crate::membership::traffic`]).
+    pub gossip_bytes_sent: u64,
+    pub gossip_datagrams_sent: u64,
+    pub gossip_bytes_received: u64,
+    /// The largest gossip datagram sent so far, in bytes (chitchat's cap is 65,507).
+    pub gossip_largest_datagram: u64,
     pub read_repairs: u64,
     pub quorum_failures: u64,
     pub writes_coordinated: u64,
@@ -112,6 +118,12 @@ impl Stats {
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let [
+            gossip_bytes_sent,
+            gossip_datagrams_sent,
+            gossip_bytes_received,
+            largest,
+        ] = crate::membership::traffic::snapshot();
         StatsSnapshot {
             rpc_frames_rejected: get(&self.rpc_frames_rejected),
             rpc_handshakes_refused: get(&self.rpc_handshakes_refused),
@@ -121,6 +133,10 @@ impl Stats {
             tls_handshakes_failed: get(&self.tls_handshakes_failed),
             gossip_datagrams_rejected: crate::membership::garbage::rejected(),
             gossip_datagrams_refused: crate::seal::refused(),
+            gossip_bytes_sent,
+            gossip_datagrams_sent,
+            gossip_bytes_received,
+            gossip_largest_datagram: largest,
             read_repairs: get(&self.read_repairs),
             quorum_failures: get(&self.quorum_failures),
             writes_coordinated: get(&self.writes_coordinated),

@@ -36,6 +36,15 @@ async fn five_processes_see_each_other_alive_within_5s() {
             assert!(m.generation > 0);
         }
     }
+    // Each process counts its gossip traffic; five nodes' state fits one small datagram.
+    let text = c.http.get(&format!("{}/metrics", c.nodes[0].url())).await;
+    let text = String::from_utf8_lossy(&text.body).to_string();
+    let sent = common::metric(&text, "ringkv_gossip_bytes_sent_total");
+    let datagrams = common::metric(&text, "ringkv_gossip_datagrams_sent_total");
+    let received = common::metric(&text, "ringkv_gossip_bytes_received_total");
+    let largest = common::metric(&text, "ringkv_gossip_largest_datagram_bytes");
+    assert!(datagrams > 0 && sent > 0 && received > 0, "{text}");
+    assert!(largest > 0 && largest < 16_384, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
