@@ -212,7 +212,7 @@ fn bench_merkle_and_store(c: &mut Criterion) {
     // A store with the Merkle trees of a five-node ring, as on a running node; the first pass
     // inserts each key, later ones overwrite it (one version per key throughout).
     let store = Store::new();
-    store.set_segments(&five_node_ring().segments(3));
+    store.set_segments(&five_node_ring().segments(3), |_| true);
     let keys = keys();
     let n1 = Actor::new("n1", 1);
     let v = value(7);

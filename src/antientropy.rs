@@ -206,7 +206,10 @@ fn refresh_segments(ae: &Arc<AntiEntropy>) {
     }
     let started = std::time::Instant::now();
     let segs = Segments::new(ring, ae.cluster.config().replicas);
-    ae.replica.store.set_segments(&segs.list);
+    let me = ae.cluster.id();
+    ae.replica
+        .store
+        .set_segments(&segs.list, |s| s.homes.iter().any(|h| h == me));
     info!(
         members = segs.ring.nodes().len(),
         segments = segs.list.len(),
@@ -577,12 +580,12 @@ async fn handoff_orphans(ae: &Arc<AntiEntropy>, segs: &Segments, pacer: &mut Pac
     let view = ae.cluster.view();
     let me = ae.cluster.id();
     let mut handed = 0usize;
-    for (id, seg) in segs.list.iter().enumerate() {
+    for seg in &segs.list {
         if seg.homes.is_empty() || seg.homes.iter().any(|h| h == me) {
             continue;
         }
-        let id = id as SegmentId;
-        if ae.replica.store.root(seg, id).unwrap_or(0) == 0 {
+        // No tree here (this node is no home of it): look for a key in the range instead.
+        if ae.replica.store.segment_batch(seg, None, 1).is_empty() {
             continue;
         }
         // Every home must be up to confirm; otherwise keep the keys for a later round.

@@ -100,7 +100,7 @@ fn trim() {
 fn store() -> Store {
     let ids: Vec<NodeId> = (1..=5).map(|i| NodeId::from(format!("n{i}"))).collect();
     let store = Store::new();
-    store.set_segments(&Ring::new(ids, DEFAULT_VNODES).segments(3));
+    store.set_segments(&Ring::new(ids, DEFAULT_VNODES).segments(3), |_| true);
     store
 }
 
