@@ -69,16 +69,19 @@ def alive_count(i):
         return -1
     return sum(1 for x in m if x["status"] == "alive")
 
+def until_each(nodes, holds, since, limit, poll):
+    """Polls each node until `holds(i)`; returns {node: seconds after `since`} and the rest."""
+    pending, took = set(nodes), {}
+    while pending and time.time() < since + limit:
+        for i in list(pending):
+            if holds(i):
+                took[i] = time.time() - since
+                pending.discard(i)
+        time.sleep(poll)
+    return took, pending
+
 # 1. Convergence: every node lists N alive members.
-pending = set(range(N))
-conv = {}
-deadline = started + 300
-while pending and time.time() < deadline:
-    for i in list(pending):
-        if alive_count(i) == N:
-            conv[i] = time.time() - started
-            pending.discard(i)
-    time.sleep(0.1)
+conv, pending = until_each(range(N), lambda i: alive_count(i) == N, started, 300, 0.1)
 if pending:
     print(f"  NOT converged after 300 s: {len(pending)} nodes short, e.g. s{min(pending):03} sees {alive_count(min(pending))}")
 else:
@@ -147,15 +150,11 @@ if took:
 # 4. Kill detection.
 victim = N - 1
 procs[victim].send_signal(signal.SIGKILL); procs[victim].wait()
-killed = time.time()
-pending = set(range(N - 1)); det = {}
-while pending and time.time() < killed + 120:
-    for i in list(pending):
-        m = members(i)
-        if m and any(x["id"] == f"s{victim:03}" and x["status"] != "alive" for x in m):
-            det[i] = time.time() - killed
-            pending.discard(i)
-    time.sleep(0.05)
+def sees_victim_dead(i):
+    m = members(i)
+    return bool(m) and any(x["id"] == f"s{victim:03}" and x["status"] != "alive" for x in m)
+
+det, pending = until_each(range(N - 1), sees_victim_dead, time.time(), 120, 0.05)
 if pending:
     print(f"  kill NOT detected by {len(pending)} nodes in 120 s")
 else:
