@@ -80,6 +80,11 @@ impl QuorumTracker {
         self.successes
     }
 
+    /// Replicas that failed so far.
+    pub fn failures(&self) -> usize {
+        self.failures
+    }
+
     /// Replies still outstanding.
     pub fn outstanding(&self) -> usize {
         self.total - self.successes - self.failures
@@ -113,8 +118,6 @@ pub struct WriteTracker {
     fallbacks: QuorumTracker,
     w: usize,
     pw: usize,
-    /// Replicas that failed, homes or fallbacks.
-    failures: usize,
 }
 
 impl WriteTracker {
@@ -126,7 +129,6 @@ impl WriteTracker {
             fallbacks: QuorumTracker::new(fallbacks, w),
             w,
             pw,
-            failures: 0,
         }
     }
 
@@ -141,7 +143,6 @@ impl WriteTracker {
             q.success();
         } else {
             q.failure();
-            self.failures += 1;
         }
         self.status()
     }
@@ -188,7 +189,9 @@ impl WriteTracker {
         let outstanding = self.homes.outstanding() + self.fallbacks.outstanding();
         match self.status() {
             QuorumStatus::Met => true,
-            QuorumStatus::Failed => self.failures > 0 || outstanding == 0,
+            QuorumStatus::Failed => {
+                self.homes.failures() + self.fallbacks.failures() > 0 || outstanding == 0
+            }
             QuorumStatus::Pending => false,
         }
     }
