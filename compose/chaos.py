@@ -14,8 +14,8 @@ the containers and the network; run that, not this. Steps (each fails loudly, ex
      missed): every key's home replicas converge to identical versions (GET
      /admin/local/{key} on each home), within a deadline;
   4. cut one node off the network (`docker network disconnect`) while writers keep writing
-     through all five nodes, tracking every write's outcome; reconnect it with its fixed
-     address, wait for convergence, then every acknowledged write (204) must be readable:
+     through all five nodes, tracking every write's outcome; reconnect it at the
+     address it had, wait for convergence, then every acknowledged write (204) must be readable:
      a key's read must contain its last acknowledged value, or a value written after it
      whose outcome was unknown (503, broken connection). Two writers write blind (no
      context), two send the context of the key's last acknowledged write. Lost acknowledged
@@ -25,7 +25,7 @@ the containers and the network; run that, not this. Steps (each fails loudly, ex
 
 Only the published host ports on 127.0.0.1 are contacted. Configuration comes from the
 environment (chaos.sh sets it): CHAOS_PORTS ("n1=18001,n2=..."), CHAOS_CONTAINERS
-("n1=<id>,..."), CHAOS_NETWORK, CHAOS_NET (first three octets), CHAOS_KEYS (10000),
+("n1=<id>,..."), CHAOS_NETWORK, CHAOS_KEYS (10000),
 CHAOS_SEED, CHAOS_THREADS (8), CHAOS_ISOLATION_SECS (15).
 """
 
@@ -64,14 +64,11 @@ def env_map(name):
 PORTS = {k: int(v) for k, v in env_map("CHAOS_PORTS").items()}
 CONTAINERS = env_map("CHAOS_CONTAINERS")
 NETWORK = os.environ["CHAOS_NETWORK"]
-NET = os.environ["CHAOS_NET"]
 KEYS = int(os.environ.get("CHAOS_KEYS", "10000"))
 SEED = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
 THREADS = int(os.environ.get("CHAOS_THREADS", "8"))
 ISOLATION_SECS = float(os.environ.get("CHAOS_ISOLATION_SECS", "15"))
 NODES = sorted(PORTS)
-# Node i has the fixed address NET.(10+i) (docker-compose.yml).
-NODE_IP = {n: f"{NET}.{10 + int(n[1:])}" for n in NODES}
 
 rng = random.Random(SEED)
 figures = {}
@@ -198,6 +195,15 @@ def docker(*args):
     if res.returncode != 0:
         raise Failed(f"docker {' '.join(args)}: exit {res.returncode}: {res.stderr.strip()}")
     return res.stdout.strip()
+
+
+def container_ip(node):
+    """The address docker gave `node` on the ring's network."""
+    fmt = "{{(index .NetworkSettings.Networks \"%s\").IPAddress}}" % NETWORK
+    ip = docker("inspect", "-f", fmt, CONTAINERS[node])
+    if not ip:
+        raise Failed(f"{node} has no address on {NETWORK}")
+    return ip
 
 
 # ---------------------------------------------------------------------------------------
@@ -457,8 +463,10 @@ def step_write():
     log(f"step 1: write {KEYS} keys at w=2 (seed {SEED})")
     m = members(NODES[0])
     for n in NODES:
-        if m.get(n, {}).get("status") != "alive" or m[n]["http"] != f"{NODE_IP[n]}:8001":
-            raise Failed(f"n1 sees {n} as {m.get(n)}, expected alive at {NODE_IP[n]}:8001")
+        # Each node advertises its service name, resolved to the address docker gave it.
+        want = f"{container_ip(n)}:8001"
+        if m.get(n, {}).get("status") != "alive" or m[n]["http"] != want:
+            raise Failed(f"n1 sees {n} as {m.get(n)}, expected alive at {want} (n{n[1:]}:8001)")
     keys = [f"chaos/{i:05d}" for i in range(KEYS)]
     write_all(keys, NODES, "initial")
     fetch_replicas(keys, NODES[0])
@@ -549,11 +557,14 @@ def step_isolate(keys):
     try:
         time.sleep(3)
         t_cut = time.monotonic()
+        # Reconnected below at the address it had: the node keeps advertising the address its
+        # name resolved to when it started, as a node cut off by a network fault would.
+        victim_ip = container_ip(victim)
         docker("network", "disconnect", NETWORK, CONTAINERS[victim])
         detect = wait_status(others, [victim], "dead")
         log(f"the others see {victim} dead {detect:.1f} s after the cut")
         time.sleep(max(0.0, ISOLATION_SECS - (time.monotonic() - t_cut)))
-        docker("network", "connect", "--ip", NODE_IP[victim], NETWORK, CONTAINERS[victim])
+        docker("network", "connect", "--ip", victim_ip, NETWORK, CONTAINERS[victim])
         t_heal = time.monotonic()
         figures["isolation (s)"] = round(t_heal - t_cut, 1)
         back = wait_status(NODES, [victim] + others, "alive", deadline_secs=60)

@@ -124,7 +124,7 @@ network="$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}
 budget
 rc=0
 CHAOS_PORTS="${ports%,}" CHAOS_CONTAINERS="${containers%,}" CHAOS_NETWORK="$network" \
-    CHAOS_NET="$RINGKV_NET" timeout --kill-after=10 "$left" python3 "$here/chaos.py" || rc=$?
+    timeout --kill-after=10 "$left" python3 "$here/chaos.py" || rc=$?
 if ((rc == 124 || rc == 137)); then
     log "FAILED: the deadline of ${CHAOS_DEADLINE_SECS:-900} s was reached (CHAOS_DEADLINE_SECS)"
 fi

@@ -1234,25 +1234,32 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
     resp
 }
 
-/// Serves HTTP while a node loads its data dir, until dropped: `/health` answers 200,
-/// `/ready` 503 with the progress ("loading data dir: N of M bytes", as the `loaded`
-/// condition), anything else 503 with the same reason. Each connection answers one request
-/// and closes, so none outlives the loading.
-pub async fn serve_loading(listener: &dyn Listener, progress: Arc<crate::durable::Progress>) {
+/// Serves HTTP while a node starts (loads its data dir, waits for a seed to resolve), until
+/// dropped: `/health` answers 200, `/ready` 503 with the unmet condition and `status()`'s
+/// detail (`loaded`: "loading data dir: N of M bytes"), anything else 503 with the same
+/// detail. Each connection answers one request and closes, so none outlives this phase.
+pub async fn serve_starting(
+    listener: &dyn Listener,
+    condition: &'static str,
+    status: impl Fn() -> String + Send + Sync + 'static,
+) {
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
+    let status = Arc::new(status);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let progress = progress.clone();
+        let status = status.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let progress = progress.clone();
-                async move { Ok::<_, Infallible>(loading_answer(req.uri().path(), &progress)) }
+                let detail = status();
+                async move {
+                    Ok::<_, Infallible>(starting_answer(req.uri().path(), condition, detail))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
@@ -1267,13 +1274,7 @@ pub async fn serve_loading(listener: &dyn Listener, progress: Arc<crate::durable
     }
 }
 
-fn loading_answer(path: &str, progress: &crate::durable::Progress) -> Response<Body> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let reason = format!(
-        "loading data dir: {} of {} bytes",
-        progress.done.load(Relaxed),
-        progress.total.load(Relaxed)
-    );
+fn starting_answer(path: &str, condition: &str, reason: String) -> Response<Body> {
     match path {
         "/health" => json_response(StatusCode::OK, json!({"status": "ok"})),
         "/ready" => json_response(
@@ -1281,7 +1282,7 @@ fn loading_answer(path: &str, progress: &crate::durable::Progress) -> Response<B
             json!({
                 "ready": false,
                 "reason": reason,
-                "conditions": [{"name": "loaded", "ok": false, "detail": reason}],
+                "conditions": [{"name": condition, "ok": false, "detail": reason}],
             }),
         ),
         _ => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": reason })),

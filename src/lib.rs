@@ -80,7 +80,9 @@
 //!   coordinators skip it.
 //! - **Membership** ([`membership`]). chitchat gossip carries each node's addresses and
 //!   status. A node's identity is its `--id` plus a generation (its start time in ms): after a
-//!   restart the newest generation wins.
+//!   restart the newest generation wins. Addresses given as host names (`--advertise-*`,
+//!   binds) are resolved once at start; seeds given as names are waited for until one
+//!   resolves, then chitchat resolves them again every minute.
 //! - **Writes** ([`coordinator`]). The node that receives a write forwards it to the key's
 //!   first live home, which mints the new version with its own actor (node id + generation),
 //!   stores it, sends the key's versions to the other live homes, and answers after W
@@ -148,8 +150,12 @@
 //!   segment pushes it to all of its homes and drops each key only after every home
 //!   acknowledged it. `POST /cluster/leave` takes a node out of the ring at once; it exits
 //!   when its store is empty. A *dead* node keeps its place in the ring (its data is served
-//!   by the other replicas and fallbacks) until chitchat forgets it after
-//!   `--dead-node-grace-secs` (24 h by default); then the ring rebuilds without it.
+//!   by the other replicas and fallbacks) for `--dead-node-grace-secs` (24 h by default);
+//!   then the ring rebuilds without it. chitchat itself forgets any dead generation after
+//!   10 s, so that a node restarted many times does not grow every gossip digest by one
+//!   entry per restart: the memory of down nodes is a *roster*, one entry per node id, that
+//!   every node gossips and merges ([`membership`]'s `roster`), so nodes that join later
+//!   learn of a down node too.
 //! - **Tombstone GC.** A key that has been only tombstones for the grace period is purged once
 //!   every other ring member reports the same tombstones or nothing (a former owner may still
 //!   hold an older value to hand over). A member that is unreachable, or still holds an older

@@ -79,8 +79,9 @@ struct ServeArgs {
     /// The gossip address peers reach this node at. Default: --gossip.
     #[arg(long, env = "RINGKV_ADVERTISE_GOSSIP", value_name = "HOST:PORT")]
     advertise_gossip: Option<String>,
-    /// Gossip addresses of other nodes, comma-separated; host names are resolved again on
-    /// every gossip round, so a seed that does not resolve yet is retried.
+    /// Gossip addresses of other nodes, HOST:PORT, comma-separated. Names that do not
+    /// resolve yet are retried every 0.5 s until one seed does (gossip waits, /ready says
+    /// why); after that, names are resolved again every minute.
     #[arg(long, env = "RINGKV_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
     /// Keep a write-ahead log and snapshots here, so the node's data survives restarts

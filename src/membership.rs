@@ -39,6 +39,8 @@ use crate::error::{Error, Result};
 use crate::ring::{NodeId, Ring};
 use crate::seal::SealedUdp;
 
+mod roster;
+
 /// Node-state key holding the node's HTTP address.
 pub const KEY_HTTP: &str = "http";
 /// Node-state key holding the node's RPC address.
@@ -49,6 +51,9 @@ pub const KEY_STATUS: &str = "status";
 /// Node-state key holding the prefixes the node's watchers follow
 /// ([`crate::rpc::Announcement`]).
 pub const KEY_WATCH: &str = "watch";
+/// Node-state key holding the members this node sees down ([`roster`]): how a dead node
+/// keeps its place in the ring after chitchat forgot its generation.
+pub const KEY_DOWN: &str = "down";
 /// A node that started but cannot serve yet: it has not heard a seed, does not see a quorum, or
 /// has not caught up with its peers by anti-entropy ([`crate::readiness`]). Peers keep it in
 /// the ring and send it copies and hints, but route no client request to it, so a node
@@ -66,6 +71,15 @@ pub const STATUS_STOPPING: &str = "stopping";
 /// notifications cover joins, deaths and key changes; this is a safety net, so it is slow.
 const VIEW_REFRESH: Duration = Duration::from_secs(1);
 
+/// How long chitchat keeps the state of a dead generation, of any node, before forgetting it
+/// (its `dead_node_grace_period`; digests stop listing it after half of this). Short, so
+/// that the generations a restarting node leaves behind leave every digest within seconds
+/// and a node restarted a thousand times costs gossip no more than one restarted once. The
+/// ring's memory of down nodes is [`roster`], per node id, for [`GossipConfig::dead_node_grace`].
+/// Long enough that a node that is merely slow, or briefly cut off, is rarely forgotten; when
+/// it is, its next heartbeat recreates it.
+pub const FORGET_DEAD_GENERATION: Duration = Duration::from_secs(10);
+
 /// Gossip and failure-detector tunables.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
@@ -76,8 +90,8 @@ pub struct GossipConfig {
     /// Assumed heartbeat interval before enough samples exist. Short, so that a node killed
     /// right after it joined is still detected within about two seconds.
     pub initial_interval: Duration,
-    /// How long chitchat keeps a dead node's state before forgetting it; while it is kept,
-    /// the node keeps its place in the ring.
+    /// How long a dead node keeps its place in the ring ([`roster`]) unless a newer
+    /// generation of it starts; then the ring rebuilds without it.
     pub dead_node_grace: Duration,
 }
 
@@ -240,7 +254,7 @@ impl View {
 /// The running gossip of one node.
 pub struct Membership {
     /// chitchat's handle; `None` for a [`Gossip`] protocol, whose tasks stop with the node's.
-    chitchat: Option<ChitchatHandle>,
+    chitchat: Option<Arc<ChitchatHandle>>,
     keys: Arc<dyn OwnKeys>,
     view_rx: watch::Receiver<Arc<View>>,
     gossip_addr: SocketAddr,
@@ -323,7 +337,7 @@ impl Membership {
                 sampling_window_size: 1000,
                 max_interval: Duration::from_secs(10),
                 initial_interval: cfg.gossip.initial_interval,
-                dead_node_grace_period: cfg.gossip.dead_node_grace,
+                dead_node_grace_period: FORGET_DEAD_GENERATION.min(cfg.gossip.dead_node_grace),
             },
             marked_for_deletion_grace_period: Duration::from_secs(3600),
             catchup_callback: None,
@@ -338,15 +352,27 @@ impl Membership {
         ];
         let chitchat = spawn_chitchat(config, keys, transport.as_ref()).await?;
 
+        let chitchat = Arc::new(chitchat);
         let cc = chitchat.chitchat();
         let mut live_rx = cc.lock().await.live_nodes_watcher();
         // Seeds that are not this node itself: hearing one of them proves this node joined the
         // ring rather than sitting alone.
-        let own = gossip_addr.to_string();
-        let needs_seed = cfg.seeds.iter().any(|s| *s != own);
-        let first = compute_view(&*cc.lock().await, None, cfg.vnodes, needs_seed);
+        let mut needs_seed = false;
+        for seed in &cfg.seeds {
+            // A name that does not resolve now may be another node's.
+            let addrs = crate::net::resolve_seed(seed).await.unwrap_or_default();
+            needs_seed |= addrs.is_empty() || addrs.iter().any(|a| *a != gossip_addr);
+        }
+        let mut task = ViewTask {
+            id: cfg.id.clone(),
+            vnodes: cfg.vnodes,
+            needs_seed,
+            grace: cfg.gossip.dead_node_grace,
+            roster: BTreeMap::new(),
+        };
+        let first = task.compute(&mut *cc.lock().await, None);
         let (view_tx, view_rx) = watch::channel(Arc::new(first));
-        let vnodes = cfg.vnodes;
+        let probe = chitchat.clone();
         tracker.spawn(async move {
             let mut tick = tokio::time::interval(VIEW_REFRESH);
             loop {
@@ -354,10 +380,10 @@ impl Membership {
                     biased;
                     _ = shutdown.cancelled() => return,
                     res = live_rx.changed() => if res.is_err() { return },
-                    _ = tick.tick() => {}
+                    _ = tick.tick() => task.probe_forgotten(&probe),
                 }
                 let prev = view_tx.borrow().clone();
-                let next = compute_view(&*cc.lock().await, Some(&prev), vnodes, needs_seed);
+                let next = task.compute(&mut *cc.lock().await, Some(&prev));
                 if next.members != prev.members || next.heard_seed != prev.heard_seed {
                     log_changes(&prev, &next);
                     let _ = view_tx.send(Arc::new(next));
@@ -418,10 +444,13 @@ impl Membership {
 
     /// Stops gossiping.
     pub async fn shutdown(self) {
-        if let Some(chitchat) = self.chitchat
-            && let Err(err) = chitchat.shutdown().await
-        {
-            warn!(%err, "gossip did not stop cleanly");
+        // The view task holds the handle too (to probe forgotten members), so stop through
+        // the shared handle rather than by taking it.
+        if let Some(chitchat) = self.chitchat {
+            let _ = chitchat.initiate_shutdown();
+            if let Err(err) = chitchat.termination_watcher().await {
+                warn!(%err, "gossip did not stop cleanly");
+            }
         }
     }
 }
@@ -447,64 +476,105 @@ impl OwnKeys for ChitchatKeys {
     }
 }
 
-fn compute_view(
-    cc: &chitchat::Chitchat,
-    prev: Option<&Arc<View>>,
+/// The view task's state: what it needs to turn chitchat's state into a [`View`], and the
+/// roster it gossips.
+struct ViewTask {
+    id: NodeId,
     vnodes: usize,
     needs_seed: bool,
-) -> View {
-    let live: std::collections::HashSet<&ChitchatId> = cc.live_nodes().collect();
-    let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
-    for (cid, state) in cc.node_states() {
-        let id: NodeId = NodeId::from(&*cid.node_id);
-        if members
-            .get(&id)
-            .is_some_and(|m| m.generation >= cid.generation_id)
-        {
-            continue; // an older generation of a node we already have
-        }
-        let addr = |key: &str| state.get(key).and_then(|v| v.parse().ok());
-        let alive = live.contains(cid);
-        let dead_since = if alive {
-            None
-        } else {
-            let before = prev.and_then(|p| p.members.get(&id));
-            match before {
-                Some(m) if !m.alive && m.generation == cid.generation_id => m.dead_since,
-                _ => Some(Instant::now()),
+    grace: Duration,
+    /// What this node gossips under [`KEY_DOWN`], as last set.
+    roster: BTreeMap<NodeId, roster::Down>,
+}
+
+impl ViewTask {
+    /// The view of chitchat's state, completed with the down members peers' rosters name;
+    /// sets this node's own roster key when the set of down members changed.
+    fn compute(&mut self, cc: &mut chitchat::Chitchat, prev: Option<&Arc<View>>) -> View {
+        let prev = prev.map(|p| &**p);
+        let live: std::collections::HashSet<&ChitchatId> = cc.live_nodes().collect();
+        let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
+        for (cid, state) in cc.node_states() {
+            let id: NodeId = NodeId::from(&*cid.node_id);
+            if members
+                .get(&id)
+                .is_some_and(|m| m.generation >= cid.generation_id)
+            {
+                continue; // an older generation of a node we already have
             }
+            let addr = |key: &str| state.get(key).and_then(|v| v.parse().ok());
+            let alive = live.contains(cid);
+            let dead_since = if alive {
+                None
+            } else {
+                let before = prev.and_then(|p| p.members.get(&id));
+                match before {
+                    Some(m) if !m.alive && m.generation == cid.generation_id => m.dead_since,
+                    _ => Some(Instant::now()),
+                }
+            };
+            members.insert(
+                id.clone(),
+                Member {
+                    id,
+                    generation: cid.generation_id,
+                    gossip: cid.gossip_advertise_addr,
+                    http: addr(KEY_HTTP),
+                    rpc: addr(KEY_RPC),
+                    alive,
+                    status: state.get(KEY_STATUS).unwrap_or(STATUS_ALIVE).to_string(),
+                    dead_since,
+                    watch: state
+                        .get(KEY_WATCH)
+                        .and_then(crate::rpc::Announcement::decode)
+                        .map(Arc::new),
+                },
+            );
+        }
+        let rosters = cc.node_states().values().filter_map(|s| s.get(KEY_DOWN));
+        let roster = roster::Merge {
+            own: &self.id,
+            prev,
+            prev_roster: &self.roster,
+            now_ms: crate::clock::system_ms(),
+            now: Instant::now(),
+            grace: self.grace,
+        }
+        .apply(&mut members, rosters);
+        // Once heard, a seed stays heard: readiness must not flap when a seed later dies.
+        let heard_seed = !self.needs_seed || prev.is_some_and(|p| p.heard_seed) || {
+            let seeds = cc.seed_nodes();
+            let me = cc.self_chitchat_id();
+            live.iter()
+                .any(|cid| *cid != me && seeds.contains(&cid.gossip_advertise_addr))
         };
-        members.insert(
-            id.clone(),
-            Member {
-                id,
-                generation: cid.generation_id,
-                gossip: cid.gossip_advertise_addr,
-                http: addr(KEY_HTTP),
-                rpc: addr(KEY_RPC),
-                alive,
-                status: state.get(KEY_STATUS).unwrap_or(STATUS_ALIVE).to_string(),
-                dead_since,
-                watch: state
-                    .get(KEY_WATCH)
-                    .and_then(crate::rpc::Announcement::decode)
-                    .map(Arc::new),
-            },
-        );
+        if roster.keys().ne(self.roster.keys())
+            || roster
+                .values()
+                .zip(self.roster.values())
+                .any(|(a, b)| a.generation != b.generation)
+        {
+            cc.self_node_state().set(KEY_DOWN, roster::encode(&roster));
+        }
+        self.roster = roster;
+        let ring = View::ring_of(&members, prev, self.vnodes);
+        View {
+            members,
+            ring,
+            heard_seed,
+            routing_version: Default::default(),
+        }
     }
-    let ring = View::ring_of(&members, prev.map(|p| &**p), vnodes);
-    // Once heard, a seed stays heard: readiness must not flap when a seed later dies.
-    let heard_seed = !needs_seed || prev.is_some_and(|p| p.heard_seed) || {
-        let seeds = cc.seed_nodes();
-        let me = cc.self_chitchat_id();
-        live.iter()
-            .any(|cid| *cid != me && seeds.contains(&cid.gossip_advertise_addr))
-    };
-    View {
-        members,
-        ring,
-        heard_seed,
-        routing_version: Default::default(),
+
+    /// Sends one gossip round to a random member of this node's roster, as chitchat does for
+    /// the dead nodes it still holds: once chitchat has forgotten a member, this is how the two
+    /// find each other again when it comes back (a partition heals) even if neither is the
+    /// other's seed. One datagram per [`VIEW_REFRESH`] at most.
+    fn probe_forgotten(&self, chitchat: &ChitchatHandle) {
+        use rand::seq::IteratorRandom;
+        if let Some(down) = self.roster.values().choose(&mut rand::rng()) {
+            let _ = chitchat.gossip(down.gossip);
+        }
     }
 }
 
@@ -667,6 +737,7 @@ mod sealed_tests {
     const OTHER: [u8; 32] = [8; 32];
 
     struct Node {
+        generation: u64,
         membership: Membership,
         shutdown: CancellationToken,
         tracker: TaskTracker,
@@ -676,10 +747,11 @@ mod sealed_tests {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let unused: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let generation = crate::clock::system_ms();
         let membership = Membership::start(
             MembershipConfig {
                 id: id.into(),
-                generation: crate::clock::system_ms(),
+                generation,
                 cluster_id: "sealed-test".into(),
                 gossip_addr: ([127, 0, 0, 1], 0).into(),
                 seeds,
@@ -700,6 +772,7 @@ mod sealed_tests {
         .await
         .unwrap();
         Node {
+            generation,
             membership,
             shutdown,
             tracker,
@@ -756,6 +829,78 @@ mod sealed_tests {
             );
         }
         for n in [a, b, stranger, open] {
+            n.stop().await;
+        }
+    }
+
+    /// How many generations `n`'s chitchat holds, of any node.
+    async fn generations(n: &Node) -> usize {
+        let handle = n.membership.chitchat.as_ref().expect("chitchat");
+        handle.chitchat().lock().await.node_states().len()
+    }
+
+    /// Polls `done` every 50 ms until it holds, for at most `secs`.
+    async fn eventually<F: AsyncFnMut() -> bool>(secs: u64, what: &str, mut done: F) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !done().await {
+            assert!(Instant::now() < deadline, "not within {secs} s: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restarts_leave_no_generations_behind_and_the_dead_keep_their_place() {
+        let a = start("a", vec![], None).await;
+        let seed = vec![a.membership.gossip_addr().to_string()];
+        // b restarts 12 times: each start is a new generation, each stop leaves one behind.
+        let mut b = start("b", seed.clone(), None).await;
+        for _ in 0..12 {
+            let gen_b = b.generation;
+            eventually(5, "a sees b's new generation", async || {
+                let view = a.membership.view();
+                view.member("b")
+                    .is_some_and(|m| m.alive && m.generation == gen_b)
+            })
+            .await;
+            b.stop().await;
+            b = start("b", seed.clone(), None).await;
+        }
+        let c = start("c", seed.clone(), None).await;
+        eventually(5, "a sees b and c", async || a.sees("b") && a.sees("c")).await;
+        let peak = generations(&a).await;
+        assert!(
+            peak > 4,
+            "a holds {peak} generations right after the restarts"
+        );
+        // c dies for good: no newer generation will come.
+        c.stop().await;
+        // chitchat forgets every dead generation, b's old ones and c's: a holds a and b.
+        let forget = FORGET_DEAD_GENERATION.as_secs() + 10;
+        eventually(forget, "a forgets the dead generations", async || {
+            generations(&a).await == 2
+        })
+        .await;
+        // c still has its place in a's ring, dead, from a's roster; b has one member.
+        let view = a.membership.view();
+        assert!(
+            view.member("c").is_some_and(|m| !m.alive),
+            "{:?}",
+            view.member("c")
+        );
+        assert!(view.ring.nodes().iter().any(|n| &**n == "c"));
+        assert!(view.member("b").is_some_and(|m| m.alive));
+        // A node that joins now, after chitchat forgot c, learns c from the rosters.
+        let d = start("d", seed, None).await;
+        eventually(5, "d learns that c is down", async || {
+            d.membership.view().member("c").is_some_and(|m| !m.alive)
+        })
+        .await;
+        eventually(5, "a sees d", async || a.sees("d")).await;
+        let ring = |n: &Node| n.membership.view().ring.nodes().to_vec();
+        assert_eq!(ring(&d), ring(&a), "a and d route alike");
+        assert!(ring(&d).iter().any(|n| &**n == "c"));
+        assert!(generations(&d).await <= 3, "d holds only live generations");
+        for n in [a, b, d] {
             n.stop().await;
         }
     }

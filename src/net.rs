@@ -35,6 +35,42 @@ pub fn check_advertised(
     Ok(())
 }
 
+/// How often seeds given as host names are resolved again while none of them resolves.
+pub const SEED_RESOLVE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Longest one name lookup may take before it counts as failed for this round.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The addresses `seed` (`HOST:PORT`, or an address) stands for now, or why it stands for
+/// none.
+pub async fn resolve_seed(seed: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = seed.parse() {
+        return Ok(vec![addr]);
+    }
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(seed)).await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer in {} s", RESOLVE_TIMEOUT.as_secs())),
+    }
+}
+
+/// What stands between a node and its first gossip round: `None` once some seed other than
+/// `own` resolves (or every seed is `own`, or there are none), else which seeds do not
+/// resolve and why. Containers and pods start in any order, so a seed's name may not exist
+/// yet when a node starts: the caller waits and asks again ([`SEED_RESOLVE_RETRY`]) rather
+/// than fail.
+pub async fn unresolved_seeds(seeds: &[String], own: SocketAddr) -> Option<String> {
+    let mut failed = Vec::new();
+    for seed in seeds {
+        match resolve_seed(seed).await {
+            Ok(addrs) if addrs.iter().any(|a| *a != own) => return None,
+            Ok(_) => {}
+            Err(why) => failed.push(format!("{seed} ({why})")),
+        }
+    }
+    (!failed.is_empty()).then(|| format!("no seed resolves yet: {}", failed.join(", ")))
+}
+
 /// A byte stream between a node and a peer or client.
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// From now on, dropping this stream discards whatever the other side has not received

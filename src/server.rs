@@ -88,6 +88,8 @@ impl NodeHandle {
         // peer sends copies into a half-loaded store; HTTP answers `/ready` with the progress.
         let (store, hints) = open_data(&config, http.as_ref()).await?;
 
+        wait_for_seeds(&config, http.as_ref()).await;
+
         let generation = new_generation(&config.clock);
         let id: NodeId = NodeId::from(config.id.as_str());
         let shutdown = CancellationToken::new();
@@ -381,7 +383,11 @@ async fn open_data(config: &Config, http: &dyn Listener) -> Result<(Store, HintS
     let (store, hints, report) = tokio::select! {
         biased;
         res = load => res.map_err(|e| Error::Io(Arc::new(std::io::Error::other(e.to_string()))))??,
-        () = crate::api::serve_loading(http, progress) => unreachable!("serves until dropped"),
+        () = crate::api::serve_starting(http, "loaded", move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let (done, total) = (progress.done.load(Relaxed), progress.total.load(Relaxed));
+            format!("loading data dir: {done} of {total} bytes")
+        }) => unreachable!("serves until dropped"),
     };
     info!(
         dir = %dir.display(),
@@ -424,6 +430,49 @@ fn restore(store: &Store, hints: &mut HintStore, record: Record, now: Instant) {
         } => hints.restore(&NodeId::from(home.as_str()), key, versions, now),
     }
 }
+
+/// Waits until a seed other than this node resolves ([`crate::net::unresolved_seeds`]),
+/// answering `/ready` 503 with the seeds that do not; returns at once when seeds are
+/// addresses. chitchat resolves names again every minute after that, so a seed that moves
+/// is found again.
+async fn wait_for_seeds(config: &Config, http: &dyn Listener) {
+    let own = config.advertise_gossip.unwrap_or(config.gossip);
+    let Some(mut why) = crate::net::unresolved_seeds(&config.seeds, own).await else {
+        return;
+    };
+    let status = Arc::new(std::sync::Mutex::new(why.clone()));
+    let shown = status.clone();
+    let serve = crate::api::serve_starting(http, "gossip", move || {
+        shown.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    });
+    let wait = async {
+        let mut logged = Instant::now();
+        let http = http
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        warn!(%why, %http, "waiting for a seed to resolve");
+        loop {
+            tokio::time::sleep(crate::net::SEED_RESOLVE_RETRY).await;
+            match crate::net::unresolved_seeds(&config.seeds, own).await {
+                None => return info!("a seed resolves"),
+                Some(now) => why = now,
+            }
+            *status.lock().unwrap_or_else(|e| e.into_inner()) = why.clone();
+            if logged.elapsed() >= SEED_WAIT_LOG_EVERY {
+                warn!(%why, "still waiting for a seed to resolve");
+                logged = Instant::now();
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = wait => {}
+        () = serve => unreachable!("serves until dropped"),
+    }
+}
+
+/// How often a node waiting for its seeds to resolve says so in its log.
+const SEED_WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A generation new at every start: the wall clock in milliseconds, bumped past the last one
 /// handed out in this process so two nodes started in the same millisecond by one test still

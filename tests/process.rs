@@ -666,3 +666,73 @@ async fn nodes_advertise_what_peers_can_reach() {
     let me = members.get("adv").expect("the node lists itself");
     assert_eq!(me.http.as_deref(), Some("127.0.0.1:65001"), "{members:?}");
 }
+
+/// Seeds may be host names: one that resolves is joined through; while none resolves (its
+/// container is not up yet), the node waits and retries, answering `/health` 200 and
+/// `/ready` 503 with the seeds it waits for, instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_may_be_names_and_a_name_that_does_not_resolve_is_waited_for() {
+    let a = ProcessNode::start("name-a", &[]).await;
+    let seed = format!("localhost:{}", a.gossip.port());
+    let b = ProcessNode::start_with(
+        "name-b",
+        &[],
+        &["--seeds", &seed, "--cluster-id", &a.cluster_id],
+    )
+    .await;
+    let http = Http::new();
+    wait_until(
+        Duration::from_secs(20),
+        "a and b see each other by a named seed",
+        || async {
+            let (ma, mb) = (a.members(&http).await, b.members(&http).await);
+            ma.get("name-b").is_some_and(|m| m.alive) && mb.get("name-a").is_some_and(|m| m.alive)
+        },
+    )
+    .await;
+
+    // `.invalid` never resolves (RFC 2606): the node waits, and says so.
+    let missing = "ringkv-seed.invalid:7001";
+    let log = log_path("name-c");
+    let mut cmd = ringkv();
+    cmd.args(["serve", "--id", "name-c", "--seeds", missing])
+        .args(PORT_ZERO)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut c = Guard(cmd.spawn().expect("spawn ringkv"));
+    let mut addr = None;
+    wait_until(
+        Duration::from_secs(20),
+        "c logs that it waits for its seed",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            addr = text
+                .lines()
+                .find(|l| l.contains("waiting for a seed to resolve"))
+                .and_then(|l| l.split("http=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_string);
+            std::future::ready(addr.is_some())
+        },
+    )
+    .await;
+    let url = format!("http://{}", addr.expect("logged"));
+    assert_eq!(
+        http.get(&format!("{url}/health")).await.status,
+        StatusCode::OK
+    );
+    let ready = http.get(&format!("{url}/ready")).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{ready:?}");
+    let detail = ready.json()["conditions"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(detail.contains(missing), "{detail}");
+    assert!(
+        c.0.try_wait().expect("try_wait").is_none(),
+        "c exited: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
