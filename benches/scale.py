@@ -6,7 +6,8 @@
 Prints: the time until every node lists N alive members; false deaths seen while idle (a few
 nodes' member lists polled every second); CPU, RSS and gossip traffic per node while idle;
 the anti-entropy exchange times of the first node; ring balance; Merkle rebuild times from the
-logs; the time until a SIGKILLed node is seen dead by all others. Ports BASE..BASE+2999 on
+logs; the quorum throughput of `ringkv bench` through five nodes, with and without key-aware
+routing; the time until a SIGKILLed node is seen dead by all others. Ports BASE..BASE+2999 on
 127.0.0.1 must be free (`--base`, 20000 by default). Logs go to a fresh temporary directory.
 A measurement, not a test: it asserts nothing.
 """
@@ -18,6 +19,7 @@ ap.add_argument("--vnodes", type=int, default=256)
 ap.add_argument("--idle", type=int, default=60)
 ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "ringkv"))
 ap.add_argument("--base", type=int, default=20000)
+ap.add_argument("--bench", type=int, default=10, help="seconds of each ringkv bench run")
 ap.add_argument("--extra", default="", help="more serve flags, space-separated")
 a = ap.parse_args()
 N, B = a.n, a.base
@@ -42,6 +44,14 @@ def cpu_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
     return int(parts[11]) + int(parts[12])
+
+def anon_kb(pid):
+    """Anonymous memory (the malloc heap, arenas and thread stacks), from smaps_rollup."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1])
+    return 0
 
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -114,12 +124,14 @@ m1 = metrics_all(); c1 = [cpu_ticks(p.pid) for p in procs]; t1 = time.time()
 hz = os.sysconf("SC_CLK_TCK")
 cpu = [(b - a_) / hz / (t1 - t0) * 100 for a_, b in zip(c0, c1)]
 rss = [rss_kb(p.pid) / 1024 for p in procs]
+heap = [anon_kb(p.pid) / 1024 for p in procs]
 sent = [(metric(y, "ringkv_gossip_bytes_sent_total") - metric(x, "ringkv_gossip_bytes_sent_total")) / (t1 - t0) for x, y in zip(m0, m1)]
 dgrams = [(metric(y, "ringkv_gossip_datagrams_sent_total") - metric(x, "ringkv_gossip_datagrams_sent_total")) / (t1 - t0) for x, y in zip(m0, m1)]
 largest = max(metric(y, "ringkv_gossip_largest_datagram_bytes") for y in m1)
 print(f"  idle {a.idle} s: false deaths {false_deaths} in {samples} member lists")
 print(f"  CPU per node: median {statistics.median(cpu):.1f}% max {max(cpu):.1f}% of a core; all {sum(cpu):.0f}%")
-print(f"  RSS per node: median {statistics.median(rss):.1f} MB max {max(rss):.1f} MB")
+print(f"  RSS per node: median {statistics.median(rss):.1f} MB max {max(rss):.1f} MB; "
+      f"heap (anonymous memory) median {statistics.median(heap):.1f} MB max {max(heap):.1f} MB")
 print(f"  gossip per node: median {statistics.median(sent)/1024:.1f} KB/s sent, {statistics.median(dgrams):.1f} datagrams/s; largest datagram {largest:.0f} B (cap 65507)")
 stages = json.loads(get(B, "/admin/stages"))
 ae = stages.get("anti_entropy", {})
@@ -146,6 +158,20 @@ for i in range(N):
                 took.append(int(m.group(2)))
 if took:
     print(f"  Merkle rebuild at {N} members: {len(took)} rebuilds, median {statistics.median(took)} ms, max {max(took)} ms")
+
+# Quorum throughput: `ringkv bench` through five of the nodes, 50 connections, 100 B values,
+# half reads; once plain and once with key-aware routing (--route).
+five = ",".join(f"http://127.0.0.1:{B + i}" for i in range(0, N, max(1, N // 5))[:5])
+for extra in ([], ["--route"]):
+    out = subprocess.run([a.bin, "bench", "--node", five, "-c", "50", "--duration", f"{a.bench}s",
+                          "--keys", "10000", "--json"] + extra, capture_output=True, text=True)
+    try:
+        r = json.loads(out.stdout)
+        lat = r["latency_us"]["all"]
+        print(f"  bench{' --route' if extra else ''} through 5 nodes, c=50: {r['ops_per_sec']:.0f} ops/s, "
+              f"p50 {lat.get('p50')} us p99 {lat.get('p99')} us, errors {r['errors']['total']}")
+    except Exception as e:
+        print(f"  bench failed ({e}): {out.stderr[-500:]}")
 
 # 4. Kill detection.
 victim = N - 1
