@@ -369,6 +369,7 @@ impl Membership {
             needs_seed,
             grace: cfg.gossip.dead_node_grace,
             roster: BTreeMap::new(),
+            seen_alive: Default::default(),
         };
         let first = task.compute(&mut *cc.lock().await, None);
         let (view_tx, view_rx) = watch::channel(Arc::new(first));
@@ -485,6 +486,8 @@ struct ViewTask {
     grace: Duration,
     /// What this node gossips under [`KEY_DOWN`], as last set.
     roster: BTreeMap<NodeId, roster::Down>,
+    /// The generations of current members this node has seen alive ([`roster::Merge`]).
+    seen_alive: std::collections::HashSet<(NodeId, u64)>,
 }
 
 impl ViewTask {
@@ -531,6 +534,9 @@ impl ViewTask {
                 },
             );
         }
+        for m in members.values().filter(|m| m.alive) {
+            self.seen_alive.insert((m.id.clone(), m.generation));
+        }
         let rosters = cc.node_states().values().filter_map(|s| s.get(KEY_DOWN));
         let roster = roster::Merge {
             own: &self.id,
@@ -539,8 +545,12 @@ impl ViewTask {
             now_ms: crate::clock::system_ms(),
             now: Instant::now(),
             grace: self.grace,
+            seen_alive: &self.seen_alive,
         }
         .apply(&mut members, rosters);
+        self.seen_alive.retain(|(id, generation)| {
+            members.get(id).is_some_and(|m| m.generation == *generation)
+        });
         // Once heard, a seed stays heard: readiness must not flap when a seed later dies.
         let heard_seed = !self.needs_seed || prev.is_some_and(|p| p.heard_seed) || {
             let seeds = cc.seed_nodes();

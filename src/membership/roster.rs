@@ -16,7 +16,7 @@
 //!
 //! Pure code: the view task feeds it chitchat's state and the clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -72,6 +72,11 @@ pub struct Merge<'a> {
     pub now: Instant,
     /// `--dead-node-grace-secs`: how long after its death a member is remembered.
     pub grace: Duration,
+    /// The generations this node has seen alive. Only their deaths are its to report: a
+    /// member it has only just heard of is not dead, merely not confirmed alive yet, and
+    /// listing every such member while a large ring forms would gossip rosters of the whole
+    /// ring.
+    pub seen_alive: &'a HashSet<(NodeId, u64)>,
 }
 
 impl Merge<'_> {
@@ -91,7 +96,9 @@ impl Merge<'_> {
             now_ms,
             now,
             grace,
+            seen_alive,
         } = *self;
+        let mut from_rosters = HashSet::new();
         let expired = |since: u64| now_ms.saturating_sub(since) > grace.as_millis() as u64;
         for raw in rosters {
             for down in decode(raw).into_iter().flatten() {
@@ -110,6 +117,7 @@ impl Merge<'_> {
                         now.checked_sub(Duration::from_millis(now_ms.saturating_sub(down.since)))
                     })
                     .unwrap_or(now);
+                from_rosters.insert(down.id.clone());
                 members.insert(
                     down.id.clone(),
                     Member {
@@ -128,7 +136,9 @@ impl Merge<'_> {
         }
         let mut roster = BTreeMap::new();
         for m in members.values() {
-            if m.alive || &*m.id == own || m.status == STATUS_LEAVING {
+            let seen_dead =
+                from_rosters.contains(&m.id) || seen_alive.contains(&(m.id.clone(), m.generation));
+            if m.alive || !seen_dead || &*m.id == own || m.status == STATUS_LEAVING {
                 continue;
             }
             let since = match prev_roster.get(&m.id) {
@@ -172,6 +182,17 @@ mod tests {
 
     const GRACE: Duration = Duration::from_secs(3600);
 
+    /// Every generation of the members the tests build alive or dead.
+    fn all_seen() -> &'static HashSet<(NodeId, u64)> {
+        static SEEN: std::sync::OnceLock<HashSet<(NodeId, u64)>> = std::sync::OnceLock::new();
+        SEEN.get_or_init(|| {
+            let ids = ["a", "b", "c", "l", "s"];
+            ids.iter()
+                .flat_map(|id| (1..=6).map(move |g| (NodeId::from(*id), g)))
+                .collect()
+        })
+    }
+
     /// A merge at `own`, at `now_ms` (and `now`), after gossiping `prev_roster`.
     fn at<'a>(
         own: &'a str,
@@ -186,6 +207,7 @@ mod tests {
             now_ms,
             now,
             grace: GRACE,
+            seen_alive: all_seen(),
         }
     }
 
@@ -301,6 +323,23 @@ mod tests {
             out.is_empty(),
             "a member dead past the grace is not gossiped on"
         );
+    }
+
+    #[test]
+    fn a_member_never_seen_alive_is_not_reported_dead() {
+        let now = Instant::now();
+        // x has only just been heard of: not alive yet, but not seen dying either.
+        let mut view = members(&[member("a", 1, true, now), member("x", 9, false, now)]);
+        let roster = at("a", &BTreeMap::new(), 5_000, now).apply(&mut view, std::iter::empty());
+        assert!(roster.is_empty(), "{roster:?}");
+        // Once x was seen alive, its death is reported.
+        let seen: HashSet<(NodeId, u64)> = [(NodeId::from("x"), 9)].into_iter().collect();
+        let none = BTreeMap::new();
+        let merge = Merge {
+            seen_alive: &seen,
+            ..at("a", &none, 5_000, now)
+        };
+        assert!(merge.apply(&mut view, std::iter::empty()).contains_key("x"));
     }
 
     #[test]
