@@ -14,6 +14,12 @@
 //! the *set of node ids* changes, never when a node merely goes down: a down node keeps its
 //! place in the ring (Dynamo), and the coordinator skips it.
 //!
+//! chitchat forgets every dead generation after [`FORGET_DEAD_GENERATION`] (10 s), so that a
+//! node restarted many times does not grow every digest by one entry per restart. What keeps
+//! a down node in the ring for [`GossipConfig::dead_node_grace`] is the roster (`roster`):
+//! each node gossips, under [`KEY_DOWN`], the members it saw die, one entry per node id, and
+//! merges its peers' rosters into its view.
+//!
 //! The view is published through a `watch` channel as an `Arc<View>`, so a request takes a
 //! consistent snapshot with one atomic reference-count increment.
 
