@@ -440,13 +440,9 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
 /// Resolves the HOST:PORT given to `flag` (an IP address, or a name) to one address, IPv4
 /// first. Fails with exit code 2.
 async fn resolve(flag: &str, value: &str) -> ringkv::Result<SocketAddr> {
-    if let Ok(addr) = value.parse() {
-        return Ok(addr);
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(value)
+    let addrs = ringkv::net::resolve(value)
         .await
-        .map_err(|e| ringkv::Error::invalid(format!("{flag} {value}: {e}")))?
-        .collect();
+        .map_err(|e| ringkv::Error::invalid(format!("{flag} {value}: {e}")))?;
     addrs
         .iter()
         .find(|a| a.is_ipv4())

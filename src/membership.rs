@@ -366,7 +366,7 @@ impl Membership {
         let mut needs_seed = false;
         for seed in &cfg.seeds {
             // A name that does not resolve now may be another node's.
-            let addrs = crate::net::resolve_seed(seed).await.unwrap_or_default();
+            let addrs = crate::net::resolve(seed).await.unwrap_or_default();
             needs_seed |= addrs.is_empty() || addrs.iter().any(|a| *a != gossip_addr);
         }
         let mut task = ViewTask {
@@ -564,12 +564,9 @@ impl ViewTask {
             live.iter()
                 .any(|cid| *cid != me && seeds.contains(&cid.gossip_advertise_addr))
         };
-        if roster.keys().ne(self.roster.keys())
-            || roster
-                .values()
-                .zip(self.roster.values())
-                .any(|(a, b)| a.generation != b.generation)
-        {
+        // An entry that still holds keeps its `since` (`roster::Merge`), so this changes
+        // only when the down members do.
+        if roster != self.roster {
             cc.self_node_state().set(KEY_DOWN, roster::encode(&roster));
         }
         self.roster = roster;

@@ -41,13 +41,13 @@ pub const SEED_RESOLVE_RETRY: std::time::Duration = std::time::Duration::from_mi
 /// Longest one name lookup may take before it counts as failed for this round.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The addresses `seed` (`HOST:PORT`, or an address) stands for now, or why it stands for
-/// none.
-pub async fn resolve_seed(seed: &str) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(addr) = seed.parse() {
+/// The addresses `host_port` (`HOST:PORT`, or an address) stands for now, or why it stands
+/// for none: for seeds, binds and advertised addresses alike.
+pub async fn resolve(host_port: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = host_port.parse() {
         return Ok(vec![addr]);
     }
-    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(seed)).await {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(host_port)).await {
         Ok(Ok(addrs)) => Ok(addrs.collect()),
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!("no answer in {} s", RESOLVE_TIMEOUT.as_secs())),
@@ -62,7 +62,7 @@ pub async fn resolve_seed(seed: &str) -> Result<Vec<SocketAddr>, String> {
 pub async fn unresolved_seeds(seeds: &[String], own: SocketAddr) -> Option<String> {
     let mut failed = Vec::new();
     for seed in seeds {
-        match resolve_seed(seed).await {
+        match resolve(seed).await {
             Ok(addrs) if addrs.iter().any(|a| *a != own) => return None,
             Ok(_) => {}
             Err(why) => failed.push(format!("{seed} ({why})")),

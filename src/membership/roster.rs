@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{Member, STATUS_ALIVE, STATUS_LEAVING, View};
+use super::{Member, STATUS_LEAVING, View};
 use crate::ring::NodeId;
 
 /// One down member, as rosters carry it.
@@ -153,11 +153,7 @@ impl Merge<'_> {
             if expired(since) {
                 continue;
             }
-            let status = if m.status.is_empty() {
-                STATUS_ALIVE.to_string()
-            } else {
-                m.status.clone()
-            };
+
             roster.insert(
                 m.id.clone(),
                 Down {
@@ -166,7 +162,7 @@ impl Merge<'_> {
                     gossip: m.gossip,
                     http: m.http,
                     rpc: m.rpc,
-                    status,
+                    status: m.status.clone(),
                     since,
                 },
             );
@@ -178,7 +174,7 @@ impl Merge<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::STATUS_STOPPING;
+    use crate::membership::{STATUS_ALIVE, STATUS_STOPPING};
 
     const GRACE: Duration = Duration::from_secs(3600);
 
