@@ -13,6 +13,10 @@ the containers and the network; run that, not this. Steps (each fails loudly, ex
   3. restart them (`docker start`, on their data volumes; they catch up on what they
      missed): every key's home replicas converge to identical versions (GET
      /admin/local/{key} on each home), within a deadline;
+  3b. kill a whole zone (n1 and n4 are zone a, n2 and n5 zone b; `docker kill` of both):
+     every key has one home per zone, so every key reads at r=2 through the survivors and
+     new writes at w=2&pw=2 (two home acknowledgements) all succeed; start the zone again
+     and converge;
   4. cut one node off the network (`docker network disconnect`) while writers keep writing
      through all five nodes, tracking every write's outcome; reconnect it at the
      address it had, wait for convergence, then every acknowledged write (204) must be readable:
@@ -69,6 +73,8 @@ SEED = int(os.environ.get("CHAOS_SEED", str(random.randrange(1 << 30))))
 THREADS = int(os.environ.get("CHAOS_THREADS", "8"))
 ISOLATION_SECS = float(os.environ.get("CHAOS_ISOLATION_SECS", "15"))
 NODES = sorted(PORTS)
+# Each node's zone, as docker-compose.yml sets RINGKV_ZONE.
+ZONES = {"n1": "a", "n2": "b", "n3": "c", "n4": "a", "n5": "b"}
 
 rng = random.Random(SEED)
 figures = {}
@@ -250,13 +256,14 @@ replicas_of = {}  # key -> [node ids], the key's N home replicas
 last_ctx = {}  # key -> the context of its last acknowledged write
 
 
-def put(node, key, value, w=2, ctx=None):
+def put(node, key, value, w=2, ctx=None, pw=None):
     """One write, with the context `ctx` if given, else blind (no context); returns 'acked',
     'unknown' or 'not-sent', and records it in the history."""
     t = time.monotonic() - T0
     headers = {"x-ringkv-context": ctx} if ctx else {}
+    quorum = {"w": w} if pw is None else {"w": w, "pw": pw}
     try:
-        status, headers, body = request(node, "PUT", kv_path(key, w=w), body=value,
+        status, headers, body = request(node, "PUT", kv_path(key, **quorum), body=value,
                                         headers=headers)
     except NotSent:
         return "not-sent"
@@ -275,22 +282,23 @@ def put(node, key, value, w=2, ctx=None):
     raise Failed(f"PUT {key} via {node}: unexpected {status} {body[:200]!r}")
 
 
-def write_all(keys, nodes, tag):
+def write_all(keys, nodes, tag, pw=None):
     """Writes each key once through the nodes (round robin); every write must be acked."""
 
     def one(i_key):
         i, key = i_key
         value = f"{key}|{tag}".encode()
-        return key, put(nodes[i % len(nodes)], key, value)
+        return key, put(nodes[i % len(nodes)], key, value, pw=pw)
 
     t = time.monotonic()
     results = parallel(one, list(enumerate(keys)))
     bad = [(k, o) for k, o in results if o != "acked"]
     took = time.monotonic() - t
-    log(f"{tag}: {len(keys)} writes at w=2 through {','.join(nodes)} in {took:.1f} s "
+    quorum = "w=2" if pw is None else f"w=2&pw={pw}"
+    log(f"{tag}: {len(keys)} writes at {quorum} through {','.join(nodes)} in {took:.1f} s "
         f"({len(keys) / took:.0f}/s), {len(bad)} not acknowledged")
     if bad:
-        raise Failed(f"{tag}: {len(bad)} writes at w=2 failed, e.g. {bad[:5]}")
+        raise Failed(f"{tag}: {len(bad)} writes at {quorum} failed, e.g. {bad[:5]}")
 
 
 def fetch_replicas(keys, via):
@@ -301,9 +309,14 @@ def fetch_replicas(keys, via):
         return key, json.loads(body)["replicas"]
 
     for key, reps in parallel(one, [k for k in keys if k not in replicas_of]):
-        if len(reps) != 3 or not set(reps) <= set(NODES):
+        ids = [r["id"] for r in reps]
+        zones = {r["id"]: r["zone"] for r in reps}
+        if len(ids) != 3 or not set(ids) <= set(NODES):
             raise Failed(f"{key}: unexpected replicas {reps}")
-        replicas_of[key] = reps
+        # One home per zone: the ring places by zone (every node supports it).
+        if sorted(zones.values()) != ["a", "b", "c"] or any(ZONES[i] != z for i, z in zones.items()):
+            raise Failed(f"{key}: replicas {reps} are not one per zone {ZONES}")
+        replicas_of[key] = ids
 
 
 def local_state(node, key):
@@ -511,6 +524,37 @@ def step_kill(keys):
     return all_keys, victims
 
 
+def step_zone(keys):
+    """A whole zone down: every key keeps two of its three homes (one per zone), so reads at
+    r=2 and writes that need two home acknowledgements (pw=2) all succeed."""
+    zone = rng.choice(["a", "b"])
+    down = [n for n in NODES if ZONES[n] == zone]
+    up = [n for n in NODES if n not in down]
+    log(f"step 3b: zone {zone} down: docker kill {down}; survivors {up}")
+    t_kill = time.monotonic()
+    for n in down:
+        docker("kill", CONTAINERS[n])
+    wait_status(up, down, "dead")
+    t = time.monotonic()
+    check_acked(keys, up, 2, f"zone {zone} down")
+    figures[f"reads at r=2 with zone {zone} ({', '.join(down)}) down"] = (
+        f"{len(keys)} ok in {time.monotonic() - t:.1f} s")
+    fresh = [f"chaos/zone/{i:05d}" for i in range(KEYS // 10)]
+    write_all(fresh, up, f"new keys, zone {zone} down", pw=2)
+    fetch_replicas(fresh, up[0])
+    figures[f"writes at w=2&pw=2 with zone {zone} down"] = f"{len(fresh)} of {len(fresh)} acknowledged"
+    log(f"step 3b: docker start {down}")
+    for n in down:
+        docker("start", CONTAINERS[n])
+    t_start = time.monotonic()
+    wait_status(NODES, NODES, "alive", deadline_secs=90)
+    all_keys = keys + fresh
+    wait_converged(all_keys, t_start, f"after zone {zone} is back", focus=down)
+    figures[f"zone {zone} down for (s)"] = round(t_start - t_kill, 1)
+    check_acked(all_keys, NODES, 2, f"after zone {zone} is back")
+    return all_keys
+
+
 def step_isolate(keys):
     victim = rng.choice(NODES)
     others = [n for n in NODES if n != victim]
@@ -642,12 +686,14 @@ def main():
     try:
         keys = step_write()
         all_keys, killed = step_kill(keys)
+        all_keys = step_zone(all_keys)
         isolated = step_isolate(all_keys)
         step_full_restart(isolated)
     except Failed as err:
         log(f"FAILED: {err}")
         return 1
     figures["faults injected"] = (f"2 SIGKILLs ({', '.join(killed)}) + restarts, "
+                                  f"a whole zone killed + restarted, "
                                   f"1 network isolation ({isolated}), "
                                   f"a SIGKILL of all five + restart")
     figures["keys written in all"] = len(history.writes)

@@ -6,6 +6,10 @@
 #   compose/up.sh down     stop and remove the ring's containers and network (data volumes
 #                          stay; `down -v` removes them too)
 #   compose/up.sh build    only build the binary and the image
+#   compose/up.sh roll [nX ...]
+#                          rolling upgrade (or rollback): build the binary and the image, then
+#                          recreate one node at a time on it (SIGTERM, new container, same data
+#                          volume), waiting until each is healthy (ready) before the next
 #   compose/up.sh ARGS...  any other compose command on the ring, e.g. `ps`, `logs n1`,
 #                          `stop n2 n3`, `start n2 n3` (with the same project and variables)
 #
@@ -177,6 +181,34 @@ down)
     ;;
 build)
     build
+    ;;
+roll)
+    shift
+    command -v curl >/dev/null || die "curl is needed to check the ring"
+    if [[ "${RINGKV_SKIP_BUILD:-0}" != 1 ]]; then
+        build
+    fi
+    nodes=("$@")
+    if ((${#nodes[@]} == 0)); then
+        nodes=(n1 n2 n3 n4 n5)
+    fi
+    t_roll=$SECONDS
+    for n in "${nodes[@]}"; do
+        t0=$SECONDS
+        # Stops the old container (SIGTERM, then its stop grace) and starts one of the current
+        # image on the same data volume; the others keep serving.
+        compose up -d --no-deps --force-recreate "$n"
+        deadline=$((t0 + up_timeout))
+        while :; do
+            id="$(compose ps -q "$n")"
+            status="$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id" 2>/dev/null || true)"
+            [[ "$status" == healthy ]] && break
+            ((SECONDS < deadline)) || die "$n not healthy (ready) ${up_timeout} s after its restart: compose/up.sh logs $n"
+            sleep 0.5
+        done
+        log "$n runs $RINGKV_IMAGE and is ready, $((SECONDS - t0)) s after its restart"
+    done
+    wait_ready "$t_roll"
     ;;
 help | -h | --help)
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'

@@ -14,10 +14,10 @@
 //! | GET | `/kv?prefix=&limit=&after=` | live keys, sorted, paged: `{"keys": [...], "next": cursor or null}` |
 //! | GET | `/watch?prefix=` | WebSocket: one JSON message per change under the prefix |
 //! | GET | `/` | the status page |
-//! | GET | `/cluster/status` | every member's status, stats and ring arcs, for the status page |
-//! | GET | `/cluster/members` | members with status, addresses, generation |
+//! | GET | `/cluster/status` | every member's status, build, stats and ring arcs, for the status page; the ring's active features |
+//! | GET | `/cluster/members` | members with status, addresses, generation, build version, protocol range and features; the ring's active features |
 //! | GET | `/cluster/ring` | the ring for key-aware clients: version, N, vnodes, nodes with HTTP address, serving, tokens |
-//! | GET | `/cluster/replicas/{key}` | the key's N home nodes in preference order |
+//! | GET | `/cluster/replicas/{key}` | the key's N home nodes in preference order, each with its zone: `{"key", "replicas": [{"id", "zone"}]}` |
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
 //! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
 //! | GET | `/admin/stats` | this node's counters |
@@ -419,11 +419,15 @@ async fn route(
     if let Some(raw) = path.strip_prefix("/cluster/replicas/") {
         get_only(Ok(Response::default()))?;
         let key = parse_key(raw)?;
-        let replicas: Vec<String> = node
+        let view = node.cluster.view();
+        let replicas: Vec<serde_json::Value> = node
             .cluster
             .replicas_of(&key)
             .iter()
-            .map(|id| id.to_string())
+            .map(|id| {
+                let zone = view.member(id).map(|m| &*m.zone);
+                json!({"id": &**id, "zone": zone.unwrap_or(crate::ring::DEFAULT_ZONE)})
+            })
             .collect();
         return get_only(Ok(json_response(
             StatusCode::OK,
@@ -1005,9 +1009,11 @@ fn ready(node: &Node) -> Response<Body> {
 
 /// `GET /cluster/ring`: what a client needs to send each key to its home replicas itself
 /// (key-aware routing): the ring's version, N, the vnode count and the hash, and every ring
-/// node with its HTTP address, whether it serves, and its tokens. A key's homes are the first
-/// N distinct nodes met clockwise from `xxh3_64(key)`, taking the first token at or after the
-/// hash (wrapping), ties by node id.
+/// node with its HTTP address, whether it serves, its tokens and the zone placement puts it
+/// in. A key's homes are the first N distinct nodes met clockwise from `xxh3_64(key)`,
+/// taking the first token at or after the hash (wrapping), ties by node id, skipping nodes of
+/// a zone already used while unused zones remain ([`crate::ring`]). Until every member
+/// supports zones (the `zones` feature gate), every node's zone here is `default`.
 fn ring(node: &Node) -> Response<Body> {
     let view = node.cluster.view();
     let nodes: Vec<serde_json::Value> = view
@@ -1021,6 +1027,7 @@ fn ring(node: &Node) -> Response<Body> {
                 "http": m.and_then(|m| m.http).map(|a| a.to_string()),
                 "serving": view.is_alive(id),
                 "tokens": view.ring.tokens_of(id),
+                "zone": view.ring.zone(id).map(|z| &**z),
             })
         })
         .collect();
@@ -1048,10 +1055,17 @@ fn members(node: &Node) -> Response<Body> {
                 "http": m.http.map(|a| a.to_string()),
                 "rpc": m.rpc.map(|a| a.to_string()),
                 "generation": m.generation,
+                "zone": &*m.zone,
+                "version": m.build.version.as_deref(),
+                "protocol": m.build.protocols.encode(),
+                "features": &m.build.features,
             })
         })
         .collect();
-    json_response(StatusCode::OK, json!({ "members": members }))
+    json_response(
+        StatusCode::OK,
+        json!({ "members": members, "features": view.features() }),
+    )
 }
 
 /// `GET /cluster/status`: every member with its status, its vnode arcs (as fractions of the
@@ -1099,6 +1113,11 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
         }
     });
     let stats = futures_util::future::join_all(stats).await;
+    let shares: std::collections::HashMap<crate::ring::NodeId, f64> = view
+        .ring
+        .shares(node.cluster.config().replicas)
+        .into_iter()
+        .collect();
     let members: Vec<_> = view
         .members
         .values()
@@ -1109,6 +1128,11 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
                 "status": member_status(&view, m),
                 "http": m.http.map(|a| a.to_string()),
                 "generation": m.generation,
+                "zone": &*m.zone,
+                "share": shares.get(&m.id).copied().unwrap_or(0.0),
+                "version": m.build.version.as_deref(),
+                "protocol": m.build.protocols.encode(),
+                "features": &m.build.features,
                 "arcs": arcs.get(&*m.id).cloned().unwrap_or_default(),
                 "stats": stats,
             })
@@ -1120,6 +1144,8 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
             "node": &**node.cluster.id(),
             "replicas": node.cluster.config().replicas,
             "time_ms": node.cluster.clock().now_ms(),
+            "version": crate::compat::VERSION,
+            "features": view.features(),
             "members": members,
         }),
     )

@@ -579,25 +579,39 @@ fn show_event(ev: &WatchEvent) -> String {
 }
 
 async fn members(args: MembersArgs) -> Result<u8> {
-    let members = args.target.client()?.members().await?;
+    let membership = args.target.client()?.membership().await?;
     if args.json {
-        print_json(&json!({ "members": members }))?;
+        print_json(&json!(membership))?;
         return Ok(EXIT_OK);
     }
-    let rows: Vec<[String; 5]> = members
+    let rows: Vec<[String; 8]> = membership
+        .members
         .iter()
         .map(|m| {
             [
                 m.id.clone(),
+                m.zone.clone().unwrap_or_else(|| "-".into()),
                 m.status.clone(),
                 m.http.clone().unwrap_or_else(|| "-".into()),
                 m.rpc.clone().unwrap_or_else(|| "-".into()),
                 m.generation.to_string(),
+                m.version.clone().unwrap_or_else(|| "<0.2.0".into()),
+                m.protocol.clone().unwrap_or_else(|| "5".into()),
             ]
         })
         .collect();
-    let header = ["ID", "STATUS", "HTTP", "RPC", "GENERATION"].map(String::from);
-    let mut widths = [0usize; 5];
+    let header = [
+        "ID",
+        "ZONE",
+        "STATUS",
+        "HTTP",
+        "RPC",
+        "GENERATION",
+        "VERSION",
+        "PROTOCOL",
+    ]
+    .map(String::from);
+    let mut widths = [0usize; 8];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
@@ -613,6 +627,11 @@ async fn members(args: MembersArgs) -> Result<u8> {
         text.push_str(cells.join("  ").trim_end());
         text.push('\n');
     }
+    let features = match membership.features.as_slice() {
+        [] => "none".to_string(),
+        f => f.join(", "),
+    };
+    text.push_str(&format!("active features: {features}\n"));
     write_stdout(text.as_bytes())?;
     Ok(EXIT_OK)
 }
@@ -622,8 +641,11 @@ async fn replicas(args: ReplicasArgs) -> Result<u8> {
     if args.json {
         print_json(&json!({ "key": args.key, "replicas": replicas }))?;
     } else {
-        let mut text = replicas.join("\n");
-        text.push('\n');
+        // One home per line: its id, then its zone.
+        let text: String = replicas
+            .iter()
+            .map(|r| format!("{} {}\n", r.id, r.zone.as_deref().unwrap_or("-")))
+            .collect();
         write_stdout(text.as_bytes())?;
     }
     Ok(EXIT_OK)

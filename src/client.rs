@@ -444,6 +444,36 @@ pub struct Member {
     pub rpc: Option<String>,
     /// Start time of the member's current incarnation, in ms since the epoch.
     pub generation: u64,
+    /// Its zone (`--zone`; absent from nodes before 0.2.0).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Its build version; `None` for a build before 0.2.0, which does not gossip it.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The RPC protocol versions it speaks, `5` or a range `5-6` (absent from nodes before
+    /// 0.2.0, which speak 5).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// The feature gates its build supports.
+    #[serde(default)]
+    pub features: Vec<String>,
+}
+
+/// One home replica of a key, as `GET /cluster/replicas/{key}` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub id: String,
+    /// Its zone (`None` from a node before 0.2.0).
+    pub zone: Option<String>,
+}
+
+/// `GET /cluster/members`: the members, and the features every one of them supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub members: Vec<Member>,
+    /// The ring's active features (absent from nodes before 0.2.0).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// Builds a [`Client`] with non-default settings.
@@ -1190,27 +1220,41 @@ impl Client {
 
     /// The ring's members as one node sees them.
     pub async fn members(&self) -> Result<Vec<Member>> {
-        #[derive(Deserialize)]
-        struct Members {
-            members: Vec<Member>,
-        }
+        Ok(self.membership().await?.members)
+    }
+
+    /// The ring's members as one node sees them, with the ring's active features.
+    pub async fn membership(&self) -> Result<Membership> {
         let body = self.get_json("/cluster/members").await?;
-        serde_json::from_slice::<Members>(&body)
-            .map(|m| m.members)
+        serde_json::from_slice::<Membership>(&body)
             .map_err(|e| Error::Protocol(format!("bad /cluster/members answer: {e}")))
     }
 
     /// The key's N home replicas (node ids), in preference order, dead or alive.
-    pub async fn replicas(&self, key: impl AsRef<[u8]>) -> Result<Vec<String>> {
+    pub async fn replicas(&self, key: impl AsRef<[u8]>) -> Result<Vec<Replica>> {
+        /// A node before 0.2.0 names each home by its id alone.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Id(String),
+            Home(Replica),
+        }
         #[derive(Deserialize)]
         struct Replicas {
-            replicas: Vec<String>,
+            replicas: Vec<Wire>,
         }
         let path = format!("/cluster/replicas/{}", escape_key(key.as_ref()));
         let body = self.get_json(&path).await?;
-        serde_json::from_slice::<Replicas>(&body)
-            .map(|r| r.replicas)
-            .map_err(|e| Error::Protocol(format!("bad /cluster/replicas answer: {e}")))
+        let wire = serde_json::from_slice::<Replicas>(&body)
+            .map_err(|e| Error::Protocol(format!("bad /cluster/replicas answer: {e}")))?;
+        Ok(wire
+            .replicas
+            .into_iter()
+            .map(|r| match r {
+                Wire::Id(id) => Replica { id, zone: None },
+                Wire::Home(r) => r,
+            })
+            .collect())
     }
 
     /// Asks the client's node to decommission itself (`POST /cluster/leave`). Only allowed on

@@ -31,11 +31,28 @@ pub const HEADER_LEN: usize = 8;
 /// Keys are at most 1 KiB and contexts at most 64 KiB, so 128 KiB is generous.
 pub const FRAME_OVERHEAD: usize = 128 * 1024;
 
-/// Encodes `msg` as one frame appended to `dst`.
+/// Encodes `msg` as one frame appended to `dst`. Structs are MessagePack arrays: compact,
+/// and read back only by a decoder that expects exactly their fields.
 pub fn encode<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<()> {
+    encode_with(dst, |w| rmp_serde::encode::write(w, msg))
+}
+
+/// As [`encode`], with structs as MessagePack maps keyed by field name: a decoder skips the
+/// fields it does not know, so a struct sent this way may gain fields that older builds
+/// ignore ([`crate::rpc::Hello`]).
+pub fn encode_named<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<()> {
+    encode_with(dst, |w| rmp_serde::encode::write_named(w, msg))
+}
+
+fn encode_with(
+    dst: &mut BytesMut,
+    write: impl FnOnce(
+        &mut bytes::buf::Writer<&mut BytesMut>,
+    ) -> std::result::Result<(), rmp_serde::encode::Error>,
+) -> Result<()> {
     let start = dst.len();
     dst.put_bytes(0, HEADER_LEN);
-    rmp_serde::encode::write(&mut (&mut *dst).writer(), msg)
+    write(&mut (&mut *dst).writer())
         .map_err(|e| Error::Protocol(format!("cannot encode message: {e}")))?;
     let payload_len = dst.len() - start - HEADER_LEN;
     let len = u32::try_from(payload_len)

@@ -78,6 +78,9 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Virtual nodes per node on the ring.
     pub vnodes: usize,
+    /// This node's failure domain (`--zone`): a key's homes spread over zones
+    /// ([`crate::ring`]). [`crate::ring::DEFAULT_ZONE`] unless set.
+    pub zone: String,
     /// Time a replica has to answer one RPC.
     pub rpc_timeout: Duration,
     /// Gossip and failure-detector tunables.
@@ -194,6 +197,7 @@ impl Config {
             write_quorum: DEFAULT_WRITE_QUORUM,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             vnodes: DEFAULT_VNODES,
+            zone: crate::ring::DEFAULT_ZONE.to_string(),
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             gossip_config: GossipConfig::default(),
             hint_limits: HintLimits {
@@ -256,6 +260,13 @@ impl Config {
         }
         if self.vnodes == 0 || self.vnodes > 4096 {
             return bad("--vnodes must be between 1 and 4096".into());
+        }
+        let zone_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.zone.is_empty() || self.zone.len() > 64 || !self.zone.chars().all(zone_char) {
+            return bad(format!(
+                "--zone must be 1 to 64 letters, digits, '-', '_' or '.', got {:?}",
+                self.zone
+            ));
         }
         if self.max_http_connections == 0 {
             return bad("--max-http-connections must be at least 1".into());

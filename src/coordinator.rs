@@ -135,7 +135,8 @@ impl Coordinator {
     /// nodes for which `usable` holds as alive.
     fn destinations(&self, view: &View, key: &[u8], usable: impl Fn(&NodeId) -> bool) -> Vec<Dest> {
         let walk = view.ring.preference_list(key, view.ring.nodes().len());
-        sloppy_targets(&walk, self.cluster.config.replicas, usable)
+        let same_zone = |a: &NodeId, b: &NodeId| view.ring.same_zone(a, b);
+        sloppy_targets(&walk, self.cluster.config.replicas, usable, same_zone)
             .into_iter()
             .filter_map(|Target { node, hint_for }| {
                 let place = if node == self.cluster.id {

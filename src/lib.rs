@@ -27,12 +27,13 @@
 //!
 //! | pure core | what it decides |
 //! |---|---|
-//! | [`ring`] | which N nodes hold a key; sloppy-quorum fallbacks; ring segments |
+//! | [`ring`] | which N nodes hold a key, spread over zones; sloppy-quorum fallbacks; ring segments; each node's share |
 //! | [`version`] | causality: dotted version vectors, siblings, contexts, tombstones |
 //! | [`quorum`] | when a call has met (or can no longer meet) its quorum |
 //! | [`merkle`] | incremental Merkle trees and their diff |
 //! | [`hints`] | the bounded store of hinted copies |
 //! | [`codec`] | bytes ↔ RPC frames (length, CRC32, MessagePack) |
+//! | [`compat`] | which protocol versions two builds share; a member's build from gossip; the ring's active feature gates |
 //!
 //! | edge | what it does |
 //! |---|---|
@@ -75,7 +76,10 @@
 //!
 //! - **Ring** ([`ring`]). Each node owns 256 tokens (virtual nodes) on a 64-bit circle, the
 //!   XXH3-64 hashes of `"{id}#{i}"`. A key's replicas (its *homes*) are the first N distinct
-//!   nodes clockwise from the key's hash. The ring is built from membership, not liveness: a
+//!   nodes clockwise from the key's hash, skipping a node whose zone (`--zone`) is already
+//!   used while an unused zone remains: with N zones or more, one home per zone, so a zone
+//!   down costs every key one home at most. Zone placement is a feature gate ([`compat`]):
+//!   until every member supports it, all nodes place by position alone, as 0.1.0 does. The ring is built from membership, not liveness: a
 //!   node that is down keeps its tokens (a failure is assumed temporary, as in Dynamo), and
 //!   coordinators skip it.
 //! - **Membership** ([`membership`]). chitchat gossip carries each node's addresses and
@@ -97,7 +101,8 @@
 //! - **RPC** ([`rpc`], [`codec`]). One persistent TCP connection per peer, multiplexed by
 //!   request id. Frames are a `u32` length, a `u32` CRC32 and a MessagePack payload, at most
 //!   `--max-value-bytes` + 128 KiB ([`codec::FRAME_OVERHEAD`]). A connection opens with a
-//!   handshake carrying the cluster id, protocol version, node id and generation; a client
+//!   handshake carrying the cluster id, the range of protocol versions the sender speaks
+//!   (the connection uses the highest both speak: [`compat`]), node id and generation; a client
 //!   refuses a server that is not the node and generation its view places at that address
 //!   (a stopped node's port may have passed to another process, whose "nothing here" would
 //!   count toward a read quorum). A corrupt, oversized or unknown
@@ -225,11 +230,24 @@
 //!   replicas that acknowledged it are alive or, with a data dir, restart from it (in-memory
 //!   data dies with its process).
 //! - Concurrent writes are never silently dropped: they become siblings.
+//! - With at least N zones, a whole zone down leaves every key N − 1 of its homes
+//!   (`tests/zones.rs`: six nodes in three zones, one zone killed, every key read at r=2 and
+//!   every write at `pw=2` served).
 //! - Replicas converge without client reads: hints, anti-entropy and ownership handoff.
 //! - A delete is never undone by a replica that missed it: tombstones outlive the purge check.
 //!
+//! - Mixed builds: every build interoperates with the previous release (RPC, gossip, data
+//!   dir), so a ring is upgraded, or rolled back, one node at a time ([`compat`];
+//!   `tests/upgrade.rs` runs it against the previous release's binary, and
+//!   `tests/protocol.rs` decodes frames that release recorded).
+//!
 //! ## Caveats
 //!
+//! - Feature gates follow the current view: a node of an older build that joins a ring
+//!   closes the gates its build lacks again, and the newer nodes go back to the old
+//!   behaviour. Nothing stops an older build from joining. A member's features are unknown
+//!   while only the roster remembers it (chitchat forgot its state): it then counts as
+//!   supporting none, which keeps gates shut, the safe side.
 //! - A copy held only as a hint lives at most the tombstone grace (a later hint could bring
 //!   back a value whose delete was purged meanwhile). A write acknowledged by its coordinator
 //!   and one fallback, whose coordinator then dies in memory while the homes stay
@@ -390,6 +408,7 @@ pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod codec;
+pub mod compat;
 pub mod config;
 pub mod coordinator;
 pub mod durable;

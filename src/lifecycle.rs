@@ -149,6 +149,7 @@ impl Lifecycle {
         self.set_startup(Startup::Announcing { seen_by: 0, of: 0 });
         self.announce(STATUS_ALIVE).await;
         let cluster = &self.cluster;
+        warn_if_unbalanced(&cluster.view().ring, cluster.config.replicas);
         let began = Instant::now();
         loop {
             let view = cluster.view();
@@ -265,5 +266,33 @@ impl Lifecycle {
                 }
             }
         });
+    }
+}
+
+/// Above this multiple of the mean share of the keys' copies, a node is overloaded by the
+/// ring's layout: zones of unequal size (a zone of one node holds a copy of every key when N
+/// equals the number of zones), not chance, which vnodes keep within about 1.4x.
+pub const UNBALANCED_SHARE: f64 = 1.5;
+
+/// Logs a warning, once a node has caught up and serves, if the ring's layout gives some node
+/// more than [`UNBALANCED_SHARE`] times the mean share of the keys' copies.
+fn warn_if_unbalanced(ring: &crate::ring::Ring, replicas: usize) {
+    let shares = ring.shares(replicas);
+    if shares.is_empty() {
+        return;
+    }
+    let mean = 1.0 / shares.len() as f64;
+    let worst = shares.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((node, share)) = worst.filter(|(_, s)| *s > UNBALANCED_SHARE * mean) {
+        let zone = ring.zone(node).map(|z| z.to_string()).unwrap_or_default();
+        tracing::warn!(
+            %node,
+            %zone,
+            share = format!("{:.1}%", share * 100.0),
+            mean = format!("{:.1}%", mean * 100.0),
+            "the ring's layout gives a node {:.1}x the mean share of the keys: its zone has \
+             fewer nodes than the others; give every zone the same number of nodes",
+            share / mean
+        );
     }
 }

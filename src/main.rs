@@ -79,6 +79,10 @@ struct ServeArgs {
     /// The gossip address peers reach this node at. Default: --gossip.
     #[arg(long, env = "RINGKV_ADVERTISE_GOSSIP", value_name = "HOST:PORT")]
     advertise_gossip: Option<String>,
+    /// This node's failure domain (a rack, an availability zone). Each key's replicas go to
+    /// distinct zones while the ring has enough of them, so losing a zone loses no quorum.
+    #[arg(long, env = "RINGKV_ZONE", default_value = ringkv::ring::DEFAULT_ZONE)]
+    zone: String,
     /// Gossip addresses of other nodes, HOST:PORT, comma-separated. Names that do not
     /// resolve yet are retried every 0.5 s until one seed does (gossip waits, /ready says
     /// why); after that, names are resolved again every minute.
@@ -221,6 +225,10 @@ struct DevArgs {
     /// Make the nodes durable: node i keeps its log and snapshots in DIR/n<i>.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
+    /// Put the nodes in these zones, round-robin (`--zones a,b,c`: n1 in a, n2 in b, n3 in
+    /// c, n4 in a, ...). Without it every node is in the zone `default`.
+    #[arg(long, value_delimiter = ',', value_name = "ZONE,...")]
+    zones: Vec<String>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -391,6 +399,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     cfg.advertise_rpc = resolve_opt("--advertise-rpc", &args.advertise_rpc).await?;
     cfg.advertise_gossip = resolve_opt("--advertise-gossip", &args.advertise_gossip).await?;
     cfg.seeds = args.seeds.into_iter().filter(|s| !s.is_empty()).collect();
+    cfg.zone = args.zone;
     cfg.data_dir = args.data_dir;
     cfg.cluster_secret = args
         .cluster_secret_file
@@ -578,6 +587,9 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
             .data_dir
             .as_ref()
             .map(|d| d.join(format!("n{}", i + 1)));
+        if !args.zones.is_empty() {
+            cfg.zone = args.zones[i as usize % args.zones.len()].clone();
+        }
         args.tuning.apply(&mut cfg);
         cfg.validate()?;
         configs.push(cfg);

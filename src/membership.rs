@@ -5,8 +5,8 @@
 //! start: chitchat never re-gossips a node restarted with an old generation, and the version
 //! clocks use the same generation so a restarted node never reuses a counter.
 //!
-//! Gossip carries metadata only, as node-state keys: the node's HTTP address, RPC address and
-//! status. Data never goes through gossip (a value over ~64 KB would stall it).
+//! Gossip carries metadata only, as node-state keys: the node's HTTP address, RPC address,
+//! status and build (version, protocol range, features: [`crate::compat`]). Data never goes through gossip (a value over ~64 KB would stall it).
 //!
 //! From chitchat's state this module derives a [`View`]: one [`Member`] per node id, where
 //! the highest generation wins (right after a restart both generations can look alive), each
@@ -60,6 +60,8 @@ pub const KEY_WATCH: &str = "watch";
 /// Node-state key holding the members this node sees down ([`roster`]): how a dead node
 /// keeps its place in the ring after chitchat forgot its generation.
 pub const KEY_DOWN: &str = "down";
+/// Node-state key holding the node's zone (`--zone`); [`crate::ring::DEFAULT_ZONE`] if absent.
+pub const KEY_ZONE: &str = "zone";
 /// A node that started but cannot serve yet: it has not heard a seed, does not see a quorum, or
 /// has not caught up with its peers by anti-entropy ([`crate::readiness`]). Peers keep it in
 /// the ring and send it copies and hints, but route no client request to it, so a node
@@ -166,6 +168,19 @@ pub struct Member {
     pub dead_since: Option<Instant>,
     /// The key prefixes its watchers follow, as it last gossiped them.
     pub watch: Option<Arc<crate::rpc::Announcement>>,
+    /// Its build: version, protocol range, features ([`crate::compat`]); the previous
+    /// release's for a member that gossips none.
+    pub build: Arc<crate::compat::Build>,
+    /// Its zone (`--zone`), [`crate::ring::DEFAULT_ZONE`] if it names none.
+    pub zone: crate::ring::Zone,
+}
+
+/// The zone a member gossips under [`KEY_ZONE`], or the default one.
+pub fn zone_of(value: Option<&str>) -> crate::ring::Zone {
+    match value.map(str::trim) {
+        Some(z) if !z.is_empty() => crate::ring::Zone::from(z),
+        _ => crate::ring::Zone::from(crate::ring::DEFAULT_ZONE),
+    }
 }
 
 /// A consistent snapshot of the cluster: members and the ring built from them.
@@ -191,21 +206,28 @@ impl View {
         }
     }
 
-    /// The ring of `members`: every member that is not leaving, dead or alive. Built only
-    /// when that set changed since `prev`; otherwise `prev`'s is shared.
+    /// The ring of `members`: every member that is not leaving, dead or alive, each in its
+    /// zone once every one of them supports zone placement (the feature gate
+    /// [`crate::compat::FEATURE_ZONES`]; until then all in one zone, as older builds place).
+    /// Built only when that layout changed since `prev`; otherwise `prev`'s is shared.
     pub fn ring_of(
         members: &BTreeMap<NodeId, Member>,
         prev: Option<&View>,
         vnodes: usize,
     ) -> Arc<Ring> {
-        let in_ring: Vec<NodeId> = members
-            .values()
-            .filter(|m| m.status != STATUS_LEAVING)
-            .map(|m| m.id.clone())
+        let in_ring = || members.values().filter(|m| m.status != STATUS_LEAVING);
+        let zoned = crate::compat::active(in_ring().map(|m| &*m.build))
+            .contains(crate::compat::FEATURE_ZONES);
+        let default = crate::ring::Zone::from(crate::ring::DEFAULT_ZONE);
+        let layout: Vec<(NodeId, crate::ring::Zone)> = in_ring()
+            .map(|m| {
+                let zone = if zoned { &m.zone } else { &default };
+                (m.id.clone(), zone.clone())
+            })
             .collect();
         match prev {
-            Some(p) if p.ring.nodes() == in_ring.as_slice() => p.ring.clone(),
-            _ => Arc::new(Ring::new(in_ring, vnodes)),
+            Some(p) if p.ring.layout().eq(layout.iter().map(|(n, z)| (n, z))) => p.ring.clone(),
+            _ => Arc::new(Ring::with_zones(layout, vnodes)),
         }
     }
 
@@ -248,6 +270,22 @@ impl View {
         })
     }
 
+    /// The ring's active features: those every member supports, dead members within their
+    /// grace included, leaving members not ([`crate::compat::active`]).
+    pub fn features(&self) -> std::collections::BTreeSet<Arc<str>> {
+        crate::compat::active(
+            self.members
+                .values()
+                .filter(|m| m.status != STATUS_LEAVING)
+                .map(|m| &*m.build),
+        )
+    }
+
+    /// Whether the feature gate `name` is open: every member supports it.
+    pub fn feature_active(&self, name: &str) -> bool {
+        self.features().contains(name)
+    }
+
     /// How long this node has seen `id` dead, if it has.
     pub fn dead_for(&self, id: &str) -> Option<Duration> {
         self.members
@@ -255,6 +293,24 @@ impl View {
             .and_then(|m| m.dead_since)
             .map(|t| t.elapsed())
     }
+}
+
+/// The keys a node gossips from its start: its addresses, its status (joining until
+/// readiness says otherwise, see [`crate::readiness`]) and its build ([`crate::compat`]).
+/// Every [`Gossip`] starts with these.
+pub fn own_keys(cfg: &MembershipConfig) -> Vec<(String, String)> {
+    let mut keys = vec![
+        (KEY_HTTP.to_string(), cfg.http_addr.to_string()),
+        (KEY_RPC.to_string(), cfg.rpc_addr.to_string()),
+        (KEY_STATUS.to_string(), STATUS_JOINING.to_string()),
+        (KEY_ZONE.to_string(), cfg.zone.to_string()),
+    ];
+    keys.extend(
+        crate::compat::Build::own_keys()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    keys
 }
 
 /// The running gossip of one node.
@@ -277,6 +333,8 @@ pub struct MembershipConfig {
     pub seeds: Vec<String>,
     pub http_addr: SocketAddr,
     pub rpc_addr: SocketAddr,
+    /// The node's zone (`--zone`).
+    pub zone: crate::ring::Zone,
     /// The gossip address peers reach this node at (`--advertise-gossip`); the bound one if
     /// `None`.
     pub advertise_gossip: Option<SocketAddr>,
@@ -332,6 +390,7 @@ impl Membership {
         let gossip_addr = cfg.advertise_gossip.unwrap_or(bound_gossip);
         crate::net::check_advertised("--gossip", "--advertise-gossip", gossip_addr)?;
         let chitchat_id = ChitchatId::new(cfg.id.to_string(), cfg.generation, gossip_addr);
+        let keys = own_keys(&cfg);
         let config = ChitchatConfig {
             chitchat_id,
             cluster_id: cfg.cluster_id,
@@ -350,12 +409,7 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-        let keys = vec![
-            (KEY_HTTP.to_string(), cfg.http_addr.to_string()),
-            (KEY_RPC.to_string(), cfg.rpc_addr.to_string()),
-            // Joining until readiness says otherwise (see `crate::readiness`).
-            (KEY_STATUS.to_string(), STATUS_JOINING.to_string()),
-        ];
+
         let chitchat = spawn_chitchat(config, keys, transport.as_ref()).await?;
 
         let chitchat = Arc::new(chitchat);
@@ -537,6 +591,8 @@ impl ViewTask {
                         .get(KEY_WATCH)
                         .and_then(crate::rpc::Announcement::decode)
                         .map(Arc::new),
+                    build: Arc::new(crate::compat::Build::from_keys(|k| state.get(k))),
+                    zone: zone_of(state.get(KEY_ZONE)),
                 },
             );
         }
@@ -736,6 +792,60 @@ pub mod garbage {
 
 /// Gossip sealed with the cluster secret ([`crate::seal`]), end to end through chitchat.
 #[cfg(test)]
+mod feature_tests {
+    use super::*;
+    use crate::compat::{Build, Protocols};
+
+    fn member(id: &str, alive: bool, status: &str, features: &[&str]) -> Member {
+        Member {
+            id: NodeId::from(id),
+            generation: 1,
+            gossip: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            http: None,
+            rpc: None,
+            alive,
+            status: status.into(),
+            dead_since: (!alive).then(Instant::now),
+            watch: None,
+            build: Arc::new(Build {
+                version: Some(Arc::from("9.9.9")),
+                protocols: Protocols::OURS,
+                features: features.iter().map(|f| Arc::from(*f)).collect(),
+            }),
+            zone: zone_of(None),
+        }
+    }
+
+    fn view(members: Vec<Member>) -> View {
+        let members: BTreeMap<NodeId, Member> =
+            members.into_iter().map(|m| (m.id.clone(), m)).collect();
+        let ring = View::ring_of(&members, None, 8);
+        View::new(members, ring, true)
+    }
+
+    /// A gate opens only when every member supports it: a dead member (within its grace, so
+    /// still in the view) keeps it shut; one that leaves or whose grace ran out (gone from
+    /// the view) no longer does.
+    #[test]
+    fn a_gate_waits_for_every_member_dead_ones_included() {
+        let a = member("a", true, STATUS_ALIVE, &["f"]);
+        let b = member("b", true, STATUS_ALIVE, &["f"]);
+        assert!(view(vec![a.clone(), b.clone()]).feature_active("f"));
+        let lacking_dead = member("c", false, STATUS_ALIVE, &[]);
+        assert!(!view(vec![a.clone(), b.clone(), lacking_dead]).feature_active("f"));
+        let lacking_alive = member("c", true, STATUS_JOINING, &[]);
+        assert!(!view(vec![a.clone(), b.clone(), lacking_alive]).feature_active("f"));
+        let leaving = member("c", true, STATUS_LEAVING, &[]);
+        assert!(view(vec![a.clone(), b.clone(), leaving]).feature_active("f"));
+        let mut legacy = member("c", true, STATUS_ALIVE, &[]);
+        legacy.build = Arc::default();
+        let v = view(vec![a, b, legacy]);
+        assert!(!v.feature_active("f"));
+        assert!(v.features().is_empty());
+    }
+}
+
+#[cfg(test)]
 mod sealed_tests {
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
@@ -770,6 +880,7 @@ mod sealed_tests {
                 seeds,
                 http_addr: unused,
                 rpc_addr: unused,
+                zone: zone_of(None),
                 vnodes: 8,
                 gossip: GossipConfig {
                     interval: Duration::from_millis(50),
@@ -932,6 +1043,7 @@ mod sealed_tests {
                 seeds: vec![],
                 http_addr: unused,
                 rpc_addr: unused,
+                zone: zone_of(None),
                 vnodes: 8,
                 gossip: GossipConfig::default(),
                 gossip_key: Some(KEY),

@@ -316,6 +316,24 @@ impl Collector for NodeCollector {
                 gauge.metric_type(),
             )?)?;
         }
+        // Which build runs here, as a constant 1 with labels: a rolling upgrade shows as the
+        // count of nodes per version.
+        let info = ConstGauge::new(1i64);
+        let protocol = crate::compat::Protocols::OURS.encode();
+        let labels = [
+            ("version", crate::compat::VERSION),
+            ("protocol", protocol.as_str()),
+        ];
+        info.encode(
+            encoder
+                .encode_descriptor(
+                    "ringkv_build_info",
+                    "This node's build: its version and the RPC protocol versions it speaks",
+                    None,
+                    info.metric_type(),
+                )?
+                .encode_family(&labels)?,
+        )?;
         Ok(())
     }
 }

@@ -278,6 +278,8 @@ mod tests {
                     status: status.to_string(),
                     dead_since: None,
                     watch: None,
+                    build: Default::default(),
+                    zone: crate::membership::zone_of(None),
                 },
             );
         }

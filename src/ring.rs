@@ -4,6 +4,14 @@
 //! and its replicas are the first N *distinct* nodes met walking clockwise from that point:
 //! its preference list, as in Dynamo.
 //!
+//! **Zones.** Each node is in a failure domain, its zone (a rack, an availability zone;
+//! [`DEFAULT_ZONE`] unless told). A key's homes are the first nodes clockwise such that no
+//! zone is used twice while unused zones remain: with at least N zones, every key's N homes
+//! are in N distinct zones, so losing a whole zone costs every key at most one home. With
+//! fewer zones the homes are spread as evenly as possible: the first node of every zone
+//! first, then a second node of every zone, and so on, each round in clockwise order. With
+//! one zone this is the plain rule above.
+//!
 //! The hash is XXH3-64 with seed 0, which is specified and stable across processes, machines
 //! and releases (std's `DefaultHasher` is none of those). A node's tokens are the hashes of
 //! `"{node_id}#{i}"`, so every node computes the same ring from the same member set with no
@@ -36,6 +44,12 @@ fn token(node: &str, vnode: usize) -> u64 {
     xxh3_64(format!("{node}#{vnode}").as_bytes())
 }
 
+/// A failure domain: a rack, an availability zone (`--zone`).
+pub type Zone = Arc<str>;
+
+/// The zone of a node that names none.
+pub const DEFAULT_ZONE: &str = "default";
+
 /// An immutable ring; rebuild it when membership changes.
 #[derive(Debug, Clone, Default)]
 pub struct Ring {
@@ -43,15 +57,35 @@ pub struct Ring {
     tokens: Vec<(u64, u32)>,
     /// Member node ids, sorted.
     nodes: Vec<NodeId>,
+    /// Each node's zone, as an index into `zones`, parallel to `nodes`.
+    zone_of: Vec<u32>,
+    /// The zones, sorted.
+    zones: Vec<Zone>,
     vnodes: usize,
 }
 
 impl Ring {
-    /// Builds the ring of `nodes` with `vnodes` tokens each. Duplicate ids count once.
+    /// Builds the ring of `nodes` with `vnodes` tokens each, all in one zone: placement by
+    /// position alone. Duplicate ids count once.
     pub fn new(nodes: impl IntoIterator<Item = NodeId>, vnodes: usize) -> Ring {
-        let mut nodes: Vec<NodeId> = nodes.into_iter().collect();
-        nodes.sort();
-        nodes.dedup();
+        let zone = Zone::from(DEFAULT_ZONE);
+        Ring::with_zones(nodes.into_iter().map(|n| (n, zone.clone())), vnodes)
+    }
+
+    /// Builds the ring of `nodes`, each in its zone, with `vnodes` tokens each. A duplicate
+    /// id counts once, in the zone given first.
+    pub fn with_zones(nodes: impl IntoIterator<Item = (NodeId, Zone)>, vnodes: usize) -> Ring {
+        let mut layout: Vec<(NodeId, Zone)> = nodes.into_iter().collect();
+        layout.sort_by(|a, b| a.0.cmp(&b.0));
+        layout.dedup_by(|b, a| a.0 == b.0);
+        let mut zones: Vec<Zone> = layout.iter().map(|(_, z)| z.clone()).collect();
+        zones.sort();
+        zones.dedup();
+        let zone_of = layout
+            .iter()
+            .map(|(_, z)| zones.binary_search(z).unwrap_or(0) as u32)
+            .collect();
+        let nodes: Vec<NodeId> = layout.into_iter().map(|(n, _)| n).collect();
         let vnodes = vnodes.max(1);
         let mut tokens = Vec::with_capacity(nodes.len() * vnodes);
         for (idx, node) in nodes.iter().enumerate() {
@@ -63,6 +97,8 @@ impl Ring {
         Ring {
             tokens,
             nodes,
+            zone_of,
+            zones,
             vnodes,
         }
     }
@@ -70,6 +106,31 @@ impl Ring {
     /// The member node ids, sorted.
     pub fn nodes(&self) -> &[NodeId] {
         &self.nodes
+    }
+
+    /// The zones of the ring's nodes, sorted.
+    pub fn zones(&self) -> &[Zone] {
+        &self.zones
+    }
+
+    /// The zone of `node`, if it is a member.
+    pub fn zone(&self, node: &str) -> Option<&Zone> {
+        let i = self.nodes.binary_search_by(|n| (**n).cmp(node)).ok()?;
+        self.zones.get(self.zone_of[i] as usize)
+    }
+
+    /// Whether `a` and `b` are members of one zone.
+    pub fn same_zone(&self, a: &str, b: &str) -> bool {
+        matches!((self.zone(a), self.zone(b)), (Some(x), Some(y)) if x == y)
+    }
+
+    /// Every member with its zone, in id order: two rings with the same layout and vnodes
+    /// are the same ring.
+    pub fn layout(&self) -> impl Iterator<Item = (&NodeId, &Zone)> {
+        self.nodes
+            .iter()
+            .zip(&self.zone_of)
+            .map(|(n, z)| (n, &self.zones[*z as usize]))
     }
 
     /// Virtual nodes per node.
@@ -104,17 +165,86 @@ impl Ring {
         // First token at or after the hash; wrap to the start of the circle.
         let start = self.tokens.partition_point(|&(t, _)| t < hash);
         let len = self.tokens.len();
+        let clockwise = (0..len).map(|i| self.tokens[(start + i) % len].1 as usize);
+        if self.zones.len() <= 1 {
+            for idx in clockwise {
+                let node = &self.nodes[idx];
+                if !out.contains(node) {
+                    out.push(node.clone());
+                    if out.len() == want {
+                        break;
+                    }
+                }
+            }
+            return out;
+        }
+        // Distinct nodes in clockwise order: until `want` zones are seen when the ring has
+        // that many (the homes are then the first node of each), else all of them.
+        let enough_zones = if self.zones.len() >= want {
+            want
+        } else {
+            usize::MAX
+        };
+        let mut seen = vec![false; self.nodes.len()];
+        let mut zone_seen = vec![false; self.zones.len()];
+        let (mut order, mut zones_seen) = (Vec::new(), 0);
+        for idx in clockwise {
+            if std::mem::replace(&mut seen[idx], true) {
+                continue;
+            }
+            order.push(idx);
+            let z = self.zone_of[idx] as usize;
+            if !std::mem::replace(&mut zone_seen[z], true) {
+                zones_seen += 1;
+            }
+            if zones_seen == enough_zones || order.len() == self.nodes.len() {
+                break;
+            }
+        }
+        // Rounds: in round r, each zone's next node in clockwise order, while it has r homes.
+        let mut used = vec![0usize; self.zones.len()];
+        let mut taken = vec![false; order.len()];
+        let mut round = 0;
+        while out.len() < want {
+            for (j, &idx) in order.iter().enumerate() {
+                let z = self.zone_of[idx] as usize;
+                if !taken[j] && used[z] == round {
+                    taken[j] = true;
+                    used[z] += 1;
+                    out.push(self.nodes[idx].clone());
+                    if out.len() == want {
+                        break;
+                    }
+                }
+            }
+            round += 1;
+        }
+        out
+    }
+
+    /// Each node's share of the keys' copies: the fraction of the circle whose keys have it
+    /// among their `n` homes, divided by `n` (so the shares add up to 1). Equal shares mean
+    /// equal load; zones of unequal size make them unequal.
+    pub fn shares(&self, n: usize) -> Vec<(NodeId, f64)> {
+        const CIRCLE: f64 = 18_446_744_073_709_551_616.0; // 2^64
+        let mut share = vec![0f64; self.nodes.len()];
+        let n = n.min(self.nodes.len()).max(1);
+        let len = self.tokens.len();
         for i in 0..len {
-            let (_, idx) = self.tokens[(start + i) % len];
-            let node = &self.nodes[idx as usize];
-            if !out.contains(node) {
-                out.push(node.clone());
-                if out.len() == want {
-                    break;
+            // The arc (previous token, this token] has the homes of this token's hash.
+            let (prev, end) = (self.tokens[(i + len - 1) % len].0, self.tokens[i].0);
+            let arc = if len == 1 {
+                CIRCLE
+            } else {
+                end.wrapping_sub(prev) as f64
+            };
+            for home in self.preference_list_for_hash(end, n) {
+                if let Ok(idx) = self.nodes.binary_search(&home) {
+                    share[idx] += arc / CIRCLE / n as f64;
                 }
             }
         }
-        out
+        self.nodes.iter().cloned().zip(share).collect()
     }
 
     /// A digest of the ring's shape: equal on two nodes iff their rings are equal.
@@ -124,6 +254,13 @@ impl Ring {
         for n in &self.nodes {
             h.update(&(n.len() as u64).to_le_bytes());
             h.update(n.as_bytes());
+        }
+        // Zones change placement; a ring of one zone hashes as before zones existed.
+        if self.zones.len() > 1 {
+            for (_, zone) in self.layout() {
+                h.update(&(zone.len() as u64).to_le_bytes());
+                h.update(zone.as_bytes());
+            }
         }
         h.digest()
     }
@@ -206,12 +343,18 @@ pub struct Target {
 ///
 /// `walk` is every node clockwise from the key (`preference_list` with n = ring size), so its
 /// first `n` entries are the key's home replicas. Each live home replica gets its own copy;
-/// each dead one is replaced by the next live node past the homes that is not already used,
-/// which keeps the copy with a hint naming the home. If the ring runs out of live nodes, the
-/// remaining dead homes simply get no copy.
-pub fn sloppy_targets(walk: &[NodeId], n: usize, alive: impl Fn(&NodeId) -> bool) -> Vec<Target> {
+/// each dead one is replaced by a live node past the homes that is not already used, which
+/// keeps the copy with a hint naming the home: the first such node in the dead home's zone
+/// (`same_zone`), else the first one, so that the copies stay spread over zones. If the ring
+/// runs out of live nodes, the remaining dead homes simply get no copy.
+pub fn sloppy_targets(
+    walk: &[NodeId],
+    n: usize,
+    alive: impl Fn(&NodeId) -> bool,
+    same_zone: impl Fn(&NodeId, &NodeId) -> bool,
+) -> Vec<Target> {
     let homes = &walk[..n.min(walk.len())];
-    let mut fallbacks = walk[homes.len()..].iter().filter(|id| alive(id));
+    let mut fallbacks: Vec<&NodeId> = walk[homes.len()..].iter().filter(|id| alive(id)).collect();
     let mut out = Vec::with_capacity(homes.len());
     for home in homes {
         if alive(home) {
@@ -219,9 +362,15 @@ pub fn sloppy_targets(walk: &[NodeId], n: usize, alive: impl Fn(&NodeId) -> bool
                 node: home.clone(),
                 hint_for: None,
             });
-        } else if let Some(fb) = fallbacks.next() {
+            continue;
+        }
+        let pick = fallbacks
+            .iter()
+            .position(|fb| same_zone(fb, home))
+            .or((!fallbacks.is_empty()).then_some(0));
+        if let Some(i) = pick {
             out.push(Target {
-                node: fb.clone(),
+                node: fallbacks.remove(i).clone(),
                 hint_for: Some(home.clone()),
             });
         }
@@ -354,6 +503,10 @@ mod tests {
         assert!((0.10..0.24).contains(&frac), "moved {frac:.3} of keys");
     }
 
+    fn no_zones(_: &NodeId, _: &NodeId) -> bool {
+        false
+    }
+
     #[test]
     fn sloppy_targets_replace_dead_homes_in_ring_order() {
         let walk = ids(&["a", "b", "c", "d", "e"]);
@@ -364,26 +517,26 @@ mod tests {
             hint_for: hint.map(NodeId::from),
         };
         assert_eq!(
-            sloppy_targets(&walk, 3, alive_except(&[])),
+            sloppy_targets(&walk, 3, alive_except(&[]), no_zones),
             vec![t("a", None), t("b", None), t("c", None)]
         );
         assert_eq!(
-            sloppy_targets(&walk, 3, alive_except(&["b"])),
+            sloppy_targets(&walk, 3, alive_except(&["b"]), no_zones),
             vec![t("a", None), t("d", Some("b")), t("c", None)]
         );
         assert_eq!(
-            sloppy_targets(&walk, 3, alive_except(&["a", "c", "d"])),
+            sloppy_targets(&walk, 3, alive_except(&["a", "c", "d"]), no_zones),
             vec![t("e", Some("a")), t("b", None)]
         );
         // No live node left to stand in: the dead homes get nothing.
         assert_eq!(
-            sloppy_targets(&walk, 3, alive_except(&["a", "b", "c", "d", "e"])),
+            sloppy_targets(&walk, 3, alive_except(&["a", "b", "c", "d", "e"]), no_zones),
             vec![]
         );
         // Never more targets than homes, never a node twice.
         for mask in 0u32..32 {
             let alive = |id: &NodeId| mask & (1 << (id.as_bytes()[0] - b'a')) != 0;
-            let targets = sloppy_targets(&walk, 3, alive);
+            let targets = sloppy_targets(&walk, 3, alive, no_zones);
             assert!(targets.len() <= 3);
             let mut nodes: Vec<_> = targets.iter().map(|t| t.node.clone()).collect();
             nodes.sort();
@@ -453,5 +606,253 @@ mod tests {
             assert_eq!(w[0].1, w[1].0);
         }
         assert_eq!(arcs[0].0, arcs[5].1);
+    }
+
+    // ---- zones ----
+
+    /// `count` nodes named `n0..`, node i in zone `z{i % zones}`.
+    fn zoned(count: usize, zones: usize) -> Vec<(NodeId, Zone)> {
+        (0..count)
+            .map(|i| {
+                (
+                    NodeId::from(format!("n{i}")),
+                    Zone::from(format!("z{}", i % zones)),
+                )
+            })
+            .collect()
+    }
+
+    /// The rule, checked for one key's homes on one ring: distinct nodes; distinct zones while
+    /// the ring has at least N zones; otherwise every zone's count within one of the others'
+    /// (as even as the zones' sizes allow).
+    fn check_homes(ring: &Ring, homes: &[NodeId], n: usize) {
+        let want = n.min(ring.nodes().len());
+        assert_eq!(homes.len(), want);
+        let mut distinct = homes.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), want, "distinct nodes: {homes:?}");
+        let mut per_zone: HashMap<&Zone, usize> = HashMap::new();
+        for h in homes {
+            *per_zone.entry(ring.zone(h).expect("a member")).or_default() += 1;
+        }
+        if ring.zones().len() >= want {
+            assert!(
+                per_zone.values().all(|c| *c == 1),
+                "distinct zones: {homes:?}"
+            );
+        } else {
+            // A zone below the most used one must have run out of nodes.
+            let most = per_zone.values().copied().max().unwrap_or(0);
+            for zone in ring.zones() {
+                let used = per_zone.get(zone).copied().unwrap_or(0);
+                let size = ring.layout().filter(|(_, z)| *z == zone).count();
+                assert!(
+                    used + 1 >= most || used == size,
+                    "zone {zone} has {used} of {homes:?}, another {most}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn homes_are_distinct_nodes_in_distinct_zones_on_every_small_ring() {
+        // Every ring of 1..=7 nodes over 1..=4 zones, N = 1..=5, many keys.
+        for count in 1..=7 {
+            for zones in 1..=4usize.min(count) {
+                let ring = Ring::with_zones(zoned(count, zones), 16);
+                for n in 1..=5 {
+                    for key in keys(300) {
+                        check_homes(&ring, &ring.preference_list(&key, n), n);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uneven_zones_are_used_evenly_then_filled() {
+        // Zones of 3, 1 and 1 nodes, N = 5: every key has all five, the small zones once each.
+        let layout: Vec<(NodeId, Zone)> = [
+            ("a1", "a"),
+            ("a2", "a"),
+            ("a3", "a"),
+            ("b1", "b"),
+            ("c1", "c"),
+        ]
+        .map(|(n, z)| (NodeId::from(n), Zone::from(z)))
+        .to_vec();
+        let ring = Ring::with_zones(layout, 16);
+        for key in keys(500) {
+            let homes = ring.preference_list(&key, 3);
+            check_homes(&ring, &homes, 3);
+            let zones: Vec<&str> = homes.iter().map(|h| &**ring.zone(h).unwrap()).collect();
+            let mut sorted = zones.clone();
+            sorted.sort();
+            assert_eq!(sorted, ["a", "b", "c"], "{homes:?}");
+            check_homes(&ring, &ring.preference_list(&key, 5), 5);
+        }
+    }
+
+    #[test]
+    fn one_zone_is_the_plain_ring() {
+        let plain = Ring::new(ids(&["a", "b", "c", "d"]), 16);
+        let one = Ring::with_zones(
+            ids(&["a", "b", "c", "d"])
+                .into_iter()
+                .map(|n| (n, Zone::from("rack-1"))),
+            16,
+        );
+        assert_eq!(plain.fingerprint(), one.fingerprint());
+        for key in keys(500) {
+            assert_eq!(plain.preference_list(&key, 3), one.preference_list(&key, 3));
+        }
+        // Zones that change placement change the fingerprint.
+        let two = Ring::with_zones(zoned(4, 2), 16);
+        let also_plain = Ring::new(two.nodes().to_vec(), 16);
+        assert_ne!(two.fingerprint(), also_plain.fingerprint());
+    }
+
+    /// A whole zone down leaves every key at least N - 1 homes when the ring has N zones or
+    /// more, on rings up to 1,000 nodes.
+    #[test]
+    fn losing_a_zone_costs_every_key_at_most_one_home() {
+        for (count, zones, vnodes) in [
+            (6, 3, 256),
+            (9, 3, 64),
+            (10, 5, 64),
+            (1000, 3, 16),
+            (1000, 5, 16),
+        ] {
+            let ring = Ring::with_zones(zoned(count, zones), vnodes);
+            for key in keys(if count > 100 { 300 } else { 2000 }) {
+                let homes = ring.preference_list(&key, 3);
+                check_homes(&ring, &homes, 3);
+                for lost in ring.zones() {
+                    let left = homes.iter().filter(|h| ring.zone(h) != Some(lost)).count();
+                    assert!(left >= 2, "{count} nodes, zone {lost} down: {homes:?}");
+                }
+            }
+        }
+    }
+
+    /// A join moves only keys that the newcomer becomes a home of, each by one home.
+    #[test]
+    fn a_join_in_a_zone_moves_only_keys_to_the_newcomer() {
+        for (zones, n) in [(3, 3), (2, 3), (3, 2), (4, 3)] {
+            let before = Ring::with_zones(zoned(6, zones), DEFAULT_VNODES);
+            let mut layout = zoned(6, zones);
+            layout.push((NodeId::from("new"), Zone::from("z1")));
+            let after = Ring::with_zones(layout, DEFAULT_VNODES);
+            let total = 20_000;
+            let mut moved = 0;
+            for key in keys(total) {
+                let old = before.preference_list(&key, n);
+                let new = after.preference_list(&key, n);
+                let lost: Vec<_> = old.iter().filter(|h| !new.contains(h)).collect();
+                assert!(lost.len() <= 1, "{old:?} -> {new:?}");
+                if !lost.is_empty() {
+                    moved += 1;
+                    assert!(new.iter().any(|h| &**h == "new"), "{old:?} -> {new:?}");
+                }
+            }
+            // About N/7 of the keys gain the newcomer; never a reshuffle.
+            let frac = moved as f64 / total as f64;
+            assert!(frac < 0.6, "{zones} zones, N={n}: {frac:.3} of keys moved");
+        }
+    }
+
+    #[test]
+    fn fallbacks_prefer_the_dead_homes_zone() {
+        let layout: Vec<(NodeId, Zone)> = [
+            ("a1", "a"),
+            ("b1", "b"),
+            ("c1", "c"),
+            ("a2", "a"),
+            ("b2", "b"),
+            ("c2", "c"),
+        ]
+        .map(|(n, z)| (NodeId::from(n), Zone::from(z)))
+        .to_vec();
+        let ring = Ring::with_zones(layout, 16);
+        let same = |x: &NodeId, y: &NodeId| ring.same_zone(x, y);
+        for key in keys(500) {
+            let walk = ring.preference_list(&key, 6);
+            let homes = &walk[..3];
+            for dead in homes {
+                let alive = |id: &NodeId| id != dead;
+                let targets = sloppy_targets(&walk, 3, alive, same);
+                let fb = targets.iter().find(|t| t.hint_for.as_ref() == Some(dead));
+                let fb = fb.expect("a stand-in");
+                assert!(
+                    ring.same_zone(&fb.node, dead),
+                    "{walk:?}: {fb:?} for {dead}"
+                );
+                // The copies stay in three zones.
+                let mut zones: Vec<&Zone> = targets
+                    .iter()
+                    .map(|t| ring.zone(&t.node).unwrap())
+                    .collect();
+                zones.sort();
+                zones.dedup();
+                assert_eq!(zones.len(), 3);
+            }
+        }
+    }
+
+    #[test]
+    fn shares_add_up_and_show_unequal_zones() {
+        let even = Ring::with_zones(zoned(6, 3), DEFAULT_VNODES);
+        let shares = even.shares(3);
+        let total: f64 = shares.iter().map(|(_, s)| s).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        let (min, max) = min_max(&shares);
+        assert!(
+            max / min < 1.5,
+            "6 nodes in 3 equal zones: {max:.3}/{min:.3}"
+        );
+        // 2, 2, 1: the lone node holds a copy of every key, 1/3 of all copies.
+        let layout: Vec<(NodeId, Zone)> = [
+            ("a1", "a"),
+            ("a2", "a"),
+            ("b1", "b"),
+            ("b2", "b"),
+            ("c1", "c"),
+        ]
+        .map(|(n, z)| (NodeId::from(n), Zone::from(z)))
+        .to_vec();
+        let uneven = Ring::with_zones(layout, DEFAULT_VNODES);
+        let lone = uneven
+            .shares(3)
+            .into_iter()
+            .find(|(n, _)| &**n == "c1")
+            .unwrap()
+            .1;
+        assert!((lone - 1.0 / 3.0).abs() < 1e-9, "{lone}");
+        // The figures the README and the closing note quote (`-- --nocapture`).
+        for (label, ring) in [
+            (
+                "6 nodes, no zones",
+                Ring::new(even.nodes().to_vec(), DEFAULT_VNODES),
+            ),
+            ("6 nodes in 3 zones of 2", even),
+            (
+                "5 nodes, no zones",
+                Ring::new(uneven.nodes().to_vec(), DEFAULT_VNODES),
+            ),
+            ("5 nodes in zones of 2, 2, 1", uneven),
+        ] {
+            let (min, max) = min_max(&ring.shares(3));
+            println!(
+                "{label}: shares of the copies {min:.3} .. {max:.3}, max/min {:.2}",
+                max / min
+            );
+        }
+    }
+
+    fn min_max(shares: &[(NodeId, f64)]) -> (f64, f64) {
+        let min = shares.iter().map(|(_, s)| *s).fold(f64::MAX, f64::min);
+        let max = shares.iter().map(|(_, s)| *s).fold(0.0, f64::max);
+        (min, max)
     }
 }

@@ -3,9 +3,9 @@
 //! hop from the node that received it to the key's coordinator.
 //!
 //! A client learns the ring from `GET /cluster/ring` ([`crate::api`]): its version, N, the
-//! vnode count, and every ring node with its HTTP address, whether it serves, and its tokens.
-//! It rebuilds the ring with [`Ring::new`] and checks that its tokens are the node's (so a
-//! node that hashes differently is never routed by a wrong ring). Every answer carries the
+//! vnode count, and every ring node with its HTTP address, whether it serves, its tokens and
+//! its zone. It rebuilds the ring with [`Ring::with_zones`] and checks that its tokens are
+//! the node's (so a node that hashes differently is never routed by a wrong ring). Every answer carries the
 //! version in `x-ringkv-ring`; a client that sees another version fetches the ring again.
 //!
 //! Routing is a first choice, never a requirement: the client sends a write to the key's
@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::ring::{NodeId, Ring};
+use crate::ring::{NodeId, Ring, Zone};
 
 /// The ring as a client routes by it.
 #[derive(Debug)]
@@ -45,6 +45,10 @@ struct WireNode {
     http: Option<String>,
     serving: bool,
     tokens: Vec<u64>,
+    /// The zone placement puts it in; absent from nodes before 0.2.0, which place by
+    /// position alone.
+    #[serde(default)]
+    zone: Option<String>,
 }
 
 impl Routes {
@@ -59,8 +63,11 @@ impl Routes {
                 wire.hash
             )));
         }
-        let ring = Ring::new(
-            wire.nodes.iter().map(|n| NodeId::from(n.id.as_str())),
+        let ring = Ring::with_zones(
+            wire.nodes.iter().map(|n| {
+                let zone = n.zone.as_deref().unwrap_or(crate::ring::DEFAULT_ZONE);
+                (NodeId::from(n.id.as_str()), Zone::from(zone))
+            }),
             wire.vnodes,
         );
         for n in &wire.nodes {
@@ -143,6 +150,39 @@ mod tests {
         let one_down = Routes::from_json(&answer(16, &[false, true, true], None)).unwrap();
         for key in [&b"a"[..], b"user/42", b"zz"] {
             assert!(!one_down.homes(key).contains(&"127.0.0.1:8001"));
+        }
+    }
+
+    /// With zones, the client places keys as the ring does: by zone.
+    #[test]
+    fn homes_follow_the_zones_the_ring_sends() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&answer(16, &[true, true, true], None)).unwrap();
+        let zones = ["a", "a", "b"];
+        for (node, zone) in v["nodes"].as_array_mut().unwrap().iter_mut().zip(zones) {
+            node["zone"] = zone.into();
+        }
+        let routes = Routes::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+        let ring = Ring::with_zones(
+            ["n1", "n2", "n3"]
+                .into_iter()
+                .zip(zones)
+                .map(|(n, z)| (NodeId::from(n), Zone::from(z))),
+            16,
+        );
+        for i in 0..200 {
+            let key = format!("key-{i}");
+            let want: Vec<String> = ring
+                .preference_list(key.as_bytes(), 2)
+                .iter()
+                .map(|id| format!("127.0.0.1:800{}", &id[1..]))
+                .collect();
+            assert_eq!(routes.homes(key.as_bytes()), want, "{key}");
+            // One home in each zone.
+            assert!(
+                want.contains(&"127.0.0.1:8003".to_string()),
+                "{key}: {want:?}"
+            );
         }
     }
 

@@ -106,6 +106,7 @@ impl NodeHandle {
                 http_addr: advertised_http,
                 rpc_addr: advertised_rpc,
                 advertise_gossip: config.advertise_gossip,
+                zone: crate::ring::Zone::from(config.zone.as_str()),
                 vnodes: config.vnodes,
                 gossip: config.gossip_config.clone(),
                 gossip_key: config.cluster_secret.as_ref().map(|s| s.derive("gossip")),
@@ -116,20 +117,18 @@ impl NodeHandle {
         )
         .await?;
 
-        let hello = Hello {
-            cluster_id: config.cluster_id.clone(),
-            protocol: rpc::PROTOCOL_VERSION,
-            node: config.id.clone(),
-            generation: Some(generation),
-            nonce: None,
-            proof: None,
-        };
-        let auth = config.cluster_secret.as_ref().map(|secret| {
-            Arc::new(rpc::auth::RpcAuth::new(
-                secret,
-                stats.rpc_handshakes_refused.clone(),
-            ))
-        });
+        let hello = Hello::ours(
+            config.cluster_id.clone(),
+            config.id.clone(),
+            Some(generation),
+        );
+        let refusals = Arc::new(rpc::auth::Refusals::new(
+            stats.rpc_handshakes_refused.clone(),
+        ));
+        let auth = config
+            .cluster_secret
+            .as_ref()
+            .map(|secret| Arc::new(rpc::auth::RpcAuth::new(secret, refusals.clone())));
         let pool = Pool::new(PoolConfig {
             net,
             hello: hello.clone(),
@@ -139,6 +138,7 @@ impl NodeHandle {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             auth: auth.clone(),
+            refusals: refusals.clone(),
             expect: Some(rpc::client::expect_from_view(membership.subscribe())),
         });
         let cluster = Arc::new(Cluster::new(
@@ -181,6 +181,7 @@ impl NodeHandle {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             auth,
+            refusals,
             max_in_flight: cluster.config.max_rpc_in_flight,
             in_flight_refused: stats.rpc_in_flight_refused.clone(),
         });

@@ -752,6 +752,8 @@ mod tests {
             status: "alive".into(),
             dead_since: None,
             watch: watch.map(|a| Arc::new(a.clone())),
+            build: Default::default(),
+            zone: crate::membership::zone_of(None),
         }
     }
 

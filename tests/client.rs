@@ -240,7 +240,14 @@ async fn siblings_context_and_put_resolved() {
     let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, vec!["n1", "n2", "n3"]);
     assert!(members.iter().all(|m| m.status == "alive"));
-    let expected: Vec<String> = c.replicas(&key).iter().map(|&i| c.id(i)).collect();
+    let expected: Vec<ringkv::client::Replica> = c
+        .replicas(&key)
+        .iter()
+        .map(|&i| ringkv::client::Replica {
+            id: c.id(i),
+            zone: Some(ringkv::ring::DEFAULT_ZONE.into()),
+        })
+        .collect();
     assert_eq!(client.replicas(&key).await.expect("replicas"), expected);
     c.shutdown().await;
 }
@@ -862,24 +869,37 @@ async fn cli_json_output_shapes() {
         assert_eq!(m["http"], c.node(i).http_addr().to_string());
         assert!(m["generation"].as_u64().is_some_and(|g| g > 0));
     }
-    // Without --json: a header and one row per member.
+    // Without --json: a header, one row per member with its build, and the active features.
     let table = run(&["members"]).await;
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
-    assert_eq!(table.lines().count(), 4, "{table}");
+    assert_eq!(table.lines().count(), 5, "{table}");
     assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .contains(ringkv::compat::VERSION)
+    );
+    assert!(table.ends_with("active features: zones\n"), "{table}");
 
     let replicas = run(&["replicas", "some/key", "--json"]).await;
     assert_eq!(code(&replicas), 0);
     let expected: Vec<String> = c.replicas(b"some/key").iter().map(|&i| c.id(i)).collect();
+    let homes: Vec<serde_json::Value> = expected
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "zone": "default"}))
+        .collect();
     assert_eq!(
         json(&replicas),
-        serde_json::json!({"key": "some/key", "replicas": expected})
+        serde_json::json!({"key": "some/key", "replicas": homes})
     );
     let plain = run(&["replicas", "some/key"]).await;
-    assert_eq!(
-        String::from_utf8_lossy(&plain.stdout),
-        format!("{}\n", expected.join("\n"))
-    );
+    let lines: String = expected
+        .iter()
+        .map(|id| format!("{id} default\n"))
+        .collect();
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), lines);
 
     let del = run(&["del", "j", "--json"]).await;
     assert_eq!(code(&del), 0);

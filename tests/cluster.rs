@@ -388,7 +388,10 @@ async fn members_and_replicas_endpoints() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap().to_string())
+        .map(|v| {
+            assert_eq!(v["zone"], "default");
+            v["id"].as_str().unwrap().to_string()
+        })
         .collect();
     assert_eq!(got.json()["key"], "some/key");
     assert_eq!(replicas.len(), 3);

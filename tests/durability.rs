@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use common::process::{Guard, ProcessNode, log_path, serve_command};
-use common::{Http, TestCluster, wait_until};
+use common::{Http, TempDir, TestCluster, wait_until};
 use futures_util::StreamExt;
 use hyper::StatusCode;
 use rand::rngs::StdRng;
@@ -46,41 +46,6 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Concurrent requests when the tests write or check many keys.
 const CONCURRENCY: usize = 8;
-
-/// A fresh directory under the target's tmp dir, removed on drop unless the test failed.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("durability")
-            .join(format!(
-                "{}-{}-{label}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create the test's tmp dir");
-        TempDir { path }
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("data dirs kept in {}", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 tmp path")
@@ -221,7 +186,7 @@ async fn homes(http: &Http, node: SocketAddr, key: &str) -> Vec<String> {
         .as_array()
         .expect("replicas")
         .iter()
-        .map(|r| r.as_str().expect("id").to_string())
+        .map(|r| r["id"].as_str().expect("id").to_string())
         .collect()
 }
 

@@ -184,6 +184,7 @@ fn frame<T: serde::Serialize>(msg: &T) -> BytesMut {
     buf
 }
 
+/// A hello as the previous release sends it: an array, without a protocol range.
 fn hello(cluster_id: &str) -> Hello {
     Hello {
         cluster_id: cluster_id.into(),
@@ -192,6 +193,7 @@ fn hello(cluster_id: &str) -> Hello {
         generation: None,
         nonce: None,
         proof: None,
+        protocol_max: None,
     }
 }
 
@@ -211,8 +213,56 @@ async fn handshake(node: &ProcessNode) -> TcpStream {
     assert!(reader.read_buffer().is_empty(), "only the hello so far");
     let theirs: Hello = ringkv::codec::decode_payload(&payload).expect("a hello");
     assert_eq!(theirs.cluster_id, node.cluster_id);
-    assert_eq!(theirs.protocol, PROTOCOL_VERSION);
+    assert_eq!(theirs.protocols(), ringkv::compat::Protocols::OURS);
     stream
+}
+
+/// A peer whose protocol versions do not meet the node's (a build too new, or too old) is
+/// refused before any request: the connection closes with no hello back, the refusal is
+/// counted in `/metrics`, logged with both versions, and the node serves on. The build shows
+/// in `/metrics` and `/cluster/members`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_speaking_no_common_protocol_is_refused_counted_and_logged() {
+    let node = ProcessNode::start_with("vers", &[], &[]).await;
+    let http = Http::new();
+    let metrics = || async {
+        let text = http.get(&format!("{}/metrics", node.url())).await;
+        String::from_utf8_lossy(&text.body).to_string()
+    };
+    let before = common::metric(&metrics().await, "ringkv_rpc_handshakes_refused_total");
+    let too_new = Hello::speaking(
+        node.cluster_id.clone(),
+        "from-the-future".into(),
+        None,
+        ringkv::compat::Protocols { min: 99, max: 100 },
+    );
+    let mut bytes = BytesMut::new();
+    too_new.encode(&mut bytes).expect("encode");
+    let answer = send_and_wait_close(node.rpc, &bytes, "a hello of protocol 99-100").await;
+    assert!(answer.is_empty(), "no hello back: {answer:?}");
+    wait_until(Duration::from_secs(5), "the refusal counted", || async {
+        common::metric(&metrics().await, "ringkv_rpc_handshakes_refused_total") == before + 1
+    })
+    .await;
+    let text = metrics().await;
+    let info = format!(
+        "ringkv_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
+        ringkv::compat::VERSION,
+        ringkv::compat::Protocols::OURS
+    );
+    assert!(text.contains(&info), "{info} in {text}");
+    wait_until(Duration::from_secs(5), "the refusal logged", || async {
+        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+        log.contains("speaks no protocol version") && log.contains("99-100")
+    })
+    .await;
+    // Still serving, and saying what it is.
+    let members = http.get(&format!("{}/cluster/members", node.url())).await;
+    assert_eq!(members.status, StatusCode::OK);
+    let m = &members.json()["members"][0];
+    assert_eq!(m["version"], ringkv::compat::VERSION);
+    assert_eq!(m["protocol"], ringkv::compat::Protocols::OURS.encode());
+    assert!(members.json()["features"].is_array());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -597,7 +647,7 @@ async fn a_request_id_follows_the_request_through_the_replicas_logs() {
         .get(&format!("{}/cluster/replicas/traced-key", nodes[0].url()))
         .await
         .json();
-    let coordinator = replicas["replicas"][0].as_str().unwrap().to_string();
+    let coordinator = replicas["replicas"][0]["id"].as_str().unwrap().to_string();
     // Every other replica served a call for this request, logged under its id and the
     // coordinator's name.
     for node in nodes.iter().filter(|n| n.id != coordinator) {

@@ -10,15 +10,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Http;
 use common::process::ProcessNode;
-use common::{Http, wait_until};
+use common::rolling::{Clients, READY_TIMEOUT, all_ready, check, is_ready, replace};
 use hyper::StatusCode;
 
 /// How many times the readiness test starts a fresh five-node ring.
@@ -38,9 +35,6 @@ fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// How long a ring may take to get ready (generous: CI machines are slow and shared).
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Five processes, each seeded with the gossip addresses of the nodes started before it
 /// (the first with none), the way a deployment brings a ring up.
 async fn start_ring(tag: &str) -> Vec<ProcessNode> {
@@ -50,12 +44,6 @@ async fn start_ring(tag: &str) -> Vec<ProcessNode> {
         nodes.push(ProcessNode::start(&format!("{tag}{}", i + 1), &seeds).await);
     }
     nodes
-}
-
-async fn is_ready(http: &Http, node: SocketAddr) -> bool {
-    http.try_get(&format!("http://{node}/ready"))
-        .await
-        .is_ok_and(|r| r.status == StatusCode::OK)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,172 +101,29 @@ async fn a_node_that_says_ready_takes_a_default_put_at_once() {
     );
 }
 
-/// What the writers share: the URLs of the nodes that are up (None while one restarts), the
-/// acknowledged writes and the errors seen.
-struct Shared {
-    up: Mutex<Vec<Option<SocketAddr>>>,
-    acked: Mutex<BTreeMap<String, String>>,
-    errors: Mutex<Vec<String>>,
-    ops: AtomicUsize,
-    stop: AtomicBool,
-}
-
-impl Shared {
-    fn pick(&self, n: usize) -> Option<SocketAddr> {
-        let up: Vec<SocketAddr> = self.up.lock().unwrap().iter().flatten().copied().collect();
-        (!up.is_empty()).then(|| up[n % up.len()])
-    }
-}
-
-/// One writer: PUT a fresh key through one up node, then GET it through another, until told
-/// to stop. Every failure is recorded.
-async fn writer(w: usize, shared: Arc<Shared>) {
-    let http = Http::new();
-    let mut seq = 0usize;
-    while !shared.stop.load(Ordering::Relaxed) {
-        seq += 1;
-        let key = format!("w{w}-{seq}");
-        let value = format!("v{w}-{seq}");
-        let Some(node) = shared.pick(w + seq) else {
-            continue;
-        };
-        let put = http
-            .try_put(&format!("http://{node}/kv/{key}"), value.clone())
-            .await;
-        match put {
-            Ok(r) if r.status == StatusCode::NO_CONTENT => {
-                shared
-                    .acked
-                    .lock()
-                    .unwrap()
-                    .insert(key.clone(), value.clone());
-            }
-            other => {
-                shared
-                    .errors
-                    .lock()
-                    .unwrap()
-                    .push(format!("PUT {key} via {node}: {other:?}"));
-                continue;
-            }
-        }
-        let Some(node) = shared.pick(w + seq + 1) else {
-            continue;
-        };
-        match http.try_get(&format!("http://{node}/kv/{key}")).await {
-            Ok(r) if r.status == StatusCode::OK && r.body.as_ref() == value.as_bytes() => {}
-            other => shared
-                .errors
-                .lock()
-                .unwrap()
-                .push(format!("GET {key} via {node} after its PUT: {other:?}")),
-        }
-        shared.ops.fetch_add(2, Ordering::Relaxed);
-    }
-}
-
-/// Sends SIGTERM and waits for the process to exit 0.
-async fn stop_gracefully(node: &mut ProcessNode) {
-    let mut guard = node.child.take().expect("running");
-    let pid = guard.0.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status();
-    assert!(sent.expect("kill runs").success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "{} did not exit", node.id);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0), "{} exits 0 on SIGTERM", node.id);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_costs_clients_no_error_and_loses_no_write() {
     let mut nodes = start_ring("roll").await;
     let http = Http::new();
-    wait_until(READY_TIMEOUT, "the ring to get ready", || async {
-        for n in &nodes {
-            if !is_ready(&http, n.http).await {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
-    let shared = Arc::new(Shared {
-        up: Mutex::new(nodes.iter().map(|n| Some(n.http)).collect()),
-        acked: Mutex::default(),
-        errors: Mutex::default(),
-        ops: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-    });
-    let writers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(writer(w, shared.clone())))
-        .collect();
+    all_ready(&http, &nodes).await;
+    let clients = Clients::start(4, &nodes);
     let rounds = rolling_rounds();
     let began = Instant::now();
-    for round in 0..rounds {
+    for _ in 0..rounds {
         for i in 0..nodes.len() {
-            // Clients stop choosing the node before it is told to stop, as a load balancer
-            // whose readiness probe failed would.
-            shared.up.lock().unwrap()[i] = None;
-            stop_gracefully(&mut nodes[i]).await;
-            let seeds: Vec<SocketAddr> = nodes
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, n)| n.gossip)
-                .collect();
-            let id = nodes[i].id.clone();
-            nodes[i] = ProcessNode::start(&id, &seeds).await;
-            let addr = nodes[i].http;
-            wait_until(READY_TIMEOUT, &format!("round {round}: {id} ready"), || {
-                is_ready(&http, addr)
+            replace(&mut nodes, i, &clients, |id, seeds| async move {
+                ProcessNode::start(&id, &seeds).await
             })
             .await;
-            shared.up.lock().unwrap()[i] = Some(addr);
         }
     }
-    shared.stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.expect("writer");
-    }
-    let errors = shared.errors.lock().unwrap().clone();
-    let ops = shared.ops.load(Ordering::Relaxed);
-    let acked = shared.acked.lock().unwrap().clone();
+    let outcome = clients.stop().await;
     println!(
-        "{rounds} rolling round(s) of 5 restarts in {:?}: {ops} client requests, {} errors, {} acknowledged writes",
+        "{rounds} rolling round(s) of 5 restarts in {:?}: {} client requests, {} errors, {} acknowledged writes",
         began.elapsed(),
-        errors.len(),
-        acked.len()
+        outcome.requests,
+        outcome.errors.len(),
+        outcome.acked.len()
     );
-    assert!(
-        errors.is_empty(),
-        "{} client errors during the rolling restart, first: {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
-    assert!(
-        acked.len() > 50,
-        "the writers wrote too little to prove anything: {}",
-        acked.len()
-    );
-    // Every acknowledged write is still there: each key read once, through the nodes in turn,
-    // eight readers at a time.
-    let urls: Vec<SocketAddr> = nodes.iter().map(|n| n.http).collect();
-    let acked: Vec<(String, String)> = acked.into_iter().collect();
-    let readers = acked.chunks(acked.len().div_ceil(8)).map(|chunk| {
-        let (http, urls) = (http.clone(), urls.clone());
-        async move {
-            for (i, (key, value)) in chunk.iter().enumerate() {
-                let node = urls[i % urls.len()];
-                let got = http.get(&format!("http://{node}/kv/{key}")).await;
-                assert_eq!(got.status, StatusCode::OK, "{key} via {node}: {got:?}");
-                assert_eq!(got.body.as_ref(), value.as_bytes(), "{key} via {node}");
-            }
-        }
-    });
-    futures_util::future::join_all(readers).await;
+    check(&outcome, &nodes).await;
 }

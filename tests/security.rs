@@ -233,6 +233,7 @@ async fn nodes_without_the_secret_never_join() {
             generation: None,
             nonce: nonce.clone(),
             proof: None,
+            protocol_max: None,
         };
         let mut frame = bytes::BytesMut::new();
         ringkv::codec::encode(&hello, &mut frame).unwrap();

@@ -21,13 +21,18 @@ fn env(name: &str) -> Option<u64> {
 
 fn failed(report: &sim::Report) -> String {
     format!(
-        "seed {} failed (R, W = {:?}; {}; faults: {:?}):\n  {}\nreplay it with:\n  {}",
+        "seed {} failed (R, W = {:?}; {}{}; faults: {:?}):\n  {}\nreplay it with:\n  {}",
         report.seed,
         report.quorum,
         if report.durable {
             "nodes with disks"
         } else {
             "nodes in memory"
+        },
+        if report.zoned {
+            ", in zones a b c a b"
+        } else {
+            ""
         },
         report.faults,
         report.violations.join("\n  "),

@@ -23,8 +23,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
 use super::{Member, STATUS_LEAVING, View};
-use crate::ring::NodeId;
+use crate::compat::Build;
+use crate::ring::{NodeId, Zone};
 
 /// One down member, as rosters carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +46,24 @@ pub struct Down {
     /// When it was first seen dead, in wall-clock milliseconds since the Unix epoch: the
     /// grace runs from here, on every node alike (up to their clocks' skew).
     pub since: u64,
+    /// Its zone: a dead member keeps its place in a zoned ring. Absent from rosters of
+    /// builds before 0.2.0, which skip it (unknown fields of an entry are ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<Zone>,
+    /// Its build keys as it gossiped them ([`crate::compat`]): a node that knows it only from
+    /// rosters still knows which feature gates it holds shut. Absent for a build before 0.2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BTreeMap<String, String>>,
+}
+
+impl Down {
+    /// Its build, or the previous release's if the roster does not say.
+    fn build(&self) -> Arc<Build> {
+        Arc::new(match &self.build {
+            Some(keys) => Build::from_keys(|k| keys.get(k).map(String::as_str)),
+            None => Build::LEGACY,
+        })
+    }
 }
 
 /// A roster as gossiped: JSON, so a node id may hold any character.
@@ -102,6 +123,20 @@ impl Merge<'_> {
         let expired = |since: u64| now_ms.saturating_sub(since) > grace.as_millis() as u64;
         for raw in rosters {
             for down in decode(raw).into_iter().flatten() {
+                // Several rosters may name one down member, some from builds that do not
+                // carry its zone and build: take them from whichever does.
+                if from_rosters.contains(&down.id)
+                    && let Some(m) = members.get_mut(&down.id)
+                    && m.generation == down.generation
+                {
+                    if m.build.version.is_none() && down.build.is_some() {
+                        m.build = down.build();
+                    }
+                    if let Some(zone) = down.zone.clone().filter(|_| down.build.is_some()) {
+                        m.zone = zone;
+                    }
+                    continue;
+                }
                 let superseded = members
                     .get(&down.id)
                     .is_some_and(|m| m.generation >= down.generation);
@@ -117,6 +152,15 @@ impl Merge<'_> {
                         now.checked_sub(Duration::from_millis(now_ms.saturating_sub(down.since)))
                     })
                     .unwrap_or(now);
+                // Its build and zone as last gossiped, if this node saw that generation, else
+                // as the roster says; a build nobody knows gates nothing open
+                // (`crate::compat`).
+                let seen = prev
+                    .and_then(|p| p.members.get(&down.id))
+                    .filter(|m| m.generation == down.generation);
+                let build = seen.map_or_else(|| down.build(), |m| m.build.clone());
+                let zone =
+                    seen.map_or_else(|| super::zone_of(down.zone.as_deref()), |m| m.zone.clone());
                 from_rosters.insert(down.id.clone());
                 members.insert(
                     down.id.clone(),
@@ -130,6 +174,8 @@ impl Merge<'_> {
                         status: down.status.clone(),
                         dead_since: Some(dead_since),
                         watch: None,
+                        build,
+                        zone,
                     },
                 );
             }
@@ -164,6 +210,14 @@ impl Merge<'_> {
                     rpc: m.rpc,
                     status: m.status.clone(),
                     since,
+                    zone: Some(m.zone.clone()),
+                    build: m.build.version.is_some().then(|| {
+                        m.build
+                            .keys()
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect()
+                    }),
                 },
             );
         }
@@ -218,6 +272,8 @@ mod tests {
             status: STATUS_ALIVE.into(),
             dead_since: (!alive).then_some(now),
             watch: None,
+            build: Default::default(),
+            zone: crate::membership::zone_of(None),
         }
     }
 
@@ -260,6 +316,43 @@ mod tests {
         assert_eq!(again, b_roster);
     }
 
+    /// A member known only from rosters keeps its zone and its build (so its place in a zoned
+    /// ring, and the feature gates it holds shut or open); a roster of the previous release,
+    /// which carries neither, does not erase them, and one that does fills them in.
+    #[test]
+    fn a_restored_member_keeps_its_zone_and_build() {
+        let now = Instant::now();
+        let mut c = member("c", 5, false, now);
+        c.zone = Zone::from("rack-2");
+        c.build = Arc::new(Build::ours());
+        let mut at_a = members(&[member("a", 1, true, now), c]);
+        let full =
+            encode(&at("a", &BTreeMap::new(), 1_000, now).apply(&mut at_a, std::iter::empty()));
+        // The same entry as the previous release gossips it: no zone, no build.
+        let mut bare: Vec<serde_json::Value> = serde_json::from_str(&full).unwrap();
+        for e in &mut bare {
+            e.as_object_mut()
+                .unwrap()
+                .retain(|k, _| k != "zone" && k != "build");
+        }
+        let bare = serde_json::to_string(&bare).unwrap();
+        assert!(
+            decode(&bare).is_some(),
+            "the previous release's entries still decode"
+        );
+        for rosters in [vec![full.as_str()], vec![bare.as_str(), full.as_str()]] {
+            let mut at_b = members(&[member("a", 1, true, now), member("b", 2, true, now)]);
+            at("b", &BTreeMap::new(), 2_000, now).apply(&mut at_b, rosters.into_iter());
+            assert_eq!(&*at_b["c"].zone, "rack-2");
+            assert_eq!(*at_b["c"].build, Build::ours());
+        }
+        // Known only from the previous release's roster: default zone, no features.
+        let mut at_b = members(&[member("a", 1, true, now), member("b", 2, true, now)]);
+        at("b", &BTreeMap::new(), 2_000, now).apply(&mut at_b, [bare.as_str()].into_iter());
+        assert_eq!(&*at_b["c"].zone, crate::ring::DEFAULT_ZONE);
+        assert_eq!(*at_b["c"].build, Build::LEGACY);
+    }
+
     #[test]
     fn a_newer_generation_supersedes_the_entry() {
         let now = Instant::now();
@@ -271,6 +364,8 @@ mod tests {
             rpc: None,
             status: STATUS_ALIVE.into(),
             since: 1_000,
+            zone: None,
+            build: None,
         };
         let raw = encode(&[(old.id.clone(), old.clone())].into_iter().collect());
         // c restarted: gossip has generation 6 alive. The roster's generation 5 is ignored,

@@ -51,21 +51,73 @@ pub struct Proof {
     pub proof: Bytes,
 }
 
+/// Refused handshakes, for either reason: a peer that could not prove the cluster secret, or
+/// one whose protocol versions do not meet ours. Each is counted
+/// (`ringkv_rpc_handshakes_refused`) and logged, at most once per [`REFUSAL_LOG_INTERVAL`]:
+/// a peer that keeps reconnecting must not flood the log.
+pub struct Refusals {
+    pub count: Arc<AtomicU64>,
+    throttle: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Refusals {
+    /// Refusals counted in `count`.
+    pub fn new(count: Arc<AtomicU64>) -> Refusals {
+        Refusals {
+            count,
+            throttle: Mutex::new(None),
+        }
+    }
+
+    /// Counts one refusal and, unless one was logged within the interval, calls `log` with
+    /// the number of refusals not logged since the last line.
+    pub fn refuse(&self, log: impl FnOnce(u64)) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match &mut *t {
+            Some((last, quiet)) if now.duration_since(*last) < REFUSAL_LOG_INTERVAL => {
+                *quiet += 1;
+            }
+            _ => {
+                let quiet = t.map_or(0, |(_, q)| q);
+                *t = Some((now, 0));
+                log(quiet);
+            }
+        }
+    }
+
+    /// Refuses a peer whose protocol versions do not meet ours, and returns the error to close
+    /// the connection with.
+    pub fn version(&self, peer: &str, mismatch: super::VersionMismatch) -> Error {
+        self.refuse(|quiet| {
+            tracing::warn!(
+                %peer,
+                peer_protocol = %mismatch.theirs,
+                our_protocol = %mismatch.ours,
+                refused_since_last_log = quiet,
+                "rpc peer speaks no protocol version this build speaks: connection refused \
+                 (upgrade or roll back one of the two builds)"
+            )
+        });
+        Error::Unreachable(format!("{peer}: {mismatch}"))
+    }
+}
+
 /// What a node needs to authenticate its connections.
 pub struct RpcAuth {
     key: [u8; 32],
-    /// Connections refused because the peer could not prove the secret (both directions).
-    pub refused: Arc<AtomicU64>,
-    throttle: Mutex<Option<(Instant, u64)>>,
+    /// Connections refused because the peer could not prove the secret (both directions),
+    /// counted with the node's other refused handshakes.
+    pub refusals: Arc<Refusals>,
 }
 
 impl RpcAuth {
     /// The authentication of a ring with this secret.
-    pub fn new(secret: &ClusterSecret, refused: Arc<AtomicU64>) -> RpcAuth {
+    pub fn new(secret: &ClusterSecret, refusals: Arc<Refusals>) -> RpcAuth {
         RpcAuth {
             key: secret.derive("rpc"),
-            refused,
-            throttle: Mutex::new(None),
+            refusals,
         }
     }
 
@@ -95,23 +147,13 @@ impl RpcAuth {
 
     /// Counts a refusal, logs it within the rate bound, and returns the error to close with.
     pub fn refuse(&self, peer: Role) -> Error {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        match &mut *t {
-            Some((last, quiet)) if now.duration_since(*last) < REFUSAL_LOG_INTERVAL => {
-                *quiet += 1;
-            }
-            _ => {
-                let quiet = t.map_or(0, |(_, q)| q);
-                *t = Some((now, 0));
-                tracing::warn!(
-                    peer_role = std::str::from_utf8(peer.name()).unwrap_or("?"),
-                    refused_since_last_log = quiet,
-                    "rpc peer could not prove the cluster secret: connection refused"
-                );
-            }
-        }
+        self.refusals.refuse(|quiet| {
+            tracing::warn!(
+                peer_role = std::str::from_utf8(peer.name()).unwrap_or("?"),
+                refused_since_last_log = quiet,
+                "rpc peer could not prove the cluster secret: connection refused"
+            )
+        });
         Error::Unreachable("the peer could not prove the cluster secret".into())
     }
 
@@ -245,7 +287,7 @@ mod tests {
     fn auth(secret: &[u8]) -> RpcAuth {
         RpcAuth::new(
             &ClusterSecret::from_bytes(secret).unwrap(),
-            Arc::new(AtomicU64::new(0)),
+            Arc::new(Refusals::new(Arc::default())),
         )
     }
 
@@ -280,7 +322,7 @@ mod tests {
             a.check(Role::Server, &other, &ns, Some(&b.server_proof(&nc, &ns)))
                 .is_err()
         );
-        assert_eq!(a.refused.load(Ordering::Relaxed), 4);
+        assert_eq!(a.refusals.count.load(Ordering::Relaxed), 4);
     }
 
     fn round_trip(frames: &[&str]) -> (BytesMut, (FrameMac, FrameMac), (FrameMac, FrameMac)) {

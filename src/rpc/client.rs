@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::auth::{FrameMac, Proof, Role, RpcAuth};
-use super::{Hello, Message, Request, Response, read_one};
+use super::auth::{FrameMac, Proof, Refusals, Role, RpcAuth};
+use super::{Hello, HelloRefused, Message, Request, Response, read_one};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
 
@@ -56,6 +56,8 @@ struct Conn {
     dead: Arc<AtomicBool>,
     /// Resets the connection (see [`Pool::call_with_timeout`]).
     abort: CancellationToken,
+    /// The protocol version the handshake settled on; 0 until it did.
+    protocol: Arc<AtomicU32>,
 }
 
 /// The settings every connection shares.
@@ -72,6 +74,8 @@ pub struct PoolConfig {
     pub tracker: TaskTracker,
     /// With a cluster secret: servers must prove it, and so do we ([`super::auth`]).
     pub auth: Option<Arc<RpcAuth>>,
+    /// Handshakes refused (a wrong secret, or no protocol version in common).
+    pub refusals: Arc<Refusals>,
     /// Who should answer at an address (node id and generation), if anyone is known there:
     /// see [`expect_from_view`].
     pub expect: Option<Expect>,
@@ -122,6 +126,13 @@ impl Pool {
     #[cfg(test)]
     pub(crate) fn connections(&self) -> usize {
         lock(&self.conns).len()
+    }
+
+    /// The protocol version of the open connection to `addr`, once its handshake is done.
+    pub fn protocol(&self, addr: SocketAddr) -> Option<u32> {
+        let conns = lock(&self.conns);
+        let v = conns.get(&addr)?.protocol.load(Ordering::Acquire);
+        (v != 0).then_some(v)
     }
 
     /// The per-call timeout.
@@ -208,10 +219,12 @@ impl Pool {
             next_id: AtomicU64::new(1),
             dead: Arc::default(),
             abort: CancellationToken::new(),
+            protocol: Arc::default(),
         });
         conns.insert(addr, conn.clone());
         let cfg = self.cfg.clone();
         let pending = conn.pending.clone();
+        let protocol = conn.protocol.clone();
         let dead = conn.dead.clone();
         let abort = conn.abort.clone();
         let (conns, this) = (self.conns.clone(), Arc::downgrade(&conn));
@@ -221,7 +234,7 @@ impl Pool {
                 biased;
                 _ = cfg.shutdown.cancelled() => Err(Error::Shutdown),
                 _ = abort.cancelled() => Err(Error::Timeout),
-                res = run(addr, &cfg, &mut rx, &pending) => res,
+                res = run(addr, &cfg, &mut rx, &pending, &protocol) => res,
             };
             dead.store(true, Ordering::Release);
             rx.close();
@@ -333,6 +346,7 @@ async fn run(
     cfg: &PoolConfig,
     rx: &mut mpsc::Receiver<Message>,
     pending: &Pending,
+    protocol: &AtomicU32,
 ) -> Result<()> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, cfg.net.connect(addr))
         .await
@@ -346,12 +360,18 @@ async fn run(
     let nc = cfg.auth.as_ref().map(|_| RpcAuth::nonce());
     hello.nonce = nc.clone();
     let mut buf = bytes::BytesMut::new();
-    codec::encode(&hello, &mut buf)?;
+    hello.encode(&mut buf)?;
     tokio::io::AsyncWriteExt::write_all(&mut wr, &buf).await?;
     let theirs: Hello = tokio::time::timeout(CONNECT_TIMEOUT, read_one(&mut reader))
         .await
         .map_err(|_| Error::Unreachable(format!("no hello from {addr}")))??;
-    theirs.check(&cfg.hello)?;
+    let version = match theirs.negotiate(&cfg.hello) {
+        Ok(v) => v,
+        Err(HelloRefused::Cluster(err)) => return Err(err),
+        Err(HelloRefused::Version(mismatch)) => {
+            return Err(cfg.refusals.version(&theirs.node, mismatch));
+        }
+    };
     if let Some((node, generation)) = cfg.expect.as_ref().and_then(|expect| expect(addr)) {
         let same_generation = theirs.generation.is_none_or(|g| g == generation);
         if theirs.node != node || !same_generation {
@@ -378,6 +398,8 @@ async fn run(
         _ => (None, None),
     };
 
+    protocol.store(version, Ordering::Release);
+    debug!(%addr, peer = %theirs.node, protocol = version, "rpc connection open");
     let writer = send_requests(wr, rx, pending, send_mac);
     let reader_loop = async {
         while let Some(frame) = reader.next().await {
@@ -429,6 +451,59 @@ mod tests {
         assert!(matches!(res, Ok(Response::Done)), "{res:?}");
     }
 
+    fn speaking(node: &str, min: u32, max: Option<u32>) -> Hello {
+        let mut hello = Hello::speaking(
+            "test".into(),
+            node.into(),
+            None,
+            crate::compat::Protocols { min, max: min },
+        );
+        hello.protocol_max = max;
+        hello
+    }
+
+    /// Each connection uses the highest version both ends speak: a peer of the previous
+    /// release (a hello without a range) gets 5, two newer builds their common newest; builds
+    /// with no version in common are refused, counted and never served.
+    #[tokio::test]
+    async fn a_connection_uses_the_newest_version_both_ends_speak() {
+        use crate::rpc::testing::{pool_saying, start_server_saying};
+        let net = Arc::new(MemNet::default());
+        let recorder = Arc::new(Recorder::default());
+        let cases = [
+            // (server, client, negotiated)
+            (speaking("s", 5, Some(6)), speaking("c", 5, None), Some(5)),
+            (speaking("s", 5, None), speaking("c", 5, Some(6)), Some(5)),
+            (
+                speaking("s", 5, Some(6)),
+                speaking("c", 5, Some(7)),
+                Some(6),
+            ),
+            (speaking("s", 5, Some(5)), speaking("c", 6, Some(7)), None),
+            (speaking("s", 6, Some(7)), speaking("c", 5, None), None),
+        ];
+        for (server_hello, client_hello, expected) in cases {
+            let what = format!("{server_hello:?} with {client_hello:?}");
+            let (addr, server) = start_server_saying(&net, recorder.clone(), 8, server_hello).await;
+            let pool = pool_saying(net.clone(), Duration::from_secs(5), None, client_hello);
+            let res = pool.call(addr, Request::Status).await;
+            let refused = server.refusals.count.load(Ordering::Relaxed);
+            match expected {
+                Some(v) => {
+                    assert!(matches!(res, Ok(Response::Done)), "{what}: {res:?}");
+                    assert_eq!(pool.protocol(addr), Some(v), "{what}");
+                    assert_eq!(refused, 0, "{what}");
+                }
+                None => {
+                    assert!(matches!(res, Err(Error::Unreachable(_))), "{what}: {res:?}");
+                    assert_eq!(refused, 1, "{what}: counted as a refused handshake");
+                    assert_eq!(server.frames_rejected.load(Ordering::Relaxed), 0, "{what}");
+                }
+            }
+            server.shutdown.cancel();
+        }
+    }
+
     #[tokio::test]
     async fn a_connection_that_ends_leaves_the_pool() {
         let net = Arc::new(MemNet::default());
@@ -468,6 +543,7 @@ mod tests {
                 next_id: AtomicU64::new(1),
                 dead: Arc::default(),
                 abort: CancellationToken::new(),
+                protocol: Arc::default(),
             })
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));

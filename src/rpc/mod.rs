@@ -5,8 +5,10 @@
 //! so responses may come back in any order and a slow request never blocks a fast one.
 //!
 //! A connection opens with a [`Hello`] from each side. It carries the cluster id and the
-//! protocol version, so that two rings that happen to share a network, or two incompatible
-//! releases, refuse each other instead of mixing data.
+//! range of protocol versions the sender speaks: two rings that happen to share a network
+//! refuse each other instead of mixing data, and the connection uses the highest version
+//! both ends speak, so a ring of mixed builds keeps working ([`crate::compat`]). Builds
+//! with no version in common refuse each other.
 //!
 //! Frames are length + CRC32 + MessagePack ([`crate::codec`]). Anything a peer sends that does
 //! not decode (bad checksum, oversized, unknown message) closes that one connection; it is
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::compat::Protocols;
 use crate::error::{Error, Result};
 use crate::merkle::NodeRef;
 use crate::version::{Context, VersionSet};
@@ -47,17 +50,25 @@ pub use types::{
     Announcement, Event, ListEntry, ListPage, NodeStatus, Op, SegmentId, Write, WriteQuorum,
 };
 
-/// Bumped on any incompatible change to [`Message`] or the framing. 4: `Coordinate` carries
-/// the client's [`Write`] itself. 5: the hello carries the nonces and proofs of the cluster
-/// secret ([`auth`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// The newest protocol version this build speaks ([`crate::compat::PROTOCOL_MAX`]). History:
+/// 4: `Coordinate` carries the client's [`Write`] itself. 5: the hello carries the nonces
+/// and proofs of the cluster secret ([`auth`]); the previous release, 0.1.0, speaks only 5.
+/// From 0.2.0 the hello also carries the range a node speaks, and each connection uses the
+/// highest version both ends speak ([`Hello::negotiate`]).
+pub const PROTOCOL_VERSION: u32 = crate::compat::PROTOCOL_MAX;
 
 /// The first frame each side sends on a new connection.
+///
+/// It is the one message sent as a MessagePack *map* ([`Hello::encode`]): the previous
+/// release decodes a map by field name and skips names it does not know, so fields added
+/// here after 0.1.0 (`protocol_max`) reach new peers and are ignored by old ones. Every other
+/// message is an array, whose length the previous release checks.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
     /// Nodes of different clusters never exchange data.
     pub cluster_id: String,
-    /// Must equal [`PROTOCOL_VERSION`].
+    /// The lowest protocol version the sender speaks. The previous release speaks only 5 and
+    /// refuses a hello whose `protocol` is not 5, which is why this is the low end.
     pub protocol: u32,
     /// The sender's node id: a client checks it is the node it meant to reach.
     pub node: String,
@@ -71,24 +82,92 @@ pub struct Hello {
     /// With a cluster secret, from the server: its proof ([`auth`]).
     #[serde(default)]
     pub proof: Option<Bytes>,
+    /// The highest protocol version the sender speaks; absent from the previous release,
+    /// which speaks `protocol` only.
+    #[serde(default)]
+    pub protocol_max: Option<u32>,
 }
 
 impl Hello {
-    /// Checks a peer's hello against ours.
-    pub fn check(&self, ours: &Hello) -> Result<()> {
-        if self.protocol != ours.protocol {
-            return Err(Error::Protocol(format!(
-                "peer {} speaks protocol {}, we speak {}",
-                self.node, self.protocol, ours.protocol
-            )));
+    /// The hello of a node of this build.
+    pub fn ours(cluster_id: String, node: String, generation: Option<u64>) -> Hello {
+        Hello::speaking(cluster_id, node, generation, Protocols::OURS)
+    }
+
+    /// A hello that offers `protocols` (tests offer other ranges than this build's).
+    pub fn speaking(
+        cluster_id: String,
+        node: String,
+        generation: Option<u64>,
+        protocols: Protocols,
+    ) -> Hello {
+        Hello {
+            cluster_id,
+            protocol: protocols.min,
+            node,
+            generation,
+            nonce: None,
+            proof: None,
+            protocol_max: Some(protocols.max),
         }
+    }
+
+    /// The protocol versions the sender speaks.
+    pub fn protocols(&self) -> Protocols {
+        Protocols {
+            min: self.protocol,
+            max: self
+                .protocol_max
+                .unwrap_or(self.protocol)
+                .max(self.protocol),
+        }
+    }
+
+    /// Encodes the hello as one frame, as a map (see the type's docs).
+    pub fn encode(&self, dst: &mut bytes::BytesMut) -> Result<()> {
+        crate::codec::encode_named(self, dst)
+    }
+
+    /// Checks a peer's hello against ours, and returns the protocol version the connection
+    /// uses. A peer of another cluster is a protocol error; a peer whose versions do not
+    /// meet ours is [`VersionMismatch`].
+    pub fn negotiate(&self, ours: &Hello) -> std::result::Result<u32, HelloRefused> {
         if self.cluster_id != ours.cluster_id {
-            return Err(Error::Protocol(format!(
+            return Err(HelloRefused::Cluster(Error::Protocol(format!(
                 "peer {} is in cluster {:?}, we are in {:?}",
                 self.node, self.cluster_id, ours.cluster_id
-            )));
+            ))));
         }
-        Ok(())
+        let (theirs, mine) = (self.protocols(), ours.protocols());
+        mine.negotiate(theirs)
+            .ok_or_else(|| HelloRefused::Version(VersionMismatch { theirs, ours: mine }))
+    }
+}
+
+/// Why a hello was refused.
+#[derive(Debug)]
+pub enum HelloRefused {
+    /// Another cluster's node: a protocol error, counted as a bad frame.
+    Cluster(Error),
+    /// A build whose protocol versions do not meet ours: refused, counted as a refused
+    /// handshake and logged at a bounded rate ([`auth::Refusals`]).
+    Version(VersionMismatch),
+}
+
+/// Two hellos whose protocol ranges do not meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionMismatch {
+    pub theirs: Protocols,
+    pub ours: Protocols,
+}
+
+impl std::fmt::Display for VersionMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the peer speaks protocol {}, this build speaks {}",
+            self.theirs, self.ours
+        )
     }
 }
 
@@ -336,20 +415,13 @@ pub(crate) mod testing {
 
     use super::client::{Pool, PoolConfig};
     use super::server::{ServerContext, serve};
-    use super::{Hello, PROTOCOL_VERSION, Service};
+    use super::{Hello, Service};
     use crate::net::Network;
     use crate::net::mem::MemNet;
 
     /// The hello of every test node.
     pub(crate) fn hello(node: &str) -> Hello {
-        Hello {
-            cluster_id: "test".into(),
-            protocol: PROTOCOL_VERSION,
-            node: node.into(),
-            generation: None,
-            nonce: None,
-            proof: None,
-        }
+        Hello::ours("test".into(), node.into(), None)
     }
 
     /// Serves `service` on a fresh address of `net`, with `max_in_flight` requests that may
@@ -359,6 +431,16 @@ pub(crate) mod testing {
         service: Arc<S>,
         max_in_flight: usize,
     ) -> (SocketAddr, Arc<ServerContext<S>>) {
+        start_server_saying(net, service, max_in_flight, hello("server")).await
+    }
+
+    /// As [`start_server`], answering handshakes with `hello`.
+    pub(crate) async fn start_server_saying<S: Service>(
+        net: &MemNet,
+        service: Arc<S>,
+        max_in_flight: usize,
+        hello: Hello,
+    ) -> (SocketAddr, Arc<ServerContext<S>>) {
         let listener = net
             .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
@@ -366,12 +448,13 @@ pub(crate) mod testing {
         let addr = listener.local_addr().expect("addr");
         let ctx = Arc::new(ServerContext {
             service,
-            hello: hello("server"),
+            hello,
             max_payload: 1024 * 1024,
             frames_rejected: Arc::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             auth: None,
+            refusals: Arc::new(super::auth::Refusals::new(Arc::default())),
             max_in_flight,
             in_flight_refused: Arc::new(AtomicU64::new(0)),
         });
@@ -390,15 +473,26 @@ pub(crate) mod testing {
         timeout: Duration,
         expect: Option<super::client::Expect>,
     ) -> Pool {
+        pool_saying(net, timeout, expect, hello("client"))
+    }
+
+    /// As [`pool_expecting`], opening connections with `hello`.
+    pub(crate) fn pool_saying(
+        net: Arc<MemNet>,
+        timeout: Duration,
+        expect: Option<super::client::Expect>,
+        hello: Hello,
+    ) -> Pool {
         Pool::new(PoolConfig {
             net,
-            hello: hello("client"),
+            hello,
             max_payload: 1024 * 1024,
             timeout,
             frames_rejected: Arc::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             auth: None,
+            refusals: Arc::new(super::auth::Refusals::new(Arc::default())),
             expect,
         })
     }

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
-use super::auth::{Proof, Role, RpcAuth};
-use super::{Hello, Message, Service, read_one, write_frames};
+use super::auth::{Proof, Refusals, Role, RpcAuth};
+use super::{Hello, HelloRefused, Message, Service, read_one, write_frames};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
 
@@ -39,6 +39,8 @@ pub struct ServerContext<S> {
     pub tracker: TaskTracker,
     /// With a cluster secret: peers must prove it ([`super::auth`]).
     pub auth: Option<Arc<RpcAuth>>,
+    /// Handshakes refused (a wrong secret, or no protocol version in common).
+    pub refusals: Arc<Refusals>,
     /// Most requests that may wait ([`Service::may_wait`]) one connection has in flight
     /// (`--max-rpc-in-flight`, [`crate::config::DEFAULT_MAX_RPC_IN_FLIGHT`]). Past it a
     /// request is answered at once with `Rejected` ("busy"): see that constant for why this
@@ -101,7 +103,13 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
     let theirs: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_one(&mut reader))
         .await
         .map_err(|_| Error::Protocol("no hello within the handshake timeout".into()))??;
-    theirs.check(&ctx.hello)?;
+    let protocol = match theirs.negotiate(&ctx.hello) {
+        Ok(v) => v,
+        Err(HelloRefused::Cluster(err)) => return Err(err),
+        Err(HelloRefused::Version(mismatch)) => {
+            return Err(ctx.refusals.version(&theirs.node, mismatch));
+        }
+    };
     let mut ours = ctx.hello.clone();
     let nonces = match &ctx.auth {
         Some(auth) => {
@@ -116,7 +124,7 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
         None => None,
     };
     let mut buf = bytes::BytesMut::new();
-    codec::encode(&ours, &mut buf)?;
+    ours.encode(&mut buf)?;
     tokio::io::AsyncWriteExt::write_all(&mut wr, &buf).await?;
     // With a secret, no request is read before the client proved it.
     let (send_mac, mut recv_mac) = match nonces {
@@ -131,7 +139,7 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
         }
         None => (None, None),
     };
-    debug!(peer = %theirs.node, "rpc peer connected");
+    debug!(peer = %theirs.node, protocol, "rpc peer connected");
 
     let (resp_tx, mut resp_rx) = mpsc::channel(RESPONSE_QUEUE);
     let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight.max(1)));

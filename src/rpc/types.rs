@@ -9,7 +9,11 @@
 //! [`Announcement`] live in [`crate::watch`].
 //!
 //! Any change to a type here that MessagePack would not read the same way is a change of the
-//! protocol: bump [`super::PROTOCOL_VERSION`].
+//! protocol. Structs cross as MessagePack arrays, and the previous release refuses an array
+//! longer than it expects: even a field added at the end, with `#[serde(default)]`, breaks
+//! it. Such a change needs a new protocol version ([`crate::compat::PROTOCOL_MAX`]), and the
+//! old form on every connection that negotiated the old version. `tests/protocol.rs` holds
+//! frames recorded from the previous release, which must decode and re-encode byte for byte.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -9,6 +9,7 @@
 
 pub mod net;
 pub mod process;
+pub mod rolling;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -423,4 +424,40 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .find(|l| l.split(' ').next() == Some(name))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
+}
+
+/// A fresh directory under the target's tmp dir, removed on drop unless the test failed.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("data-dirs")
+            .join(format!(
+                "{}-{}-{label}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create the test's tmp dir");
+        TempDir { path }
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("data dirs kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }

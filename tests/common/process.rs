@@ -52,7 +52,12 @@ pub const PORT_ZERO: [&str; 6] = [
 
 /// A `ringkv` command with no `RINGKV_*` variable inherited from the test's environment.
 pub fn ringkv() -> Command {
-    let mut cmd = Command::new(BIN);
+    ringkv_at(BIN)
+}
+
+/// As [`ringkv`], running the binary at `bin` (another build: `tests/upgrade.rs`).
+pub fn ringkv_at(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("RINGKV_") {
             cmd.env_remove(name);
@@ -96,7 +101,12 @@ fn cluster_in(cmd: &Command) -> String {
 /// `ringkv serve --id <id> <args>` on port 0 everywhere, seeded with `seeds`, in the seeds'
 /// ring's cluster (a fresh one without seeds) unless `args` name one.
 pub fn serve_command(id: &str, seeds: &[SocketAddr], args: &[&str]) -> Command {
-    let mut cmd = ringkv();
+    serve_command_at(BIN, id, seeds, args)
+}
+
+/// As [`serve_command`], running the binary at `bin`.
+pub fn serve_command_at(bin: &str, id: &str, seeds: &[SocketAddr], args: &[&str]) -> Command {
+    let mut cmd = ringkv_at(bin);
     cmd.args(["serve", "--id", id]).args(PORT_ZERO).args(args);
     if !args.contains(&"--cluster-id") {
         cmd.args(["--cluster-id", &cluster_for(seeds)]);

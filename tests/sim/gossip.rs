@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ringkv::membership::{
     Gossip, KEY_HTTP, KEY_RPC, KEY_STATUS, KEY_WATCH, Member, Membership, MembershipConfig,
-    OwnKeys, STATUS_ALIVE, STATUS_JOINING, View,
+    OwnKeys, STATUS_ALIVE, View,
 };
 use ringkv::ring::NodeId;
 use serde::{Deserialize, Serialize};
@@ -75,14 +75,8 @@ impl Gossip for SimGossip {
             .await
             .map_err(|e| ringkv::Error::Io(Arc::new(e)))?;
         let advertised = cfg.advertise_gossip.unwrap_or(cfg.gossip_addr);
-        let own: BTreeMap<String, String> = [
-            (KEY_HTTP, cfg.http_addr.to_string()),
-            (KEY_RPC, cfg.rpc_addr.to_string()),
-            (KEY_STATUS, STATUS_JOINING.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let own: BTreeMap<String, String> =
+            ringkv::membership::own_keys(&cfg).into_iter().collect();
         let keys = Arc::new(Mutex::new(own));
         let seeds: BTreeSet<SocketAddr> = cfg
             .seeds
@@ -230,6 +224,12 @@ impl State {
                         .get(KEY_WATCH)
                         .and_then(|w| ringkv::rpc::Announcement::decode(w))
                         .map(Arc::new),
+                    build: Arc::new(ringkv::compat::Build::from_keys(|k| {
+                        keys.get(k).map(String::as_str)
+                    })),
+                    zone: ringkv::membership::zone_of(
+                        keys.get(ringkv::membership::KEY_ZONE).map(String::as_str),
+                    ),
                 },
             );
         }

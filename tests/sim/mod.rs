@@ -1,7 +1,8 @@
 //! The deterministic simulator: a five-node ring, its clients and a seeded fault schedule,
 //! all on one thread under turmoil's simulated network and time.
 //!
-//! One seed fixes everything: the quorum setting, whether nodes have disks, each node's
+//! One seed fixes everything: the quorum setting, whether nodes have disks, whether they are
+//! in zones (odd seeds, and then one fault cuts a whole zone off), each node's
 //! clock skew, the network's latencies and losses, the fault schedule and every client's
 //! choices. Nodes run the real ringkv code (`NodeHandle::start_with`), with four seams
 //! swapped: the network ([`net::SimNet`], turmoil TCP), membership ([`gossip::SimGossip`],
@@ -85,6 +86,8 @@ pub struct Report {
     pub quorum: (usize, usize),
     /// Whether nodes had a disk (a killed node restarted from it) or restarted empty.
     pub durable: bool,
+    /// Whether the nodes were in zones ([`zone_of`]), with placement by zone.
+    pub zoned: bool,
     /// Records restarted nodes read back from their disks.
     pub recovered: usize,
     pub faults: Vec<String>,
@@ -115,6 +118,20 @@ pub fn node_name(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
+/// Zones of a zoned run: n1 and n4 in `a`, n2 and n5 in `b`, n3 in `c`, so every key has one
+/// home per zone.
+pub const ZONES: usize = 3;
+
+/// Node `i`'s zone in a zoned run.
+pub fn zone_of(i: usize) -> String {
+    ["a", "b", "c"][i % ZONES].to_string()
+}
+
+/// The nodes of zone `z` in a zoned run.
+pub fn zone_nodes(z: usize) -> Vec<usize> {
+    (0..NODES).filter(|i| i % ZONES == z).collect()
+}
+
 fn addr(host: &str, port: u16) -> SocketAddr {
     SocketAddr::new(turmoil::lookup(host), port)
 }
@@ -137,6 +154,9 @@ pub fn run(seed: u64, verbose: bool) -> Report {
     // Half the runs give nodes a disk: a killed node restarts from what it had synced.
     // The others restart empty.
     let durable = rng.random_bool(0.5);
+    // Odd seeds put the nodes in zones (taken from the seed, not the generator, so the even
+    // seeds replay as they did before zones existed).
+    let zoned = seed % 2 == 1;
     let disks: Vec<Option<disk::SimDisk>> = (0..NODES)
         .map(|_| durable.then(disk::SimDisk::default))
         .collect();
@@ -150,7 +170,8 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         sim.host(name.clone(), move || {
             let (name, nodes, disk) = (name.clone(), nodes.clone(), disk.clone());
             async move {
-                let handle = start_node(&name, skew, quorum, disk).await?;
+                let zone = zoned.then(|| zone_of(i));
+                let handle = start_node(&name, skew, quorum, disk, zone).await?;
                 nodes.borrow_mut().insert(name, handle.node().clone());
                 // The handle lives as long as the host: a crash drops it with the runtime.
                 std::future::pending::<()>().await;
@@ -168,7 +189,7 @@ pub fn run(seed: u64, verbose: bool) -> Report {
             Ok(())
         });
     }
-    let schedule = workload::faults(&mut rng);
+    let schedule = workload::faults(&mut rng, zoned);
     let faults: Vec<String> = schedule.iter().map(|f| f.describe()).collect();
     let mut converged_after = None;
     let mut tombstones = (0, 0);
@@ -252,6 +273,15 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         ));
     }
     let after_gc = check::final_state(&nodes.borrow());
+    // A zoned run places by zone once every node gossips the feature: every node's ring must
+    // have the zones by the end, and an unzoned one none.
+    for (name, node) in nodes.borrow().iter() {
+        let zones = node.cluster().view().ring.zones().len();
+        let want = if zoned { ZONES } else { 1 };
+        if zones != want {
+            violations.push(format!("{name}'s ring has {zones} zones, not {want}"));
+        }
+    }
     violations.extend(check::check(
         &history,
         &before_gc,
@@ -268,6 +298,7 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         messages,
         quorum,
         durable,
+        zoned,
         recovered: disks.iter().flatten().map(disk::SimDisk::recovered).sum(),
         faults,
         ops: history.ops,
@@ -296,6 +327,7 @@ async fn start_node(
     skew: i64,
     (r, w): (usize, usize),
     disk: Option<disk::SimDisk>,
+    zone: Option<String>,
 ) -> Result<NodeHandle, Box<dyn std::error::Error>> {
     // turmoil binds only the wildcard address: each node advertises its host's.
     let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
@@ -309,6 +341,9 @@ async fn start_node(
     // Few virtual nodes: five nodes need no more for balance, and every anti-entropy round
     // compares one Merkle tree per ring segment.
     cfg.vnodes = VNODES;
+    if let Some(zone) = zone {
+        cfg.zone = zone;
+    }
     cfg.read_quorum = r;
     cfg.write_quorum = w;
     cfg.rpc_timeout = Duration::from_millis(500);

@@ -464,7 +464,7 @@ fn others(i: usize, mut f: impl FnMut(usize)) {
 /// most one node is killed per run: it restarts empty, so a second kill before it caught up
 /// could lose what only the two of them held, which no Dynamo-style store without a disk
 /// promises to keep.
-pub fn faults(rng: &mut SmallRng) -> Vec<Fault> {
+pub fn faults(rng: &mut SmallRng, zoned: bool) -> Vec<Fault> {
     let mut out = Vec::new();
     let mut killed = false;
     let first = START + Duration::from_millis(300);
@@ -484,6 +484,16 @@ pub fn faults(rng: &mut SmallRng) -> Vec<Fault> {
                 Kind::Partition(vec![node], others_of(node)),
                 Kind::Repair(vec![node], others_of(node)),
             ),
+            2 if zoned => {
+                // A whole zone cut off from the others, as when a rack or an availability
+                // zone fails.
+                let zone = super::zone_nodes(rng.random_range(0..NODES) % super::ZONES);
+                let rest: Vec<usize> = (0..NODES).filter(|i| !zone.contains(i)).collect();
+                (
+                    Kind::Partition(zone.clone(), rest.clone()),
+                    Kind::Repair(zone, rest),
+                )
+            }
             2 => {
                 // A majority on one side (three nodes), a minority on the other.
                 let mut all: Vec<usize> = (0..NODES).collect();
