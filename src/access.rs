@@ -55,6 +55,17 @@ impl Role {
     }
 }
 
+/// Shortest token accepted: 16 characters (`openssl rand -hex 16` gives 32), so that a token
+/// cannot be guessed by trying.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The token of an `Authorization: Bearer TOKEN` header. The scheme's name is
+/// case-insensitive (RFC 9110 section 11.1): `bearer TOKEN` counts too.
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = header.split_at_checked(7)?;
+    (scheme.eq_ignore_ascii_case(b"bearer ")).then_some(rest)
+}
+
 /// The role a request needs: `None` for the routes open to all.
 pub fn required(method: &str, path: &str) -> Option<Role> {
     let read_only = matches!(method, "GET" | "HEAD");
@@ -113,6 +124,14 @@ impl Tokens {
                     n + 1
                 ))
             })?;
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                return Err(Error::invalid(format!(
+                    "--api-tokens line {}: a token needs at least {MIN_TOKEN_CHARS} characters, \
+                     this one has {} (make one with `openssl rand -hex 16`)",
+                    n + 1,
+                    token.chars().count()
+                )));
+            }
             entries.push((role, token.as_bytes().to_vec()));
         }
         if entries.is_empty() {
@@ -146,7 +165,7 @@ impl Tokens {
         let Some(needs) = required(method, path) else {
             return Decision::Allow;
         };
-        let token = authorization.and_then(|h| h.strip_prefix(b"Bearer ".as_slice()));
+        let token = authorization.and_then(bearer_token);
         match token.and_then(|t| self.role_of(t.trim_ascii())) {
             None => Decision::Unauthorized,
             Some(has) if has >= needs => Decision::Allow,
@@ -192,7 +211,8 @@ impl TokenFile {
 mod tests {
     use super::*;
 
-    const FILE: &str = "# tokens\nread r-token\n\nwrite w-token\nadmin a-token\n";
+    const FILE: &str =
+        "# tokens\nread r-token-0123456789\n\nwrite w-token-0123456789\nadmin a-token-0123456789\n";
 
     fn decide(method: &str, path: &str, token: Option<&str>) -> Decision {
         let header = token.map(|t| format!("Bearer {t}"));
@@ -229,9 +249,9 @@ mod tests {
         for &(method, path, needs) in routes {
             assert_eq!(required(method, path), needs, "{method} {path}");
             for (token, has) in [
-                ("r-token", Role::Read),
-                ("w-token", Role::Write),
-                ("a-token", Role::Admin),
+                ("r-token-0123456789", Role::Read),
+                ("w-token-0123456789", Role::Write),
+                ("a-token-0123456789", Role::Admin),
             ] {
                 let expect = match needs {
                     Some(n) if has < n => Forbidden { needs: n, has },
@@ -256,26 +276,43 @@ mod tests {
     #[test]
     fn only_a_whole_bearer_token_counts() {
         let t = Tokens::parse(FILE).unwrap();
-        assert_eq!(t.role_of(b"r-token"), Some(Role::Read));
-        assert_eq!(t.role_of(b"r-toke"), None);
-        assert_eq!(t.role_of(b"r-token2"), None);
+        assert_eq!(t.role_of(b"r-token-0123456789"), Some(Role::Read));
+        assert_eq!(t.role_of(b"r-token-012345678"), None);
+        assert_eq!(t.role_of(b"r-token-01234567892"), None);
         assert_eq!(t.role_of(b""), None);
         assert_eq!(
-            t.decide("GET", "/kv/a", Some(b"Basic r-token")),
+            t.decide("GET", "/kv/a", Some(b"Basic r-token-0123456789")),
             Decision::Unauthorized
         );
+        // The scheme's name is case-insensitive (RFC 9110 section 11.1).
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let header = format!("{scheme} r-token-0123456789");
+            assert_eq!(
+                t.decide("GET", "/kv/a", Some(header.as_bytes())),
+                Decision::Allow,
+                "{scheme}"
+            );
+        }
         assert_eq!(
-            t.decide("GET", "/kv/a", Some(b"Bearer r-token")),
-            Decision::Allow
+            t.decide("GET", "/kv/a", Some(b"Bearerr-token-0123456789")),
+            Decision::Unauthorized
         );
     }
 
     #[test]
     fn bad_files_name_their_line() {
-        let err = Tokens::parse("read ok\nroot x\n").unwrap_err().to_string();
+        let err = Tokens::parse("read 0123456789abcdef\nroot x\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") && err.contains("root"), "{err}");
         let err = Tokens::parse("read\n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
+        // Too short to resist guessing: refused, naming the line and the minimum.
+        let err = Tokens::parse("read 0123456789abcdef\nwrite short\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("16"), "{err}");
+        assert!(Tokens::parse("read 0123456789abcdef\n").is_ok());
         assert!(Tokens::parse("# nothing\n").is_err());
     }
 }

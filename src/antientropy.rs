@@ -295,8 +295,11 @@ const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
 const CATCH_UP_PEER_PATIENCE: Duration = Duration::from_secs(30);
 
 /// A node's start-up catch-up ([`crate::readiness`]): once it has heard a seed and sees a
-/// quorum, it runs one full exchange with every serving peer it shares segments with (more
-/// while an exchange hits [`MAX_KEYS_PER_ROUND`]). The node announces `alive` after it, so a
+/// quorum, and `settle` says its view of who serves agrees with its peers' (a node that just
+/// started sees its peers serving a gossip round or two late, and a catch-up that skipped a
+/// peer it did not see yet would miss the copies only that peer holds: a rolling restart
+/// under load lost a write that way), it runs one full exchange with every serving peer it
+/// shares segments with (more while an exchange hits [`MAX_KEYS_PER_ROUND`]). The node announces `alive` after it, so a
 /// node restarted empty has its copies back before peers route requests to it. Peers that
 /// stop serving meanwhile are skipped: their copies are on the other replicas. Returns false
 /// if the node shut down first. `progress` hears how far it got.
@@ -304,6 +307,7 @@ pub(crate) async fn catch_up(
     ae: &Arc<AntiEntropy>,
     shutdown: &CancellationToken,
     progress: impl Fn(Startup),
+    settle: impl std::future::Future<Output = bool>,
 ) -> bool {
     let mut views = ae.cluster.subscribe_view();
     loop {
@@ -324,6 +328,9 @@ pub(crate) async fn catch_up(
             _ = shutdown.cancelled() => return false,
             res = views.changed() => if res.is_err() { return false },
         }
+    }
+    if !settle.await {
+        return false;
     }
     // The worker rebuilds the trees on a ring change; make sure they follow this view's ring
     // before comparing them with anyone.

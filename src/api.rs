@@ -394,17 +394,23 @@ async fn route(
     let method = req.method().clone();
     if let Some(raw) = path.strip_prefix("/kv/") {
         // The method is checked before the key, so a wrong method is a 405 whatever the key.
-        if !matches!(method, Method::GET | Method::PUT | Method::DELETE) {
-            return Err(Error::MethodNotAllowed("GET, PUT, DELETE".into()));
-        }
+        let params = match method {
+            Method::GET | Method::HEAD => GET_PARAMS,
+            Method::PUT => PUT_PARAMS,
+            Method::DELETE => DELETE_PARAMS,
+            _ => return Err(Error::MethodNotAllowed("GET, HEAD, PUT, DELETE".into())),
+        };
         let key = parse_key(raw)?;
+        known_params(&req, params)?;
         let started = std::time::Instant::now();
         let stages = &node.stats().stages;
         let (stage, resp) = match method {
-            Method::GET => (Stage::HttpRead, get_kv(node.clone(), key, &req).await),
+            // HEAD is a GET whose body hyper leaves out (its headers stay, `content-length`
+            // included): `curl -I` checks a key.
+            Method::GET | Method::HEAD => (Stage::HttpRead, get_kv(node.clone(), key, &req).await),
             Method::PUT => (Stage::HttpWrite, put_kv(node.clone(), key, req).await),
             Method::DELETE => (Stage::HttpWrite, delete_kv(node.clone(), key, &req).await),
-            _ => return Err(Error::MethodNotAllowed("GET, PUT, DELETE".into())),
+            _ => return Err(Error::MethodNotAllowed("GET, HEAD, PUT, DELETE".into())),
         };
         stages.record(stage, started);
         return resp;
@@ -447,10 +453,12 @@ async fn route(
         }
         "/watch" => {
             get_only(Ok(Response::default()))?;
+            known_params(&req, WATCH_PARAMS)?;
             watch(node, req).await
         }
         "/kv" => {
             get_only(Ok(Response::default()))?;
+            known_params(&req, LIST_PARAMS)?;
             list_kv(node, &req).await
         }
         "/health" => get_only(Ok(json_response(StatusCode::OK, json!({"status": "ok"})))),
@@ -494,6 +502,36 @@ fn parse_key(raw: &str) -> Result<Bytes> {
         )));
     }
     Ok(Bytes::from(key))
+}
+
+/// The query parameters each route takes: any other is refused (400), so that a typo such as
+/// `?tll=5` is not silently ignored.
+const GET_PARAMS: &[&str] = &["r"];
+const PUT_PARAMS: &[&str] = &["w", "pw", "ttl", "if_absent"];
+const DELETE_PARAMS: &[&str] = &["w", "pw", "if_absent"];
+const LIST_PARAMS: &[&str] = &["prefix", "limit", "after", "r", "encoding"];
+const WATCH_PARAMS: &[&str] = &["prefix", "encoding"];
+
+/// Refuses a query parameter that is not in `known`, naming it and the known ones.
+fn known_params(req: &Request<Incoming>, known: &[&str]) -> Result<()> {
+    match unknown_param(req.uri().query(), known) {
+        None => Ok(()),
+        Some(name) => Err(Error::invalid(format!(
+            "unknown query parameter {name:?}; this route takes {}",
+            known.join(", ")
+        ))),
+    }
+}
+
+/// The first parameter of `query` whose name is not in `known` (empty pairs, as in `a=1&`,
+/// are skipped).
+fn unknown_param<'q>(query: Option<&'q str>, known: &[&str]) -> Option<std::borrow::Cow<'q, str>> {
+    query?
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').map_or(pair, |(k, _)| k))
+        .map(|name| percent_decode_str(name).decode_utf8_lossy())
+        .find(|name| !known.contains(&name.as_ref()))
 }
 
 /// The value of query parameter `name`, percent-decoded.
@@ -586,6 +624,17 @@ fn read_response(versions: &VersionSet, wants_json: bool, now: u64) -> Response<
     let ctx = versions.context().encode();
     let expires = live.iter().filter_map(|v| v.expires_at()).min();
     let mut resp = match live.as_slice() {
+        // With JSON asked for, one shape for 200, 300 and 404: no siblings, and the
+        // tombstone's context (null if the key never existed) to write after the delete with.
+        [] if wants_json => json_response(
+            StatusCode::NOT_FOUND,
+            json!({
+                "context": (!versions.is_empty()).then_some(&ctx),
+                "siblings": [],
+                "content_types": [],
+                "expires_at": null,
+            }),
+        ),
         [] => key_not_found("not found"),
         [one] if !wants_json => {
             let mut r = Response::new(Full::new(one.value.clone().unwrap_or_default()));
@@ -1312,5 +1361,73 @@ fn starting_answer(path: &str, condition: &str, reason: String) -> Response<Body
             }),
         ),
         _ => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": reason })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_query_parameters_are_found_and_known_ones_pass() {
+        let put = PUT_PARAMS;
+        assert_eq!(unknown_param(None, put), None);
+        assert_eq!(unknown_param(Some(""), put), None);
+        assert_eq!(unknown_param(Some("w=2&pw=1&ttl=5&if_absent"), put), None);
+        assert_eq!(unknown_param(Some("w=2&&"), put), None);
+        assert_eq!(unknown_param(Some("tll=5"), put).as_deref(), Some("tll"));
+        assert_eq!(unknown_param(Some("w=2&W=3"), put).as_deref(), Some("W"));
+        assert_eq!(unknown_param(Some("r=2"), put).as_deref(), Some("r"));
+        assert_eq!(unknown_param(Some("r=2"), GET_PARAMS), None);
+        // A percent-encoded name is decoded first.
+        assert_eq!(unknown_param(Some("t%74l=5"), put), None);
+        assert_eq!(
+            unknown_param(
+                Some("prefix=a&limit=3&after=x&r=1&encoding=base64"),
+                LIST_PARAMS
+            ),
+            None
+        );
+        assert_eq!(
+            unknown_param(Some("prefix=a&limt=3"), LIST_PARAMS).as_deref(),
+            Some("limt")
+        );
+        assert_eq!(unknown_param(Some("prefix=a"), WATCH_PARAMS), None);
+        assert_eq!(
+            unknown_param(Some("prefix=a&r=2"), WATCH_PARAMS).as_deref(),
+            Some("r")
+        );
+    }
+
+    #[test]
+    fn a_json_404_has_the_shape_of_a_200() {
+        use crate::version::Actor;
+        let body = |resp: Response<Body>| {
+            let bytes = futures_util::FutureExt::now_or_never(resp.into_body().collect())
+                .expect("a full body is ready")
+                .expect("no error")
+                .to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&bytes).expect("json")
+        };
+        // Never written: no context.
+        let resp = read_response(&VersionSet::new(), true, 0);
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            body(resp),
+            json!({"context": null, "siblings": [], "content_types": [], "expires_at": null})
+        );
+        // Deleted: the tombstone's context, in the body and the header.
+        let mut set = VersionSet::new();
+        let ctx = set.write(&Actor::new("n1", 1), None, Some(Bytes::from_static(b"v")));
+        set.write(&Actor::new("n1", 1), Some(&ctx), None);
+        let resp = read_response(&set, true, 0);
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let header = resp.headers()[CONTEXT_HEADER].to_str().unwrap().to_string();
+        let json = body(resp);
+        assert_eq!(json["context"], header.as_str());
+        assert_eq!(json["siblings"], json!([]));
+        // Without JSON asked for: the error body, as before.
+        let plain = body(read_response(&set, false, 0));
+        assert_eq!(plain["kind"], "not_found");
     }
 }

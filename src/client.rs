@@ -1486,10 +1486,17 @@ impl Client {
             .map_err(|e| Failure::NotSent(Error::invalid(format!("bad request {url}: {e}"))))?;
         let exchange = async {
             let resp = self.inner.http.request(req).await.map_err(|e| {
+                let why = causes(&e);
                 if e.is_connect() {
-                    Failure::NotSent(Error::Unreachable(format!("{base}: {}", causes(&e))))
+                    Failure::NotSent(Error::Unreachable(format!("{base}: {why}")))
+                } else if url.starts_with("http://") && why.contains("invalid HTTP version") {
+                    // A TLS port answers a plain request with a TLS alert, which is no HTTP:
+                    // nothing was served.
+                    Failure::NotSent(Error::invalid(format!(
+                        "{base} serves HTTPS: use https:// and --ca-cert"
+                    )))
                 } else {
-                    Failure::Sent(Error::Interrupted(format!("{url}: {}", causes(&e))))
+                    Failure::Sent(Error::Interrupted(format!("{url}: {why}")))
                 }
             })?;
             let (parts, body) = resp.into_parts();

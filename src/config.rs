@@ -311,6 +311,23 @@ impl Config {
     }
 }
 
+/// Lowers each of `settings` (N, R, W) that exceeds `nodes` to it, and says which: a ring
+/// smaller than N could never meet the default quorums, and would never get ready
+/// (`ringkv dev --nodes 1`).
+pub fn fit_to_nodes<'a>(
+    nodes: usize,
+    settings: impl IntoIterator<Item = (&'a str, &'a mut usize)>,
+) -> Vec<String> {
+    let mut lowered = Vec::new();
+    for (name, value) in settings {
+        if *value > nodes {
+            lowered.push(format!("{name} {} -> {nodes}", *value));
+            *value = nodes;
+        }
+    }
+    lowered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +373,20 @@ mod tests {
         let mut c = cfg();
         c.id.clear();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_ring_smaller_than_n_gets_quorums_it_can_meet() {
+        let (mut n, mut r, mut w) = (3, 2, 2);
+        let lowered = fit_to_nodes(1, [("N", &mut n), ("R", &mut r), ("W", &mut w)]);
+        assert_eq!((n, r, w), (1, 1, 1));
+        assert_eq!(lowered, ["N 3 -> 1", "R 2 -> 1", "W 2 -> 1"]);
+        let (mut n, mut r, mut w) = (3, 2, 2);
+        let lowered = fit_to_nodes(2, [("N", &mut n), ("R", &mut r), ("W", &mut w)]);
+        assert_eq!((n, r, w), (2, 2, 2));
+        assert_eq!(lowered, ["N 3 -> 2"]);
+        let (mut n, mut r, mut w) = (3, 2, 2);
+        assert!(fit_to_nodes(5, [("N", &mut n), ("R", &mut r), ("W", &mut w)]).is_empty());
+        assert_eq!((n, r, w), (3, 2, 2));
     }
 }

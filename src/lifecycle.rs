@@ -143,7 +143,8 @@ impl Lifecycle {
         shutdown: CancellationToken,
     ) {
         let progress = |state| self.set_startup(state);
-        if !crate::antientropy::catch_up(&ae, &shutdown, progress).await {
+        let settle = self.learn_who_serves(&shutdown);
+        if !crate::antientropy::catch_up(&ae, &shutdown, progress, settle).await {
             return;
         }
         self.set_startup(Startup::Announcing { seen_by: 0, of: 0 });
@@ -194,6 +195,70 @@ impl Lifecycle {
             "every serving peer routes to this node"
         );
         self.set_startup(Startup::Done);
+    }
+
+    /// Before it catches up and announces `alive`, waits until this node sees serving every
+    /// member its serving peers route to, at the generation they see. A node that just
+    /// started learns liveness from gossip a round or two behind its peers. Catching up
+    /// meanwhile, it would skip a peer it does not see yet, and miss the copies only that
+    /// peer holds (a rolling restart under load lost a write that way); coordinating a write,
+    /// it would take a live home for dead and acknowledge the write with a fallback's copy,
+    /// so a read of the real homes right after would miss it (the upgrade test caught this).
+    /// Returns false on shutdown.
+    async fn learn_who_serves(&self, shutdown: &CancellationToken) -> bool {
+        let cluster = &self.cluster;
+        let began = Instant::now();
+        loop {
+            let view = cluster.view();
+            let peers: Vec<SocketAddr> = view
+                .members
+                .values()
+                .filter(|m| m.id != cluster.id && view.is_alive(&m.id))
+                .filter_map(|m| m.rpc)
+                .collect();
+            let asks = peers
+                .iter()
+                .map(|addr| cluster.pool.call(*addr, Request::Status));
+            let answers = futures_util::future::join_all(asks).await;
+            let mut theirs: Vec<(String, u64)> = answers
+                .into_iter()
+                .filter_map(|a| match a {
+                    Ok(Response::Status(s)) => Some(s.serving),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|(id, _)| **id != *cluster.id)
+                .collect();
+            theirs.sort();
+            theirs.dedup();
+            let unseen = theirs
+                .iter()
+                .filter(|(id, generation)| {
+                    let seen = view.member(id).map(|m| m.generation);
+                    !view.is_alive(id) || seen != Some(*generation)
+                })
+                .count();
+            if unseen == 0 {
+                return true;
+            }
+            if began.elapsed() > ANNOUNCE_PATIENCE {
+                warn!(
+                    unseen,
+                    "this node still does not see serving every member its peers route to; \
+                     announcing alive anyway"
+                );
+                return true;
+            }
+            self.set_startup(Startup::Learning {
+                seen: theirs.len() - unseen,
+                of: theirs.len(),
+            });
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return false,
+                _ = tokio::time::sleep(ANNOUNCE_POLL) => {}
+            }
+        }
     }
 
     /// Announces `status` through gossip, unless that would undo a later step: `alive` only

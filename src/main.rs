@@ -26,7 +26,7 @@ const EXIT_USAGE: u8 = ringkv::cli::EXIT_USAGE;
 #[command(
     name = "ringkv",
     version,
-    about = "A Dynamo-style distributed in-memory key-value store"
+    about = "A Dynamo-style distributed key-value store: in memory, with an optional write-ahead log"
 )]
 struct Cli {
     /// Log format on stderr: human-readable text, or one JSON object per line.
@@ -574,6 +574,17 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
     for i in 0..args.nodes.min(3) {
         seeds.push(addr(port(-1000, i)?).to_string());
     }
+    // A ring smaller than N cannot meet the default quorums: lower N, R and W to the node
+    // count, and say so, rather than start a ring that never gets ready.
+    let mut tuning = args.tuning.clone();
+    let lowered = ringkv::config::fit_to_nodes(
+        usize::from(args.nodes),
+        [
+            ("N (--replicas)", &mut tuning.replicas),
+            ("R (--read-quorum)", &mut tuning.read_quorum),
+            ("W (--write-quorum)", &mut tuning.write_quorum),
+        ],
+    );
     let mut configs = Vec::new();
     for i in 0..args.nodes {
         let mut cfg = Config::new(
@@ -590,7 +601,7 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
         if !args.zones.is_empty() {
             cfg.zone = args.zones[i as usize % args.zones.len()].clone();
         }
-        args.tuning.apply(&mut cfg);
+        tuning.apply(&mut cfg);
         cfg.validate()?;
         configs.push(cfg);
     }
@@ -648,11 +659,20 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
         };
     }
     let started: Vec<_> = started.into_iter().flatten().collect();
+    let count = match started.len() {
+        1 => "1 node".to_string(),
+        n => format!("{n} nodes"),
+    };
     println!(
-        "ringkv dev ring: {} nodes on 127.0.0.1, ready in {:.2} s",
-        started.len(),
+        "ringkv dev ring: {count} on 127.0.0.1, ready in {:.2} s",
         began.elapsed().as_secs_f64()
     );
+    if !lowered.is_empty() {
+        println!(
+            "  lowered to fit {count}: {} (a key has at most one copy per node)",
+            lowered.join(", ")
+        );
+    }
     for (id, http, rpc, gossip) in &started {
         println!("  {id}  http://{http}  (rpc {rpc}, gossip {gossip})");
     }

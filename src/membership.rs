@@ -191,6 +191,9 @@ pub struct View {
     /// This node has heard gossip from one of its seeds (always true without seeds other
     /// than itself): until then its view may be a partition of one.
     pub heard_seed: bool,
+    /// Seeds whose gossip reached this node but failed authentication lately, while no seed
+    /// was heard: the cluster secrets differ ([`crate::seal::RefusedSources`]).
+    pub refused_seeds: Vec<SocketAddr>,
     /// [`View::routing_version`], computed once per view: every HTTP answer carries it.
     pub(crate) routing_version: std::sync::OnceLock<Arc<str>>,
 }
@@ -202,6 +205,7 @@ impl View {
             members,
             ring,
             heard_seed,
+            refused_seeds: Vec::new(),
             routing_version: Default::default(),
         }
     }
@@ -295,6 +299,22 @@ impl View {
     }
 }
 
+/// Why a node that hears its seeds cannot join them: their gossip fails authentication.
+pub fn refused_seeds_reason(refused: &[SocketAddr]) -> String {
+    let seeds: Vec<String> = refused.iter().map(SocketAddr::to_string).collect();
+    let (s, verb) = if seeds.len() == 1 {
+        ("seed", "answers")
+    } else {
+        ("seeds", "answer")
+    };
+    format!(
+        "{s} {} {verb}, but {} datagrams fail authentication: check --cluster-secret-file \
+         (every node needs the same secret)",
+        seeds.join(", "),
+        if seeds.len() == 1 { "its" } else { "their" }
+    )
+}
+
 /// The keys a node gossips from its start: its addresses, its status (joining until
 /// readiness says otherwise, see [`crate::readiness`]) and its build ([`crate::compat`]).
 /// Every [`Gossip`] starts with these.
@@ -359,13 +379,17 @@ impl Membership {
             return gossip.start(cfg, shutdown, tracker).await;
         }
         let refused = Arc::new(AtomicU64::new(0));
+        let refused_sources = cfg.gossip_key.map(|_| Arc::default());
         // Bind before building the identity, so that port 0 advertises the real port.
         let (transport, gossip_addr): (Box<dyn Transport>, SocketAddr) = match transport {
             GossipTransport::Udp => {
                 // chitchat's errors are `anyhow`; `?` keeps them whole (see `Error::from`).
                 let socket: Box<dyn Socket> = match &cfg.gossip_key {
                     Some(key) => {
-                        Box::new(SealedUdp::bind(cfg.gossip_addr, key, refused.clone()).await?)
+                        let sources = refused_sources.clone().unwrap_or_default();
+                        Box::new(
+                            SealedUdp::bind(cfg.gossip_addr, key, refused.clone(), sources).await?,
+                        )
                     }
                     None => Box::new(UdpSocket::open(cfg.gossip_addr).await?),
                 };
@@ -430,6 +454,8 @@ impl Membership {
             grace: cfg.gossip.dead_node_grace,
             roster: BTreeMap::new(),
             seen_alive: Default::default(),
+            refused_sources,
+            refused_logged: None,
         };
         let first = task.compute(&mut *cc.lock().await, None);
         let (view_tx, view_rx) = watch::channel(Arc::new(first));
@@ -445,7 +471,10 @@ impl Membership {
                 }
                 let prev = view_tx.borrow().clone();
                 let next = task.compute(&mut *cc.lock().await, Some(&prev));
-                if next.members != prev.members || next.heard_seed != prev.heard_seed {
+                if next.members != prev.members
+                    || next.heard_seed != prev.heard_seed
+                    || next.refused_seeds != prev.refused_seeds
+                {
                     log_changes(&prev, &next);
                     let _ = view_tx.send(Arc::new(next));
                 }
@@ -548,7 +577,17 @@ struct ViewTask {
     roster: BTreeMap<NodeId, roster::Down>,
     /// The generations of current members this node has seen alive ([`roster::Merge`]).
     seen_alive: std::collections::HashSet<(NodeId, u64)>,
+    /// Senders whose sealed gossip failed authentication, with a cluster secret.
+    refused_sources: Option<Arc<crate::seal::RefusedSources>>,
+    /// When the refused seeds were last logged ([`REFUSED_SEED_LOG_EVERY`]).
+    refused_logged: Option<Instant>,
 }
+
+/// A seed whose datagrams failed authentication within this window counts as refused.
+const REFUSED_SEED_WINDOW: Duration = Duration::from_secs(30);
+
+/// The warning about refused seeds is logged at most this often.
+const REFUSED_SEED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl ViewTask {
     /// The view of chitchat's state, completed with the down members peers' rosters name;
@@ -627,12 +666,45 @@ impl ViewTask {
         }
         self.roster = roster;
         let ring = View::ring_of(&members, prev, self.vnodes);
+        let refused_seeds = match &self.refused_sources {
+            Some(sources) if !heard_seed => {
+                let seeds = cc.seed_nodes();
+                let refused: Vec<SocketAddr> = sources
+                    .recent(REFUSED_SEED_WINDOW)
+                    .into_iter()
+                    .filter(|a| seeds.contains(a))
+                    .collect();
+                self.log_refused(&refused);
+                refused
+            }
+            _ => Vec::new(),
+        };
         View {
             members,
             ring,
             heard_seed,
+            refused_seeds,
             routing_version: Default::default(),
         }
+    }
+
+    /// Says, at most every [`REFUSED_SEED_LOG_EVERY`], which seeds answer with gossip that
+    /// fails authentication: the node's own log names the cause, not only the seeds'.
+    fn log_refused(&mut self, refused: &[SocketAddr]) {
+        if refused.is_empty()
+            || self
+                .refused_logged
+                .is_some_and(|t| t.elapsed() < REFUSED_SEED_LOG_EVERY)
+        {
+            return;
+        }
+        self.refused_logged = Some(Instant::now());
+        let seeds: Vec<String> = refused.iter().map(SocketAddr::to_string).collect();
+        warn!(
+            seeds = %seeds.join(","),
+            "{}",
+            refused_seeds_reason(refused)
+        );
     }
 
     /// Sends one gossip round to a random member of this node's roster, as chitchat does for
@@ -867,6 +939,15 @@ mod sealed_tests {
     }
 
     async fn start(id: &str, seeds: Vec<String>, key: Option<[u8; 32]>) -> Node {
+        start_at(id, ([127, 0, 0, 1], 0).into(), seeds, key).await
+    }
+
+    async fn start_at(
+        id: &str,
+        gossip_addr: SocketAddr,
+        seeds: Vec<String>,
+        key: Option<[u8; 32]>,
+    ) -> Node {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let unused: SocketAddr = ([127, 0, 0, 1], 9).into();
@@ -876,7 +957,7 @@ mod sealed_tests {
                 id: id.into(),
                 generation,
                 cluster_id: "sealed-test".into(),
-                gossip_addr: ([127, 0, 0, 1], 0).into(),
+                gossip_addr,
                 seeds,
                 http_addr: unused,
                 rpc_addr: unused,
@@ -953,6 +1034,45 @@ mod sealed_tests {
             );
         }
         for n in [a, b, stranger, open] {
+            n.stop().await;
+        }
+    }
+
+    /// A node whose seed answers with gossip sealed by another secret says so: its view names
+    /// the seed as refused, which `/ready` and the log turn into "check
+    /// --cluster-secret-file", instead of blaming `--seeds`.
+    #[tokio::test]
+    async fn a_node_whose_seed_has_another_secret_names_it() {
+        // a's address is taken first (port 0, then freed), so that c can name it as its seed
+        // and a can name c: each gossips to the other.
+        let a_addr = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port");
+        let c = start("c", vec![a_addr.to_string()], Some(OTHER)).await;
+        let c_addr = c.membership.gossip_addr().to_string();
+        let a = start_at("a", a_addr, vec![c_addr], Some(KEY)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let view = c.membership.view();
+            if view.refused_seeds == [a_addr] {
+                assert!(!view.heard_seed);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "c's view: {:?}",
+                view.refused_seeds
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(
+            refused_seeds_reason(&[a_addr]),
+            format!(
+                "seed {a_addr} answers, but its datagrams fail authentication: check \
+                 --cluster-secret-file (every node needs the same secret)"
+            )
+        );
+        for n in [a, c] {
             n.stop().await;
         }
     }

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | `gossip` | the node heard gossip from a seed (always, with no seed but itself) |
 //! | `quorum` | it sees at least max(R, W) serving members, itself included, and fewer than N ring members that cannot serve, so every key has a serving home replica |
-//! | `caught_up` | after its start it ran one anti-entropy exchange with every serving peer it shares data with, so a node restarted empty has its copies back |
+//! | `caught_up` | after its start it saw serving every member its serving peers route to (asked over RPC: its own view lags theirs by a gossip round or two), then ran one anti-entropy exchange with every serving peer it shares data with, so a node restarted empty has its copies back |
 //! | `announced` | every serving peer sees it serving (asked over RPC), so the next node of a rolling restart is stopped only once this one carries its share |
 //! | `serving` | it is not stopping (SIGTERM) or leaving the ring |
 //!
@@ -32,6 +32,9 @@ use crate::membership::View;
 pub enum Startup {
     /// Waiting for `gossip` and `quorum` before it catches up.
     Waiting,
+    /// Waiting to see serving every member its peers route to (`seen` of `of`), before it
+    /// catches up with them.
+    Learning { seen: usize, of: usize },
     /// Exchanging with peers by anti-entropy: `done` of `of` finished.
     CatchingUp { done: usize, of: usize },
     /// Announced `alive`; `seen_by` of the `of` serving peers already route to it.
@@ -157,8 +160,12 @@ pub fn gossip(view: &View) -> Condition {
         ok: view.heard_seed,
         detail: if view.heard_seed {
             "joined the ring through gossip".into()
+        } else if !view.refused_seeds.is_empty() {
+            crate::membership::refused_seeds_reason(&view.refused_seeds)
         } else {
-            "has not heard gossip from any seed yet: check --seeds and that a seed is up".into()
+            "has not heard gossip from any seed yet: check --seeds, that a seed is up, and that \
+             every node has the same --cluster-secret-file"
+                .into()
         },
     }
 }
@@ -169,6 +176,13 @@ pub fn caught_up(state: Startup) -> Condition {
         Startup::Waiting => (
             false,
             "waits for gossip and a quorum before catching up with its peers".to_string(),
+        ),
+        Startup::Learning { seen, of } => (
+            false,
+            format!(
+                "sees serving {seen} of the {of} members its peers route to; waits for all \
+                 before it catches up with them"
+            ),
         ),
         Startup::CatchingUp { done, of } => (
             false,
@@ -186,7 +200,7 @@ pub fn caught_up(state: Startup) -> Condition {
 /// The `announced` condition.
 pub fn announced(state: Startup) -> Condition {
     let (ok, detail) = match state {
-        Startup::Waiting | Startup::CatchingUp { .. } => {
+        Startup::Waiting | Startup::Learning { .. } | Startup::CatchingUp { .. } => {
             (false, "has not announced itself alive yet".to_string())
         }
         Startup::Announcing { seen_by, of } => (
@@ -331,6 +345,14 @@ mod tests {
         let r = evaluate(&no_seed, "n1", Q, Startup::Done, Phase::Running, true);
         assert!(!r.is_ready());
         assert!(r.reason().unwrap().contains("seed"));
+        // Seeds that answer with gossip of another secret: the reason names them and the flag.
+        no_seed.refused_seeds = vec![SocketAddr::from(([127, 0, 0, 1], 7001))];
+        let r = evaluate(&no_seed, "n1", Q, Startup::Done, Phase::Running, true);
+        assert_eq!(
+            r.reason().unwrap(),
+            "seed 127.0.0.1:7001 answers, but its datagrams fail authentication: check \
+             --cluster-secret-file (every node needs the same secret)"
+        );
 
         let r = evaluate(
             &all_alive,

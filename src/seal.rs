@@ -467,16 +467,54 @@ impl Halves {
 }
 
 /// Counts drops and logs them, each reason at most once per [`LOG_EVERY`].
+/// The senders whose datagrams failed authentication lately (another secret, or none): how a
+/// node with the wrong `--cluster-secret-file` learns that its seeds answer, and says so in
+/// `/ready` instead of blaming `--seeds`.
+#[derive(Debug, Default)]
+pub struct RefusedSources(
+    std::sync::Mutex<std::collections::HashMap<SocketAddr, std::time::Instant>>,
+);
+
+impl RefusedSources {
+    /// Most senders remembered: garbage from many addresses must not grow the map.
+    const MAX: usize = 256;
+
+    fn record(&self, from: SocketAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX && !map.contains_key(&from) {
+            let oldest = map.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a);
+            if let Some(a) = oldest {
+                map.remove(&a);
+            }
+        }
+        map.insert(from, std::time::Instant::now());
+    }
+
+    /// The senders refused within `window`.
+    pub fn recent(&self, window: std::time::Duration) -> Vec<SocketAddr> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<SocketAddr> = map
+            .iter()
+            .filter(|(_, t)| t.elapsed() <= window)
+            .map(|(a, _)| *a)
+            .collect();
+        out.sort();
+        out
+    }
+}
+
 struct Drops {
     refused: Arc<AtomicU64>,
+    sources: Arc<RefusedSources>,
     last_logged: [Option<std::time::Instant>; Refusal::COUNT],
     suppressed: [u64; Refusal::COUNT],
 }
 
 impl Drops {
-    fn new(refused: Arc<AtomicU64>) -> Drops {
+    fn new(refused: Arc<AtomicU64>, sources: Arc<RefusedSources>) -> Drops {
         Drops {
             refused,
+            sources,
             last_logged: [None; Refusal::COUNT],
             suppressed: [0; Refusal::COUNT],
         }
@@ -484,6 +522,9 @@ impl Drops {
 
     fn refuse(&mut self, reason: Refusal, from: SocketAddr) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        if matches!(reason, Refusal::BadMac | Refusal::Truncated) {
+            self.sources.record(from);
+        }
         REFUSED.fetch_add(1, Ordering::Relaxed);
         let i = reason as usize;
         let now = std::time::Instant::now();
@@ -608,11 +649,13 @@ pub struct SealedUdp {
 
 impl SealedUdp {
     /// Binds `addr` (port 0 allowed) and seals with `key`; every refused datagram adds one
-    /// to `refused` (and to [`refused`]).
+    /// to `refused` (and to [`refused`]), and the senders of those that fail authentication
+    /// go to `sources`.
     pub async fn bind(
         addr: SocketAddr,
         key: &[u8; 32],
         refused: Arc<AtomicU64>,
+        sources: Arc<RefusedSources>,
     ) -> anyhow::Result<SealedUdp> {
         let socket = tokio::net::UdpSocket::bind(addr)
             .await
@@ -627,7 +670,7 @@ impl SealedUdp {
             Opener::new(key),
             decoder,
             tx,
-            Drops::new(refused),
+            Drops::new(refused, sources),
         ));
         Ok(SealedUdp {
             socket,
@@ -1013,9 +1056,14 @@ mod tests {
 
     async fn bind(key: &[u8; 32]) -> (SealedUdp, SocketAddr, Arc<AtomicU64>) {
         let refused = Arc::new(AtomicU64::new(0));
-        let s = SealedUdp::bind(([127, 0, 0, 1], 0).into(), key, refused.clone())
-            .await
-            .unwrap();
+        let s = SealedUdp::bind(
+            ([127, 0, 0, 1], 0).into(),
+            key,
+            refused.clone(),
+            Arc::default(),
+        )
+        .await
+        .unwrap();
         let addr = s.local_addr().unwrap();
         (s, addr, refused)
     }

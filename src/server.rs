@@ -75,8 +75,14 @@ impl NodeHandle {
             Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
             None => None,
         };
-        let http = net.bind(config.http).await?;
-        let rpc_listener = net.bind(config.rpc).await?;
+        let http = net
+            .bind(config.http)
+            .await
+            .map_err(|e| crate::net::bind_error("--http", config.http, "TCP", e))?;
+        let rpc_listener = net
+            .bind(config.rpc)
+            .await
+            .map_err(|e| crate::net::bind_error("--rpc", config.rpc, "TCP", e))?;
         let http_addr = http.local_addr()?;
         let rpc_addr = rpc_listener.local_addr()?;
         // What peers and clients are told: the bound addresses unless advertised otherwise.
@@ -115,7 +121,17 @@ impl NodeHandle {
             shutdown.clone(),
             &tracker,
         )
-        .await?;
+        .await
+        .map_err(|err| match err {
+            // chitchat's socket would not bind: name the flag, as for HTTP and RPC.
+            Error::Io(io) if crate::net::is_bind_refusal(io.kind()) => crate::net::bind_error(
+                "--gossip",
+                config.gossip,
+                "UDP",
+                std::io::Error::new(io.kind(), io.to_string()),
+            ),
+            err => err,
+        })?;
 
         let hello = Hello::ours(
             config.cluster_id.clone(),

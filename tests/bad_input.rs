@@ -158,6 +158,82 @@ async fn put_streaming(url: &str, chunks: Vec<Bytes>, finish: bool) -> Reply {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_query_parameters_are_400_naming_them_and_write_nothing() {
+    let c = cluster().await;
+    let http = Http::new();
+    let base = c.url(0);
+    let cases = [
+        (
+            Method::PUT,
+            "/kv/typo?tll=5",
+            "tll",
+            "w, pw, ttl, if_absent",
+        ),
+        (
+            Method::PUT,
+            "/kv/typo?w=2&W=2",
+            "W",
+            "w, pw, ttl, if_absent",
+        ),
+        (Method::DELETE, "/kv/typo?ttl=5", "ttl", "w, pw, if_absent"),
+        (Method::GET, "/kv/typo?w=2", "w", "r"),
+        (
+            Method::GET,
+            "/kv?prefix=a&limt=3",
+            "limt",
+            "prefix, limit, after, r, encoding",
+        ),
+        (Method::GET, "/watch?prefix=a&r=2", "r", "prefix, encoding"),
+    ];
+    for (method, path, name, known) in cases {
+        let got = http
+            .send(method.clone(), &format!("{base}{path}"), "v", &[])
+            .await;
+        let what = format!("{method} {path}");
+        let body = assert_error(&got, StatusCode::BAD_REQUEST, &what);
+        let msg = body["error"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("{name:?}")) && msg.contains(known),
+            "{what}: names the parameter and the known ones: {msg}"
+        );
+    }
+    // Nothing was written, and the known parameters still work.
+    assert_eq!(
+        http.get(&format!("{base}/kv/typo")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let put = http.put(&format!("{base}/kv/typo?ttl=5&w=2"), "v").await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    assert_still_serves(&c, &http, 0, "unknown-parameters").await;
+}
+
+/// `HEAD /kv/{key}` answers as a GET, without a body: `curl -I` checks a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_as_a_get_without_a_body() {
+    let c = cluster().await;
+    let http = Http::new();
+    let url = format!("{}/kv/headed", c.url(0));
+    let missing = http.send(Method::HEAD, &url, "", &[]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(missing.body.is_empty());
+    let put = http
+        .send(
+            Method::PUT,
+            &url,
+            "twelve bytes",
+            &[("content-type", "text/plain")],
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT);
+    let head = http.send(Method::HEAD, &url, "", &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty(), "{head:?}");
+    assert_eq!(head.headers["content-length"], "12");
+    assert_eq!(head.headers["content-type"], "text/plain");
+    assert!(head.context().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_quorum_parameters_are_400_and_write_nothing() {
     let c = cluster().await;
     let http = Http::new();

@@ -427,6 +427,34 @@ async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Strin
     (status.and_then(|s| s.code()), stderr)
 }
 
+/// A port another process holds: exit 2, naming the flag and the address, for each of the
+/// three listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_port_exits_2_naming_the_flag_and_the_address() {
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let (taken_tcp, taken_udp) = (
+        tcp.local_addr().unwrap().to_string(),
+        udp.local_addr().unwrap().to_string(),
+    );
+    for (flag, taken) in [
+        ("--http", &taken_tcp),
+        ("--rpc", &taken_tcp),
+        ("--gossip", &taken_udp),
+    ] {
+        let mut args = vec!["serve", "--id", "busy"];
+        for (f, v) in PORT_ZERO.chunks(2).map(|c| (c[0], c[1])) {
+            args.extend([f, if f == flag { taken.as_str() } else { v }]);
+        }
+        let (code, stderr) = run_to_exit(&args, &[]).await;
+        assert_eq!(code, Some(2), "{flag} {taken}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} {taken}")) && stderr.contains("already in use"),
+            "{flag}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configuration_exits_2_naming_the_flag() {
     // Port 0 everywhere, so a configuration wrongly accepted cannot collide with anything.

@@ -40,7 +40,8 @@ fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-const TOKENS: &str = "read r-secret-token\nwrite w-secret-token\nadmin a-secret-token\n";
+const TOKENS: &str =
+    "read r-secret-token-xyz\nwrite w-secret-token-xyz\nadmin a-secret-token-xyz\n";
 
 async fn send(http: &Http, method: Method, url: &str, token: Option<&str>) -> common::Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -81,7 +82,7 @@ async fn every_route_answers_by_role() {
     for (method, path, least) in routes {
         let url = format!("{base}{path}");
         for (rank, role) in roles.iter().enumerate() {
-            let token = format!("{}-secret-token", &role[..1]);
+            let token = format!("{}-secret-token-xyz", &role[..1]);
             let got = send(&http, method.clone(), &url, Some(&token)).await;
             let allowed = least.is_none_or(|l| rank >= roles.iter().position(|r| r == &l).unwrap());
             if allowed {
@@ -127,7 +128,7 @@ async fn every_route_answers_by_role() {
         &http,
         Method::PUT,
         &format!("{base}/kv/k2"),
-        Some("w-secret-token"),
+        Some("w-secret-token-xyz"),
     )
     .await;
     assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
@@ -135,7 +136,7 @@ async fn every_route_answers_by_role() {
         &http,
         Method::GET,
         &format!("{base}/kv/k2"),
-        Some("r-secret-token"),
+        Some("r-secret-token-xyz"),
     )
     .await;
     assert_eq!(got.status, StatusCode::OK, "{got:?}");
@@ -145,7 +146,7 @@ async fn every_route_answers_by_role() {
     let err = anonymous.get("k2").await.unwrap_err();
     assert_eq!(err.kind(), "unauthorized", "{err}");
     let reader = ringkv::Client::builder([&base])
-        .token("r-secret-token")
+        .token("r-secret-token-xyz")
         .build()
         .unwrap();
     assert_eq!(
@@ -349,9 +350,22 @@ async fn https_round_trip_with_a_watch() {
         .expect("run ringkv get");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(out.stdout, b"over TLS");
-    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    // Plain HTTP to the HTTPS port gets no HTTP answer; the CLI says what to do instead,
+    // and exits 2 (a usage error).
     let plain = Http::new().try_get(&format!("{}/health", c.url(0))).await;
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    let mut cli = common::process::ringkv();
+    cli.args(["get", "tls/a", "--node", &c.url(0)]);
+    let out = tokio::task::spawn_blocking(move || cli.output())
+        .await
+        .unwrap()
+        .expect("run ringkv get");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("serves HTTPS: use https:// and --ca-cert"),
+        "{stderr}"
+    );
     // Without the CA (and for another name) the handshake fails.
     assert!(
         ringkv::Client::new([&https]).is_err(),
@@ -377,7 +391,7 @@ async fn https_round_trip_with_a_watch() {
 #[tokio::test]
 async fn sighup_reloads_the_tokens() {
     let dir = temp_dir("sighup");
-    let tokens = private_file(&dir, "tokens", "write old-token\n");
+    let tokens = private_file(&dir, "tokens", "write old-token-0123456789\n");
     let node =
         ProcessNode::start_with("hup", &[], &["--api-tokens", tokens.to_str().unwrap()]).await;
     let http = Http::new();
@@ -386,9 +400,12 @@ async fn sighup_reloads_the_tokens() {
         let (http, url) = (http.clone(), url.clone());
         async move { send(&http, Method::GET, &url, Some(token)).await.status }
     };
-    assert_eq!(status("old-token").await, StatusCode::OK);
-    assert_eq!(status("new-token").await, StatusCode::UNAUTHORIZED);
-    private_file(&dir, "tokens", "read new-token\n");
+    assert_eq!(status("old-token-0123456789").await, StatusCode::OK);
+    assert_eq!(
+        status("new-token-0123456789").await,
+        StatusCode::UNAUTHORIZED
+    );
+    private_file(&dir, "tokens", "read new-token-0123456789\n");
     let hup = |pid: u32| {
         let out = std::process::Command::new("kill")
             .args(["-HUP", &pid.to_string()])
@@ -398,10 +415,13 @@ async fn sighup_reloads_the_tokens() {
     };
     hup(node.pid());
     wait_until(Duration::from_secs(10), "the new token works", || async {
-        status("new-token").await == StatusCode::OK
+        status("new-token-0123456789").await == StatusCode::OK
     })
     .await;
-    assert_eq!(status("old-token").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status("old-token-0123456789").await,
+        StatusCode::UNAUTHORIZED
+    );
     // A broken file: the node keeps the tokens it has.
     private_file(&dir, "tokens", "superuser x\n");
     hup(node.pid());
@@ -411,6 +431,6 @@ async fn sighup_reloads_the_tokens() {
         || async { std::fs::read_to_string(&node.log).is_ok_and(|l| l.contains("not reloaded")) },
     )
     .await;
-    assert_eq!(status("new-token").await, StatusCode::OK);
+    assert_eq!(status("new-token-0123456789").await, StatusCode::OK);
     let _ = std::fs::remove_dir_all(&dir);
 }
