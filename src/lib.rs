@@ -243,6 +243,12 @@
 //!
 //! ## Caveats
 //!
+//! - A placement change (the `zones` gate opening on a ring whose nodes name zones, a node
+//!   restarted in another zone) moves keys to new homes by ownership handoff, as a join does,
+//!   but no node waits in `joining` meanwhile: until a key has reached its new homes, a read
+//!   at R that asks only new homes can miss it (404), and a blind write there becomes a
+//!   sibling of the moved value once it arrives (nothing is lost). Start a ring in its zones, or
+//!   change zones one node at a time and wait for anti-entropy to settle.
 //! - Feature gates follow the current view: a node of an older build that joins a ring
 //!   closes the gates its build lacks again, and the newer nodes go back to the old
 //!   behaviour. Nothing stops an older build from joining. A member's features are unknown
