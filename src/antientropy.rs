@@ -299,7 +299,8 @@ const CATCH_UP_PEER_PATIENCE: Duration = Duration::from_secs(30);
 /// started sees its peers serving a gossip round or two late, and a catch-up that skipped a
 /// peer it did not see yet would miss the copies only that peer holds: a rolling restart
 /// under load lost a write that way), it runs one full exchange with every serving peer it
-/// shares segments with (more while an exchange hits [`MAX_KEYS_PER_ROUND`]). The node announces `alive` after it, so a
+/// shares segments with (more while an exchange hits [`MAX_KEYS_PER_ROUND`]). The node
+/// announces `alive` after it, so a
 /// node restarted empty has its copies back before peers route requests to it. Peers that
 /// stop serving meanwhile are skipped: their copies are on the other replicas. Returns false
 /// if the node shut down first. `progress` hears how far it got.

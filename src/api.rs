@@ -1098,23 +1098,30 @@ fn members(node: &Node) -> Response<Body> {
         .members
         .values()
         .map(|m| {
-            json!({
-                "id": &*m.id,
-                "status": member_status(&view, m),
-                "http": m.http.map(|a| a.to_string()),
-                "rpc": m.rpc.map(|a| a.to_string()),
-                "generation": m.generation,
-                "zone": &*m.zone,
-                "version": m.build.version.as_deref(),
-                "protocol": m.build.protocols.encode(),
-                "features": &m.build.features,
-            })
+            let mut json = member_json(&view, m);
+            json["rpc"] = json!(m.rpc.map(|a| a.to_string()));
+            json
         })
         .collect();
     json_response(
         StatusCode::OK,
         json!({ "members": members, "features": view.features() }),
     )
+}
+
+/// What `/cluster/members` and `/cluster/status` both say of a member: who and where it is,
+/// its status and its build.
+fn member_json(view: &crate::membership::View, m: &crate::membership::Member) -> serde_json::Value {
+    json!({
+        "id": &*m.id,
+        "status": member_status(view, m),
+        "http": m.http.map(|a| a.to_string()),
+        "generation": m.generation,
+        "zone": &*m.zone,
+        "version": m.build.version.as_deref(),
+        "protocol": m.build.protocols.encode(),
+        "features": &m.build.features,
+    })
 }
 
 /// `GET /cluster/status`: every member with its status, its vnode arcs (as fractions of the
@@ -1172,19 +1179,11 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
         .values()
         .zip(stats)
         .map(|(m, stats)| {
-            json!({
-                "id": &*m.id,
-                "status": member_status(&view, m),
-                "http": m.http.map(|a| a.to_string()),
-                "generation": m.generation,
-                "zone": &*m.zone,
-                "share": shares.get(&m.id).copied().unwrap_or(0.0),
-                "version": m.build.version.as_deref(),
-                "protocol": m.build.protocols.encode(),
-                "features": &m.build.features,
-                "arcs": arcs.get(&*m.id).cloned().unwrap_or_default(),
-                "stats": stats,
-            })
+            let mut json = member_json(&view, m);
+            json["share"] = json!(shares.get(&m.id).copied().unwrap_or(0.0));
+            json["arcs"] = json!(arcs.get(&*m.id).cloned().unwrap_or_default());
+            json["stats"] = json!(stats);
+            json
         })
         .collect();
     json_response(

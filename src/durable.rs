@@ -501,9 +501,8 @@ fn rename_aside(path: &Path, suffix: &str) -> Result<PathBuf> {
     Ok(aside)
 }
 
-/// Reads a whole snapshot and returns its records, or why it is not valid.
-/// Reads and checks a snapshot; `read` is told how many of its bytes were decoded so far (for
-/// the loading progress of a large one).
+/// Reads a whole snapshot and returns its records, or why it is not valid; `read` is told how
+/// many of its bytes were decoded so far (the loading progress of a large one).
 fn read_snapshot(path: &Path, mut read: impl FnMut(u64)) -> Result<Vec<Record>> {
     let data = std::fs::read(path).map_err(|e| io_err(path.display(), e))?;
     let start = header(&data, SNAP_MAGIC, path)?;

@@ -4,7 +4,6 @@
 //! The rules of readiness are pure and live in [`crate::readiness`]; this part feeds them the
 //! node's state and runs the start-up and the leave, which talk to peers.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,8 +20,7 @@ use crate::membership::{
 };
 use crate::readiness::{Phase, Readiness, Startup};
 use crate::replica::Replica;
-use crate::ring::NodeId;
-use crate::rpc::{Request, Response};
+use crate::rpc::{NodeStatus, Request, Response};
 
 /// How often a node that announced `alive` asks its peers whether they route to it yet. About
 /// one gossip round: that is how fast the news can spread.
@@ -153,37 +151,24 @@ impl Lifecycle {
         warn_if_unbalanced(&cluster.view().ring, cluster.config.replicas);
         let began = Instant::now();
         loop {
-            let view = cluster.view();
-            let peers: Vec<(NodeId, SocketAddr)> = view
-                .members
-                .values()
-                .filter(|m| m.id != cluster.id && view.is_alive(&m.id))
-                .filter_map(|m| Some((m.id.clone(), m.rpc?)))
-                .collect();
-            let asks = peers
-                .iter()
-                .map(|(_, addr)| cluster.pool.call(*addr, Request::Status));
-            let answers = futures_util::future::join_all(asks).await;
+            let answers = self.ask_serving_peers(&cluster.view()).await;
             let me = (cluster.id.to_string(), cluster.actor.generation);
             let seen_by = answers
                 .iter()
-                .filter(|a| matches!(a, Ok(Response::Status(s)) if s.serving.contains(&me)))
+                .filter(|s| s.as_ref().is_some_and(|s| s.serving.contains(&me)))
                 .count();
-            if seen_by == peers.len() {
+            let of = answers.len();
+            if seen_by == of {
                 break;
             }
             if began.elapsed() > ANNOUNCE_PATIENCE {
                 warn!(
                     seen_by,
-                    of = peers.len(),
-                    "not every serving peer routes to this node yet; ready anyway"
+                    of, "not every serving peer routes to this node yet; ready anyway"
                 );
                 break;
             }
-            self.set_startup(Startup::Announcing {
-                seen_by,
-                of: peers.len(),
-            });
+            self.set_startup(Startup::Announcing { seen_by, of });
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
@@ -195,6 +180,26 @@ impl Lifecycle {
             "every serving peer routes to this node"
         );
         self.set_startup(Startup::Done);
+    }
+
+    /// The status of every peer `view` sees serving, asked over RPC (`None` where the call
+    /// failed), one entry per such peer.
+    async fn ask_serving_peers(&self, view: &crate::membership::View) -> Vec<Option<NodeStatus>> {
+        let cluster = &self.cluster;
+        let asks = view
+            .members
+            .values()
+            .filter(|m| m.id != cluster.id && view.is_alive(&m.id))
+            .filter_map(|m| m.rpc)
+            .map(|addr| cluster.pool.call(addr, Request::Status));
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .map(|a| match a {
+                Ok(Response::Status(s)) => Some(s),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Before it catches up and announces `alive`, waits until this node sees serving every
@@ -210,23 +215,12 @@ impl Lifecycle {
         let began = Instant::now();
         loop {
             let view = cluster.view();
-            let peers: Vec<SocketAddr> = view
-                .members
-                .values()
-                .filter(|m| m.id != cluster.id && view.is_alive(&m.id))
-                .filter_map(|m| m.rpc)
-                .collect();
-            let asks = peers
-                .iter()
-                .map(|addr| cluster.pool.call(*addr, Request::Status));
-            let answers = futures_util::future::join_all(asks).await;
-            let mut theirs: Vec<(String, u64)> = answers
+            let mut theirs: Vec<(String, u64)> = self
+                .ask_serving_peers(&view)
+                .await
                 .into_iter()
-                .filter_map(|a| match a {
-                    Ok(Response::Status(s)) => Some(s.serving),
-                    _ => None,
-                })
                 .flatten()
+                .flat_map(|s| s.serving)
                 .filter(|(id, _)| **id != *cluster.id)
                 .collect();
             theirs.sort();
@@ -245,7 +239,7 @@ impl Lifecycle {
                 warn!(
                     unseen,
                     "this node still does not see serving every member its peers route to; \
-                     announcing alive anyway"
+                     catching up anyway"
                 );
                 return true;
             }

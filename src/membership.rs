@@ -6,7 +6,8 @@
 //! clocks use the same generation so a restarted node never reuses a counter.
 //!
 //! Gossip carries metadata only, as node-state keys: the node's HTTP address, RPC address,
-//! status and build (version, protocol range, features: [`crate::compat`]). Data never goes through gossip (a value over ~64 KB would stall it).
+//! status, zone and build (version, protocol range, features: [`crate::compat`]). Data never
+//! goes through gossip (a value over ~64 KB would stall it).
 //!
 //! From chitchat's state this module derives a [`View`]: one [`Member`] per node id, where
 //! the highest generation wins (right after a restart both generations can look alive), each
@@ -219,11 +220,9 @@ impl View {
         prev: Option<&View>,
         vnodes: usize,
     ) -> Arc<Ring> {
-        let in_ring = || members.values().filter(|m| m.status != STATUS_LEAVING);
-        let zoned = crate::compat::active(in_ring().map(|m| &*m.build))
-            .contains(crate::compat::FEATURE_ZONES);
+        let zoned = features_of(members).contains(crate::compat::FEATURE_ZONES);
         let default = crate::ring::Zone::from(crate::ring::DEFAULT_ZONE);
-        let layout: Vec<(NodeId, crate::ring::Zone)> = in_ring()
+        let layout: Vec<(NodeId, crate::ring::Zone)> = in_ring(members)
             .map(|m| {
                 let zone = if zoned { &m.zone } else { &default };
                 (m.id.clone(), zone.clone())
@@ -277,12 +276,7 @@ impl View {
     /// The ring's active features: those every member supports, dead members within their
     /// grace included, leaving members not ([`crate::compat::active`]).
     pub fn features(&self) -> std::collections::BTreeSet<Arc<str>> {
-        crate::compat::active(
-            self.members
-                .values()
-                .filter(|m| m.status != STATUS_LEAVING)
-                .map(|m| &*m.build),
-        )
+        features_of(&self.members)
     }
 
     /// Whether the feature gate `name` is open: every member supports it.
@@ -297,6 +291,16 @@ impl View {
             .and_then(|m| m.dead_since)
             .map(|t| t.elapsed())
     }
+}
+
+/// The members that hold a place in the ring: all but those leaving, dead or alive.
+fn in_ring(members: &BTreeMap<NodeId, Member>) -> impl Iterator<Item = &Member> {
+    members.values().filter(|m| m.status != STATUS_LEAVING)
+}
+
+/// The features every member in the ring supports ([`crate::compat::active`]).
+fn features_of(members: &BTreeMap<NodeId, Member>) -> std::collections::BTreeSet<Arc<str>> {
+    crate::compat::active(in_ring(members).map(|m| &*m.build))
 }
 
 /// Why a node that hears its seeds cannot join them: their gossip fails authentication.
@@ -433,7 +437,6 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-
         let chitchat = spawn_chitchat(config, keys, transport.as_ref()).await?;
 
         let chitchat = Arc::new(chitchat);
@@ -699,12 +702,7 @@ impl ViewTask {
             return;
         }
         self.refused_logged = Some(Instant::now());
-        let seeds: Vec<String> = refused.iter().map(SocketAddr::to_string).collect();
-        warn!(
-            seeds = %seeds.join(","),
-            "{}",
-            refused_seeds_reason(refused)
-        );
+        warn!("{}", refused_seeds_reason(refused));
     }
 
     /// Sends one gossip round to a random member of this node's roster, as chitchat does for
@@ -862,7 +860,6 @@ pub mod garbage {
     }
 }
 
-/// Gossip sealed with the cluster secret ([`crate::seal`]), end to end through chitchat.
 #[cfg(test)]
 mod feature_tests {
     use super::*;
@@ -917,6 +914,7 @@ mod feature_tests {
     }
 }
 
+/// Gossip sealed with the cluster secret ([`crate::seal`]), end to end through chitchat.
 #[cfg(test)]
 mod sealed_tests {
     use tokio_util::sync::CancellationToken;

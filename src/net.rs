@@ -143,14 +143,16 @@ impl Network for Tcp {
 /// An in-memory [`Network`] for unit tests: connections are [`tokio::io::duplex`] pipes, so
 /// they need no sockets and work under paused tokio time (every step is a task wake-up,
 /// never an I/O wait the clock could jump past).
-/// The error of a listener that would not bind: a configuration error (exit code 2) that
-/// names the flag and the address when the address is taken, absent or privileged; any other
-/// I/O error as it is.
-pub fn bind_error(flag: &str, addr: SocketAddr, proto: &str, err: io::Error) -> Error {
-    if !is_bind_refusal(err.kind()) {
-        return Error::from(err);
-    }
-    let why = match err.kind() {
+/// A listener that would not bind because of its address (taken, absent, privileged): a
+/// configuration error (exit code 2) naming the flag and the address. `None` for any other
+/// cause, which the caller reports as it is.
+pub fn bind_refusal(
+    flag: &str,
+    addr: SocketAddr,
+    proto: &str,
+    kind: io::ErrorKind,
+) -> Option<Error> {
+    let why = match kind {
         io::ErrorKind::AddrInUse => {
             "the address is already in use (another ringkv node, or another program, listens \
              there): choose another port"
@@ -159,19 +161,9 @@ pub fn bind_error(flag: &str, addr: SocketAddr, proto: &str, err: io::Error) -> 
         io::ErrorKind::PermissionDenied => {
             "permission denied (ports below 1024 need privileges): choose a higher port"
         }
-        _ => "the address cannot be bound",
+        _ => return None,
     };
-    Error::InvalidInput(format!("{flag} {addr}/{proto}: {why}"))
-}
-
-/// Whether a bind failed because of the address itself (taken, absent, privileged).
-pub fn is_bind_refusal(kind: io::ErrorKind) -> bool {
-    matches!(
-        kind,
-        io::ErrorKind::AddrInUse
-            | io::ErrorKind::AddrNotAvailable
-            | io::ErrorKind::PermissionDenied
-    )
+    Some(Error::InvalidInput(format!("{flag} {addr}/{proto}: {why}")))
 }
 
 #[cfg(test)]

@@ -610,6 +610,14 @@ mod tests {
 
     // ---- zones ----
 
+    /// Nodes by name, each in the zone its name starts with (`a1` in `a`).
+    fn named(names: &[&str]) -> Vec<(NodeId, Zone)> {
+        names
+            .iter()
+            .map(|n| (NodeId::from(*n), Zone::from(&n[..1])))
+            .collect()
+    }
+
     /// `count` nodes named `n0..`, node i in zone `z{i % zones}`.
     fn zoned(count: usize, zones: usize) -> Vec<(NodeId, Zone)> {
         (0..count)
@@ -673,15 +681,7 @@ mod tests {
     #[test]
     fn uneven_zones_are_used_evenly_then_filled() {
         // Zones of 3, 1 and 1 nodes, N = 5: every key has all five, the small zones once each.
-        let layout: Vec<(NodeId, Zone)> = [
-            ("a1", "a"),
-            ("a2", "a"),
-            ("a3", "a"),
-            ("b1", "b"),
-            ("c1", "c"),
-        ]
-        .map(|(n, z)| (NodeId::from(n), Zone::from(z)))
-        .to_vec();
+        let layout = named(&["a1", "a2", "a3", "b1", "c1"]);
         let ring = Ring::with_zones(layout, 16);
         for key in keys(500) {
             let homes = ring.preference_list(&key, 3);
@@ -764,16 +764,7 @@ mod tests {
 
     #[test]
     fn fallbacks_prefer_the_dead_homes_zone() {
-        let layout: Vec<(NodeId, Zone)> = [
-            ("a1", "a"),
-            ("b1", "b"),
-            ("c1", "c"),
-            ("a2", "a"),
-            ("b2", "b"),
-            ("c2", "c"),
-        ]
-        .map(|(n, z)| (NodeId::from(n), Zone::from(z)))
-        .to_vec();
+        let layout = named(&["a1", "b1", "c1", "a2", "b2", "c2"]);
         let ring = Ring::with_zones(layout, 16);
         let same = |x: &NodeId, y: &NodeId| ring.same_zone(x, y);
         for key in keys(500) {
@@ -812,15 +803,7 @@ mod tests {
             "6 nodes in 3 equal zones: {max:.3}/{min:.3}"
         );
         // 2, 2, 1: the lone node holds a copy of every key, 1/3 of all copies.
-        let layout: Vec<(NodeId, Zone)> = [
-            ("a1", "a"),
-            ("a2", "a"),
-            ("b1", "b"),
-            ("b2", "b"),
-            ("c1", "c"),
-        ]
-        .map(|(n, z)| (NodeId::from(n), Zone::from(z)))
-        .to_vec();
+        let layout = named(&["a1", "a2", "b1", "b2", "c1"]);
         let uneven = Ring::with_zones(layout, DEFAULT_VNODES);
         let lone = uneven
             .shares(3)

@@ -75,14 +75,19 @@ impl NodeHandle {
             Some((cert, key)) => Some(crate::tls::acceptor(cert, key)?),
             None => None,
         };
+        let bind = |flag, addr| {
+            move |e: std::io::Error| {
+                crate::net::bind_refusal(flag, addr, "TCP", e.kind()).unwrap_or_else(|| e.into())
+            }
+        };
         let http = net
             .bind(config.http)
             .await
-            .map_err(|e| crate::net::bind_error("--http", config.http, "TCP", e))?;
+            .map_err(bind("--http", config.http))?;
         let rpc_listener = net
             .bind(config.rpc)
             .await
-            .map_err(|e| crate::net::bind_error("--rpc", config.rpc, "TCP", e))?;
+            .map_err(bind("--rpc", config.rpc))?;
         let http_addr = http.local_addr()?;
         let rpc_addr = rpc_listener.local_addr()?;
         // What peers and clients are told: the bound addresses unless advertised otherwise.
@@ -124,12 +129,8 @@ impl NodeHandle {
         .await
         .map_err(|err| match err {
             // chitchat's socket would not bind: name the flag, as for HTTP and RPC.
-            Error::Io(io) if crate::net::is_bind_refusal(io.kind()) => crate::net::bind_error(
-                "--gossip",
-                config.gossip,
-                "UDP",
-                std::io::Error::new(io.kind(), io.to_string()),
-            ),
+            Error::Io(io) => crate::net::bind_refusal("--gossip", config.gossip, "UDP", io.kind())
+                .unwrap_or(Error::Io(io)),
             err => err,
         })?;
 

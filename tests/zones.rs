@@ -19,12 +19,10 @@ fn zone_of_index(i: usize) -> &'static str {
     ["a", "b", "c"][i / 2]
 }
 
-/// What placement by position alone (before zones) did to the same ring: keys with both
-/// homes of zone `a` among their three, so one copy left when `a` is down.
-fn before_zones() -> (usize, usize) {
-    let ids: Vec<NodeId> = (1..=6).map(|i| NodeId::from(format!("n{i}"))).collect();
-    let ring = Ring::new(ids, ringkv::ring::DEFAULT_VNODES);
-    let one_left = (0..KEYS)
+/// Keys among the test's whose three homes on `ring` include both nodes of zone `a`, so
+/// that one copy is left when `a` is down.
+fn one_copy_left(ring: &Ring) -> usize {
+    (0..KEYS)
         .filter(|k| {
             let homes = ring.preference_list(format!("z/{k}").as_bytes(), 3);
             homes
@@ -33,8 +31,7 @@ fn before_zones() -> (usize, usize) {
                 .count()
                 >= 2
         })
-        .count();
-    (one_left, KEYS)
+        .count()
 }
 
 async fn homes(http: &Http, url: &str, key: &str) -> Vec<(String, String)> {
@@ -125,16 +122,21 @@ async fn losing_a_zone_loses_no_quorum_and_the_ring_heals_into_three_zones() {
             eprintln!("p/{k} at w=2&pw=2 with zone a down: {put:?}");
         }
     }
-    let (before_one_left, of) = before_zones();
+    // The same six nodes placed by position alone (before zones), against the ring the
+    // cluster placed by.
+    let ids: Vec<NodeId> = (1..=6).map(|i| NodeId::from(format!("n{i}"))).collect();
+    let before = one_copy_left(&Ring::new(ids, ringkv::ring::DEFAULT_VNODES));
+    let with_zones = one_copy_left(&c.node(2).view().ring);
     println!(
-        "zone a down: before zones {before_one_left} of {of} keys had one copy left; with zones \
-         0 of {of} (every key kept 2 of 3 homes); reads at r=2 failed: {unreadable} of {KEYS}; \
-         writes at w=2&pw=2 refused: {refused} of {writes}"
+        "zone a down: keys left with one copy: before zones {before} of {KEYS}, with zones \
+         {with_zones} of {KEYS}; reads at r=2 failed: {unreadable} of {KEYS}; writes at \
+         w=2&pw=2 refused: {refused} of {writes}"
     );
     assert!(
-        before_one_left > 0,
+        before > 0,
         "the ring without zones loses 2 homes for some keys"
     );
+    assert_eq!(with_zones, 0, "with zones every key keeps 2 of its 3 homes");
     assert_eq!(unreadable, 0);
     assert_eq!(refused, 0);
 

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::auth::{FrameMac, Proof, Refusals, Role, RpcAuth};
-use super::{Hello, HelloRefused, Message, Request, Response, read_one};
+use super::{Hello, Message, Request, Response, read_one};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
 
@@ -365,13 +365,7 @@ async fn run(
     let theirs: Hello = tokio::time::timeout(CONNECT_TIMEOUT, read_one(&mut reader))
         .await
         .map_err(|_| Error::Unreachable(format!("no hello from {addr}")))??;
-    let version = match theirs.negotiate(&cfg.hello) {
-        Ok(v) => v,
-        Err(HelloRefused::Cluster(err)) => return Err(err),
-        Err(HelloRefused::Version(mismatch)) => {
-            return Err(cfg.refusals.version(&theirs.node, mismatch));
-        }
-    };
+    let version = theirs.accept(&cfg.hello, &cfg.refusals)?;
     if let Some((node, generation)) = cfg.expect.as_ref().and_then(|expect| expect(addr)) {
         let same_generation = theirs.generation.is_none_or(|g| g == generation);
         if theirs.node != node || !same_generation {

@@ -142,6 +142,16 @@ impl Hello {
         mine.negotiate(theirs)
             .ok_or_else(|| HelloRefused::Version(VersionMismatch { theirs, ours: mine }))
     }
+
+    /// [`Hello::negotiate`], as both ends of a connection act on it: the version to use, or the
+    /// error to close with, a version mismatch counted and logged by `refusals`.
+    pub fn accept(&self, ours: &Hello, refusals: &auth::Refusals) -> Result<u32> {
+        match self.negotiate(ours) {
+            Ok(v) => Ok(v),
+            Err(HelloRefused::Cluster(err)) => Err(err),
+            Err(HelloRefused::Version(mismatch)) => Err(refusals.version(&self.node, mismatch)),
+        }
+    }
 }
 
 /// Why a hello was refused.

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use super::auth::{Proof, Refusals, Role, RpcAuth};
-use super::{Hello, HelloRefused, Message, Service, read_one, write_frames};
+use super::{Hello, Message, Service, read_one, write_frames};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
 
@@ -103,13 +103,7 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
     let theirs: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_one(&mut reader))
         .await
         .map_err(|_| Error::Protocol("no hello within the handshake timeout".into()))??;
-    let protocol = match theirs.negotiate(&ctx.hello) {
-        Ok(v) => v,
-        Err(HelloRefused::Cluster(err)) => return Err(err),
-        Err(HelloRefused::Version(mismatch)) => {
-            return Err(ctx.refusals.version(&theirs.node, mismatch));
-        }
-    };
+    let protocol = theirs.accept(&ctx.hello, &ctx.refusals)?;
     let mut ours = ctx.hello.clone();
     let nonces = match &ctx.auth {
         Some(auth) => {
