@@ -56,7 +56,7 @@ use crate::access::{Decision, TokenFile};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_KEY_BYTES, MAX_LIST_LIMIT, MAX_TTL_SECS};
 use crate::coordinator::Write;
 use crate::error::{Error, Result};
-use crate::membership::{Member, STATUS_LEAVING, View};
+use crate::membership::{Member, Status, View};
 use crate::metrics::HttpMetrics;
 use crate::node::Node;
 use crate::stages::Stage;
@@ -1029,14 +1029,14 @@ fn history_json(ctx: &Context) -> serde_json::Value {
 
 /// How a member looks from here: `leaving`, `dead`, `joining`, `stopping` or `alive`.
 fn member_status<'a>(view: &View, m: &'a Member) -> &'a str {
-    if m.status == STATUS_LEAVING {
-        STATUS_LEAVING
+    if m.status == Status::Leaving {
+        Status::Leaving.as_str()
     } else if !m.alive {
         "dead"
     } else if view.is_alive(&m.id) {
         "alive"
     } else {
-        &m.status
+        m.status.as_str()
     }
 }
 
@@ -1150,7 +1150,7 @@ async fn cluster_status(node: &Arc<Node>) -> Response<Body> {
     }
     let stats = view.members.values().map(|m| {
         let node = node.clone();
-        let alive = m.alive && m.status != STATUS_LEAVING;
+        let alive = m.alive && m.status.in_ring();
         let (id, rpc) = (m.id.clone(), m.rpc);
         async move {
             if id == *node.cluster.id() {

@@ -291,14 +291,14 @@ pub async fn watch_latency(args: &BenchArgs) -> Result<WatchSummary> {
     // Give the last events time to arrive, then stop listening.
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        let got = arrivals.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let got = crate::lock(&arrivals).len();
         if got >= responses.len() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     reader.abort();
-    let arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let arrivals = crate::lock(&arrivals).clone();
     let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
         .map_err(|e| Error::invalid(format!("histogram: {e:?}")))?;
     let (mut events, mut before) = (0, 0);

@@ -107,8 +107,8 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Where the node keeps its write-ahead log and snapshots; `None`: in memory only.
     pub data_dir: Option<std::path::PathBuf>,
-    /// A disk other than a data dir, in its place: the simulator's ([`crate::durable::Disk`]).
-    pub disk: Option<Arc<dyn crate::durable::Disk>>,
+    /// A disk other than a data dir, in its place: the simulator's ([`crate::store::Disk`]).
+    pub disk: Option<Arc<dyn crate::store::Disk>>,
     /// When the log reaches the disk ([`crate::durable`]).
     pub fsync: crate::durable::Fsync,
     /// The period of `--fsync periodic` (and of writes with `never`).

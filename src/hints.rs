@@ -26,8 +26,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::durable::{Log, Record};
 use crate::ring::NodeId;
+use crate::store::{Log, Record};
 use crate::version::VersionSet;
 
 /// Bounds of a node's hint store.

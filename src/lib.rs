@@ -312,13 +312,13 @@
 //! - `tests/simulation.rs` is the deterministic simulator (`tests/sim`): a five-node ring
 //!   and three HTTP clients on one thread under turmoil's simulated TCP, UDP and time, with
 //!   seeded faults (kill, then restart empty or from a simulated disk behind the
-//!   [`durable::Log`] seam, which loses what was not synced; minority, majority, one-way
+//!   [`store::Log`] seam, which loses what was not synced; minority, majority, one-way
 //!   and flapping partitions, flaky and slow links, clock skew of up to 2 s). The nodes run the real code
 //!   with three seams swapped: the network ([`net`]), membership
 //!   ([`membership::GossipTransport::Custom`], a heartbeat protocol, because chitchat seeds its
 //!   peer choice from the OS and iterates `HashMap`s with random state) and the wall clock
 //!   ([`clock::Clock::from_source`]), and half the runs give nodes a disk
-//!   ([`durable::Disk`]). One seed replays one run exactly: every delivered
+//!   ([`store::Disk`]). One seed replays one run exactly: every delivered
 //!   message is hashed, and a test runs seeds twice and compares. A checker judges each
 //!   history against the healed ring: no lost acknowledged write, no phantom, no resurrected
 //!   delete, siblings only of concurrent writes, converged replicas, drained hints, expired

@@ -15,9 +15,7 @@ use tracing::{info, warn};
 
 use crate::antientropy::AntiEntropy;
 use crate::cluster::Cluster;
-use crate::membership::{
-    KEY_STATUS, STATUS_ALIVE, STATUS_JOINING, STATUS_LEAVING, STATUS_STOPPING, SelfKeys,
-};
+use crate::membership::{KEY_STATUS, SelfKeys, Status};
 use crate::readiness::{Phase, Readiness, Startup};
 use crate::replica::Replica;
 use crate::rpc::{NodeStatus, Request, Response};
@@ -58,7 +56,7 @@ pub struct Lifecycle {
     self_keys: SelfKeys,
     /// The status this node announces through gossip. A tokio mutex held across the gossip
     /// update, so that a late `alive` can never overwrite `stopping` or `leaving`.
-    status: tokio::sync::Mutex<&'static str>,
+    status: tokio::sync::Mutex<Status>,
     /// Set once this node announced `alive` (readable without the lock).
     announced: AtomicBool,
     /// Where the start-up stands ([`crate::readiness`]).
@@ -73,7 +71,7 @@ impl Lifecycle {
             cluster,
             replica,
             self_keys,
-            status: tokio::sync::Mutex::new(STATUS_JOINING),
+            status: tokio::sync::Mutex::new(Status::Joining),
             announced: AtomicBool::new(false),
             startup: watch::channel(Startup::Waiting).0,
             leave_tx: watch::channel(LeaveState::Member).0,
@@ -146,7 +144,7 @@ impl Lifecycle {
             return;
         }
         self.set_startup(Startup::Announcing { seen_by: 0, of: 0 });
-        self.announce(STATUS_ALIVE).await;
+        self.announce(Status::Alive).await;
         let cluster = &self.cluster;
         warn_if_unbalanced(&cluster.view().ring, cluster.config.replicas);
         let began = Instant::now();
@@ -255,21 +253,17 @@ impl Lifecycle {
         }
     }
 
-    /// Announces `status` through gossip, unless that would undo a later step: `alive` only
-    /// follows `joining`, and nothing follows `leaving` but `leaving`.
-    pub(crate) async fn announce(&self, status: &'static str) {
+    /// Announces `status` through gossip, unless that would undo a later step
+    /// ([`Status::may_become`]).
+    pub(crate) async fn announce(&self, status: Status) {
         let mut current = self.status.lock().await;
-        let allowed = match status {
-            STATUS_ALIVE => *current == STATUS_JOINING,
-            STATUS_STOPPING => *current == STATUS_JOINING || *current == STATUS_ALIVE,
-            _ => true,
-        };
-        if !allowed {
+        if !current.may_become(&status) {
             return;
         }
-        self.self_keys.set(KEY_STATUS, status).await;
+        self.self_keys.set(KEY_STATUS, status.as_str()).await;
+        let serves = status.serves();
         *current = status;
-        if status == STATUS_ALIVE {
+        if serves {
             self.announced.store(true, Ordering::Release);
         }
     }
@@ -278,7 +272,7 @@ impl Lifecycle {
     /// `stopping` (a node in the middle of a leave stays `leaving`: it is out for good).
     pub(crate) async fn begin_stop(&self) {
         self.replica.stop_serving_reads();
-        self.announce(STATUS_STOPPING).await;
+        self.announce(Status::Stopping).await;
     }
 
     /// Starts a decommission: announce `leaving` through gossip, which takes this node out of
@@ -296,7 +290,7 @@ impl Lifecycle {
             return;
         }
         self.leave_tx.send_replace(LeaveState::Leaving);
-        self.announce(STATUS_LEAVING).await;
+        self.announce(Status::Leaving).await;
         let cluster = &self.cluster;
         info!(id = %cluster.id, "leaving the ring: handing data over");
         let this = self.clone();

@@ -225,7 +225,7 @@ pub(crate) mod mem {
                 addr.set_port(10_000 + self.next_port.fetch_add(1, Ordering::Relaxed));
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let mut listeners = crate::lock(&self.listeners);
             if listeners.get(&addr).is_some_and(|l| !l.is_closed()) {
                 return Err(io::ErrorKind::AddrInUse.into());
             }
@@ -239,7 +239,7 @@ pub(crate) mod mem {
         async fn connect(&self, addr: SocketAddr) -> io::Result<BoxStream> {
             let (ours, theirs) = tokio::io::duplex(PIPE);
             let from = SocketAddr::from(([127, 0, 0, 2], 1));
-            let listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            let listeners = crate::lock(&self.listeners);
             match listeners.get(&addr) {
                 Some(l) if l.send((Box::new(theirs), from)).is_ok() => Ok(Box::new(ours)),
                 _ => Err(io::ErrorKind::ConnectionRefused.into()),

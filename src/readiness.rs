@@ -266,7 +266,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::membership::{Member, STATUS_ALIVE, STATUS_JOINING, STATUS_STOPPING};
+    use crate::membership::{Member, Status};
+
+    const STATUS_ALIVE: &str = "alive";
+    const STATUS_JOINING: &str = "joining";
+    const STATUS_STOPPING: &str = "stopping";
     use crate::ring::{NodeId, Ring};
 
     const Q: Quorums = Quorums {
@@ -289,7 +293,7 @@ mod tests {
                     http: Some(addr),
                     rpc: Some(addr),
                     alive: *up,
-                    status: status.to_string(),
+                    status: Status::parse(status),
                     dead_since: None,
                     watch: None,
                     build: Default::default(),

@@ -15,13 +15,13 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::cluster::Cluster;
-use crate::durable::Record;
 use crate::error::{Error, Result};
 use crate::hints::HintStore;
 use crate::lock;
 use crate::ring::NodeId;
 use crate::rpc::{ANSWER_BUDGET, Response};
 use crate::stats::Stats;
+use crate::store::Record;
 use crate::store::Store;
 use crate::version::VersionSet;
 
@@ -109,7 +109,7 @@ impl Replica {
                 .store
                 .log()
                 .cloned()
-                .and_then(|log| log.wal())
+                .and_then(crate::durable::Wal::of)
                 .ok_or_else(|| Error::invalid("this node has no --data-dir"))?;
             log.snapshot(|put| replica.snapshot_into(put))
         })

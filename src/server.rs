@@ -20,7 +20,6 @@ use crate::antientropy::AntiEntropy;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
-use crate::durable::Record;
 use crate::error::{Error, Result};
 use crate::hints::{HintLimits, HintStore};
 use crate::lifecycle::{Lifecycle, STOP_ANNOUNCE_ROUNDS};
@@ -33,6 +32,7 @@ use crate::rpc::client::{Pool, PoolConfig};
 use crate::rpc::server::ServerContext;
 use crate::rpc::{self, Hello};
 use crate::stats::Stats;
+use crate::store::Record;
 use crate::store::Store;
 use crate::version::Actor;
 use crate::watch::Watches;
@@ -121,6 +121,7 @@ impl NodeHandle {
                 vnodes: config.vnodes,
                 gossip: config.gossip_config.clone(),
                 gossip_key: config.cluster_secret.as_ref().map(|s| s.derive("gossip")),
+                counters: stats.gossip.clone(),
             },
             transport,
             shutdown.clone(),
@@ -156,7 +157,7 @@ impl NodeHandle {
             tracker: tracker.clone(),
             auth: auth.clone(),
             refusals: refusals.clone(),
-            expect: Some(rpc::client::expect_from_view(membership.subscribe())),
+            expect: Some(crate::membership::expect_from_view(membership.subscribe())),
         });
         let cluster = Arc::new(Cluster::new(
             config,
@@ -207,7 +208,12 @@ impl NodeHandle {
         let ae = node.anti_entropy.clone();
         tracker.spawn(crate::antientropy::run(ae.clone(), shutdown.clone()));
         tracker.spawn(node.lifecycle.clone().start_up(ae, shutdown.clone()));
-        let snapshots = match replica.store.log().cloned().and_then(|log| log.wal()) {
+        let snapshots = match replica
+            .store
+            .log()
+            .cloned()
+            .and_then(crate::durable::Wal::of)
+        {
             Some(log) => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let (live, fill) = (replica.clone(), replica.clone());
@@ -354,7 +360,7 @@ impl NodeHandle {
             .store
             .log()
             .cloned()
-            .and_then(|log| log.wal())
+            .and_then(crate::durable::Wal::of)
         {
             let _ = tokio::task::spawn_blocking(move || wal.close()).await;
         }
@@ -460,9 +466,7 @@ async fn wait_for_seeds(config: &Config, http: &dyn Listener) {
     };
     let status = Arc::new(std::sync::Mutex::new(why.clone()));
     let shown = status.clone();
-    let serve = crate::api::serve_starting(http, "gossip", move || {
-        shown.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    });
+    let serve = crate::api::serve_starting(http, "gossip", move || crate::lock(&shown).clone());
     let wait = async {
         let mut logged = Instant::now();
         let http = http
@@ -475,7 +479,7 @@ async fn wait_for_seeds(config: &Config, http: &dyn Listener) {
                 None => return info!("a seed resolves"),
                 Some(now) => why = now,
             }
-            *status.lock().unwrap_or_else(|e| e.into_inner()) = why.clone();
+            *crate::lock(&status) = why.clone();
             if logged.elapsed() >= SEED_WAIT_LOG_EVERY {
                 warn!(%why, "still waiting for a seed to resolve");
                 logged = Instant::now();

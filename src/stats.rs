@@ -55,6 +55,8 @@ pub struct Stats {
     pub tombstones_purged: AtomicU64,
     /// HTTP requests answered.
     pub http_requests: AtomicU64,
+    /// This node's gossip traffic and refusals, shared with its membership.
+    pub gossip: Arc<crate::membership::GossipCounters>,
     /// Where requests' time goes, by stage (`GET /admin/stages`).
     pub stages: crate::stages::Stages,
     /// Values dropped by the TTL sweep once expired.
@@ -75,11 +77,11 @@ pub struct StatsSnapshot {
     pub watchers_refused: u64,
     pub http_connections_refused: u64,
     pub tls_handshakes_failed: u64,
-    /// Process-wide: see [`crate::membership::garbage`].
+    /// Gossip datagrams chitchat could not decode ([`crate::membership::garbage`]).
     pub gossip_datagrams_rejected: u64,
-    /// Process-wide: gossip datagrams dropped by the cluster secret's check ([`crate::seal`]).
+    /// Gossip datagrams dropped by the cluster secret's check ([`crate::seal`]).
     pub gossip_datagrams_refused: u64,
-    /// Process-wide gossip traffic ([`crate::membership::traffic`]).
+    /// Gossip traffic ([`crate::membership::GossipCounters`]).
     pub gossip_bytes_sent: u64,
     pub gossip_datagrams_sent: u64,
     pub gossip_bytes_received: u64,
@@ -118,12 +120,7 @@ impl Stats {
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let [
-            gossip_bytes_sent,
-            gossip_datagrams_sent,
-            gossip_bytes_received,
-            largest,
-        ] = crate::membership::traffic::snapshot();
+        let gossip = &self.gossip;
         StatsSnapshot {
             rpc_frames_rejected: get(&self.rpc_frames_rejected),
             rpc_handshakes_refused: get(&self.rpc_handshakes_refused),
@@ -131,12 +128,12 @@ impl Stats {
             watchers_refused: get(&self.watchers_refused),
             http_connections_refused: get(&self.http_connections_refused),
             tls_handshakes_failed: get(&self.tls_handshakes_failed),
-            gossip_datagrams_rejected: crate::membership::garbage::rejected(),
-            gossip_datagrams_refused: crate::seal::refused(),
-            gossip_bytes_sent,
-            gossip_datagrams_sent,
-            gossip_bytes_received,
-            gossip_largest_datagram: largest,
+            gossip_datagrams_rejected: get(&gossip.rejected),
+            gossip_datagrams_refused: get(&gossip.refused),
+            gossip_bytes_sent: get(&gossip.bytes_sent),
+            gossip_datagrams_sent: get(&gossip.datagrams_sent),
+            gossip_bytes_received: get(&gossip.bytes_received),
+            gossip_largest_datagram: get(&gossip.largest_sent),
             read_repairs: get(&self.read_repairs),
             quorum_failures: get(&self.quorum_failures),
             writes_coordinated: get(&self.writes_coordinated),

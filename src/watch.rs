@@ -749,7 +749,7 @@ mod tests {
             http: None,
             rpc: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             alive: true,
-            status: "alive".into(),
+            status: crate::membership::Status::Alive,
             dead_since: None,
             watch: watch.map(|a| Arc::new(a.clone())),
             build: Default::default(),

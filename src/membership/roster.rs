@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use super::{Member, STATUS_LEAVING, View};
+use super::{Member, Status, View};
 use crate::compat::Build;
 use crate::ring::{NodeId, Zone};
 
@@ -42,7 +42,7 @@ pub struct Down {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<SocketAddr>,
     /// What it last said of itself (`alive`, `stopping`, ...).
-    pub status: String,
+    pub status: Status,
     /// When it was first seen dead, in wall-clock milliseconds since the Unix epoch: the
     /// grace runs from here, on every node alike (up to their clocks' skew).
     pub since: u64,
@@ -184,7 +184,7 @@ impl Merge<'_> {
         for m in members.values() {
             let seen_dead =
                 from_rosters.contains(&m.id) || seen_alive.contains(&(m.id.clone(), m.generation));
-            if m.alive || !seen_dead || &*m.id == own || m.status == STATUS_LEAVING {
+            if m.alive || !seen_dead || &*m.id == own || m.status == Status::Leaving {
                 continue;
             }
             let since = match prev_roster.get(&m.id) {
@@ -228,7 +228,7 @@ impl Merge<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::membership::{STATUS_ALIVE, STATUS_STOPPING};
+    use crate::membership::Status;
 
     const GRACE: Duration = Duration::from_secs(3600);
 
@@ -269,7 +269,7 @@ mod tests {
             http: Some(([10, 0, 0, 1], 8000).into()),
             rpc: None,
             alive,
-            status: STATUS_ALIVE.into(),
+            status: Status::Alive,
             dead_since: (!alive).then_some(now),
             watch: None,
             build: Default::default(),
@@ -362,7 +362,7 @@ mod tests {
             gossip: ([10, 0, 0, 3], 7000).into(),
             http: None,
             rpc: None,
-            status: STATUS_ALIVE.into(),
+            status: Status::Alive,
             since: 1_000,
             zone: None,
             build: None,
@@ -385,14 +385,14 @@ mod tests {
     fn the_grace_ends_the_entry_and_self_and_leavers_are_never_listed() {
         let now = Instant::now();
         let mut leaver = member("l", 3, false, now);
-        leaver.status = STATUS_LEAVING.into();
+        leaver.status = Status::Leaving;
         let mut stopping = member("s", 4, false, now);
-        stopping.status = STATUS_STOPPING.into();
+        stopping.status = Status::Stopping;
         let mut view = members(&[member("a", 1, true, now), leaver, stopping]);
         let roster = at("a", &BTreeMap::new(), 10_000, now).apply(&mut view, std::iter::empty());
         // A node stopped for now keeps its place; one that left does not.
         assert_eq!(roster.keys().map(|k| &**k).collect::<Vec<_>>(), ["s"]);
-        assert_eq!(roster["s"].status, STATUS_STOPPING);
+        assert_eq!(roster["s"].status, Status::Stopping);
 
         // Entries about this node itself are ignored: it knows it is up.
         let mut me_dead = roster["s"].clone();

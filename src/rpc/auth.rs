@@ -73,7 +73,7 @@ impl Refusals {
     /// the number of refusals not logged since the last line.
     pub fn refuse(&self, log: impl FnOnce(u64)) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut t = crate::lock(&self.throttle);
         let now = Instant::now();
         match &mut *t {
             Some((last, quiet)) if now.duration_since(*last) < REFUSAL_LOG_INTERVAL => {

@@ -27,6 +27,7 @@ use super::auth::{FrameMac, Proof, Refusals, Role, RpcAuth};
 use super::{Hello, Message, Request, Response, read_one};
 use crate::codec::{self, FrameCodec};
 use crate::error::{Error, Result};
+use crate::lock;
 
 /// How long to wait for a TCP connect plus hello. Short: on loopback or a LAN a live peer
 /// answers in microseconds, and a dead one should not hold a client request.
@@ -77,32 +78,12 @@ pub struct PoolConfig {
     /// Handshakes refused (a wrong secret, or no protocol version in common).
     pub refusals: Arc<Refusals>,
     /// Who should answer at an address (node id and generation), if anyone is known there:
-    /// see [`expect_from_view`].
+    /// see [`crate::membership::expect_from_view`].
     pub expect: Option<Expect>,
 }
 
 /// Who should answer at an address, by the current view.
 pub type Expect = Arc<dyn Fn(SocketAddr) -> Option<(String, u64)> + Send + Sync>;
-
-/// The node and generation the view places at an address. A connection to an address
-/// answered by anyone else is refused as unreachable: a node that stopped leaves its port
-/// behind, and a process started later may be given it (a restarted node, or another
-/// cluster's). That process would answer a read with "nothing here", which counts toward R
-/// and can hide a write the real replicas hold.
-pub fn expect_from_view(
-    view: tokio::sync::watch::Receiver<Arc<crate::membership::View>>,
-) -> Expect {
-    Arc::new(move |addr| {
-        let view = view.borrow();
-        // Two members may name one address (one left, another took its port): the live one,
-        // else the newest, is the one there now.
-        view.members
-            .values()
-            .filter(|m| m.rpc == Some(addr))
-            .max_by_key(|m| (m.alive, m.generation))
-            .map(|m| (m.id.to_string(), m.generation))
-    })
-}
 
 type Conns = Arc<Mutex<HashMap<SocketAddr, Arc<Conn>>>>;
 
@@ -263,12 +244,6 @@ fn forget(conns: &Conns, addr: SocketAddr, conn: &Arc<Conn>) {
     if conns.get(&addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
         conns.remove(&addr);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks cannot leave the map half-updated
-    // (every critical section is a single insert or remove), so poisoning is ignored.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Fails every pending call. A request none of whose bytes reached the socket (the

@@ -516,7 +516,7 @@ pub(crate) mod testing {
     impl Recorder {
         /// The keys of the events received so far, in order.
         pub(crate) fn keys(&self) -> Vec<bytes::Bytes> {
-            let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            let events = crate::lock(&self.events);
             events.iter().map(|e| e.key.clone()).collect()
         }
     }

@@ -66,7 +66,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::durable::{Log, Record};
+use crate::lock;
 use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
 use crate::ring::{SHARD_BITS, Segment, key_hash, shard_of};
 use crate::version::{Actor, Condition, Context, Meta, VersionSet};
@@ -74,7 +74,10 @@ use crate::version::{Actor, Condition, Context, Meta, VersionSet};
 // Segment ids and listing pages cross the wire: they are defined with the protocol.
 pub use crate::rpc::{ListEntry, ListPage, SegmentId};
 
+pub mod log;
 mod packed;
+
+pub use log::{Disk, Log, Record, WalStats};
 
 use packed::{Packer, View};
 
@@ -777,12 +780,6 @@ impl Store {
 fn leaf_hashes((start, end): (u64, u64)) -> Option<std::ops::RangeInclusive<u64>> {
     let lower = start.wrapping_add(1);
     (start != end && lower <= end).then_some(lower..=end)
-}
-
-fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
-    // Poisoning means a panic mid-operation; every operation builds its new state before
-    // swapping it in, so the shard is intact and serving on is the right call.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Every key's versions in a shard, by hash and then key.

@@ -1,4 +1,4 @@
-//! The simulated disk ([`ringkv::durable::Disk`]): what a killed node finds when it restarts.
+//! The simulated disk ([`ringkv::store::Disk`]): what a killed node finds when it restarts.
 //!
 //! Records a node logs wait in memory until a barrier's simulated fsync (one millisecond)
 //! makes them durable; a crash loses whatever was not, as a real one loses the page cache.
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use ringkv::durable::{Disk, Log, Record, WalStats};
+use ringkv::store::{Disk, Log, Record, WalStats};
 
 /// How long a simulated fsync takes.
 pub const FSYNC: Duration = Duration::from_millis(1);
@@ -81,5 +81,9 @@ impl Log for SimLog {
 
     fn stats(&self) -> &WalStats {
         &self.stats
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }

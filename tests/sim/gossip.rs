@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ringkv::membership::{
     Gossip, KEY_HTTP, KEY_RPC, KEY_STATUS, KEY_WATCH, Member, Membership, MembershipConfig,
-    OwnKeys, STATUS_ALIVE, View,
+    OwnKeys, Status, View,
 };
 use ringkv::ring::NodeId;
 use serde::{Deserialize, Serialize};
@@ -217,8 +217,7 @@ impl State {
                     alive,
                     status: keys
                         .get(KEY_STATUS)
-                        .cloned()
-                        .unwrap_or_else(|| STATUS_ALIVE.to_string()),
+                        .map_or(Status::Alive, |s| Status::parse(s)),
                     dead_since,
                     watch: keys
                         .get(KEY_WATCH)

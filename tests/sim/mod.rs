@@ -356,7 +356,7 @@ async fn start_node(
         turmoil::since_epoch().map_or(0, |d| d.as_millis() as u64)
     }));
     cfg.clock.set_offset_ms(skew);
-    cfg.disk = disk.map(|d| Arc::new(d) as Arc<dyn ringkv::durable::Disk>);
+    cfg.disk = disk.map(|d| Arc::new(d) as Arc<dyn ringkv::store::Disk>);
     let handle = NodeHandle::start_with(
         cfg,
         GossipTransport::Custom(Arc::new(gossip::SimGossip)),

@@ -30,30 +30,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ::chitchat::ChitchatHandle;
+use ::chitchat::transport::ChannelTransport;
 use async_trait::async_trait;
-use chitchat::transport::{ChannelTransport, Socket, Transport, UdpSocket};
-use chitchat::{
-    ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion,
-    spawn_chitchat,
-};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ring::{NodeId, Ring};
-use crate::seal::SealedUdp;
 
+mod chitchat;
 mod roster;
+pub mod sealed_udp;
+
+pub use self::chitchat::garbage;
 
 /// Node-state key holding the node's HTTP address.
 pub const KEY_HTTP: &str = "http";
 /// Node-state key holding the node's RPC address.
 pub const KEY_RPC: &str = "rpc";
-/// Node-state key holding the node's status: [`STATUS_JOINING`], [`STATUS_ALIVE`],
-/// [`STATUS_STOPPING`] or [`STATUS_LEAVING`].
+/// Node-state key holding the node's [`Status`].
 pub const KEY_STATUS: &str = "status";
 /// Node-state key holding the prefixes the node's watchers follow
 /// ([`crate::rpc::Announcement`]).
@@ -63,22 +63,120 @@ pub const KEY_WATCH: &str = "watch";
 pub const KEY_DOWN: &str = "down";
 /// Node-state key holding the node's zone (`--zone`); [`crate::ring::DEFAULT_ZONE`] if absent.
 pub const KEY_ZONE: &str = "zone";
-/// A node that started but cannot serve yet: it has not heard a seed, does not see a quorum, or
-/// has not caught up with its peers by anti-entropy ([`crate::readiness`]). Peers keep it in
-/// the ring and send it copies and hints, but route no client request to it, so a node
-/// restarted empty never coordinates a write or answers a read from a partial store.
-pub const STATUS_JOINING: &str = "joining";
-/// A node serving normally.
-pub const STATUS_ALIVE: &str = "alive";
-/// A node handing its data over before it exits. It is out of the ring at once.
-pub const STATUS_LEAVING: &str = "leaving";
-/// A node shutting down for now (SIGTERM): peers stop routing to it at once, but it keeps
-/// its place in the ring, since it is expected back.
-pub const STATUS_STOPPING: &str = "stopping";
+/// What a node says of itself, under [`KEY_STATUS`].
+///
+/// A node moves `joining → alive → stopping` (or `leaving`), never back: see
+/// [`Status::may_become`]. A status this build does not know (a newer build's) is kept as
+/// gossiped, and such a member is treated as neither serving nor taking copies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Status {
+    /// Started but cannot serve yet: it has not heard a seed, does not see a quorum, or has not
+    /// caught up with its peers by anti-entropy ([`crate::readiness`]). Peers keep it in the
+    /// ring and send it copies and hints, but route no client request to it, so a node
+    /// restarted empty never coordinates a write or answers a read from a partial store.
+    Joining,
+    /// Serving normally.
+    Alive,
+    /// Shutting down for now (SIGTERM): peers stop routing to it at once, but it keeps its
+    /// place in the ring, since it is expected back.
+    Stopping,
+    /// Handing its data over before it exits. It is out of the ring at once.
+    Leaving,
+    /// A status this build does not know, as gossiped.
+    Other(Arc<str>),
+}
+
+impl Status {
+    /// The status as gossiped and shown (`/cluster/members`).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Status::Joining => "joining",
+            Status::Alive => "alive",
+            Status::Stopping => "stopping",
+            Status::Leaving => "leaving",
+            Status::Other(s) => s,
+        }
+    }
+
+    /// Parses a gossiped status; an unknown one is kept as [`Status::Other`].
+    pub fn parse(s: &str) -> Status {
+        match s {
+            "joining" => Status::Joining,
+            "alive" => Status::Alive,
+            "stopping" => Status::Stopping,
+            "leaving" => Status::Leaving,
+            other => Status::Other(Arc::from(other)),
+        }
+    }
+
+    /// Whether a node may announce `next` after `self`: forward only, so a late announcement
+    /// (readiness finishing during a shutdown) never brings a stopping node back.
+    pub fn may_become(&self, next: &Status) -> bool {
+        match next {
+            Status::Alive => *self == Status::Joining,
+            Status::Stopping => matches!(self, Status::Joining | Status::Alive),
+            Status::Leaving => true,
+            Status::Joining | Status::Other(_) => false,
+        }
+    }
+
+    /// Serves client requests (with the member up).
+    pub fn serves(&self) -> bool {
+        *self == Status::Alive
+    }
+
+    /// Takes copies, hints and handoffs (with the member up): serving, or still joining.
+    pub fn takes_copies(&self) -> bool {
+        matches!(self, Status::Alive | Status::Joining)
+    }
+
+    /// Holds a place in the ring: every status but leaving.
+    pub fn in_ring(&self) -> bool {
+        *self != Status::Leaving
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for Status {
+    fn from(s: String) -> Status {
+        Status::parse(&s)
+    }
+}
+
+impl From<Status> for String {
+    fn from(s: Status) -> String {
+        s.as_str().to_string()
+    }
+}
+
+/// A node's gossip counters (`/admin/stats`, `/metrics`): per node, so that in-process rings
+/// and the simulator see each node's own.
+#[derive(Debug, Default)]
+pub struct GossipCounters {
+    /// Bytes of datagrams sent.
+    pub bytes_sent: AtomicU64,
+    /// Datagrams sent.
+    pub datagrams_sent: AtomicU64,
+    /// Bytes of datagrams received.
+    pub bytes_received: AtomicU64,
+    /// The largest datagram sent.
+    pub largest_sent: AtomicU64,
+    /// Datagrams chitchat could not decode ([`garbage`]).
+    pub rejected: AtomicU64,
+    /// Datagrams refused by sealed gossip: forged, truncated, replayed, skewed, undecodable
+    /// ([`crate::seal`]). Always 0 without a gossip key.
+    pub refused: AtomicU64,
+}
 
 /// How often the view is recomputed even without a change notification from chitchat. The
 /// notifications cover joins, deaths and key changes; this is a safety net, so it is slow.
-const VIEW_REFRESH: Duration = Duration::from_secs(1);
+pub(crate) const VIEW_REFRESH: Duration = Duration::from_secs(1);
 
 /// How long chitchat keeps the state of a dead generation, of any node, before forgetting it
 /// (its `dead_node_grace_period`; digests stop listing it after half of this). Short, so
@@ -162,8 +260,8 @@ pub struct Member {
     pub http: Option<SocketAddr>,
     pub rpc: Option<SocketAddr>,
     pub alive: bool,
-    /// What the node says of itself: `alive`, or `leaving` during a shutdown.
-    pub status: String,
+    /// What the node says of itself.
+    pub status: Status,
     /// When this node first saw it dead (local observation, by tokio's clock; `None` while
     /// alive).
     pub dead_since: Option<Instant>,
@@ -239,7 +337,7 @@ impl View {
     pub fn is_alive(&self, id: &str) -> bool {
         self.members
             .get(id)
-            .is_some_and(|m| m.alive && m.status == STATUS_ALIVE)
+            .is_some_and(|m| m.alive && m.status.serves())
     }
 
     /// True if `id` is up and takes copies: serving, or still joining. Writes, hints and
@@ -247,7 +345,7 @@ impl View {
     pub fn is_up(&self, id: &str) -> bool {
         self.members
             .get(id)
-            .is_some_and(|m| m.alive && (m.status == STATUS_ALIVE || m.status == STATUS_JOINING))
+            .is_some_and(|m| m.alive && m.status.takes_copies())
     }
 
     /// The member with this id.
@@ -293,9 +391,27 @@ impl View {
     }
 }
 
+/// The node and generation the view places at an address. A connection to an address
+/// answered by anyone else is refused as unreachable: a node that stopped leaves its port
+/// behind, and a process started later may be given it (a restarted node, or another
+/// cluster's). That process would answer a read with "nothing here", which counts toward R
+/// and can hide a write the real replicas hold.
+pub fn expect_from_view(view: watch::Receiver<Arc<View>>) -> crate::rpc::client::Expect {
+    Arc::new(move |addr| {
+        let view = view.borrow();
+        // Two members may name one address (one left, another took its port): the live one,
+        // else the newest, is the one there now.
+        view.members
+            .values()
+            .filter(|m| m.rpc == Some(addr))
+            .max_by_key(|m| (m.alive, m.generation))
+            .map(|m| (m.id.to_string(), m.generation))
+    })
+}
+
 /// The members that hold a place in the ring: all but those leaving, dead or alive.
 fn in_ring(members: &BTreeMap<NodeId, Member>) -> impl Iterator<Item = &Member> {
-    members.values().filter(|m| m.status != STATUS_LEAVING)
+    members.values().filter(|m| m.status.in_ring())
 }
 
 /// The features every member in the ring supports ([`crate::compat::active`]).
@@ -326,7 +442,7 @@ pub fn own_keys(cfg: &MembershipConfig) -> Vec<(String, String)> {
     let mut keys = vec![
         (KEY_HTTP.to_string(), cfg.http_addr.to_string()),
         (KEY_RPC.to_string(), cfg.rpc_addr.to_string()),
-        (KEY_STATUS.to_string(), STATUS_JOINING.to_string()),
+        (KEY_STATUS.to_string(), Status::Joining.to_string()),
         (KEY_ZONE.to_string(), cfg.zone.to_string()),
     ];
     keys.extend(
@@ -344,8 +460,8 @@ pub struct Membership {
     keys: Arc<dyn OwnKeys>,
     view_rx: watch::Receiver<Arc<View>>,
     gossip_addr: SocketAddr,
-    /// Gossip datagrams this node refused ([`crate::seal`]); stays 0 without a key.
-    refused: Arc<AtomicU64>,
+    /// This node's gossip counters.
+    counters: Arc<GossipCounters>,
 }
 
 /// What [`Membership::start`] needs.
@@ -369,6 +485,9 @@ pub struct MembershipConfig {
     /// sealed: [`Membership::start`] refuses a key with channel gossip rather than run
     /// unauthenticated.
     pub gossip_key: Option<[u8; 32]>,
+    /// Where the node's gossip traffic and refusals are counted (the node's
+    /// [`crate::stats::Stats::gossip`]).
+    pub counters: Arc<GossipCounters>,
 }
 
 impl Membership {
@@ -379,117 +498,11 @@ impl Membership {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Membership> {
-        if let GossipTransport::Custom(gossip) = transport {
-            return gossip.start(cfg, shutdown, tracker).await;
+        match transport {
+            GossipTransport::Custom(gossip) => gossip.start(cfg, shutdown, tracker).await,
+            GossipTransport::Udp => chitchat::start(cfg, None, shutdown, tracker).await,
+            GossipTransport::Channel(t) => chitchat::start(cfg, Some(t), shutdown, tracker).await,
         }
-        let refused = Arc::new(AtomicU64::new(0));
-        let refused_sources = cfg.gossip_key.map(|_| Arc::default());
-        // Bind before building the identity, so that port 0 advertises the real port.
-        let (transport, gossip_addr): (Box<dyn Transport>, SocketAddr) = match transport {
-            GossipTransport::Udp => {
-                // chitchat's errors are `anyhow`; `?` keeps them whole (see `Error::from`).
-                let socket: Box<dyn Socket> = match &cfg.gossip_key {
-                    Some(key) => {
-                        let sources = refused_sources.clone().unwrap_or_default();
-                        Box::new(
-                            SealedUdp::bind(cfg.gossip_addr, key, refused.clone(), sources).await?,
-                        )
-                    }
-                    None => Box::new(UdpSocket::open(cfg.gossip_addr).await?),
-                };
-                let addr = socket.local_addr()?;
-                let socket: Box<dyn Socket> = Box::new(traffic::Counted(socket));
-                (
-                    Box::new(PreboundUdp(std::sync::Mutex::new(Some(socket)))),
-                    addr,
-                )
-            }
-            GossipTransport::Channel(_) if cfg.gossip_key.is_some() => {
-                // Channel gossip passes envelopes, not bytes: there is nothing to seal.
-                return Err(Error::invalid(
-                    "a gossip key needs UDP gossip: in-process channel gossip cannot be \
-                     authenticated",
-                ));
-            }
-            GossipTransport::Channel(t) => (Box::new(t), cfg.gossip_addr),
-            GossipTransport::Custom(_) => unreachable!("started above"),
-        };
-        let bound_gossip = gossip_addr;
-        let gossip_addr = cfg.advertise_gossip.unwrap_or(bound_gossip);
-        crate::net::check_advertised("--gossip", "--advertise-gossip", gossip_addr)?;
-        let chitchat_id = ChitchatId::new(cfg.id.to_string(), cfg.generation, gossip_addr);
-        let keys = own_keys(&cfg);
-        let config = ChitchatConfig {
-            chitchat_id,
-            cluster_id: cfg.cluster_id,
-            gossip_interval: cfg.gossip.interval,
-            listen_addr: bound_gossip,
-            seed_nodes: cfg.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: cfg.gossip.phi_threshold,
-                sampling_window_size: 1000,
-                max_interval: Duration::from_secs(10),
-                initial_interval: cfg.gossip.initial_interval,
-                dead_node_grace_period: FORGET_DEAD_GENERATION.min(cfg.gossip.dead_node_grace),
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: ProtocolVersion::V0,
-        };
-        let chitchat = spawn_chitchat(config, keys, transport.as_ref()).await?;
-
-        let chitchat = Arc::new(chitchat);
-        let cc = chitchat.chitchat();
-        let mut live_rx = cc.lock().await.live_nodes_watcher();
-        // Seeds that are not this node itself: hearing one of them proves this node joined the
-        // ring rather than sitting alone.
-        let mut needs_seed = false;
-        for seed in &cfg.seeds {
-            // A name that does not resolve now may be another node's.
-            let addrs = crate::net::resolve(seed).await.unwrap_or_default();
-            needs_seed |= addrs.is_empty() || addrs.iter().any(|a| *a != gossip_addr);
-        }
-        let mut task = ViewTask {
-            id: cfg.id.clone(),
-            vnodes: cfg.vnodes,
-            needs_seed,
-            grace: cfg.gossip.dead_node_grace,
-            roster: BTreeMap::new(),
-            seen_alive: Default::default(),
-            refused_sources,
-            refused_logged: None,
-        };
-        let first = task.compute(&mut *cc.lock().await, None);
-        let (view_tx, view_rx) = watch::channel(Arc::new(first));
-        let probe = chitchat.clone();
-        tracker.spawn(async move {
-            let mut tick = tokio::time::interval(VIEW_REFRESH);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    res = live_rx.changed() => if res.is_err() { return },
-                    _ = tick.tick() => task.probe_forgotten(&probe),
-                }
-                let prev = view_tx.borrow().clone();
-                let next = task.compute(&mut *cc.lock().await, Some(&prev));
-                if next.members != prev.members
-                    || next.heard_seed != prev.heard_seed
-                    || next.refused_seeds != prev.refused_seeds
-                {
-                    log_changes(&prev, &next);
-                    let _ = view_tx.send(Arc::new(next));
-                }
-            }
-        });
-        Ok(Membership {
-            keys: Arc::new(ChitchatKeys(chitchat.chitchat())),
-            chitchat: Some(chitchat),
-            view_rx,
-            gossip_addr,
-            refused,
-        })
     }
 
     /// The membership of a [`Gossip`] protocol: the views it publishes, the handle that sets
@@ -504,7 +517,7 @@ impl Membership {
             keys,
             view_rx,
             gossip_addr,
-            refused: Arc::new(AtomicU64::new(0)),
+            counters: Arc::default(),
         }
     }
 
@@ -524,10 +537,9 @@ impl Membership {
     }
 
     /// Gossip datagrams this node refused (forged, truncated, replayed, skewed, undecodable;
-    /// see [`crate::seal`]). Always 0 without a gossip key. [`crate::seal::refused`] is the
-    /// same count for the whole process.
+    /// see [`crate::seal`]). Always 0 without a gossip key.
     pub fn gossip_datagrams_refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.counters.refused.load(Ordering::Relaxed)
     }
 
     /// A handle that sets this node's own gossiped keys.
@@ -559,307 +571,6 @@ impl SelfKeys {
     }
 }
 
-/// A node's own keys in chitchat's state.
-struct ChitchatKeys(Arc<tokio::sync::Mutex<chitchat::Chitchat>>);
-
-#[async_trait]
-impl OwnKeys for ChitchatKeys {
-    async fn set(&self, key: &str, value: &str) {
-        self.0.lock().await.self_node_state().set(key, value);
-    }
-}
-
-/// The view task's state: what it needs to turn chitchat's state into a [`View`], and the
-/// roster it gossips.
-struct ViewTask {
-    id: NodeId,
-    vnodes: usize,
-    needs_seed: bool,
-    grace: Duration,
-    /// What this node gossips under [`KEY_DOWN`], as last set.
-    roster: BTreeMap<NodeId, roster::Down>,
-    /// The generations of current members this node has seen alive ([`roster::Merge`]).
-    seen_alive: std::collections::HashSet<(NodeId, u64)>,
-    /// Senders whose sealed gossip failed authentication, with a cluster secret.
-    refused_sources: Option<Arc<crate::seal::RefusedSources>>,
-    /// When the refused seeds were last logged ([`REFUSED_SEED_LOG_EVERY`]).
-    refused_logged: Option<Instant>,
-}
-
-/// A seed whose datagrams failed authentication within this window counts as refused.
-const REFUSED_SEED_WINDOW: Duration = Duration::from_secs(30);
-
-/// The warning about refused seeds is logged at most this often.
-const REFUSED_SEED_LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl ViewTask {
-    /// The view of chitchat's state, completed with the down members peers' rosters name;
-    /// sets this node's own roster key when the set of down members changed.
-    fn compute(&mut self, cc: &mut chitchat::Chitchat, prev: Option<&Arc<View>>) -> View {
-        let prev = prev.map(|p| &**p);
-        let live: std::collections::HashSet<&ChitchatId> = cc.live_nodes().collect();
-        let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
-        for (cid, state) in cc.node_states() {
-            let id: NodeId = NodeId::from(&*cid.node_id);
-            if members
-                .get(&id)
-                .is_some_and(|m| m.generation >= cid.generation_id)
-            {
-                continue; // an older generation of a node we already have
-            }
-            let addr = |key: &str| state.get(key).and_then(|v| v.parse().ok());
-            let alive = live.contains(cid);
-            let dead_since = if alive {
-                None
-            } else {
-                let before = prev.and_then(|p| p.members.get(&id));
-                match before {
-                    Some(m) if !m.alive && m.generation == cid.generation_id => m.dead_since,
-                    _ => Some(Instant::now()),
-                }
-            };
-            members.insert(
-                id.clone(),
-                Member {
-                    id,
-                    generation: cid.generation_id,
-                    gossip: cid.gossip_advertise_addr,
-                    http: addr(KEY_HTTP),
-                    rpc: addr(KEY_RPC),
-                    alive,
-                    status: state.get(KEY_STATUS).unwrap_or(STATUS_ALIVE).to_string(),
-                    dead_since,
-                    watch: state
-                        .get(KEY_WATCH)
-                        .and_then(crate::rpc::Announcement::decode)
-                        .map(Arc::new),
-                    build: Arc::new(crate::compat::Build::from_keys(|k| state.get(k))),
-                    zone: zone_of(state.get(KEY_ZONE)),
-                },
-            );
-        }
-        for m in members.values().filter(|m| m.alive) {
-            self.seen_alive.insert((m.id.clone(), m.generation));
-        }
-        let rosters = cc.node_states().values().filter_map(|s| s.get(KEY_DOWN));
-        let roster = roster::Merge {
-            own: &self.id,
-            prev,
-            prev_roster: &self.roster,
-            now_ms: crate::clock::system_ms(),
-            now: Instant::now(),
-            grace: self.grace,
-            seen_alive: &self.seen_alive,
-        }
-        .apply(&mut members, rosters);
-        self.seen_alive.retain(|(id, generation)| {
-            members.get(id).is_some_and(|m| m.generation == *generation)
-        });
-        // Once heard, a seed stays heard: readiness must not flap when a seed later dies.
-        let heard_seed = !self.needs_seed || prev.is_some_and(|p| p.heard_seed) || {
-            let seeds = cc.seed_nodes();
-            let me = cc.self_chitchat_id();
-            live.iter()
-                .any(|cid| *cid != me && seeds.contains(&cid.gossip_advertise_addr))
-        };
-        // An entry that still holds keeps its `since` (`roster::Merge`), so this changes
-        // only when the down members do.
-        if roster != self.roster {
-            cc.self_node_state().set(KEY_DOWN, roster::encode(&roster));
-        }
-        self.roster = roster;
-        let ring = View::ring_of(&members, prev, self.vnodes);
-        let refused_seeds = match &self.refused_sources {
-            Some(sources) if !heard_seed => {
-                let seeds = cc.seed_nodes();
-                let refused: Vec<SocketAddr> = sources
-                    .recent(REFUSED_SEED_WINDOW)
-                    .into_iter()
-                    .filter(|a| seeds.contains(a))
-                    .collect();
-                self.log_refused(&refused);
-                refused
-            }
-            _ => Vec::new(),
-        };
-        View {
-            members,
-            ring,
-            heard_seed,
-            refused_seeds,
-            routing_version: Default::default(),
-        }
-    }
-
-    /// Says, at most every [`REFUSED_SEED_LOG_EVERY`], which seeds answer with gossip that
-    /// fails authentication: the node's own log names the cause, not only the seeds'.
-    fn log_refused(&mut self, refused: &[SocketAddr]) {
-        if refused.is_empty()
-            || self
-                .refused_logged
-                .is_some_and(|t| t.elapsed() < REFUSED_SEED_LOG_EVERY)
-        {
-            return;
-        }
-        self.refused_logged = Some(Instant::now());
-        warn!("{}", refused_seeds_reason(refused));
-    }
-
-    /// Sends one gossip round to a random member of this node's roster, as chitchat does for
-    /// the dead nodes it still holds: once chitchat has forgotten a member, this is how the two
-    /// find each other again when it comes back (a partition heals) even if neither is the
-    /// other's seed. One datagram per [`VIEW_REFRESH`] at most.
-    fn probe_forgotten(&self, chitchat: &ChitchatHandle) {
-        use rand::seq::IteratorRandom;
-        if let Some(down) = self.roster.values().choose(&mut rand::rng()) {
-            let _ = chitchat.gossip(down.gossip);
-        }
-    }
-}
-
-fn log_changes(prev: &View, next: &View) {
-    for (id, m) in &next.members {
-        match prev.members.get(id) {
-            None => info!(node = %id, generation = m.generation, alive = m.alive, "member joined"),
-            Some(p)
-                if p.alive != m.alive || p.generation != m.generation || p.status != m.status =>
-            {
-                info!(node = %id, generation = m.generation, alive = m.alive, status = %m.status, "member changed")
-            }
-            _ => {}
-        }
-    }
-}
-
-/// UDP gossip whose socket (chitchat's own, or [`SealedUdp`]) is bound before chitchat
-/// starts, so that port 0 works and the advertised address is the real one.
-struct PreboundUdp(std::sync::Mutex<Option<Box<dyn Socket>>>);
-
-#[async_trait]
-impl Transport for PreboundUdp {
-    async fn open(&self, _listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let socket = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("gossip socket already opened"))?;
-        Ok(socket)
-    }
-}
-
-/// Gossip traffic of this process's UDP gossip sockets, counted as chitchat sends and
-/// receives: how the state's size grows with the ring and with restarts shows here first
-/// (chitchat's digests list every node state it holds, and a datagram is capped at 65,507
-/// bytes). Process-wide, like [`garbage`]: one `ringkv serve` process is one node.
-pub mod traffic {
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use async_trait::async_trait;
-    use chitchat::transport::{RecvOutcome, SendOutcome, Socket};
-
-    static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
-    static DATAGRAMS_SENT: AtomicU64 = AtomicU64::new(0);
-    static BYTES_RECEIVED: AtomicU64 = AtomicU64::new(0);
-    static LARGEST_SENT: AtomicU64 = AtomicU64::new(0);
-
-    /// Gossip counters so far: bytes sent, datagrams sent, bytes received, largest datagram
-    /// sent.
-    pub fn snapshot() -> [u64; 4] {
-        [
-            BYTES_SENT.load(Ordering::Relaxed),
-            DATAGRAMS_SENT.load(Ordering::Relaxed),
-            BYTES_RECEIVED.load(Ordering::Relaxed),
-            LARGEST_SENT.load(Ordering::Relaxed),
-        ]
-    }
-
-    /// A gossip socket whose traffic is counted.
-    pub(super) struct Counted(pub(super) Box<dyn Socket>);
-
-    #[async_trait]
-    impl Socket for Counted {
-        fn local_addr(&self) -> anyhow::Result<SocketAddr> {
-            self.0.local_addr()
-        }
-
-        async fn send(
-            &mut self,
-            to: SocketAddr,
-            envelope: chitchat::ChitchatEnvelope,
-        ) -> anyhow::Result<SendOutcome> {
-            let outcome = self.0.send(to, envelope).await?;
-            let n = outcome.num_bytes_sent as u64;
-            BYTES_SENT.fetch_add(n, Ordering::Relaxed);
-            DATAGRAMS_SENT.fetch_add(1, Ordering::Relaxed);
-            LARGEST_SENT.fetch_max(n, Ordering::Relaxed);
-            Ok(outcome)
-        }
-
-        async fn recv(&mut self) -> anyhow::Result<RecvOutcome> {
-            let outcome = self.0.recv().await?;
-            BYTES_RECEIVED.fetch_add(outcome.num_bytes_received as u64, Ordering::Relaxed);
-            Ok(outcome)
-        }
-    }
-}
-
-/// Counts gossip datagrams that chitchat could not decode.
-///
-/// chitchat decodes datagrams inside its UDP socket, where ringkv cannot reach (the envelope
-/// codec is private to the crate); it drops a bad one and logs a `invalid-chitchat-payload`
-/// warning. This tracing layer counts those events, so the count exists even when the log
-/// level hides them. It is process-wide: one `ringkv serve` process is one node.
-///
-/// With a gossip key, a datagram reaches chitchat's decoder only once its MAC is checked:
-/// forgeries and garbage are counted by [`crate::seal::refused`] instead, and an authentic
-/// envelope chitchat cannot decode is counted by both.
-pub mod garbage {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use tracing::{Event, Metadata, Subscriber};
-    use tracing_subscriber::layer::{Context, Layer};
-
-    static REJECTED: AtomicU64 = AtomicU64::new(0);
-
-    /// Undecodable gossip datagrams seen by this process so far.
-    pub fn rejected() -> u64 {
-        REJECTED.load(Ordering::Relaxed)
-    }
-
-    /// The counting layer; add it to the process's subscriber with [`is_chitchat_udp`] as its
-    /// per-layer filter.
-    pub struct CountLayer;
-
-    /// True for events of chitchat's UDP transport, the only ones the layer looks at. Use it as
-    /// the layer's own filter (`CountLayer.with_filter(filter_fn(is_chitchat_udp))`) so that
-    /// it never hides other events from the rest of the subscriber.
-    pub fn is_chitchat_udp(meta: &Metadata<'_>) -> bool {
-        meta.target().starts_with("chitchat::transport::udp")
-    }
-
-    impl<S: Subscriber> Layer<S> for CountLayer {
-        fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-            let mut visitor = MessageIs(false);
-            event.record(&mut visitor);
-            if visitor.0 {
-                REJECTED.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    struct MessageIs(bool);
-
-    impl tracing::field::Visit for MessageIs {
-        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-            if field.name() == "message" && format!("{value:?}") == "invalid-chitchat-payload" {
-                self.0 = true;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod feature_tests {
     use super::*;
@@ -873,7 +584,7 @@ mod feature_tests {
             http: None,
             rpc: None,
             alive,
-            status: status.into(),
+            status: Status::parse(status),
             dead_since: (!alive).then(Instant::now),
             watch: None,
             build: Arc::new(Build {
@@ -897,16 +608,16 @@ mod feature_tests {
     /// the view) no longer does.
     #[test]
     fn a_gate_waits_for_every_member_dead_ones_included() {
-        let a = member("a", true, STATUS_ALIVE, &["f"]);
-        let b = member("b", true, STATUS_ALIVE, &["f"]);
+        let a = member("a", true, "alive", &["f"]);
+        let b = member("b", true, "alive", &["f"]);
         assert!(view(vec![a.clone(), b.clone()]).feature_active("f"));
-        let lacking_dead = member("c", false, STATUS_ALIVE, &[]);
+        let lacking_dead = member("c", false, "alive", &[]);
         assert!(!view(vec![a.clone(), b.clone(), lacking_dead]).feature_active("f"));
-        let lacking_alive = member("c", true, STATUS_JOINING, &[]);
+        let lacking_alive = member("c", true, "joining", &[]);
         assert!(!view(vec![a.clone(), b.clone(), lacking_alive]).feature_active("f"));
-        let leaving = member("c", true, STATUS_LEAVING, &[]);
+        let leaving = member("c", true, "leaving", &[]);
         assert!(view(vec![a.clone(), b.clone(), leaving]).feature_active("f"));
-        let mut legacy = member("c", true, STATUS_ALIVE, &[]);
+        let mut legacy = member("c", true, "alive", &[]);
         legacy.build = Arc::default();
         let v = view(vec![a, b, legacy]);
         assert!(!v.feature_active("f"));
@@ -966,6 +677,7 @@ mod sealed_tests {
                     ..GossipConfig::default()
                 },
                 gossip_key: key,
+                counters: Default::default(),
                 advertise_gossip: None,
             },
             GossipTransport::Udp,
@@ -1165,6 +877,7 @@ mod sealed_tests {
                 vnodes: 8,
                 gossip: GossipConfig::default(),
                 gossip_key: Some(KEY),
+                counters: Default::default(),
                 advertise_gossip: None,
             },
             GossipTransport::Channel(Default::default()),
