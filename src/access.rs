@@ -66,23 +66,6 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
     (scheme.eq_ignore_ascii_case(b"bearer ")).then_some(rest)
 }
 
-/// The role a request needs: `None` for the routes open to all.
-pub fn required(method: &str, path: &str) -> Option<Role> {
-    let read_only = matches!(method, "GET" | "HEAD");
-    match path {
-        "/health" | "/ready" => None,
-        "/" if read_only => None,
-        "/kv" | "/watch" | "/metrics" if read_only => Some(Role::Read),
-        p if p.starts_with("/kv/") => match method {
-            "GET" | "HEAD" => Some(Role::Read),
-            "PUT" | "DELETE" => Some(Role::Write),
-            _ => Some(Role::Admin),
-        },
-        p if p.starts_with("/cluster/") && read_only => Some(Role::Read),
-        _ => Some(Role::Admin),
-    }
-}
-
 /// Whether a request may go on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -160,9 +143,10 @@ impl Tokens {
         found
     }
 
-    /// Decides a request from its method, path and `Authorization` header.
-    pub fn decide(&self, method: &str, path: &str, authorization: Option<&[u8]>) -> Decision {
-        let Some(needs) = required(method, path) else {
+    /// Decides a request that `needs` a role (`None`: open to all, the route table's
+    /// [`crate::api::routes::Spec::role`]) from its `Authorization` header.
+    pub fn decide(&self, needs: Option<Role>, authorization: Option<&[u8]>) -> Decision {
+        let Some(needs) = needs else {
             return Decision::Allow;
         };
         let token = authorization.and_then(bearer_token);
@@ -214,40 +198,19 @@ mod tests {
     const FILE: &str =
         "# tokens\nread r-token-0123456789\n\nwrite w-token-0123456789\nadmin a-token-0123456789\n";
 
-    fn decide(method: &str, path: &str, token: Option<&str>) -> Decision {
+    fn decide(needs: Option<Role>, token: Option<&str>) -> Decision {
         let header = token.map(|t| format!("Bearer {t}"));
         Tokens::parse(FILE)
             .unwrap()
-            .decide(method, path, header.as_deref().map(str::as_bytes))
+            .decide(needs, header.as_deref().map(str::as_bytes))
     }
 
-    /// Every route of the API against every role: the table of the module docs.
+    /// Every role a route may need against every token (the routes' roles are
+    /// `api::routes`' table, tested there).
     #[test]
     fn the_role_table() {
         use Decision::*;
-        let routes: &[(&str, &str, Option<Role>)] = &[
-            ("GET", "/health", None),
-            ("GET", "/ready", None),
-            ("GET", "/", None),
-            ("POST", "/", Some(Role::Admin)),
-            ("GET", "/kv/a", Some(Role::Read)),
-            ("GET", "/kv", Some(Role::Read)),
-            ("GET", "/watch", Some(Role::Read)),
-            ("GET", "/metrics", Some(Role::Read)),
-            ("GET", "/cluster/members", Some(Role::Read)),
-            ("GET", "/cluster/status", Some(Role::Read)),
-            ("GET", "/cluster/replicas/k", Some(Role::Read)),
-            ("PUT", "/kv/a", Some(Role::Write)),
-            ("DELETE", "/kv/a", Some(Role::Write)),
-            ("POST", "/cluster/leave", Some(Role::Admin)),
-            ("GET", "/admin/stats", Some(Role::Admin)),
-            ("GET", "/admin/local/k", Some(Role::Admin)),
-            ("POST", "/kv/a", Some(Role::Admin)),
-            ("PUT", "/kv", Some(Role::Admin)),
-            ("GET", "/no/such/route", Some(Role::Admin)),
-        ];
-        for &(method, path, needs) in routes {
-            assert_eq!(required(method, path), needs, "{method} {path}");
+        for needs in [None, Some(Role::Read), Some(Role::Write), Some(Role::Admin)] {
             for (token, has) in [
                 ("r-token-0123456789", Role::Read),
                 ("w-token-0123456789", Role::Write),
@@ -257,19 +220,11 @@ mod tests {
                     Some(n) if has < n => Forbidden { needs: n, has },
                     _ => Allow,
                 };
-                assert_eq!(
-                    decide(method, path, Some(token)),
-                    expect,
-                    "{method} {path} {token}"
-                );
+                assert_eq!(decide(needs, Some(token)), expect, "{needs:?} {token}");
             }
             let anonymous = if needs.is_some() { Unauthorized } else { Allow };
-            assert_eq!(decide(method, path, None), anonymous, "{method} {path}");
-            assert_eq!(
-                decide(method, path, Some("wrong")),
-                anonymous,
-                "{method} {path}"
-            );
+            assert_eq!(decide(needs, None), anonymous, "{needs:?}");
+            assert_eq!(decide(needs, Some("wrong")), anonymous, "{needs:?}");
         }
     }
 
@@ -281,20 +236,20 @@ mod tests {
         assert_eq!(t.role_of(b"r-token-01234567892"), None);
         assert_eq!(t.role_of(b""), None);
         assert_eq!(
-            t.decide("GET", "/kv/a", Some(b"Basic r-token-0123456789")),
+            t.decide(Some(Role::Read), Some(b"Basic r-token-0123456789")),
             Decision::Unauthorized
         );
         // The scheme's name is case-insensitive (RFC 9110 section 11.1).
         for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
             let header = format!("{scheme} r-token-0123456789");
             assert_eq!(
-                t.decide("GET", "/kv/a", Some(header.as_bytes())),
+                t.decide(Some(Role::Read), Some(header.as_bytes())),
                 Decision::Allow,
                 "{scheme}"
             );
         }
         assert_eq!(
-            t.decide("GET", "/kv/a", Some(b"Bearerr-token-0123456789")),
+            t.decide(Some(Role::Read), Some(b"Bearerr-token-0123456789")),
             Decision::Unauthorized
         );
     }

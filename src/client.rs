@@ -85,9 +85,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::debug;
 
-use crate::api::{CONTEXT_HEADER, EXPIRES_HEADER};
 use crate::config::DEFAULT_LIST_LIMIT;
 use crate::error::{Error, Result};
+use crate::http::{CONTEXT_HEADER, EXPIRES_HEADER};
 
 /// The node a client talks to when given none: node 1 of `ringkv dev`.
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:8001";
@@ -1518,7 +1518,7 @@ impl Client {
                 allow: header(ALLOW.as_str()),
                 content_type: header(CONTENT_TYPE.as_str()),
                 expires_at: header(EXPIRES_HEADER),
-                ring: header(crate::api::RING_HEADER),
+                ring: header(crate::http::RING_HEADER),
                 body,
             })
         };
@@ -1809,81 +1809,18 @@ fn decode_siblings(body: &[u8]) -> Result<Read> {
     })
 }
 
-/// Rebuilds the server's [`Error`] from an error answer: by the body's `kind`
-/// ([`Error::kind`]), or by the status code for an answer without one (a node that predates
-/// kinds). A variant carrying text gets the message back without the prefix its `Display`
-/// adds (the unit tests below keep the two in step).
+/// Rebuilds the server's [`Error`] from an error answer ([`crate::http::error_from_answer`]).
 fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
-    let json: Option<serde_json::Value> = serde_json::from_slice(&ans.body).ok();
-    let field = |name: &str| json.as_ref().and_then(|j| j.get(name));
-    let msg = field("error")
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(&ans.body).into_owned());
-    let count = |name: &str| field(name).and_then(|v| v.as_u64());
-    let text = |prefix: &str| msg.strip_prefix(prefix).unwrap_or(&msg).to_string();
-    let of_kind = |kind: &str| {
-        Some(match kind {
-            "invalid_input" => Error::InvalidInput(msg.clone()),
-            "not_found" => Error::NotFound(path.to_string()),
-            "method_not_allowed" => {
-                Error::MethodNotAllowed(ans.allow.clone().unwrap_or_else(|| msg.clone()))
-            }
-            "unauthorized" => Error::Unauthorized(text("unauthorized: ")),
-            "forbidden" => Error::Forbidden(text("forbidden: ")),
-            "request_timeout" => Error::RequestTimeout,
-            "value_too_large" => Error::ValueTooLarge {
-                size: sent_bytes,
-                limit: count("limit").unwrap_or(0),
-            },
-            "precondition_failed" => Error::PreconditionFailed {
-                context: field("context")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-                    .or_else(|| ans.context.as_ref().map(|c| c.to_string()))
-                    .unwrap_or_default(),
-            },
-            "unavailable" => Error::Unavailable {
-                replied: count("replied").unwrap_or(0) as usize,
-                required: count("required").unwrap_or(0) as usize,
-            },
-            "rejected" => Error::Rejected(text("copy refused: ")),
-            "interrupted" => Error::Interrupted(text("outcome unknown: ")),
-            "timeout" => Error::Timeout,
-            "unreachable" => Error::Unreachable(text("peer unreachable: ")),
-            "protocol" => Error::Protocol(text("protocol error: ")),
-            "shutdown" => Error::Shutdown,
-            "storage" => Error::Storage(text("storage: ")),
-            "io" => Error::Io(Arc::new(std::io::Error::other(text("I/O error: ")))),
-            "internal" => Error::internal(text("internal error: ")),
-            _ => return None,
-        })
-    };
-    // An older node's answer, or a kind newer than this client: the status decides, and
-    // the 503s it cannot tell apart read as unreachable.
-    let by_status = match ans.status {
-        StatusCode::BAD_REQUEST => "invalid_input",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::REQUEST_TIMEOUT => "request_timeout",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::PRECONDITION_FAILED => "precondition_failed",
-        StatusCode::PAYLOAD_TOO_LARGE => "value_too_large",
-        StatusCode::SERVICE_UNAVAILABLE if count("replied").is_some() => "unavailable",
-        StatusCode::SERVICE_UNAVAILABLE => "unreachable",
-        StatusCode::BAD_GATEWAY => "protocol",
-        StatusCode::INTERNAL_SERVER_ERROR => "io",
-        _ => "",
-    };
-    field("kind")
-        .and_then(|v| v.as_str())
-        .and_then(of_kind)
-        .or_else(|| of_kind(by_status))
-        .unwrap_or_else(|| {
-            let status = ans.status;
-            Error::Protocol(format!("unexpected answer {status} to {path}: {msg}"))
-        })
+    crate::http::error_from_answer(
+        &crate::http::ErrorAnswer {
+            status: ans.status,
+            body: &ans.body,
+            allow: ans.allow.as_deref(),
+            context: ans.context.as_ref().map(|c| c.to_string()),
+        },
+        path,
+        sent_bytes,
+    )
 }
 
 #[cfg(test)]
@@ -1892,9 +1829,9 @@ mod tests {
     use serde_json::json;
 
     fn answer(err: &Error) -> Answer {
-        let body = crate::api::error_body(err);
+        let body = crate::http::error_body(err);
         Answer {
-            status: crate::api::status_of(err),
+            status: crate::http::status_of(err),
             context: None,
             allow: match err {
                 Error::MethodNotAllowed(a) => Some(a.clone()),
@@ -1988,7 +1925,7 @@ mod tests {
                 kind => kind,
             };
             assert_eq!(back.kind(), want, "{err:?} came back as {back:?}");
-            assert_eq!(crate::api::status_of(&back), ans.status, "{err:?}");
+            assert_eq!(crate::http::status_of(&back), ans.status, "{err:?}");
         }
         let teapot = Answer {
             status: StatusCode::IM_A_TEAPOT,

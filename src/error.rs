@@ -1,7 +1,7 @@
 //! The one error type of ringkv.
 //!
 //! Every fallible path returns [`Error`]. The HTTP status code of each variant is chosen in
-//! exactly one place, `api::status_of`, next to its [`Error::kind`], the stable name an HTTP
+//! exactly one place, `http::status_of`, next to its [`Error::kind`], the stable name an HTTP
 //! error body carries so that a client rebuilds the variant without reading the message. The
 //! enum is serializable so that an error raised on a replica (for example `Unavailable` from a
 //! forwarded write) keeps its variant when it crosses the RPC link back to the node that talks

@@ -421,6 +421,7 @@ pub mod durable;
 pub mod error;
 pub mod handoff;
 pub mod hints;
+pub mod http;
 pub mod lifecycle;
 pub mod membership;
 pub mod merkle;

@@ -114,7 +114,7 @@ async fn request(
             .header("host", node_name(node))
             .header("accept", "application/json");
         if let Some(ctx) = context {
-            req = req.header(ringkv::api::CONTEXT_HEADER, ctx);
+            req = req.header(ringkv::http::CONTEXT_HEADER, ctx);
         }
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let resp = sender
@@ -124,7 +124,7 @@ async fn request(
         let status = resp.status();
         let context = resp
             .headers()
-            .get(ringkv::api::CONTEXT_HEADER)
+            .get(ringkv::http::CONTEXT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let body = resp
