@@ -48,7 +48,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::merkle::{NodeRef, differing_children};
 use crate::readiness::Startup;
@@ -57,6 +56,7 @@ use crate::ring::{NodeId, Ring, Segment};
 use crate::rpc::{ANSWER_BUDGET, Request, Response};
 use crate::stats::Stats;
 use crate::store::SegmentId;
+use crate::system::System;
 use crate::version::VersionSet;
 
 /// Most keys one round transfers (both directions), so a round stays short and the next
@@ -110,16 +110,16 @@ impl Segments {
 /// The anti-entropy part of a node: its view of the ring's segments, and the worker and
 /// RPCs that compare and repair them.
 pub struct AntiEntropy {
-    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) system: Arc<System>,
     pub(crate) replica: Arc<Replica>,
     /// The ring's segments, swapped by the worker when the ring changes.
     segments: RwLock<Arc<Segments>>,
 }
 
 impl AntiEntropy {
-    pub(crate) fn new(cluster: Arc<Cluster>, replica: Arc<Replica>) -> AntiEntropy {
+    pub(crate) fn new(system: Arc<System>, replica: Arc<Replica>) -> AntiEntropy {
         AntiEntropy {
-            cluster,
+            system,
             replica,
             segments: RwLock::default(),
         }
@@ -152,8 +152,8 @@ fn wire_size<T: Serialize>(msg: &T) -> u64 {
 
 /// Runs the worker until `shutdown` fires.
 pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
-    let mut views = ae.cluster.subscribe_view();
-    let mut tick = tokio::time::interval(ae.cluster.config().anti_entropy_interval);
+    let mut views = ae.system.subscribe_view();
+    let mut tick = tokio::time::interval(ae.system.config().anti_entropy_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_peer = 0usize;
     refresh_segments(&ae);
@@ -168,7 +168,7 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
             }
             _ = tick.tick() => {}
         }
-        let mut pacer = Pacer::new(ae.cluster.config().anti_entropy_rate);
+        let mut pacer = Pacer::new(ae.system.config().anti_entropy_rate);
         let segs = ae.segments();
         let peers = peers_of(&ae, &segs);
         if !peers.is_empty() {
@@ -182,8 +182,8 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
                     debug!(%peer, %err, "anti-entropy round ended early");
                 },
             }
-            let stages = &ae.cluster.stats.stages;
-            stages.record(crate::stages::Stage::AntiEntropy, started);
+            let stages = &ae.system.stats.stages;
+            stages.record(crate::timings::Stage::AntiEntropy, started);
         }
         tokio::select! {
             biased;
@@ -200,13 +200,13 @@ pub async fn run(ae: Arc<AntiEntropy>, shutdown: CancellationToken) {
 
 /// Rebuilds the trees if the ring changed.
 fn refresh_segments(ae: &Arc<AntiEntropy>) {
-    let ring = ae.cluster.view().ring.clone();
+    let ring = ae.system.view().ring.clone();
     if ae.segments().fingerprint == ring.fingerprint() && !ae.segments().list.is_empty() {
         return;
     }
     let started = std::time::Instant::now();
-    let segs = Segments::new(ring, ae.cluster.config().replicas);
-    let me = ae.cluster.id();
+    let segs = Segments::new(ring, ae.system.config().replicas);
+    let me = ae.system.id();
     ae.replica
         .store
         .set_segments(&segs.list, |s| s.homes.iter().any(|h| h == me));
@@ -221,12 +221,12 @@ fn refresh_segments(ae: &Arc<AntiEntropy>) {
 
 /// Alive peers that share at least one segment with this node, with their RPC addresses.
 fn peers_of(ae: &AntiEntropy, segs: &Segments) -> Vec<(NodeId, SocketAddr)> {
-    let view = ae.cluster.view();
+    let view = ae.system.view();
     segs.ring
         .nodes()
         .iter()
-        .filter(|id| **id != *ae.cluster.id() && view.is_alive(id))
-        .filter(|id| !segs.shared(ae.cluster.id(), id).is_empty())
+        .filter(|id| **id != *ae.system.id() && view.is_alive(id))
+        .filter(|id| !segs.shared(ae.system.id(), id).is_empty())
         .filter_map(|id| Some((id.clone(), view.member(id)?.rpc?)))
         .collect()
 }
@@ -265,10 +265,10 @@ async fn call(
     pacer: &mut Pacer,
 ) -> Result<Response> {
     let size = wire_size(&req);
-    Stats::add(&ae.cluster.stats.ae_bytes_sent, size);
+    Stats::add(&ae.system.stats.ae_bytes_sent, size);
     pacer.sent(size).await;
-    let resp = ae.cluster.pool.call(addr, req).await?;
-    Stats::add(&ae.cluster.stats.ae_bytes_received, wire_size(&resp));
+    let resp = ae.system.pool.call(addr, req).await?;
+    Stats::add(&ae.system.stats.ae_bytes_received, wire_size(&resp));
     Ok(resp)
 }
 
@@ -281,7 +281,7 @@ pub async fn exchange_once(ae: &Arc<AntiEntropy>, peer: &str) -> Result<usize> {
         .into_iter()
         .find(|(id, _)| &**id == peer)
         .ok_or_else(|| Error::Unreachable(format!("{peer} is not a live peer sharing data")))?;
-    let mut pacer = Pacer::new(ae.cluster.config().anti_entropy_rate);
+    let mut pacer = Pacer::new(ae.system.config().anti_entropy_rate);
     exchange(ae, &segs, &id, addr, &mut pacer).await
 }
 
@@ -310,13 +310,13 @@ pub(crate) async fn catch_up(
     progress: impl Fn(Startup),
     settle: impl std::future::Future<Output = bool>,
 ) -> bool {
-    let mut views = ae.cluster.subscribe_view();
+    let mut views = ae.system.subscribe_view();
     loop {
-        let view = ae.cluster.view();
-        let q = ae.cluster.quorums();
+        let view = ae.system.view();
+        let q = ae.system.quorums();
         let quorum = crate::readiness::quorum(
             &view,
-            ae.cluster.id(),
+            ae.system.id(),
             true,
             q,
             crate::readiness::Counting::Up,
@@ -348,7 +348,7 @@ pub(crate) async fn catch_up(
             if shutdown.is_cancelled() {
                 return false;
             }
-            if !ae.cluster.view().is_alive(peer) {
+            if !ae.system.view().is_alive(peer) {
                 debug!(%peer, "catch-up: peer stopped serving; its replicas cover it");
                 break;
             }
@@ -392,16 +392,16 @@ async fn exchange(
     addr: SocketAddr,
     pacer: &mut Pacer,
 ) -> Result<usize> {
-    Stats::incr(&ae.cluster.stats.ae_rounds);
+    Stats::incr(&ae.system.stats.ae_rounds);
     let store = &ae.replica.store;
-    let shared = segs.shared(ae.cluster.id(), peer);
+    let shared = segs.shared(ae.system.id(), peer);
     let roots: Vec<u64> = shared
         .iter()
         .map(|&id| store.root(&segs.list[id as usize], id).unwrap_or(0))
         .collect();
     let req = Request::AeDigest {
         ring: segs.fingerprint,
-        from: ae.cluster.id().to_string(),
+        from: ae.system.id().to_string(),
         digest: digest_of(&roots),
     };
     let theirs = match call(ae, addr, req, pacer).await? {
@@ -446,7 +446,7 @@ async fn exchange(
         frontier = next;
     }
     // Compare the keys of the differing leaves.
-    let grace = ae.cluster.config().tombstone_grace;
+    let grace = ae.system.config().tombstone_grace;
     let mut moved = 0usize;
     for chunk in leaves.chunks(LEAVES_PER_REQUEST) {
         let mut rest: &[(SegmentId, u32)] = chunk;
@@ -549,7 +549,7 @@ async fn send_batch(
     let n = items.len() as u64;
     match call(ae, addr, Request::ReplicateMany { items }, pacer).await? {
         Response::Replicated => {
-            Stats::add(&ae.cluster.stats.ae_keys_repaired, n);
+            Stats::add(&ae.system.stats.ae_keys_repaired, n);
             Ok(())
         }
         other => Err(unexpected(other)),
@@ -575,7 +575,7 @@ async fn pull_keys(
         let n = sets.len().min(rest.len());
         for (key, vs) in rest[..n].iter().zip(sets) {
             if ae.replica.store.merge_owned(key, vs) {
-                Stats::incr(&ae.cluster.stats.ae_keys_repaired);
+                Stats::incr(&ae.system.stats.ae_keys_repaired);
             }
         }
         rest = &rest[n..];
@@ -585,8 +585,8 @@ async fn pull_keys(
 
 /// Pushes keys of segments this node no longer owns to their homes, then drops them.
 async fn handoff_orphans(ae: &Arc<AntiEntropy>, segs: &Segments, pacer: &mut Pacer) {
-    let view = ae.cluster.view();
-    let me = ae.cluster.id();
+    let view = ae.system.view();
+    let me = ae.system.id();
     let mut handed = 0usize;
     for seg in &segs.list {
         if seg.homes.is_empty() || seg.homes.iter().any(|h| h == me) {
@@ -642,31 +642,31 @@ async fn handoff_orphans(ae: &Arc<AntiEntropy>, segs: &Segments, pacer: &mut Pac
         }
     }
     if handed > 0 {
-        Stats::add(&ae.cluster.stats.ae_keys_handed_off, handed as u64);
+        Stats::add(&ae.system.stats.ae_keys_handed_off, handed as u64);
         info!(keys = handed, "handed off keys this node no longer owns");
     }
 }
 
 /// Purges tombstones older than the grace period that every home replica agrees on.
 async fn collect_tombstones(ae: &Arc<AntiEntropy>, segs: &Segments) {
-    let grace = ae.cluster.config().tombstone_grace;
+    let grace = ae.system.config().tombstone_grace;
     let candidates = ae.replica.store.old_tombstones(grace, GC_BATCH);
     if candidates.is_empty() {
         return;
     }
-    let view = ae.cluster.view();
+    let view = ae.system.view();
     // Every other ring member is asked, not only the homes: a node that lost ownership of
     // the key may still hold an older value it has yet to hand over, and purging before it
     // did would let that value come back. So one unreachable member blocks every purge.
     let mut by_peer: std::collections::BTreeMap<NodeId, Vec<usize>> = Default::default();
     let mut blocked = vec![false; candidates.len()];
     for (i, (key, _)) in candidates.iter().enumerate() {
-        let homes = segs.ring.preference_list(key, ae.cluster.config().replicas);
-        if !homes.iter().any(|h| h == ae.cluster.id()) {
+        let homes = segs.ring.preference_list(key, ae.system.config().replicas);
+        if !homes.iter().any(|h| h == ae.system.id()) {
             blocked[i] = true; // not ours: ownership handoff moves it instead
             continue;
         }
-        for peer in segs.ring.nodes().iter().filter(|h| *h != ae.cluster.id()) {
+        for peer in segs.ring.nodes().iter().filter(|h| *h != ae.system.id()) {
             by_peer.entry(peer.clone()).or_default().push(i);
         }
     }
@@ -677,7 +677,7 @@ async fn collect_tombstones(ae: &Arc<AntiEntropy>, segs: &Segments) {
         };
         let keys: Vec<Bytes> = idxs.iter().map(|&i| candidates[i].0.clone()).collect();
         match ae
-            .cluster
+            .system
             .pool
             .call(addr, Request::Fingerprints { keys })
             .await
@@ -701,7 +701,7 @@ async fn collect_tombstones(ae: &Arc<AntiEntropy>, segs: &Segments) {
         }
     }
     if purged > 0 {
-        Stats::add(&ae.cluster.stats.tombstones_purged, purged);
+        Stats::add(&ae.system.stats.tombstones_purged, purged);
         debug!(purged, "tombstones purged");
     }
     // Every member holds these tombstones or nothing: have them drop theirs now too. A
@@ -710,14 +710,14 @@ async fn collect_tombstones(ae: &Arc<AntiEntropy>, segs: &Segments) {
     // their grace periods, and two replicas could pass it back and forth for ever. The
     // peers drop only the same tombstone, never anything written since.
     if !everywhere.is_empty() {
-        for peer in segs.ring.nodes().iter().filter(|h| *h != ae.cluster.id()) {
+        for peer in segs.ring.nodes().iter().filter(|h| *h != ae.system.id()) {
             let Some(addr) = view.member(peer).and_then(|m| m.rpc) else {
                 continue;
             };
             let req = Request::Purge {
                 items: everywhere.clone(),
             };
-            if let Err(err) = ae.cluster.pool.call(addr, req).await {
+            if let Err(err) = ae.system.pool.call(addr, req).await {
                 debug!(%peer, %err, "tombstone purge not delivered");
             }
         }
@@ -734,7 +734,7 @@ impl AntiEntropy {
     pub(crate) fn serve_ae_digest(&self, ring: u64, from: String, digest: u64) -> Result<Response> {
         let segs = self.checked_segments(ring)?;
         let roots: Vec<u64> = segs
-            .shared(self.cluster.id(), &from)
+            .shared(self.system.id(), &from)
             .iter()
             .map(|&id| {
                 self.replica
@@ -778,7 +778,7 @@ impl AntiEntropy {
         let mut bytes = 0;
         let mut covered = 0;
         for (id, leaf) in leaves {
-            let grace = self.cluster.config().tombstone_grace;
+            let grace = self.system.config().tombstone_grace;
             let listed = self.replica.store.leaf_keys(segs.get(id)?, id, leaf, grace);
             bytes += listed.iter().map(|(k, _, _)| k.len() + 9).sum::<usize>();
             keys.extend(listed);

@@ -556,13 +556,13 @@ where
 
 /// A task's connections to every serving ring node, for `--route`.
 struct Router {
-    routes: Arc<crate::routing::Routes>,
+    routes: Arc<crate::client::ring::Routes>,
     conns: std::collections::HashMap<String, Conn>,
 }
 
 impl Router {
     async fn open(
-        routes: &Arc<crate::routing::Routes>,
+        routes: &Arc<crate::client::ring::Routes>,
         scheme: &str,
         auth: &crate::cli::AuthArgs,
     ) -> Result<Router> {

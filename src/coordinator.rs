@@ -57,16 +57,16 @@ use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::membership::View;
 use crate::quorum::{QuorumStatus, QuorumTracker, WriteTracker};
 use crate::replica::Replica;
 use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
-use crate::stages::Stage;
 use crate::stats::Stats;
 use crate::store::{ListPage, WriteOp};
+use crate::system::System;
+use crate::timings::Stage;
 use crate::version::{Condition, Context, VersionSet};
 use crate::watch::Watches;
 use crate::watch::{Event, Op};
@@ -83,7 +83,7 @@ pub const SPECULATIVE_READ_DELAY: Duration = Duration::from_millis(20);
 
 /// The coordinator of one node: runs the client requests this node receives.
 pub struct Coordinator {
-    cluster: Arc<Cluster>,
+    system: Arc<System>,
     replica: Arc<Replica>,
     /// Acknowledged writes are announced to watchers.
     watches: Arc<Watches>,
@@ -122,9 +122,9 @@ pub struct Listing {
 }
 
 impl Coordinator {
-    pub(crate) fn new(cluster: Arc<Cluster>, replica: Arc<Replica>, watches: Arc<Watches>) -> Self {
+    pub(crate) fn new(system: Arc<System>, replica: Arc<Replica>, watches: Arc<Watches>) -> Self {
         Coordinator {
-            cluster,
+            system,
             replica,
             watches,
             read_turn: AtomicUsize::new(0),
@@ -136,10 +136,10 @@ impl Coordinator {
     fn destinations(&self, view: &View, key: &[u8], usable: impl Fn(&NodeId) -> bool) -> Vec<Dest> {
         let walk = view.ring.preference_list(key, view.ring.nodes().len());
         let same_zone = |a: &NodeId, b: &NodeId| view.ring.same_zone(a, b);
-        sloppy_targets(&walk, self.cluster.config.replicas, usable, same_zone)
+        sloppy_targets(&walk, self.system.config.replicas, usable, same_zone)
             .into_iter()
             .filter_map(|Target { node, hint_for }| {
-                let place = if node == self.cluster.id {
+                let place = if node == self.system.id {
                     Place::Local
                 } else {
                     Place::Remote(view.member(&node)?.rpc?)
@@ -175,41 +175,37 @@ impl Coordinator {
     /// else forwarded there. Returns the context of the new version.
     pub async fn write(self: &Arc<Self>, write: Write) -> Result<Context> {
         let quorum = WriteQuorum {
-            w: write.w.unwrap_or(self.cluster.config.write_quorum),
+            w: write.w.unwrap_or(self.system.config.write_quorum),
             pw: write.pw.unwrap_or(0),
         };
-        self.cluster.check_write_quorum(quorum)?;
-        let view = self.cluster.view();
+        self.system.check_write_quorum(quorum)?;
+        let view = self.system.view();
         let homes = view
             .ring
-            .preference_list(&write.key, self.cluster.config.replicas);
+            .preference_list(&write.key, self.system.config.replicas);
         // Serving homes first; joining ones (up, still catching up) only when no home serves,
         // which happens only while a whole ring starts: better they coordinate than nobody.
         let serving = homes.iter().filter(|id| view.is_alive(id));
         let joining = homes
             .iter()
-            .filter(|id| (**id == self.cluster.id || view.is_up(id)) && !view.is_alive(id));
+            .filter(|id| (**id == self.system.id || view.is_up(id)) && !view.is_alive(id));
         for id in serving.chain(joining) {
-            if *id == self.cluster.id {
+            if *id == self.system.id {
                 return self.coordinate_write(write, quorum).await;
             }
             let Some(addr) = view.member(id).and_then(|m| m.rpc) else {
                 continue;
             };
-            Stats::incr(&self.cluster.stats.writes_forwarded);
+            Stats::incr(&self.system.stats.writes_forwarded);
             let req = Request::Coordinate {
                 write: write.clone(),
                 quorum,
             };
             // The coordinator itself waits up to one RPC timeout for its replicas.
-            let timeout = self.cluster.pool.timeout() * 2;
+            let timeout = self.system.pool.timeout() * 2;
             let started = std::time::Instant::now();
-            let answer = self
-                .cluster
-                .pool
-                .call_with_timeout(addr, req, timeout)
-                .await;
-            self.cluster.stats.stages.record(Stage::Forward, started);
+            let answer = self.system.pool.call_with_timeout(addr, req, timeout).await;
+            self.system.stats.stages.record(Stage::Forward, started);
             match answer {
                 Ok(Response::Written(ctx)) => return Ok(ctx),
                 Ok(other) => {
@@ -227,7 +223,7 @@ impl Coordinator {
                 Err(err) => return Err(err),
             }
         }
-        Stats::incr(&self.cluster.stats.quorum_failures);
+        Stats::incr(&self.system.stats.quorum_failures);
         Err(Error::Unavailable {
             replied: 0,
             required: quorum.w,
@@ -242,10 +238,10 @@ impl Coordinator {
         write: Write,
         quorum: WriteQuorum,
     ) -> Result<Response> {
-        self.cluster.check_write_quorum(quorum)?;
+        self.system.check_write_quorum(quorum)?;
         // This node coordinates: the replicas' logs name it.
         let trace = crate::rpc::current_trace().map(|t| crate::rpc::Trace {
-            coordinator: self.cluster.actor.node.clone(),
+            coordinator: self.system.actor.node.clone(),
             ..t
         });
         let run = self.coordinate_write(write, quorum);
@@ -262,7 +258,7 @@ impl Coordinator {
         write: Write,
         quorum: WriteQuorum,
     ) -> Result<Context> {
-        Stats::incr(&self.cluster.stats.writes_coordinated);
+        Stats::incr(&self.system.stats.writes_coordinated);
         let Write {
             key,
             value,
@@ -274,7 +270,7 @@ impl Coordinator {
         // Only this node mints this actor's counters: a context claiming one it never minted
         // is forged or corrupt, and would push every later counter out of range.
         let claims_unminted =
-            |ctx: &Context| ctx.max_counter(&self.cluster.actor) > self.replica.store.minted();
+            |ctx: &Context| ctx.max_counter(&self.system.actor) > self.replica.store.minted();
         let if_match = match &condition {
             Condition::IfMatch(ctx) => Some(ctx),
             _ => None,
@@ -290,25 +286,25 @@ impl Coordinator {
             let read = self.get(key.clone(), None).await?;
             self.replica.store.merge_owned(&key, read);
         }
-        let view = self.cluster.view();
+        let view = self.system.view();
         // Copies go to joining nodes too: they take writes while they catch up.
-        let dests = self.destinations(&view, &key, |id| *id == self.cluster.id || view.is_up(id));
+        let dests = self.destinations(&view, &key, |id| *id == self.system.id || view.is_up(id));
         let op = WriteOp {
             context: context.as_ref().or(if_match),
             value,
             meta,
             condition: &condition,
-            now_ms: self.cluster.clock().now_ms(),
+            now_ms: self.system.clock().now_ms(),
         };
         let started = std::time::Instant::now();
         let (new_ctx, versions) = self
             .replica
             .store
-            .write_with(&key, &self.cluster.actor, op)
+            .write_with(&key, &self.system.actor, op)
             .map_err(|current| Error::PreconditionFailed {
                 context: current.encode(),
             })?;
-        let stages = &self.cluster.stats.stages;
+        let stages = &self.system.stats.stages;
         stages.record(Stage::Apply, started);
         let applied = std::time::Instant::now();
 
@@ -347,7 +343,7 @@ impl Coordinator {
             };
             calls.push(Box::pin(async move {
                 let ok = matches!(
-                    node.cluster.pool.call(addr, req).await,
+                    node.system.pool.call(addr, req).await,
                     Ok(Response::Replicated)
                 );
                 (is_home, ok)
@@ -357,7 +353,7 @@ impl Coordinator {
         // quorum is met or the client went away (each call is bounded by the RPC timeout).
         let (ack_tx, mut ack_rx) = mpsc::channel(calls.len().max(1));
         if !calls.is_empty() {
-            self.cluster
+            self.system
                 .tracker
                 .spawn(crate::rpc::in_current_trace(async move {
                     while let Some(ack) = calls.next().await {
@@ -389,7 +385,7 @@ impl Coordinator {
             });
             return Ok(new_ctx);
         }
-        Stats::incr(&self.cluster.stats.quorum_failures);
+        Stats::incr(&self.system.stats.quorum_failures);
         // A coordinator that cannot log says so: that is what an operator must fix.
         if let Some(why) = self.replica.store.log().and_then(|log| log.error()) {
             return Err(Error::Storage(why));
@@ -410,10 +406,10 @@ impl Coordinator {
     /// Reads `key` from `r` replicas (default R) and returns their merged versions (empty if
     /// none has the key). Stale home replicas are repaired in the background.
     pub async fn get(self: &Arc<Self>, key: Bytes, r: Option<usize>) -> Result<VersionSet> {
-        let r = r.unwrap_or(self.cluster.config.read_quorum);
-        self.cluster.check_quorum(r, "r")?;
-        Stats::incr(&self.cluster.stats.reads_coordinated);
-        let view = self.cluster.view();
+        let r = r.unwrap_or(self.system.config.read_quorum);
+        self.system.check_quorum(r, "r")?;
+        Stats::incr(&self.system.stats.reads_coordinated);
+        let view = self.system.view();
         // Live homes first; fallbacks only to make up for missing homes, since a fallback
         // that holds no hint for this key answers "nothing" and would count toward R.
         // Only serving replicas answer reads: a joining one may still be catching up.
@@ -439,7 +435,7 @@ impl Coordinator {
         // Joining homes come last, as reserves: asked only if the others cannot make R.
         let asked: Vec<Place> = homes.iter().map(|d| d.place).collect();
         homes.extend(
-            self.destinations(&view, &key, |id| *id == self.cluster.id || view.is_up(id))
+            self.destinations(&view, &key, |id| *id == self.system.id || view.is_up(id))
                 .into_iter()
                 .filter(|d| d.is_home() && !asked.contains(&d.place)),
         );
@@ -468,7 +464,7 @@ impl Coordinator {
                     let node = self.clone();
                     let key = key.clone();
                     calls.push(async move {
-                        let res = node.cluster.pool.call(addr, Request::Read { key }).await;
+                        let res = node.system.pool.call(addr, Request::Read { key }).await;
                         let vs = match res {
                             Ok(Response::Versions(vs)) => Some(vs),
                             _ => None,
@@ -516,9 +512,9 @@ impl Coordinator {
                 }
             }
         }
-        self.cluster.stats.stages.record(Stage::ReadQuorum, started);
+        self.system.stats.stages.record(Stage::ReadQuorum, started);
         if quorum.status() != QuorumStatus::Met {
-            Stats::incr(&self.cluster.stats.quorum_failures);
+            Stats::incr(&self.system.stats.quorum_failures);
             return Err(Error::Unavailable {
                 replied: quorum.successes(),
                 required: r,
@@ -530,7 +526,7 @@ impl Coordinator {
         }
         let node = self.clone();
         let result = merged.clone();
-        self.cluster
+        self.system
             .tracker
             .spawn(crate::rpc::in_current_trace(async move {
                 // Wait for the stragglers (each bounded by the RPC timeout), then repair.
@@ -556,7 +552,7 @@ impl Coordinator {
             if !is_stale(&key, fp, &dest, &vs) {
                 continue;
             }
-            Stats::incr(&self.cluster.stats.read_repairs);
+            Stats::incr(&self.system.stats.read_repairs);
             match dest.place {
                 Place::Local => {
                     self.replica.store.merge(&key, &merged);
@@ -567,7 +563,7 @@ impl Coordinator {
                         versions: merged.clone(),
                         hint_for: None,
                     };
-                    if let Err(err) = self.cluster.pool.call(addr, req).await {
+                    if let Err(err) = self.system.pool.call(addr, req).await {
                         debug!(%addr, %err, "read repair failed");
                     }
                 }
@@ -605,16 +601,16 @@ impl Coordinator {
         limit: usize,
         r: Option<usize>,
     ) -> Result<Listing> {
-        let r = r.unwrap_or(self.cluster.config.read_quorum);
-        self.cluster.check_quorum(r, "r")?;
-        let view = self.cluster.view();
-        let now = self.cluster.clock().now_ms();
+        let r = r.unwrap_or(self.system.config.read_quorum);
+        self.system.check_quorum(r, "r")?;
+        let view = self.system.view();
+        let now = self.system.clock().now_ms();
         let nodes: Vec<(NodeId, Place)> = view
             .ring
             .nodes()
             .iter()
             .filter_map(|id| {
-                if *id == self.cluster.id {
+                if *id == self.system.id {
                     Some((id.clone(), Place::Local))
                 } else if view.is_alive(id) {
                     Some((id.clone(), Place::Remote(view.member(id)?.rpc?)))
@@ -640,7 +636,7 @@ impl Coordinator {
                                 after: cursor,
                                 limit: want as u32,
                             };
-                            match self.cluster.pool.call(*addr, req).await {
+                            match self.system.pool.call(*addr, req).await {
                                 Ok(Response::Listed(page)) => Ok(page),
                                 Ok(other) => Err(Error::Protocol(format!(
                                     "unexpected answer to a listing: {other:?}"
@@ -658,9 +654,9 @@ impl Coordinator {
                 .filter(|(_, page)| page.is_ok())
                 .map(|(id, _)| id)
                 .collect();
-            let covered = min_coverage(&view, self.cluster.config.replicas, &answered);
+            let covered = min_coverage(&view, self.system.config.replicas, &answered);
             if covered < r {
-                Stats::incr(&self.cluster.stats.quorum_failures);
+                Stats::incr(&self.system.stats.quorum_failures);
                 return Err(Error::Unavailable {
                     replied: covered,
                     required: r,
@@ -760,7 +756,7 @@ impl Coordinator {
                         .collect(),
                     Place::Remote(addr) => {
                         let req = Request::ReadMany { keys: keys.clone() };
-                        match self.cluster.pool.call(addr, req).await? {
+                        match self.system.pool.call(addr, req).await? {
                             Response::VersionsMany(v) if !v.is_empty() => v,
                             other => {
                                 return Err(Error::Protocol(format!(

@@ -33,37 +33,40 @@
 //! | [`merkle`] | incremental Merkle trees and their diff |
 //! | [`hints`] | the bounded store of hinted copies |
 //! | [`codec`] | bytes ↔ RPC frames (length, CRC32, MessagePack) |
+//! | [`seal`] | sealing and opening gossip datagrams with the secret (HMAC tag, replay window) |
+//! | [`store::log`] | the change records the store and hints append, and the log seam the WAL and the simulator's disk implement |
+//! | [`api::routes`] | the route table: each route's metric label, and per method its role and query parameters |
 //! | [`compat`] | which protocol versions two builds share; a member's build from gossip; the ring's active feature gates |
 //!
 //! | edge | what it does |
 //! |---|---|
-//! | [`membership`] | chitchat gossip: members, addresses, phi-accrual liveness, the [`membership::View`] |
+//! | [`membership`] | the [`membership::View`], members and their [`membership::Status`]; `membership/chitchat.rs` adapts chitchat gossip (phi-accrual liveness), `membership/sealed_udp.rs` is its sealed socket |
 //! | [`rpc`] | persistent multiplexed TCP connections between nodes; handshake, timeouts |
 //! | [`coordinator`] | turns a client request into quorum calls; forwarding; read repair |
-//! | [`handoff`] | delivers hints when their home replica is back |
+//! | [`hinted`] | delivers hints when their home replica is back |
 //! | [`antientropy`] | Merkle exchanges, ownership handoff, tombstone GC |
-//! | [`api`] | the HTTP API (hyper 1); the one place HTTP status codes are chosen |
+//! | [`api`] | the HTTP API (hyper 1): the route table, then the handlers (`api/kv.rs`, `api/cluster.rs`) |
+//! | [`http`] | the HTTP protocol both the server and [`client`] speak: headers, the one place status codes are chosen, the error body |
 //! | [`metrics`] | `GET /metrics` in the Prometheus / OpenMetrics text format |
 //! | [`store`] | the sharded in-memory map of key → versions, with per-segment Merkle trees and key-order and expiry indexes; every change goes to the log when there is one |
 //! | [`net`] | the network seam: how HTTP and RPC listen and connect ([`net::Tcp`] for real; tests cut links in their own network) |
-//! | [`durable`] | the one module that touches files: the data-dir lock, the write-ahead log with group commit, snapshots, recovery |
+//! | [`durable`] | the data dir: its lock, the write-ahead log with group commit, snapshots, recovery. (Besides it, only start-up reads files: [`access`], [`secret`] and [`tls`] load what their flags name.) |
 //! | [`readiness`] | the named conditions of `GET /ready` (pure) |
 //! | [`clock`] | the wall clock a node judges expiry by (skewable per node in tests); elapsed time goes through tokio |
 //! | [`ttl`] | expiry by the node's clock, and the sweep that frees expired values |
 //! | [`watch`] | watchers, who watches what across the ring, and the event fan-out |
 //! | [`secret`] | the cluster secret (`--cluster-secret-file`): loading it (mode 600), and the keys derived from it |
-//! | [`seal`] | gossip datagrams sealed with the secret (HMAC tag, replay window), dropped before chitchat sees them |
 //! | [`rpc::auth`] | RPC handshake proofs of the secret, and a tag on every frame |
-//! | [`routing`] | key-aware routing for clients: the ring from `GET /cluster/ring`, each key's serving homes |
+//! | [`client::ring`] | key-aware routing for clients: the ring from `GET /cluster/ring`, each key's serving homes |
 //! | [`access`] | API tokens and the role each route needs (pure); `api` asks it before routing |
-//! | [`cluster`] | the handle every part shares: identity, config, membership view, RPC pool, counters, task set |
+//! | [`system`] | the handle every part shares: identity, config, membership view, RPC pool, counters, task set |
 //! | [`replica`] | the copies a node holds (store and hints) and the RPCs that read and change them |
 //! | [`lifecycle`] | the gossiped status, start-up, readiness and decommission |
-//! | [`node`] | a node composed of its parts ([`cluster`], [`replica`], [`coordinator`], [`antientropy`], [`watch`], [`lifecycle`]) and the one RPC dispatch |
+//! | [`node`] | a node composed of its parts ([`system`], [`replica`], [`coordinator`], [`antientropy`], [`watch`], [`lifecycle`]) and the one RPC dispatch |
 //! | [`server`] | [`NodeHandle`]: binds, loads the data dir, composes a node, starts every worker with the parts it uses, and shuts every task down in order |
 //!
 //! Modules depend only downward: the pure cores and the wire types ([`rpc`]) on nothing above
-//! them; each part on [`cluster`] and the parts below it; [`node`] on the parts; [`api`] and
+//! them; each part on [`system`] and the parts below it; [`node`] on the parts; [`api`] and
 //! [`metrics`] on [`node`]; [`server`] on everything. No module imports one that imports it
 //! back.
 //!
@@ -412,14 +415,13 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
-pub mod cluster;
 pub mod codec;
 pub mod compat;
 pub mod config;
 pub mod coordinator;
 pub mod durable;
 pub mod error;
-pub mod handoff;
+pub mod hinted;
 pub mod hints;
 pub mod http;
 pub mod lifecycle;
@@ -432,14 +434,14 @@ pub mod quorum;
 pub mod readiness;
 pub mod replica;
 pub mod ring;
-pub mod routing;
 pub mod rpc;
 pub mod seal;
 pub mod secret;
 pub mod server;
-pub mod stages;
 pub mod stats;
 pub mod store;
+pub mod system;
+pub mod timings;
 pub mod tls;
 pub mod ttl;
 pub mod version;

@@ -14,11 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::antientropy::AntiEntropy;
-use crate::cluster::Cluster;
 use crate::membership::{KEY_STATUS, SelfKeys, Status};
 use crate::readiness::{Phase, Readiness, Startup};
 use crate::replica::Replica;
 use crate::rpc::{NodeStatus, Request, Response};
+use crate::system::System;
 
 /// How often a node that announced `alive` asks its peers whether they route to it yet. About
 /// one gossip round: that is how fast the news can spread.
@@ -50,7 +50,7 @@ pub enum LeaveState {
 
 /// The lifecycle part of a node.
 pub struct Lifecycle {
-    cluster: Arc<Cluster>,
+    system: Arc<System>,
     replica: Arc<Replica>,
     /// Sets this node's gossiped status.
     self_keys: SelfKeys,
@@ -66,9 +66,9 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub(crate) fn new(cluster: Arc<Cluster>, replica: Arc<Replica>, self_keys: SelfKeys) -> Self {
+    pub(crate) fn new(system: Arc<System>, replica: Arc<Replica>, self_keys: SelfKeys) -> Self {
         Lifecycle {
-            cluster,
+            system,
             replica,
             self_keys,
             status: tokio::sync::Mutex::new(Status::Joining),
@@ -103,9 +103,9 @@ impl Lifecycle {
     /// Whether this node can serve requests at its default quorums (`GET /ready`).
     pub fn readiness(&self) -> Readiness {
         crate::readiness::evaluate(
-            &self.cluster.view(),
-            &self.cluster.id,
-            self.cluster.quorums(),
+            &self.system.view(),
+            &self.system.id,
+            self.system.quorums(),
             *self.startup.borrow(),
             self.phase(),
             self.announced.load(Ordering::Acquire),
@@ -115,7 +115,7 @@ impl Lifecycle {
     /// Resolves once [`Lifecycle::readiness`] holds (re-checked on every view or start-up
     /// change, and at least every 100 ms).
     pub async fn wait_ready(&self) {
-        let mut views = self.cluster.subscribe_view();
+        let mut views = self.system.subscribe_view();
         let mut startup = self.startup.subscribe();
         while !self.readiness().is_ready() {
             tokio::select! {
@@ -145,12 +145,12 @@ impl Lifecycle {
         }
         self.set_startup(Startup::Announcing { seen_by: 0, of: 0 });
         self.announce(Status::Alive).await;
-        let cluster = &self.cluster;
-        warn_if_unbalanced(&cluster.view().ring, cluster.config.replicas);
+        let system = &self.system;
+        warn_if_unbalanced(&system.view().ring, system.config.replicas);
         let began = Instant::now();
         loop {
-            let answers = self.ask_serving_peers(&cluster.view()).await;
-            let me = (cluster.id.to_string(), cluster.actor.generation);
+            let answers = self.ask_serving_peers(&system.view()).await;
+            let me = (system.id.to_string(), system.actor.generation);
             let seen_by = answers
                 .iter()
                 .filter(|s| s.as_ref().is_some_and(|s| s.serving.contains(&me)))
@@ -183,13 +183,13 @@ impl Lifecycle {
     /// The status of every peer `view` sees serving, asked over RPC (`None` where the call
     /// failed), one entry per such peer.
     async fn ask_serving_peers(&self, view: &crate::membership::View) -> Vec<Option<NodeStatus>> {
-        let cluster = &self.cluster;
+        let system = &self.system;
         let asks = view
             .members
             .values()
-            .filter(|m| m.id != cluster.id && view.is_alive(&m.id))
+            .filter(|m| m.id != system.id && view.is_alive(&m.id))
             .filter_map(|m| m.rpc)
-            .map(|addr| cluster.pool.call(addr, Request::Status));
+            .map(|addr| system.pool.call(addr, Request::Status));
         futures_util::future::join_all(asks)
             .await
             .into_iter()
@@ -209,17 +209,17 @@ impl Lifecycle {
     /// so a read of the real homes right after would miss it (the upgrade test caught this).
     /// Returns false on shutdown.
     async fn learn_who_serves(&self, shutdown: &CancellationToken) -> bool {
-        let cluster = &self.cluster;
+        let system = &self.system;
         let began = Instant::now();
         loop {
-            let view = cluster.view();
+            let view = system.view();
             let mut theirs: Vec<(String, u64)> = self
                 .ask_serving_peers(&view)
                 .await
                 .into_iter()
                 .flatten()
                 .flat_map(|s| s.serving)
-                .filter(|(id, _)| **id != *cluster.id)
+                .filter(|(id, _)| **id != *system.id)
                 .collect();
             theirs.sort();
             theirs.dedup();
@@ -291,12 +291,12 @@ impl Lifecycle {
         }
         self.leave_tx.send_replace(LeaveState::Leaving);
         self.announce(Status::Leaving).await;
-        let cluster = &self.cluster;
-        info!(id = %cluster.id, "leaving the ring: handing data over");
+        let system = &self.system;
+        info!(id = %system.id, "leaving the ring: handing data over");
         let this = self.clone();
-        let shutdown = cluster.shutdown.clone();
-        let settle = cluster.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
-        cluster.tracker.spawn(async move {
+        let shutdown = system.shutdown.clone();
+        let settle = system.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
+        system.tracker.spawn(async move {
             let mut emptied: Option<Instant> = None;
             loop {
                 tokio::select! {
@@ -313,7 +313,7 @@ impl Lifecycle {
                     continue;
                 }
                 if this.replica.hints_pending() == 0 || since.elapsed() > LEAVE_HINT_PATIENCE {
-                    info!(id = %this.cluster.id, "all data handed over; leaving");
+                    info!(id = %this.system.id, "all data handed over; leaving");
                     this.leave_tx.send_replace(LeaveState::Left);
                     return;
                 }

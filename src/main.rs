@@ -143,7 +143,7 @@ struct Tuning {
     /// Virtual nodes per node.
     #[arg(long, env = "RINGKV_VNODES", default_value_t = DEFAULT_VNODES)]
     vnodes: usize,
-    /// Cluster id; nodes only talk to nodes with the same one.
+    /// System id; nodes only talk to nodes with the same one.
     #[arg(long, env = "RINGKV_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
     cluster_id: String,
     /// Time a replica has to answer one RPC, in milliseconds.
@@ -427,7 +427,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     // addresses actually bound.
     println!(
         "listening id={} http={} rpc={} gossip={}",
-        handle.node().cluster().id(),
+        handle.node().system().id(),
         handle.http_addr(),
         handle.rpc_addr(),
         handle.gossip_addr()
@@ -536,7 +536,7 @@ fn spawn_dev_node(
                 };
                 let _ = events.send(DevEvent::Started {
                     index,
-                    id: handle.node().cluster().id().to_string(),
+                    id: handle.node().system().id().to_string(),
                     http: handle.http_addr(),
                     rpc: handle.rpc_addr(),
                     gossip: handle.gossip_addr(),

@@ -340,7 +340,7 @@ impl Collector for NodeCollector {
 
 /// Renders every metric of `node` as OpenMetrics text.
 pub fn render(node: &Node, http: &HttpMetrics) -> Result<String, std::fmt::Error> {
-    let view = node.cluster().view();
+    let view = node.system().view();
     let alive = view.members.keys().filter(|id| view.is_alive(id)).count() as u64;
     let collector = NodeCollector {
         counters: node.stats().snapshot(),

@@ -4,7 +4,7 @@
 //!
 //! | part | owns | holds |
 //! |---|---|---|
-//! | [`Cluster`] | identity, config, the membership view, the RPC pool, counters, the task set | — |
+//! | [`System`] | identity, config, the membership view, the RPC pool, counters, the task set | — |
 //! | [`Replica`] | the store, the hints, the replica side of reads and writes | cluster |
 //! | [`Watches`] | this node's watchers, peers' interest, the event fan-out | cluster |
 //! | [`Coordinator`] | client reads, writes and listings | cluster, replica, watches |
@@ -16,13 +16,21 @@
 //! reports the node's status; the HTTP API ([`crate::api`]) sits above it, and
 //! [`crate::server::NodeHandle`] starts and stops everything.
 //!
-//! Adding an RPC: a variant in [`crate::rpc::Request`], its handler (`serve_*`) in the part
-//! that owns it, and one line in the dispatch below.
+//! Adding an RPC touches:
+//! - [`crate::rpc::Request`] (and [`crate::rpc::Response`] if it answers something new): the
+//!   variant, and its data in `rpc/types.rs`;
+//! - [`crate::compat`]: a new variant is a new protocol version (the previous release cannot
+//!   decode it), so `PROTOCOL_MAX` goes up and callers send it only on connections that
+//!   negotiated that version ([`crate::rpc::client::Pool::protocol`]);
+//! - its handler (`serve_*`) in the part that owns it, and one line in the dispatch below;
+//! - `tests/protocol.rs`, whose exhaustive match fails to compile until the variant is named.
+//!
+//! Adding an HTTP route touches `api/routes.rs` (one arm: path, label, methods, roles, query
+//! parameters), one arm in `api::dispatch`, and its handler in `api/kv.rs` or `api/cluster.rs`.
 
 use std::sync::Arc;
 
 use crate::antientropy::AntiEntropy;
-use crate::cluster::Cluster;
 use crate::coordinator::Coordinator;
 use crate::error::Result;
 use crate::lifecycle::Lifecycle;
@@ -30,11 +38,12 @@ use crate::replica::Replica;
 use crate::rpc::{Request, Response, Service};
 use crate::stats::{NodeStatus, Stats};
 use crate::store::Store;
+use crate::system::System;
 use crate::watch::Watches;
 
 /// One node's parts.
 pub struct Node {
-    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) system: Arc<System>,
     pub(crate) replica: Arc<Replica>,
     pub(crate) watches: Arc<Watches>,
     pub(crate) coordinator: Arc<Coordinator>,
@@ -44,8 +53,8 @@ pub struct Node {
 
 impl Node {
     /// Identity, view, peers and counters.
-    pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
+    pub fn system(&self) -> &Arc<System> {
+        &self.system
     }
 
     /// The copies this node holds.
@@ -80,15 +89,15 @@ impl Node {
 
     /// The node's counters.
     pub fn stats(&self) -> &Stats {
-        &self.cluster.stats
+        &self.system.stats
     }
 
     /// What the status page shows of this node, and what a peer that just started asks for
     /// ([`Request::Status`]).
     pub fn status(&self) -> NodeStatus {
         let store = self.replica.store.stats();
-        let c = self.cluster.stats.snapshot();
-        let view = self.cluster.view();
+        let c = self.system.stats.snapshot();
+        let view = self.system.view();
         NodeStatus {
             keys: store.keys,
             tombstones: store.tombstones,

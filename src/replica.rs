@@ -14,7 +14,6 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::hints::HintStore;
 use crate::lock;
@@ -23,11 +22,12 @@ use crate::rpc::{ANSWER_BUDGET, Response};
 use crate::stats::Stats;
 use crate::store::Record;
 use crate::store::Store;
+use crate::system::System;
 use crate::version::VersionSet;
 
 /// The copies this node holds, and the peers' view of them.
 pub struct Replica {
-    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) system: Arc<System>,
     pub(crate) store: Store,
     /// Copies kept for dead home replicas. A std mutex: every operation is a map update.
     pub(crate) hints: Mutex<HintStore>,
@@ -36,9 +36,9 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub(crate) fn new(cluster: Arc<Cluster>, store: Store, hints: HintStore) -> Replica {
+    pub(crate) fn new(system: Arc<System>, store: Store, hints: HintStore) -> Replica {
         Replica {
-            cluster,
+            system,
             store,
             hints: Mutex::new(hints),
             stopping: AtomicBool::new(false),
@@ -66,8 +66,8 @@ impl Replica {
 
     /// Keeps a copy for a dead home replica (this node is its fallback).
     pub(crate) fn store_hint(&self, home: NodeId, key: Bytes, versions: &VersionSet) -> Result<()> {
-        let stats = &self.cluster.stats;
-        let dead_for = self.cluster.view().dead_for(&home);
+        let stats = &self.system.stats;
+        let dead_for = self.system.view().dead_for(&home);
         let res = lock(&self.hints).add(&home, key, versions, dead_for, Instant::now());
         match res {
             Ok(()) => {
@@ -151,7 +151,7 @@ impl Replica {
     ) -> Result<Response> {
         let started = std::time::Instant::now();
         match hint_for {
-            Some(home) if *home != *self.cluster.id => {
+            Some(home) if *home != *self.system.id => {
                 self.store_hint(NodeId::from(home), key, &versions)?;
             }
             _ => {
@@ -159,8 +159,8 @@ impl Replica {
             }
         }
         self.sync().await?;
-        let stages = &self.cluster.stats.stages;
-        stages.record(crate::stages::Stage::ReplicaApply, started);
+        let stages = &self.system.stats.stages;
+        stages.record(crate::timings::Stage::ReplicaApply, started);
         Ok(Response::Replicated)
     }
 
@@ -233,7 +233,7 @@ impl Replica {
             .iter()
             .filter(|(key, fp)| self.store.remove_if(key, *fp))
             .count();
-        Stats::add(&self.cluster.stats.tombstones_purged, purged as u64);
+        Stats::add(&self.system.stats.tombstones_purged, purged as u64);
         Ok(Response::Replicated)
     }
 
@@ -241,7 +241,7 @@ impl Replica {
     /// never more than one maximum value, so any batch fits the frame limit (a value plus
     /// 128 KiB). A single item is always sent, alone if need be.
     pub(crate) fn transfer_budget(&self) -> usize {
-        ANSWER_BUDGET.min(self.cluster.config.max_value_bytes)
+        ANSWER_BUDGET.min(self.system.config.max_value_bytes)
     }
 }
 

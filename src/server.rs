@@ -17,7 +17,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::antientropy::AntiEntropy;
-use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
@@ -34,6 +33,7 @@ use crate::rpc::{self, Hello};
 use crate::stats::Stats;
 use crate::store::Record;
 use crate::store::Store;
+use crate::system::System;
 use crate::version::Actor;
 use crate::watch::Watches;
 
@@ -159,7 +159,7 @@ impl NodeHandle {
             refusals: refusals.clone(),
             expect: Some(crate::membership::expect_from_view(membership.subscribe())),
         });
-        let cluster = Arc::new(Cluster::new(
+        let system = Arc::new(System::new(
             config,
             Actor {
                 node: id,
@@ -171,21 +171,21 @@ impl NodeHandle {
             tracker.clone(),
             shutdown.clone(),
         ));
-        let replica = Arc::new(Replica::new(cluster.clone(), store, hints));
-        let watches = Arc::new(Watches::new(cluster.clone(), membership.self_keys()));
+        let replica = Arc::new(Replica::new(system.clone(), store, hints));
+        let watches = Arc::new(Watches::new(system.clone(), membership.self_keys()));
         let node = Arc::new(Node {
             coordinator: Arc::new(Coordinator::new(
-                cluster.clone(),
+                system.clone(),
                 replica.clone(),
                 watches.clone(),
             )),
-            anti_entropy: Arc::new(AntiEntropy::new(cluster.clone(), replica.clone())),
+            anti_entropy: Arc::new(AntiEntropy::new(system.clone(), replica.clone())),
             lifecycle: Arc::new(Lifecycle::new(
-                cluster.clone(),
+                system.clone(),
                 replica.clone(),
                 membership.self_keys(),
             )),
-            cluster: cluster.clone(),
+            system: system.clone(),
             replica: replica.clone(),
             watches: watches.clone(),
         });
@@ -194,17 +194,17 @@ impl NodeHandle {
         let rpc_ctx = Arc::new(ServerContext {
             service: node.clone(),
             hello,
-            max_payload: cluster.config.max_frame_payload(),
+            max_payload: system.config.max_frame_payload(),
             frames_rejected: stats.rpc_frames_rejected.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             auth,
             refusals,
-            max_in_flight: cluster.config.max_rpc_in_flight,
+            max_in_flight: system.config.max_rpc_in_flight,
             in_flight_refused: stats.rpc_in_flight_refused.clone(),
         });
         tracker.spawn(rpc::server::serve(rpc_listener, rpc_ctx));
-        tracker.spawn(crate::handoff::run(replica.clone(), shutdown.clone()));
+        tracker.spawn(crate::hinted::run(replica.clone(), shutdown.clone()));
         let ae = node.anti_entropy.clone();
         tracker.spawn(crate::antientropy::run(ae.clone(), shutdown.clone()));
         tracker.spawn(node.lifecycle.clone().start_up(ae, shutdown.clone()));
@@ -249,7 +249,7 @@ impl NodeHandle {
         ));
 
         info!(
-            id = %cluster.id,
+            id = %system.id,
             generation,
             http = %http_addr,
             rpc = %rpc_addr,
@@ -301,7 +301,7 @@ impl NodeHandle {
 
     /// The current membership view.
     pub fn view(&self) -> Arc<View> {
-        self.node.cluster.view()
+        self.node.system.view()
     }
 
     /// Resolves once a decommission has handed every key over.
@@ -319,10 +319,10 @@ impl NodeHandle {
     /// 3. push pending hints to their targets if they are reachable;
     /// 4. stop everything else.
     pub async fn shutdown_gracefully(self, deadline: Duration) {
-        let cluster = self.node.cluster.clone();
-        info!(id = %cluster.id, "stopping: announcing it to the ring");
+        let system = self.node.system.clone();
+        info!(id = %system.id, "stopping: announcing it to the ring");
         self.node.lifecycle.begin_stop().await;
-        let announce = cluster.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
+        let announce = system.config.gossip_config.interval * STOP_ANNOUNCE_ROUNDS;
         tokio::time::sleep(announce.min(deadline)).await;
         self.http_stop.drain.cancel();
         self.http_tracker.close();
@@ -330,11 +330,11 @@ impl NodeHandle {
             .await
             .is_err()
         {
-            warn!(id = %cluster.id, "some HTTP requests did not finish before the deadline");
+            warn!(id = %system.id, "some HTTP requests did not finish before the deadline");
         }
         // Requests this node was coordinating for peers finish with the tracked tasks; hints
         // go now, while the process can still deliver them.
-        let _ = tokio::time::timeout(deadline, crate::handoff::deliver(&self.node.replica)).await;
+        let _ = tokio::time::timeout(deadline, crate::hinted::deliver(&self.node.replica)).await;
         self.shutdown().await;
     }
 
@@ -364,7 +364,7 @@ impl NodeHandle {
         {
             let _ = tokio::task::spawn_blocking(move || wal.close()).await;
         }
-        info!(id = %self.node.cluster.id, "ringkv node stopped");
+        info!(id = %self.node.system.id, "ringkv node stopped");
     }
 }
 

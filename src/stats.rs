@@ -58,7 +58,7 @@ pub struct Stats {
     /// This node's gossip traffic and refusals, shared with its membership.
     pub gossip: Arc<crate::membership::GossipCounters>,
     /// Where requests' time goes, by stage (`GET /admin/stages`).
-    pub stages: crate::stages::Stages,
+    pub stages: crate::timings::Stages,
     /// Values dropped by the TTL sweep once expired.
     pub ttl_values_expired: AtomicU64,
     /// Bytes of values the TTL sweep freed.

@@ -60,8 +60,8 @@ pub fn rfc3339(ms: u64) -> String {
 /// once the store shrank by [`TRIM_AFTER_FREED`] and stopped shrinking (after a sweep, a
 /// tombstone purge, a handoff).
 pub(crate) async fn run(replica: Arc<Replica>, watches: Arc<Watches>, shutdown: CancellationToken) {
-    let cluster = &replica.cluster;
-    let mut tick = tokio::time::interval(cluster.config.ttl_sweep_interval);
+    let system = &replica.system;
+    let mut tick = tokio::time::interval(system.config.ttl_sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut peak, mut last, mut steady) = (0u64, 0u64, 0u32);
     loop {
@@ -86,11 +86,11 @@ pub(crate) async fn run(replica: Arc<Replica>, watches: Arc<Watches>, shutdown: 
         // simulator's control.
         if peak - size >= TRIM_AFTER_FREED
             && steady >= TRIM_WHEN_STEADY_TICKS
-            && !cluster.config.clock.is_simulated()
+            && !system.config.clock.is_simulated()
         {
-            tracing::debug!(id = %cluster.id, shrunk = peak - size, "store shrank: trimming the heap");
+            tracing::debug!(id = %system.id, shrunk = peak - size, "store shrank: trimming the heap");
             peak = size;
-            cluster.tracker.spawn_blocking(release_free_memory);
+            system.tracker.spawn_blocking(release_free_memory);
         }
     }
 }
@@ -111,23 +111,23 @@ pub fn release_free_memory() {
 /// live value expired, if this node is the key's first live home (one announcement per key
 /// while views agree). Returns the number of values dropped.
 pub fn sweep_expired(replica: &Replica, watches: &Arc<Watches>) -> usize {
-    let cluster = &replica.cluster;
-    let now = cluster.clock().now_ms();
+    let system = &replica.system;
+    let now = system.clock().now_ms();
     let mut total = 0;
     loop {
         let report = replica.store.expire_due(now, SWEEP_BATCH);
         total += report.processed;
-        Stats::add(&cluster.stats.ttl_values_expired, report.processed as u64);
-        Stats::add(&cluster.stats.ttl_bytes_freed, report.freed);
+        Stats::add(&system.stats.ttl_values_expired, report.processed as u64);
+        Stats::add(&system.stats.ttl_bytes_freed, report.freed);
         if !report.expired.is_empty() {
-            let view = cluster.view();
+            let view = system.view();
             for (key, versions) in report.expired {
                 let first = view
                     .ring
-                    .preference_list(&key, cluster.config.replicas)
+                    .preference_list(&key, system.config.replicas)
                     .into_iter()
-                    .find(|id| *id == cluster.id || view.is_alive(id));
-                if first.as_ref() == Some(&cluster.id) {
+                    .find(|id| *id == system.id || view.is_alive(id));
+                if first.as_ref() == Some(&system.id) {
                     watches.emit_with(&key, || Event {
                         op: Op::Expire,
                         key: key.clone(),

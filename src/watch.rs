@@ -39,7 +39,6 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::lock;
 use crate::membership::SelfKeys;
@@ -47,6 +46,7 @@ use crate::membership::{KEY_WATCH, View};
 use crate::ring::NodeId;
 use crate::rpc::{Request, Response};
 use crate::stats::Stats;
+use crate::system::System;
 
 // Events and announcements cross the wire: they are defined with the protocol, and their
 // client-facing and gossiped forms are here.
@@ -295,8 +295,8 @@ struct Queue {
 impl Fanout {
     /// Queues `event` for the peer at `addr`, starting its sending task if it has none. Never
     /// waits: a full queue drops the event (and counts it).
-    fn send(self: &Arc<Self>, cluster: &Arc<Cluster>, addr: SocketAddr, event: Event) {
-        if cluster.shutdown.is_cancelled() {
+    fn send(self: &Arc<Self>, system: &Arc<System>, addr: SocketAddr, event: Event) {
+        if system.shutdown.is_cancelled() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -307,10 +307,10 @@ impl Fanout {
         let queue = queues.entry(addr).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(FANOUT_QUEUE);
             let id = self.next_queue.fetch_add(1, Ordering::Relaxed);
-            let (fanout, task_cluster) = (self.clone(), cluster.clone());
-            cluster
+            let (fanout, task_system) = (self.clone(), system.clone());
+            system
                 .tracker
-                .spawn(async move { fanout.deliver(task_cluster, addr, id, rx).await });
+                .spawn(async move { fanout.deliver(task_system, addr, id, rx).await });
             Queue { id, tx }
         });
         if queue.tx.try_send(event).is_err() {
@@ -322,7 +322,7 @@ impl Fanout {
     /// [`FANOUT_IDLE`], the peer is no longer a member, or the node shuts down.
     async fn deliver(
         self: Arc<Self>,
-        cluster: Arc<Cluster>,
+        system: Arc<System>,
         addr: SocketAddr,
         id: u64,
         mut rx: mpsc::Receiver<Event>,
@@ -330,7 +330,7 @@ impl Fanout {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = cluster.shutdown.cancelled() => None,
+                _ = system.shutdown.cancelled() => None,
                 ev = tokio::time::timeout(FANOUT_IDLE, rx.recv()) => match ev {
                     Ok(ev) => ev,
                     Err(_idle) => match self.retire_if_idle(addr, id, &mut rx) {
@@ -352,14 +352,14 @@ impl Fanout {
             }
             let n = events.len() as u64;
             // A peer that left, or restarted on another port, watches nothing here any more.
-            let member = cluster.view().members.values().any(|m| m.rpc == Some(addr));
+            let member = system.view().members.values().any(|m| m.rpc == Some(addr));
             if !member {
                 debug!(%addr, "watch events for a former member: dropping its queue");
                 self.dropped.fetch_add(n, Ordering::Relaxed);
                 self.retire(addr, id, &mut rx);
                 return;
             }
-            if let Err(err) = cluster.pool.call(addr, Request::Events { events }).await {
+            if let Err(err) = system.pool.call(addr, Request::Events { events }).await {
                 debug!(%addr, %err, "could not deliver watch events");
                 self.dropped.fetch_add(n, Ordering::Relaxed);
             }
@@ -411,7 +411,7 @@ impl Fanout {
 /// The watch part of a node: its own watchers, what its peers watch, and the queues of
 /// events on their way to them.
 pub struct Watches {
-    cluster: Arc<Cluster>,
+    system: Arc<System>,
     /// This node's WebSocket watchers.
     pub(crate) watchers: Arc<Watchers>,
     /// Which prefixes peers watch, as they told us directly.
@@ -423,10 +423,10 @@ pub struct Watches {
 }
 
 impl Watches {
-    pub(crate) fn new(cluster: Arc<Cluster>, self_keys: SelfKeys) -> Watches {
+    pub(crate) fn new(system: Arc<System>, self_keys: SelfKeys) -> Watches {
         Watches {
-            watchers: Arc::new(Watchers::starting_now(&cluster.config.clock)),
-            cluster,
+            watchers: Arc::new(Watchers::starting_now(&system.config.clock)),
+            system,
             interest: Mutex::default(),
             fanout: Arc::default(),
             self_keys,
@@ -436,8 +436,8 @@ impl Watches {
     /// Announces a change to `key`: to this node's watchers, and to every live peer watching
     /// it. The event is only built if someone watches, so unwatched writes pay two lookups.
     pub(crate) fn emit_with(self: &Arc<Self>, key: &[u8], event: impl FnOnce() -> Event) {
-        let view = self.cluster.view();
-        let dests = lock(&self.interest).nodes_for(&view, &self.cluster.id, key);
+        let view = self.system.view();
+        let dests = lock(&self.interest).nodes_for(&view, &self.system.id, key);
         let local = self.watchers.wants(key);
         if dests.is_empty() && !local {
             return;
@@ -447,7 +447,7 @@ impl Watches {
             self.watchers.publish(&event);
         }
         for addr in dests {
-            self.fanout.send(&self.cluster, addr, event.clone());
+            self.fanout.send(&self.system, addr, event.clone());
         }
     }
 
@@ -456,12 +456,12 @@ impl Watches {
     /// With `--max-watchers` connected already, refuses ([`Error::Rejected`], 503) and counts
     /// it (`watchers_refused`).
     pub async fn watch(self: &Arc<Self>, prefix: Bytes) -> Result<Subscription> {
-        let config = &self.cluster.config;
+        let config = &self.system.config;
         let Some(sub) =
             self.watchers
                 .try_subscribe(prefix, config.watch_buffer, config.max_watchers)
         else {
-            Stats::incr(&self.cluster.stats.watchers_refused);
+            Stats::incr(&self.system.stats.watchers_refused);
             return Err(Error::Rejected(format!(
                 "this node serves its limit of {} watchers (--max-watchers); watch through \
                  another node or try again later",
@@ -484,19 +484,19 @@ impl Watches {
     pub(crate) async fn announce_watches(self: &Arc<Self>) {
         let ann = self.announcement();
         self.self_keys.set(KEY_WATCH, &ann.encode()).await;
-        let view = self.cluster.view();
+        let view = self.system.view();
         let calls = view
             .members
             .values()
-            .filter(|m| m.id != self.cluster.id && m.alive)
+            .filter(|m| m.id != self.system.id && m.alive)
             .filter_map(|m| m.rpc)
             .map(|addr| {
                 let req = Request::Watching {
-                    node: self.cluster.id.to_string(),
+                    node: self.system.id.to_string(),
                     announcement: ann.clone(),
                 };
                 async move {
-                    if let Err(err) = self.cluster.pool.call(addr, req).await {
+                    if let Err(err) = self.system.pool.call(addr, req).await {
                         debug!(%addr, %err, "could not announce watches");
                     }
                 }
@@ -512,7 +512,7 @@ impl Watches {
         loop {
             tokio::select! {
                 biased;
-                _ = self.cluster.shutdown.cancelled() => return,
+                _ = self.system.shutdown.cancelled() => return,
                 _ = self.watchers.changed.notified() => {}
             }
             // Coalesce a burst of (un)subscriptions into one announcement.
@@ -641,10 +641,10 @@ mod tests {
     fn cluster(
         net: Arc<MemNet>,
         view: View,
-    ) -> (Arc<Cluster>, tokio::sync::watch::Sender<Arc<View>>) {
+    ) -> (Arc<System>, tokio::sync::watch::Sender<Arc<View>>) {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let (view_tx, view_rx) = tokio::sync::watch::channel(Arc::new(view));
-        let cluster = Cluster::new(
+        let system = System::new(
             crate::config::Config::new("me", any, any, any),
             crate::version::Actor {
                 node: NodeId::from("me"),
@@ -656,7 +656,7 @@ mod tests {
             tokio_util::task::TaskTracker::new(),
             tokio_util::sync::CancellationToken::new(),
         );
-        (Arc::new(cluster), view_tx)
+        (Arc::new(system), view_tx)
     }
 
     #[tokio::test(start_paused = true)]
@@ -668,11 +668,11 @@ mod tests {
         p.rpc = Some(addr);
         let mut view = View::default();
         view.members.insert(p.id.clone(), p);
-        let (cluster, view_tx) = cluster(net, view);
+        let (system, view_tx) = cluster(net, view);
         let fanout = Arc::new(Fanout::default());
         let dropped = || fanout.dropped.load(Ordering::Relaxed);
 
-        fanout.send(&cluster, addr, event("a/1"));
+        fanout.send(&system, addr, event("a/1"));
         wait_until("the event is delivered", || peer.keys() == ["a/1"]).await;
         assert_eq!(fanout.queues(), 1);
         tokio::time::sleep(FANOUT_IDLE / 2).await;
@@ -682,7 +682,7 @@ mod tests {
         assert_eq!(dropped(), 0);
 
         // A later event makes a new queue, and is delivered.
-        fanout.send(&cluster, addr, event("a/2"));
+        fanout.send(&system, addr, event("a/2"));
         assert_eq!(fanout.queues(), 1);
         wait_until("the later event is delivered", || {
             peer.keys() == ["a/1", "a/2"]
@@ -691,7 +691,7 @@ mod tests {
 
         // The peer leaves the ring: its queue goes at its next event, which is dropped.
         view_tx.send_replace(Arc::new(View::default()));
-        fanout.send(&cluster, addr, event("a/3"));
+        fanout.send(&system, addr, event("a/3"));
         wait_until("the former member's queue is dropped", || {
             fanout.queues() == 0
         })

@@ -309,7 +309,7 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
     // Stop every node (the log is closed, the dir unlocked), keeping each one's memory to
     // compare with what comes back from disk.
     let old: Vec<_> = (0..N).map(|i| c.node(i).node().clone()).collect();
-    let old_generations: Vec<u64> = old.iter().map(|n| n.cluster().actor().generation).collect();
+    let old_generations: Vec<u64> = old.iter().map(|n| n.system().actor().generation).collect();
     for i in 0..N {
         c.kill(i).await;
     }
@@ -334,7 +334,7 @@ async fn an_in_process_ring_restarted_on_its_data_dirs_keeps_every_key() {
         c.restart(i).await;
         let node = c.node(i).node();
         assert_ne!(
-            node.cluster().actor().generation,
+            node.system().actor().generation,
             old_generations[i],
             "a restarted node takes a new generation"
         );

@@ -1064,7 +1064,7 @@ async fn kill(c: &mut TestCluster, shared: &Mutex<Shared>, i: usize) {
 async fn restart(c: &mut TestCluster, shared: &Mutex<Shared>, i: usize) {
     let from = Instant::now();
     c.restart(i).await;
-    let generation = c.node(i).node().cluster().actor().generation;
+    let generation = c.node(i).node().system().actor().generation;
     let url = c.url(i);
     let mut s = lock(shared);
     s.processes.push(Process {
@@ -1229,7 +1229,7 @@ async fn run_seed(seed: u64, run: Duration) -> Result<String, String> {
         processes: (0..NODES)
             .map(|i| Process {
                 node: i,
-                generation: c.node(i).node().cluster().actor().generation,
+                generation: c.node(i).node().system().actor().generation,
                 from: booted,
                 to: None,
             })

@@ -49,7 +49,7 @@ pub(super) fn ready(node: &Node) -> Response<Body> {
 /// a zone already used while unused zones remain ([`crate::ring`]). Until every member
 /// supports zones (the `zones` feature gate), every node's zone here is `default`.
 pub(super) fn ring(node: &Node) -> Response<Body> {
-    let view = node.cluster.view();
+    let view = node.system.view();
     let nodes: Vec<serde_json::Value> = view
         .ring
         .nodes()
@@ -69,7 +69,7 @@ pub(super) fn ring(node: &Node) -> Response<Body> {
         StatusCode::OK,
         json!({
             "version": view.routing_version(),
-            "replicas": node.cluster.config.replicas,
+            "replicas": node.system.config.replicas,
             "vnodes": view.ring.vnodes(),
             "hash": "xxh3_64",
             "nodes": nodes,
@@ -78,7 +78,7 @@ pub(super) fn ring(node: &Node) -> Response<Body> {
 }
 
 pub(super) fn members(node: &Node) -> Response<Body> {
-    let view = node.cluster.view();
+    let view = node.system.view();
     let members: Vec<_> = view
         .members
         .values()
@@ -116,7 +116,7 @@ pub(super) fn member_json(
 /// ring, adjacent arcs of one node joined) and, if it answers within the RPC timeout, its
 /// [`crate::stats::NodeStatus`].
 pub(super) async fn status(node: &Arc<Node>) -> Response<Body> {
-    let view = node.cluster.view();
+    let view = node.system.view();
     const RING: f64 = 18_446_744_073_709_551_616.0; // 2^64
     let mut arcs: std::collections::HashMap<&str, Vec<[f64; 2]>> = Default::default();
     let mut last: Option<(&str, f64)> = None;
@@ -141,12 +141,12 @@ pub(super) async fn status(node: &Arc<Node>) -> Response<Body> {
         let alive = m.alive && m.status.in_ring();
         let (id, rpc) = (m.id.clone(), m.rpc);
         async move {
-            if id == *node.cluster.id() {
+            if id == *node.system.id() {
                 return Some(node.status());
             }
             let addr = rpc.filter(|_| alive)?;
             match node
-                .cluster
+                .system
                 .pool
                 .call(addr, crate::rpc::Request::Status)
                 .await
@@ -159,7 +159,7 @@ pub(super) async fn status(node: &Arc<Node>) -> Response<Body> {
     let stats = futures_util::future::join_all(stats).await;
     let shares: std::collections::HashMap<crate::ring::NodeId, f64> = view
         .ring
-        .shares(node.cluster.config().replicas)
+        .shares(node.system.config().replicas)
         .into_iter()
         .collect();
     let members: Vec<_> = view
@@ -177,9 +177,9 @@ pub(super) async fn status(node: &Arc<Node>) -> Response<Body> {
     json_response(
         StatusCode::OK,
         json!({
-            "node": &**node.cluster.id(),
-            "replicas": node.cluster.config().replicas,
-            "time_ms": node.cluster.clock().now_ms(),
+            "node": &**node.system.id(),
+            "replicas": node.system.config().replicas,
+            "time_ms": node.system.clock().now_ms(),
             "version": crate::compat::VERSION,
             "features": view.features(),
             "members": members,
@@ -191,7 +191,7 @@ pub(super) fn stats(node: &Node) -> Response<Body> {
     json_response(
         StatusCode::OK,
         json!({
-            "id": &**node.cluster.id(),
+            "id": &**node.system.id(),
             "store": node.store().stats(),
             "hints_pending": node.replica.hints_pending(),
             "counters": node.stats().snapshot(),
@@ -201,9 +201,9 @@ pub(super) fn stats(node: &Node) -> Response<Body> {
 
 /// `GET /cluster/replicas/{key}`: the key's N homes in preference order, each with its zone.
 pub(super) fn replicas(node: &Node, key: &Bytes) -> Response<Body> {
-    let view = node.cluster.view();
+    let view = node.system.view();
     let replicas: Vec<serde_json::Value> = node
-        .cluster
+        .system
         .replicas_of(key)
         .iter()
         .map(|id| {

@@ -43,7 +43,7 @@ pub(super) async fn get(
     Ok(read_response(
         &versions,
         wants_json,
-        node.cluster.clock().now_ms(),
+        node.system.clock().now_ms(),
     ))
 }
 
@@ -128,7 +128,7 @@ pub(super) async fn put(
         None => None,
         Some(v) => match v.parse::<u64>() {
             Ok(secs) if (1..=MAX_TTL_SECS).contains(&secs) => {
-                Some(node.cluster.clock().now_ms() + secs * 1000)
+                Some(node.system.clock().now_ms() + secs * 1000)
             }
             _ => {
                 return Err(Error::invalid(format!(
@@ -147,7 +147,7 @@ pub(super) async fn put(
             (ct != "application/octet-stream").then(|| Box::from(ct))
         }
     };
-    let limit = node.cluster.config().max_value_bytes;
+    let limit = node.system.config().max_value_bytes;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -172,7 +172,7 @@ pub(super) async fn put(
         drain(&mut body, 0, limit).await;
         return Err(too_large);
     }
-    let body_timeout = node.cluster.config.http_body_timeout;
+    let body_timeout = node.system.config.http_body_timeout;
     let value = tokio::time::timeout(body_timeout, read_body(req.into_body(), declared, limit))
         .await
         .map_err(|_| Error::RequestTimeout)??;
@@ -267,8 +267,8 @@ pub(super) async fn watch(node: Arc<Node>, mut req: Request<Incoming>) -> Result
     // Past `--max-watchers`: 503, `kind: rejected`, before any upgrade.
     let sub = node.watches.watch(prefix).await?;
     let upgrade = hyper::upgrade::on(&mut req);
-    let shutdown = node.cluster.shutdown.clone();
-    node.cluster.tracker.spawn(async move {
+    let shutdown = node.system.shutdown.clone();
+    node.system.tracker.spawn(async move {
         match upgrade.await {
             Ok(io) => {
                 let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(

@@ -26,7 +26,7 @@
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
 //! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
 //! | GET | `/admin/stats` | this node's counters |
-//! | GET, DELETE | `/admin/stages` | where requests' time goes, by stage: count and percentiles in µs since the last DELETE ([`crate::stages`]) |
+//! | GET, DELETE | `/admin/stages` | where requests' time goes, by stage: count and percentiles in µs since the last DELETE ([`crate::timings`]) |
 //! | GET | `/metrics` | Prometheus / OpenMetrics text |
 //! | GET | `/health` | liveness: 200 as soon as the process serves HTTP |
 //! | GET | `/ready` | readiness: 200 when the node can serve requests, else 503 with a reason ([`crate::readiness`]) |
@@ -56,7 +56,7 @@ use crate::error::{Error, Result};
 use crate::http::{REQUEST_ID_HEADER, RING_HEADER, error_body, status_of};
 use crate::metrics::HttpMetrics;
 use crate::node::Node;
-use crate::stages::Stage;
+use crate::timings::Stage;
 
 /// The status page, embedded in the binary.
 mod body;
@@ -82,7 +82,7 @@ pub async fn serve(
         metrics: HttpMetrics::default(),
         tokens: security.tokens,
     });
-    let config = &node.cluster.config;
+    let config = &node.system.config;
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_http_connections));
     let header_timeout = config.http_header_timeout;
     let simulated = config.clock.is_simulated();
@@ -286,10 +286,10 @@ pub async fn handle(node: Arc<Node>, http: Arc<Http>, req: Request<Incoming>) ->
     let id = request_id(&node, &req);
     // A debug span: at the default level (info) it is never built. Building and entering
     // it on every poll cost 10-15% of a quorum request's CPU (measured with wrk).
-    let span = tracing::debug_span!("request", request = %id, node = %node.cluster.id(), method = op, route = label);
+    let span = tracing::debug_span!("request", request = %id, node = %node.system.id(), method = op, route = label);
     let trace = crate::rpc::Trace {
         request: id.clone(),
-        coordinator: node.cluster.actor().node.clone(),
+        coordinator: node.system.actor().node.clone(),
     };
     let answer = crate::rpc::TRACE.scope(trace, async {
         http.check_access(&req, spec.role(req.method()))?;
@@ -309,7 +309,7 @@ pub async fn handle(node: Arc<Node>, http: Arc<Http>, req: Request<Incoming>) ->
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    if let Ok(v) = HeaderValue::from_str(node.cluster.view().routing_version()) {
+    if let Ok(v) = HeaderValue::from_str(node.system.view().routing_version()) {
         resp.headers_mut().insert(RING_HEADER, v);
     }
     http.metrics
@@ -328,8 +328,8 @@ fn request_id(node: &Node, req: &Request<Incoming>) -> Arc<str> {
         .unwrap_or_else(|| {
             Arc::from(format!(
                 "{}-{}",
-                node.cluster.id(),
-                node.cluster.request_ids.fetch_add(1, Ordering::Relaxed)
+                node.system.id(),
+                node.system.request_ids.fetch_add(1, Ordering::Relaxed)
             ))
         })
 }

@@ -214,7 +214,7 @@ impl TestCluster {
                     Some(h) => {
                         view.is_alive(&id)
                             && view.member(&id).map(|m| m.generation)
-                                == Some(h.node().cluster().actor().generation)
+                                == Some(h.node().system().actor().generation)
                     }
                     None => !view.is_alive(&id),
                 }
@@ -272,7 +272,7 @@ impl TestCluster {
         let up = self.up()[0];
         self.node(up)
             .node()
-            .cluster()
+            .system()
             .replicas_of(key)
             .iter()
             .map(|id| self.index_of(id))

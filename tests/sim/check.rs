@@ -61,7 +61,7 @@ pub fn converged(nodes: &BTreeMap<String, Arc<Node>>, now_ms: u64) -> Result<(),
     let Some(ring) = nodes
         .values()
         .next()
-        .map(|n| n.cluster().view().ring.clone())
+        .map(|n| n.system().view().ring.clone())
     else {
         return Err("no node started".into());
     };
@@ -384,7 +384,7 @@ pub fn final_state(nodes: &BTreeMap<String, Arc<Node>>) -> State {
     let Some(ring) = nodes
         .values()
         .next()
-        .map(|n| n.cluster().view().ring.clone())
+        .map(|n| n.system().view().ring.clone())
     else {
         return out;
     };

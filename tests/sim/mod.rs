@@ -276,7 +276,7 @@ pub fn run(seed: u64, verbose: bool) -> Report {
     // A zoned run places by zone once every node gossips the feature: every node's ring must
     // have the zones by the end, and an unzoned one none.
     for (name, node) in nodes.borrow().iter() {
-        let zones = node.cluster().view().ring.zones().len();
+        let zones = node.system().view().ring.zones().len();
         let want = if zoned { ZONES } else { 1 };
         if zones != want {
             violations.push(format!("{name}'s ring has {zones} zones, not {want}"));

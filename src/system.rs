@@ -1,7 +1,7 @@
 //! This node's place in the cluster: who it is, what it sees of the ring, and how it reaches
 //! its peers.
 //!
-//! [`Cluster`] is the handle every part of a node shares ([`crate::node`]): the store side
+//! [`System`] is the handle every part of a node shares ([`crate::node`]): the store side
 //! ([`crate::replica`]), the coordinator, anti-entropy, handoff, watches and the lifecycle.
 //! It holds no data of its own beyond the configuration and the counters: the membership
 //! view comes from gossip ([`crate::membership`]), the peers are reached through the RPC
@@ -26,7 +26,7 @@ use crate::stats::Stats;
 use crate::version::Actor;
 
 /// The handle to this node's identity, view, peers, counters and task set.
-pub struct Cluster {
+pub struct System {
     pub(crate) config: Config,
     pub(crate) id: NodeId,
     /// This process's writer identity: the node id and this start's generation.
@@ -43,7 +43,7 @@ pub struct Cluster {
     pub(crate) request_ids: std::sync::atomic::AtomicU64,
 }
 
-impl Cluster {
+impl System {
     /// A handle over a started membership (`view_rx`) and RPC pool.
     pub(crate) fn new(
         config: Config,
@@ -53,8 +53,8 @@ impl Cluster {
         view_rx: watch::Receiver<Arc<View>>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
-    ) -> Cluster {
-        Cluster {
+    ) -> System {
+        System {
             id: actor.node.clone(),
             config,
             actor,

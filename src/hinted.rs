@@ -25,8 +25,8 @@ pub const BATCH: usize = 256;
 
 /// Runs until `shutdown` fires.
 pub async fn run(replica: Arc<Replica>, shutdown: CancellationToken) {
-    let mut views = replica.cluster.subscribe_view();
-    let mut tick = tokio::time::interval(replica.cluster.config().handoff_interval);
+    let mut views = replica.system.subscribe_view();
+    let mut tick = tokio::time::interval(replica.system.config().handoff_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -43,13 +43,13 @@ pub async fn run(replica: Arc<Replica>, shutdown: CancellationToken) {
 pub async fn deliver(replica: &Replica) {
     let expired = lock(&replica.hints).expire(Instant::now());
     if expired > 0 {
-        Stats::add(&replica.cluster.stats.hints_dropped, expired as u64);
+        Stats::add(&replica.system.stats.hints_dropped, expired as u64);
         info!(
             expired,
             "dropped hints older than the tombstone grace period"
         );
     }
-    let view = replica.cluster.view();
+    let view = replica.system.view();
     let targets = lock(&replica.hints).targets();
     for target in targets {
         // A joining target takes its hints too: they are part of what it catches up on.
@@ -70,7 +70,7 @@ pub async fn deliver(replica: &Replica) {
             let req = Request::ReplicateMany {
                 items: batch.clone(),
             };
-            match replica.cluster.pool.call(addr, req).await {
+            match replica.system.pool.call(addr, req).await {
                 Ok(Response::Replicated) => {
                     let mut hints = lock(&replica.hints);
                     let delivered = batch
@@ -78,7 +78,7 @@ pub async fn deliver(replica: &Replica) {
                         .filter(|(k, v)| hints.delivered(&target, k, v))
                         .count();
                     drop(hints);
-                    Stats::add(&replica.cluster.stats.hints_delivered, delivered as u64);
+                    Stats::add(&replica.system.stats.hints_delivered, delivered as u64);
                     debug!(%target, delivered, "hints delivered");
                     if delivered == 0 {
                         // Every hint in the batch changed meanwhile; try again next round

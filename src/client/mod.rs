@@ -59,6 +59,8 @@
 //! # }
 //! ```
 
+pub mod ring;
+
 use std::fmt;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -521,7 +523,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Key-aware routing ([`crate::routing`], on by default): learn the ring and send each
+    /// Key-aware routing ([`crate::client::ring`], on by default): learn the ring and send each
     /// key's requests straight to a home replica, which saves a write the hop to its
     /// coordinator. Off, requests go to the given nodes in turn.
     pub fn routing(mut self, on: bool) -> Self {
@@ -700,11 +702,11 @@ struct Inner {
     routes: RouteState,
 }
 
-/// What a client knows of the ring for key-aware routing ([`crate::routing`]).
+/// What a client knows of the ring for key-aware routing ([`crate::client::ring`]).
 #[derive(Default)]
 struct RouteState {
     on: bool,
-    current: std::sync::RwLock<Option<Arc<crate::routing::Routes>>>,
+    current: std::sync::RwLock<Option<Arc<crate::client::ring::Routes>>>,
     /// An answer carried another version, or none was fetched yet: fetch the ring again.
     stale: std::sync::atomic::AtomicBool,
     /// One fetch at a time; requests meanwhile route by what is known.
@@ -1570,9 +1572,9 @@ impl Client {
     }
 
     /// The ring as a key-aware client routes by it (`GET /cluster/ring`).
-    pub async fn ring(&self) -> Result<crate::routing::Routes> {
+    pub async fn ring(&self) -> Result<crate::client::ring::Routes> {
         let body = self.get_json("/cluster/ring").await?;
-        crate::routing::Routes::from_json(&body)
+        crate::client::ring::Routes::from_json(&body)
     }
 
     /// Fetches `GET /cluster/ring` through the given nodes; on failure routing waits for the
@@ -1588,7 +1590,9 @@ impl Client {
             key: None,
         };
         let fetched = match self.call(&call).await {
-            Ok(ans) if ans.status == StatusCode::OK => crate::routing::Routes::from_json(&ans.body),
+            Ok(ans) if ans.status == StatusCode::OK => {
+                crate::client::ring::Routes::from_json(&ans.body)
+            }
             Ok(ans) => Err(Error::Protocol(format!("/cluster/ring: {}", ans.status))),
             Err(err) => Err(err),
         };
