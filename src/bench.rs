@@ -126,7 +126,7 @@ pub struct BenchArgs {
     #[arg(long, short = 'c', default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
     /// How long to measure: 10s, 500ms, 2m, or plain seconds. 10s unless --ops is given.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::cli::parse_duration)]
     pub duration: Option<Duration>,
     /// Stop after this many operations (and after --duration, if given too).
     #[arg(long)]
@@ -321,26 +321,6 @@ pub async fn watch_latency(args: &BenchArgs) -> Result<WatchSummary> {
         watcher_node,
         latency_us: Latency::of(&h),
     })
-}
-
-/// Parses `10s`, `250ms`, `2m`, `1h`, `1.5s` or plain seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: f64 = number
-        .parse()
-        .map_err(|_| format!("bad duration {s:?}: expected e.g. 10s, 500ms, 2m"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        other => return Err(format!("bad duration unit {other:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 /// One node to connect to.
@@ -1163,19 +1143,6 @@ impl fmt::Display for Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        for bad in ["", "s", "10x", "-1s", "1..2s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn key_paths_are_zero_padded() {

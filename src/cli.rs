@@ -391,8 +391,8 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// `--ttl`: whole seconds, or a humantime duration (`90s`, `1h30m`); positive.
-/// A duration: whole seconds, or humantime (`500ms`, `30s`, `2m`).
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+/// A duration flag: whole seconds, or humantime (`500ms`, `30s`, `2m`, `1h30m`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     match s.parse::<u64>() {
         Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}")),

@@ -14,6 +14,11 @@ use ringkv::hints::HintLimits;
 use ringkv::membership::GossipConfig;
 use ringkv::ring::DEFAULT_VNODES;
 use ringkv::{GossipTransport, NodeHandle};
+
+/// A default duration as a flag's milliseconds.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -143,23 +148,23 @@ struct Tuning {
     /// Virtual nodes per node.
     #[arg(long, env = "RINGKV_VNODES", default_value_t = DEFAULT_VNODES)]
     vnodes: usize,
-    /// System id; nodes only talk to nodes with the same one.
+    /// Cluster id; nodes only talk to nodes with the same one.
     #[arg(long, env = "RINGKV_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
     cluster_id: String,
     /// Time a replica has to answer one RPC, in milliseconds.
-    #[arg(long, env = "RINGKV_RPC_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "RINGKV_RPC_TIMEOUT_MS", default_value_t = ms(ringkv::config::DEFAULT_RPC_TIMEOUT))]
     rpc_timeout_ms: u64,
     /// Gossip interval, in milliseconds.
-    #[arg(long, env = "RINGKV_GOSSIP_INTERVAL_MS", default_value_t = 200)]
+    #[arg(long, env = "RINGKV_GOSSIP_INTERVAL_MS", default_value_t = ms(GossipConfig::default().interval))]
     gossip_interval_ms: u64,
     /// Phi-accrual threshold above which a silent node is declared dead.
-    #[arg(long, env = "RINGKV_PHI_THRESHOLD", default_value_t = 8.0)]
+    #[arg(long, env = "RINGKV_PHI_THRESHOLD", default_value_t = GossipConfig::default().phi_threshold)]
     phi_threshold: f64,
     /// How long a dead node keeps its place in the ring before it is removed, in seconds.
-    #[arg(long, env = "RINGKV_DEAD_NODE_GRACE_SECS", default_value_t = 24 * 3600)]
+    #[arg(long, env = "RINGKV_DEAD_NODE_GRACE_SECS", default_value_t = GossipConfig::default().dead_node_grace.as_secs())]
     dead_node_grace_secs: u64,
     /// Period of hinted-handoff delivery, in milliseconds.
-    #[arg(long, env = "RINGKV_HANDOFF_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(long, env = "RINGKV_HANDOFF_INTERVAL_MS", default_value_t = ms(ringkv::config::DEFAULT_HANDOFF_INTERVAL))]
     handoff_interval_ms: u64,
     /// Most hinted keys a node keeps for dead replicas.
     #[arg(long, env = "RINGKV_MAX_HINTS", default_value_t = ringkv::hints::DEFAULT_MAX_HINTS)]
@@ -168,16 +173,16 @@ struct Tuning {
     #[arg(long, env = "RINGKV_MAX_HINT_BYTES", default_value_t = ringkv::hints::DEFAULT_MAX_HINT_BYTES)]
     max_hint_bytes: usize,
     /// No new hints for a node dead longer than this, in seconds.
-    #[arg(long, env = "RINGKV_HINT_WINDOW_SECS", default_value_t = 3 * 3600)]
+    #[arg(long, env = "RINGKV_HINT_WINDOW_SECS", default_value_t = ringkv::hints::DEFAULT_HINT_WINDOW.as_secs())]
     hint_window_secs: u64,
     /// Period of anti-entropy rounds, in milliseconds.
-    #[arg(long, env = "RINGKV_ANTI_ENTROPY_INTERVAL_MS", default_value_t = 2000)]
+    #[arg(long, env = "RINGKV_ANTI_ENTROPY_INTERVAL_MS", default_value_t = ms(ringkv::config::DEFAULT_ANTI_ENTROPY_INTERVAL))]
     anti_entropy_interval_ms: u64,
     /// Anti-entropy and handoff bandwidth cap, in bytes per second.
     #[arg(long, env = "RINGKV_ANTI_ENTROPY_RATE", default_value_t = ringkv::config::DEFAULT_ANTI_ENTROPY_RATE)]
     anti_entropy_rate: u64,
     /// How long tombstones are kept once every replica holds them, in seconds.
-    #[arg(long, env = "RINGKV_TOMBSTONE_GRACE_SECS", default_value_t = 3600)]
+    #[arg(long, env = "RINGKV_TOMBSTONE_GRACE_SECS", default_value_t = ringkv::config::DEFAULT_TOMBSTONE_GRACE.as_secs())]
     tombstone_grace_secs: u64,
     /// With --data-dir: when the log reaches the disk. always: before a write counts toward
     /// W (concurrent writes share an fsync); periodic: every --fsync-interval-ms; never: when
@@ -185,7 +190,7 @@ struct Tuning {
     #[arg(long, env = "RINGKV_FSYNC", value_enum, default_value_t = ringkv::durable::Fsync::Always)]
     fsync: ringkv::durable::Fsync,
     /// The period of --fsync periodic (and of log writes with never), in milliseconds.
-    #[arg(long, env = "RINGKV_FSYNC_INTERVAL_MS", default_value_t = 100)]
+    #[arg(long, env = "RINGKV_FSYNC_INTERVAL_MS", default_value_t = ms(ringkv::config::DEFAULT_FSYNC_INTERVAL))]
     fsync_interval_ms: u64,
     /// With --data-dir: take a snapshot (and drop the log before it) once the log since the
     /// last one holds this many bytes and more than the live data.

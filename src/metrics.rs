@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::node::Node;
-use crate::stats::StatsSnapshot;
+use crate::stats::{Kind, StatsSnapshot};
 use crate::store::StoreStats;
 
 /// Labels of one HTTP request.
@@ -90,154 +90,26 @@ struct NodeCollector {
 
 impl Collector for NodeCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let c = &self.counters;
         let mut counters: Vec<(&str, &str, u64)> = vec![
-            (
-                "quorum_failures",
-                "Client requests answered 503: quorum not met",
-                c.quorum_failures,
-            ),
-            (
-                "read_repairs",
-                "Replicas updated by read repair",
-                c.read_repairs,
-            ),
-            (
-                "writes_coordinated",
-                "Writes this node coordinated",
-                c.writes_coordinated,
-            ),
-            (
-                "reads_coordinated",
-                "Reads this node coordinated",
-                c.reads_coordinated,
-            ),
-            (
-                "writes_forwarded",
-                "Writes forwarded to the key's first live replica",
-                c.writes_forwarded,
-            ),
-            (
-                "hints_stored",
-                "Hinted copies accepted as a fallback",
-                c.hints_stored,
-            ),
-            (
-                "hints_delivered",
-                "Hinted copies delivered to their home replica",
-                c.hints_delivered,
-            ),
-            (
-                "hints_dropped",
-                "Hinted copies refused or expired",
-                c.hints_dropped,
-            ),
-            (
-                "anti_entropy_rounds",
-                "Anti-entropy exchanges started",
-                c.ae_rounds,
-            ),
-            (
-                "anti_entropy_keys_repaired",
-                "Keys sent or received by anti-entropy",
-                c.ae_keys_repaired,
-            ),
-            (
-                "anti_entropy_bytes_sent",
-                "Bytes of anti-entropy requests sent",
-                c.ae_bytes_sent,
-            ),
-            (
-                "anti_entropy_bytes_received",
-                "Bytes of anti-entropy answers received",
-                c.ae_bytes_received,
-            ),
-            (
-                "keys_handed_off",
-                "Keys handed to new owners and dropped here",
-                c.ae_keys_handed_off,
-            ),
-            (
-                "tombstones_purged",
-                "Tombstones purged after the grace period",
-                c.tombstones_purged,
-            ),
-            (
-                "ttl_values_expired",
-                "Values dropped by the TTL sweep",
-                c.ttl_values_expired,
-            ),
-            (
-                "ttl_bytes_freed",
-                "Value bytes freed by the TTL sweep",
-                c.ttl_bytes_freed,
-            ),
             (
                 "watch_events_dropped",
                 "Watch events not delivered to a peer (queue full, peer unreachable or gone, or shutdown)",
                 self.events_dropped,
             ),
             (
-                "watchers_refused",
-                "WebSocket watchers refused with 503 because --max-watchers were connected",
-                c.watchers_refused,
-            ),
-            (
                 "watch_events_lagged",
                 "Watch events a slow watcher missed (it was sent a lagged message)",
                 self.events_lagged,
             ),
-            (
-                "rpc_frames_rejected",
-                "RPC connections closed for a bad frame",
-                c.rpc_frames_rejected,
-            ),
-            (
-                "http_connections_refused",
-                "HTTP connections closed at once because --max-http-connections were open",
-                c.http_connections_refused,
-            ),
-            (
-                "tls_handshakes_failed",
-                "TLS handshakes on the HTTP port that failed or timed out",
-                c.tls_handshakes_failed,
-            ),
-            (
-                "rpc_in_flight_refused",
-                "RPC requests refused as busy: --max-rpc-in-flight of their connection's requests were running",
-                c.rpc_in_flight_refused,
-            ),
-            (
-                "rpc_handshakes_refused",
-                "RPC connections refused: the peer could not prove the cluster secret",
-                c.rpc_handshakes_refused,
-            ),
-            (
-                "gossip_datagrams_rejected",
-                "Undecodable gossip datagrams (process-wide)",
-                c.gossip_datagrams_rejected,
-            ),
-            (
-                "gossip_datagrams_refused",
-                "Gossip datagrams dropped: forged, replayed or without the cluster secret (process-wide)",
-                c.gossip_datagrams_refused,
-            ),
-            (
-                "gossip_bytes_sent",
-                "Gossip bytes sent over UDP (process-wide)",
-                c.gossip_bytes_sent,
-            ),
-            (
-                "gossip_datagrams_sent",
-                "Gossip datagrams sent over UDP (process-wide)",
-                c.gossip_datagrams_sent,
-            ),
-            (
-                "gossip_bytes_received",
-                "Gossip bytes received over UDP (process-wide)",
-                c.gossip_bytes_received,
-            ),
         ];
+        let mut gauges_of_stats = Vec::new();
+        let metrics = self.counters.metrics();
+        for m in &metrics {
+            match m.kind {
+                Kind::Counter => counters.push((m.name, &m.help, m.value)),
+                Kind::Gauge => gauges_of_stats.push((m.name, &*m.help, m.value)),
+            }
+        }
         if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {
             counters.extend([
                 (
@@ -273,7 +145,7 @@ impl Collector for NodeCollector {
                 counter.metric_type(),
             )?)?;
         }
-        let gauges: [(&str, &str, u64); 8] = [
+        let gauges: [(&str, &str, u64); 7] = [
             ("keys", "Keys stored on this node", self.store.keys),
             (
                 "tombstones",
@@ -301,13 +173,8 @@ impl Collector for NodeCollector {
                 "WebSocket watchers connected to this node",
                 self.watchers,
             ),
-            (
-                "gossip_largest_datagram_bytes",
-                "The largest gossip datagram sent so far (process-wide; chitchat caps them at 65507)",
-                self.counters.gossip_largest_datagram,
-            ),
         ];
-        for (name, help, value) in gauges {
+        for (name, help, value) in gauges.into_iter().chain(gauges_of_stats) {
             let gauge = ConstGauge::new(value as i64);
             gauge.encode(encoder.encode_descriptor(
                 &format!("ringkv_{name}"),

@@ -8,103 +8,168 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-/// Per-node counters. Every field only ever grows.
+use crate::membership::GossipCounters;
+
+/// Declares the node's counters once: each becomes a field of [`Counters`] and of
+/// [`StatsSnapshot`] (the JSON of `/admin/stats`), and, with a metric name, a line of
+/// `/metrics` whose help text is its doc comment. The gossip counters live in the node's
+/// [`GossipCounters`] (membership counts them) and are declared here by the field they are read
+/// from.
+macro_rules! counters {
+    (
+        own { $( $(#[doc = $doc:literal])+ $field:ident => $metric:expr, )* }
+        gossip { $( $(#[doc = $gdoc:literal])+ $gfield:ident = $source:ident => $gmetric:expr, $gkind:ident, )* }
+    ) => {
+        /// The node's own counters. Every one only ever grows. Each is an `Arc` so that a part
+        /// that does not know this struct (the RPC client and server) can share one.
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $( $(#[doc = $doc])+ pub $field: Arc<AtomicU64>, )*
+        }
+
+        /// A point-in-time copy of the counters, for JSON.
+        #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( $(#[doc = $doc])+ pub $field: u64, )*
+            $( $(#[doc = $gdoc])+ pub $gfield: u64, )*
+        }
+
+        impl Stats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                let gossip = &self.gossip;
+                StatsSnapshot {
+                    $( $field: self.counters.$field.load(Ordering::Relaxed), )*
+                    $( $gfield: gossip.$source.load(Ordering::Relaxed), )*
+                }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Each counter that has a metric: its name (after `ringkv_`), help, kind and value.
+            pub fn metrics(&self) -> Vec<Metric> {
+                let mut out = Vec::new();
+                $( if let Some(name) = $metric {
+                    out.push(Metric { name, help: help(&[$($doc),+]), kind: Kind::Counter, value: self.$field });
+                } )*
+                $( if let Some(name) = $gmetric {
+                    out.push(Metric { name, help: help(&[$($gdoc),+]), kind: Kind::$gkind, value: self.$gfield });
+                } )*
+                out
+            }
+        }
+    };
+}
+
+/// How a metric reads: a counter only grows, a gauge is a level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One metric of [`StatsSnapshot::metrics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub help: String,
+    pub kind: Kind,
+    pub value: u64,
+}
+
+/// A doc comment's lines as one line of help text.
+fn help(lines: &[&str]) -> String {
+    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
+}
+
+counters! {
+    own {
+        /// RPC connections closed for a bad frame: checksum, size, encoding or handshake.
+        rpc_frames_rejected => Some("rpc_frames_rejected"),
+        /// RPC connections refused: the peer could not prove the cluster secret.
+        rpc_handshakes_refused => Some("rpc_handshakes_refused"),
+        /// RPC requests refused as busy: `--max-rpc-in-flight` of their connection's
+        /// requests were running.
+        rpc_in_flight_refused => Some("rpc_in_flight_refused"),
+        /// WebSocket watchers refused with 503 because `--max-watchers` were connected.
+        watchers_refused => Some("watchers_refused"),
+        /// HTTP connections closed at once because `--max-http-connections` were open.
+        http_connections_refused => Some("http_connections_refused"),
+        /// TLS handshakes on the HTTP port that failed or timed out.
+        tls_handshakes_failed => Some("tls_handshakes_failed"),
+        /// Replicas updated by read repair.
+        read_repairs => Some("read_repairs"),
+        /// Client requests answered 503: quorum not met.
+        quorum_failures => Some("quorum_failures"),
+        /// Writes this node coordinated.
+        writes_coordinated => Some("writes_coordinated"),
+        /// Reads this node coordinated.
+        reads_coordinated => Some("reads_coordinated"),
+        /// Writes forwarded to the key's first live replica.
+        writes_forwarded => Some("writes_forwarded"),
+        /// Hinted copies accepted as a fallback.
+        hints_stored => Some("hints_stored"),
+        /// Hinted copies delivered to their home replica.
+        hints_delivered => Some("hints_delivered"),
+        /// Hinted copies refused (store full, window passed) or expired.
+        hints_dropped => Some("hints_dropped"),
+        /// Anti-entropy exchanges started.
+        ae_rounds => Some("anti_entropy_rounds"),
+        /// Keys sent or received (and changed) by anti-entropy.
+        ae_keys_repaired => Some("anti_entropy_keys_repaired"),
+        /// Bytes of anti-entropy and handoff requests sent (payload size).
+        ae_bytes_sent => Some("anti_entropy_bytes_sent"),
+        /// Bytes of answers to anti-entropy and handoff requests.
+        ae_bytes_received => Some("anti_entropy_bytes_received"),
+        /// Keys handed to new owners and dropped here.
+        ae_keys_handed_off => Some("keys_handed_off"),
+        /// Tombstones purged after the grace period.
+        tombstones_purged => Some("tombstones_purged"),
+        /// HTTP requests answered (`/metrics` counts them by route, method and status in
+        /// `ringkv_http_requests_total`).
+        http_requests => None::<&'static str>,
+        /// Values dropped by the TTL sweep once expired.
+        ttl_values_expired => Some("ttl_values_expired"),
+        /// Value bytes freed by the TTL sweep.
+        ttl_bytes_freed => Some("ttl_bytes_freed"),
+    }
+    gossip {
+        /// Gossip datagrams chitchat could not decode ([`crate::membership::garbage`]).
+        gossip_datagrams_rejected = rejected => Some("gossip_datagrams_rejected"), Counter,
+        /// Gossip datagrams dropped: forged, replayed or without the cluster secret
+        /// ([`crate::seal`]).
+        gossip_datagrams_refused = refused => Some("gossip_datagrams_refused"), Counter,
+        /// Gossip bytes sent over UDP.
+        gossip_bytes_sent = bytes_sent => Some("gossip_bytes_sent"), Counter,
+        /// Gossip datagrams sent over UDP.
+        gossip_datagrams_sent = datagrams_sent => Some("gossip_datagrams_sent"), Counter,
+        /// Gossip bytes received over UDP.
+        gossip_bytes_received = bytes_received => Some("gossip_bytes_received"), Counter,
+        /// The largest gossip datagram sent so far, in bytes (chitchat caps them at 65,507).
+        gossip_largest_datagram = largest_sent => Some("gossip_largest_datagram_bytes"), Gauge,
+    }
+}
+
+/// A node's counters, its gossip counters and its request timings.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// RPC frames dropped for a bad checksum, size, encoding or handshake. Shared with the
-    /// RPC client and server ([`crate::rpc`] does not know this struct).
-    pub rpc_frames_rejected: Arc<AtomicU64>,
-    /// RPC connections refused because the peer could not prove the cluster secret.
-    pub rpc_handshakes_refused: Arc<AtomicU64>,
-    /// RPC requests refused at once (busy) because `--max-rpc-in-flight` of their
-    /// connection's requests were running. Shared with the RPC server.
-    pub rpc_in_flight_refused: Arc<AtomicU64>,
-    /// WebSocket watchers refused because `--max-watchers` were connected.
-    pub watchers_refused: AtomicU64,
-    /// HTTP connections closed at once: `--max-http-connections` were open.
-    pub http_connections_refused: AtomicU64,
-    /// TLS handshakes on the HTTP port that failed or timed out.
-    pub tls_handshakes_failed: AtomicU64,
-    /// Replicas brought up to date by read repair.
-    pub read_repairs: AtomicU64,
-    /// Client requests answered 503 because the quorum was not met.
-    pub quorum_failures: AtomicU64,
-    /// Writes this node coordinated.
-    pub writes_coordinated: AtomicU64,
-    /// Reads this node coordinated.
-    pub reads_coordinated: AtomicU64,
-    /// Writes forwarded to the key's first live replica.
-    pub writes_forwarded: AtomicU64,
-    /// Hinted copies this node accepted as a fallback.
-    pub hints_stored: AtomicU64,
-    /// Hinted copies delivered to their home replica.
-    pub hints_delivered: AtomicU64,
-    /// Hinted copies refused (store full, window passed) or expired.
-    pub hints_dropped: AtomicU64,
-    /// Anti-entropy exchanges started.
-    pub ae_rounds: AtomicU64,
-    /// Keys sent or received (and changed) by anti-entropy.
-    pub ae_keys_repaired: AtomicU64,
-    /// Bytes of anti-entropy and handoff requests this node sent (payload size).
-    pub ae_bytes_sent: AtomicU64,
-    /// Bytes of answers to this node's anti-entropy and handoff requests.
-    pub ae_bytes_received: AtomicU64,
-    /// Keys handed to their new owners and dropped here.
-    pub ae_keys_handed_off: AtomicU64,
-    /// Tombstones purged after the grace period.
-    pub tombstones_purged: AtomicU64,
-    /// HTTP requests answered.
-    pub http_requests: AtomicU64,
+    pub counters: Counters,
     /// This node's gossip traffic and refusals, shared with its membership.
-    pub gossip: Arc<crate::membership::GossipCounters>,
+    pub gossip: Arc<GossipCounters>,
     /// Where requests' time goes, by stage (`GET /admin/stages`).
     pub stages: crate::timings::Stages,
-    /// Values dropped by the TTL sweep once expired.
-    pub ttl_values_expired: AtomicU64,
-    /// Bytes of values the TTL sweep freed.
-    pub ttl_bytes_freed: AtomicU64,
+}
+
+impl std::ops::Deref for Stats {
+    type Target = Counters;
+
+    fn deref(&self) -> &Counters {
+        &self.counters
+    }
 }
 
 /// What the status page shows of one node: a wire type, defined with the protocol.
 pub use crate::rpc::NodeStatus;
-
-/// A point-in-time copy of [`Stats`], for JSON.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub rpc_frames_rejected: u64,
-    pub rpc_handshakes_refused: u64,
-    pub rpc_in_flight_refused: u64,
-    pub watchers_refused: u64,
-    pub http_connections_refused: u64,
-    pub tls_handshakes_failed: u64,
-    /// Gossip datagrams chitchat could not decode ([`crate::membership::garbage`]).
-    pub gossip_datagrams_rejected: u64,
-    /// Gossip datagrams dropped by the cluster secret's check ([`crate::seal`]).
-    pub gossip_datagrams_refused: u64,
-    /// Gossip traffic ([`crate::membership::GossipCounters`]).
-    pub gossip_bytes_sent: u64,
-    pub gossip_datagrams_sent: u64,
-    pub gossip_bytes_received: u64,
-    /// The largest gossip datagram sent so far, in bytes (chitchat's cap is 65,507).
-    pub gossip_largest_datagram: u64,
-    pub read_repairs: u64,
-    pub quorum_failures: u64,
-    pub writes_coordinated: u64,
-    pub reads_coordinated: u64,
-    pub writes_forwarded: u64,
-    pub hints_stored: u64,
-    pub hints_delivered: u64,
-    pub hints_dropped: u64,
-    pub ae_rounds: u64,
-    pub ae_keys_repaired: u64,
-    pub ae_bytes_sent: u64,
-    pub ae_bytes_received: u64,
-    pub ae_keys_handed_off: u64,
-    pub tombstones_purged: u64,
-    pub http_requests: u64,
-    pub ttl_values_expired: u64,
-    pub ttl_bytes_freed: u64,
-}
 
 impl Stats {
     /// Adds one to `counter`.
@@ -115,42 +180,5 @@ impl Stats {
     /// Adds `n` to `counter`.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Reads every counter.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let gossip = &self.gossip;
-        StatsSnapshot {
-            rpc_frames_rejected: get(&self.rpc_frames_rejected),
-            rpc_handshakes_refused: get(&self.rpc_handshakes_refused),
-            rpc_in_flight_refused: get(&self.rpc_in_flight_refused),
-            watchers_refused: get(&self.watchers_refused),
-            http_connections_refused: get(&self.http_connections_refused),
-            tls_handshakes_failed: get(&self.tls_handshakes_failed),
-            gossip_datagrams_rejected: get(&gossip.rejected),
-            gossip_datagrams_refused: get(&gossip.refused),
-            gossip_bytes_sent: get(&gossip.bytes_sent),
-            gossip_datagrams_sent: get(&gossip.datagrams_sent),
-            gossip_bytes_received: get(&gossip.bytes_received),
-            gossip_largest_datagram: get(&gossip.largest_sent),
-            read_repairs: get(&self.read_repairs),
-            quorum_failures: get(&self.quorum_failures),
-            writes_coordinated: get(&self.writes_coordinated),
-            reads_coordinated: get(&self.reads_coordinated),
-            writes_forwarded: get(&self.writes_forwarded),
-            hints_stored: get(&self.hints_stored),
-            hints_delivered: get(&self.hints_delivered),
-            hints_dropped: get(&self.hints_dropped),
-            ae_rounds: get(&self.ae_rounds),
-            ae_keys_repaired: get(&self.ae_keys_repaired),
-            ae_bytes_sent: get(&self.ae_bytes_sent),
-            ae_bytes_received: get(&self.ae_bytes_received),
-            ae_keys_handed_off: get(&self.ae_keys_handed_off),
-            tombstones_purged: get(&self.tombstones_purged),
-            http_requests: get(&self.http_requests),
-            ttl_values_expired: get(&self.ttl_values_expired),
-            ttl_bytes_freed: get(&self.ttl_bytes_freed),
-        }
     }
 }
