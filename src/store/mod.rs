@@ -18,6 +18,11 @@
 //! key order (listing, [`Store::list`]), and the keys holding an expiring value by expiry
 //! time (the TTL sweep, [`Store::expire_due`]). Both follow every change under the same lock.
 //!
+//! Each shard is its storage engine (`entries`: each key's versions, by `(hash, key)`) and an
+//! index beside it (`shard`: the Merkle trees, the two secondary indexes, the tombstone marks
+//! and the byte count). The engine knows nothing of the index: every change it makes is a
+//! `Change` (the key's summary before and after) that the index applies, under the same lock.
+//!
 //! The store never decides *what* to keep: that is the version algebra's job
 //! ([`crate::version`]).
 //!
@@ -53,18 +58,16 @@
 //! not packed. Neither are siblings: a set of several versions is kept as it is, and packed
 //! again once it is down to one version.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque, btree_map};
-use std::hash::{Hash, Hasher};
-use std::ops::{Bound, RangeBounds};
+use std::collections::{BinaryHeap, VecDeque};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::lock;
 use crate::merkle::{DEFAULT_DEPTH, MerkleTree, NodeRef};
@@ -74,12 +77,15 @@ use crate::version::{Actor, Condition, Context, Meta, VersionSet};
 // Segment ids and listing pages cross the wire: they are defined with the protocol.
 pub use crate::rpc::{ListEntry, ListPage, SegmentId};
 
+mod entries;
 pub mod log;
 mod packed;
+mod shard;
+
+use entries::Entry;
+use shard::{Change, Key, SegTree, Shard, Summary};
 
 pub use log::{Disk, Log, Record, WalStats};
-
-use packed::{Packer, View};
 
 /// Number of independently locked shards.
 pub const SHARDS: usize = 1 << SHARD_BITS;
@@ -99,107 +105,6 @@ const SNAPSHOT_CHUNK: usize = 256;
 /// allocation of its own. With a length byte and a tag this makes a `Key` 24 bytes, the
 /// size a boxed slice and its tag need anyway.
 pub const INLINE_KEY: usize = 22;
-
-struct SegTree {
-    id: SegmentId,
-    tree: MerkleTree,
-}
-
-#[derive(Default)]
-struct Shard {
-    /// Every key's versions, ordered by `(hash, key)`.
-    entries: Entries,
-    /// The writers packed entries name by number.
-    packer: Packer,
-    /// This shard's segments, ordered by end. Empty until the ring is known.
-    trees: Vec<SegTree>,
-    /// When each key whose versions are all tombstones became so, for tombstone GC. Tokio's
-    /// clock, so that a paused test runtime can age tombstones ([`crate::clock`]). A fixed
-    /// hasher: which old tombstones a GC round picks must not depend on a random state.
-    tombstones: HashMap<Key, Instant, xxhash_rust::xxh3::Xxh3Builder>,
-    /// Bytes of keys and values held.
-    bytes: u64,
-    /// Every key of `entries`, in key order.
-    by_key: BTreeSet<Key>,
-    /// `(expiry, hash, key)` of every key with an expiring value not yet dropped.
-    expiry: BTreeSet<(u64, u64, Key)>,
-}
-
-impl Shard {
-    fn tree_mut(&mut self, hash: u64) -> Option<&mut MerkleTree> {
-        let i = self.trees.partition_point(|t| t.tree.arc().1 < hash);
-        // Only some segments have trees: the first one ending at or after `hash` may not
-        // hold it.
-        self.trees
-            .get_mut(i)
-            .map(|t| &mut t.tree)
-            .filter(|t| t.contains(hash))
-    }
-
-    fn tree(&self, id: SegmentId) -> Option<&MerkleTree> {
-        self.trees.iter().find(|t| t.id == id).map(|t| &t.tree)
-    }
-
-    /// Records that `key` went from `old` to `new` (fingerprints, and whether each was
-    /// only tombstones).
-    fn changed(&mut self, hash: u64, key: &[u8], old: Summary, new: Summary) {
-        if old.fp != new.fp
-            && let Some(tree) = self.tree_mut(hash)
-        {
-            tree.update(hash, old.fp, new.fp);
-        }
-        self.bytes = (self.bytes + new.bytes).saturating_sub(old.bytes);
-        if old.fp == 0 && new.fp != 0 {
-            self.by_key.insert(Key::new(key));
-        } else if old.fp != 0 && new.fp == 0 {
-            self.by_key.remove(key);
-        }
-        if old.expires != new.expires {
-            if let Some(t) = old.expires {
-                self.expiry.remove(&(t, hash, Key::new(key)));
-            }
-            if let Some(t) = new.expires {
-                self.expiry.insert((t, hash, Key::new(key)));
-            }
-        }
-        if new.deleted && !old.deleted {
-            self.tombstones.insert(Key::new(key), Instant::now());
-        } else if old.deleted && !new.deleted {
-            self.tombstones.remove(key);
-        }
-    }
-}
-
-/// What the trees and the tombstone index need to know of a key's state.
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-struct Summary {
-    fp: u64,
-    deleted: bool,
-    /// Key and value bytes (0 for an empty set).
-    bytes: u64,
-    /// When the next value expires.
-    expires: Option<u64>,
-}
-
-impl Summary {
-    fn of(key: &[u8], vs: &VersionSet) -> Summary {
-        let values: usize = vs
-            .versions()
-            .iter()
-            .map(|v| v.value.as_ref().map_or(0, |b| b.len()))
-            .sum();
-        Summary {
-            fp: vs.fingerprint(key),
-            deleted: vs.is_deleted(),
-            bytes: if vs.is_empty() {
-                0
-            } else {
-                (key.len() + values) as u64
-            },
-            expires: vs.next_expiry(),
-        }
-    }
-}
 
 /// The versions this node stores, by key.
 pub struct Store {
@@ -301,16 +206,21 @@ impl Store {
         let hash = key_hash(key);
         let mut guard = self.shard(hash);
         let shard = &mut *guard;
-        let old = match shard.entries.remove(hash, key) {
-            Some(entry) => entry.summary(&shard.packer),
+        let old = match shard.engine.entries.remove(hash, key) {
+            Some(entry) => entry.summary(&shard.engine.packer),
             None => Summary::default(),
         };
         let new = Summary::of(key, &versions);
         if !versions.is_empty() {
-            let entry = Entry::new(key, Cow::Owned(versions), &mut shard.packer);
-            shard.entries.insert(hash, entry);
+            let entry = Entry::new(key, Cow::Owned(versions), &mut shard.engine.packer);
+            shard.engine.entries.insert(hash, entry);
         }
-        shard.changed(hash, key, old, new);
+        shard.index.apply(Change {
+            hash,
+            key,
+            old,
+            new,
+        });
     }
 
     /// Streams every key of shard `i` with its versions to `put`, holding that shard's lock
@@ -333,18 +243,25 @@ impl Store {
                     None => Bound::Unbounded,
                 };
                 let mut last = None;
+                let mut hashes = 0;
                 let records: Vec<Record> = shard
+                    .engine
                     .entries
-                    .map
                     .range((from, Bound::Unbounded))
-                    .take(SNAPSHOT_CHUNK)
-                    .flat_map(|(hash, slot)| {
-                        last = Some(*hash);
-                        slot.members().iter()
+                    // Whole hashes only: the next chunk starts after the last one.
+                    .take_while(|(hash, _)| {
+                        if last != Some(*hash) {
+                            if hashes == SNAPSHOT_CHUNK {
+                                return false;
+                            }
+                            hashes += 1;
+                            last = Some(*hash);
+                        }
+                        true
                     })
-                    .map(|entry| Record::Key {
+                    .map(|(_, entry)| Record::Key {
                         key: Bytes::copy_from_slice(entry.key()),
-                        versions: entry.versions(&shard.packer),
+                        versions: entry.versions(&shard.engine.packer),
                     })
                     .collect();
                 (records, last)
@@ -371,8 +288,8 @@ impl Store {
     pub fn get(&self, key: &Bytes) -> Option<VersionSet> {
         let hash = key_hash(key);
         let shard = self.shard(hash);
-        let entry = shard.entries.get(hash, key)?;
-        Some(entry.versions(&shard.packer))
+        let entry = shard.engine.entries.get(hash, key)?;
+        Some(entry.versions(&shard.engine.packer))
     }
 
     /// Merges `incoming` into the versions of `key`. Returns true if anything changed.
@@ -393,20 +310,30 @@ impl Store {
         let hash = key_hash(key);
         let mut guard = self.shard(hash);
         let shard = &mut *guard;
-        let Some(entry) = shard.entries.get_mut(hash, key) else {
+        let Some(entry) = shard.engine.entries.get_mut(hash, key) else {
             let new = Summary::of(key, &incoming);
             self.logged(key, || incoming.clone().into_owned());
-            let entry = Entry::new(key, incoming, &mut shard.packer);
-            shard.entries.insert(hash, entry);
-            shard.changed(hash, key, Summary::default(), new);
+            let entry = Entry::new(key, incoming, &mut shard.engine.packer);
+            shard.engine.entries.insert(hash, entry);
+            shard.index.apply(Change {
+                hash,
+                key,
+                old: Summary::default(),
+                new,
+            });
             return true;
         };
-        let old = entry.summary(&shard.packer);
-        let Some(new) = entry.merge(key, incoming, &mut shard.packer) else {
+        let old = entry.summary(&shard.engine.packer);
+        let Some(new) = entry.merge(key, incoming, &mut shard.engine.packer) else {
             return false;
         };
-        self.logged(key, || entry.versions(&shard.packer));
-        shard.changed(hash, key, old, new);
+        self.logged(key, || entry.versions(&shard.engine.packer));
+        shard.index.apply(Change {
+            hash,
+            key,
+            old,
+            new,
+        });
         true
     }
 
@@ -449,15 +376,15 @@ impl Store {
         // One lookup for a stored key; a new key is inserted only once its condition held.
         // The versions written are returned as they are (the stored copy is packed from
         // them), so the caller's value is moved, never shared with the store.
-        let (old, ctx, after) = match shard.entries.get_mut(hash, key) {
+        let (old, ctx, after) = match shard.engine.entries.get_mut(hash, key) {
             Some(entry) => {
-                let mut set = entry.versions(&shard.packer);
+                let mut set = entry.versions(&shard.engine.packer);
                 if !op.condition.holds(&set, op.now_ms) {
                     return Err(set.context());
                 }
-                let old = entry.summary(&shard.packer);
+                let old = entry.summary(&shard.engine.packer);
                 let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
-                *entry = Entry::new(key, Cow::Borrowed(&set), &mut shard.packer);
+                *entry = Entry::new(key, Cow::Borrowed(&set), &mut shard.engine.packer);
                 (old, ctx, set)
             }
             None => {
@@ -466,8 +393,8 @@ impl Store {
                     return Err(Context::default());
                 }
                 let ctx = set.write_above(actor, op.context, op.value, op.meta, floor);
-                let entry = Entry::new(key, Cow::Borrowed(&set), &mut shard.packer);
-                shard.entries.insert(hash, entry);
+                let entry = Entry::new(key, Cow::Borrowed(&set), &mut shard.engine.packer);
+                shard.engine.entries.insert(hash, entry);
                 (Summary::default(), ctx, set)
             }
         };
@@ -477,7 +404,12 @@ impl Store {
             .fetch_max(ctx.max_counter(actor), Ordering::Relaxed);
         let new = Summary::of(key, &after);
         self.logged(key, || after.clone());
-        shard.changed(hash, key, old, new);
+        shard.index.apply(Change {
+            hash,
+            key,
+            old,
+            new,
+        });
         Ok((ctx, after))
     }
 
@@ -488,7 +420,7 @@ impl Store {
             let mut guard = lock(shard);
             let shard = &mut *guard;
             while report.processed < max {
-                let Some((t, hash, key)) = shard.expiry.first().cloned() else {
+                let Some((t, hash, key)) = shard.index.expiry.first().cloned() else {
                     break;
                 };
                 if t > now_ms {
@@ -497,23 +429,28 @@ impl Store {
                 report.processed += 1;
                 // Taken out first, so the loop always advances; `changed` re-adds the key
                 // if another of its values expires later.
-                shard.expiry.pop_first();
+                shard.index.expiry.pop_first();
                 let key = key.as_bytes();
-                let Some(entry) = shard.entries.get_mut(hash, key) else {
+                let Some(entry) = shard.engine.entries.get_mut(hash, key) else {
                     continue;
                 };
-                let old = entry.summary(&shard.packer);
-                let mut after = entry.versions(&shard.packer);
+                let old = entry.summary(&shard.engine.packer);
+                let mut after = entry.versions(&shard.engine.packer);
                 let dropped = after.expire(now_ms);
                 if dropped {
-                    *entry = Entry::new(key, Cow::Borrowed(&after), &mut shard.packer);
+                    *entry = Entry::new(key, Cow::Borrowed(&after), &mut shard.engine.packer);
                 }
                 let new = Summary::of(key, &after);
                 if dropped {
                     self.logged(key, || after.clone());
                 }
                 report.freed += old.bytes.saturating_sub(new.bytes);
-                shard.changed(hash, key, old, new);
+                shard.index.apply(Change {
+                    hash,
+                    key,
+                    old,
+                    new,
+                });
                 if dropped && after.live(now_ms).next().is_none() {
                     report.expired.push((Bytes::copy_from_slice(key), after));
                 }
@@ -541,6 +478,7 @@ impl Store {
         let read = |i: usize, from: Bound<&[u8]>| -> (VecDeque<Key>, bool) {
             let shard = lock(&self.shards[i]);
             let keys: VecDeque<Key> = shard
+                .index
                 .by_key
                 .range::<[u8], _>((from, Bound::Unbounded))
                 .take_while(|k| k.as_bytes().starts_with(prefix))
@@ -583,8 +521,8 @@ impl Store {
             let shard = lock(&self.shards[chosen[group[0]].0]);
             for &j in group {
                 let key = chosen[j].1.as_bytes();
-                if let Some(entry) = shard.entries.get(key_hash(key), key) {
-                    sums[j] = (entry.fingerprint(&shard.packer), entry.live_until());
+                if let Some(entry) = shard.engine.entries.get(key_hash(key), key) {
+                    sums[j] = (entry.fingerprint(&shard.engine.packer), entry.live_until());
                 }
             }
         }
@@ -614,15 +552,20 @@ impl Store {
         let hash = key_hash(key);
         let mut guard = self.shard(hash);
         let shard = &mut *guard;
-        let old = match shard.entries.get(hash, key) {
-            Some(entry) if entry.fingerprint(&shard.packer) == expected => {
-                entry.summary(&shard.packer)
+        let old = match shard.engine.entries.get(hash, key) {
+            Some(entry) if entry.fingerprint(&shard.engine.packer) == expected => {
+                entry.summary(&shard.engine.packer)
             }
             _ => return false,
         };
-        shard.entries.remove(hash, key);
+        shard.engine.entries.remove(hash, key);
         self.logged(key, VersionSet::new);
-        shard.changed(hash, key, old, Summary::default());
+        shard.index.apply(Change {
+            hash,
+            key,
+            old,
+            new: Summary::default(),
+        });
         true
     }
 
@@ -650,14 +593,15 @@ impl Store {
                 })
                 .collect();
             trees.sort_by_key(|t| t.tree.arc().1);
-            shard.trees = trees;
+            shard.index.trees = trees;
             let digests: Vec<(u64, u64)> = shard
+                .engine
                 .entries
                 .range(..)
-                .map(|(hash, entry)| (hash, entry.fingerprint(&shard.packer)))
+                .map(|(hash, entry)| (hash, entry.fingerprint(&shard.engine.packer)))
                 .collect();
             for (hash, fp) in digests {
-                if let Some(tree) = shard.tree_mut(hash) {
+                if let Some(tree) = shard.index.tree_mut(hash) {
                     tree.update(hash, 0, fp);
                 }
             }
@@ -667,13 +611,13 @@ impl Store {
     /// The root of a segment's tree, or `None` if this store has no such segment.
     pub fn root(&self, seg: &Segment, id: SegmentId) -> Option<u64> {
         let shard = self.shard(seg.end);
-        shard.tree(id).map(|t| t.root())
+        shard.index.tree(id).map(|t| t.root())
     }
 
     /// The children of one tree node, or `None` for a leaf or an unknown segment.
     pub fn children(&self, seg: &Segment, id: SegmentId, node: NodeRef) -> Option<Vec<u64>> {
         let shard = self.shard(seg.end);
-        shard.tree(id)?.children(node).map(<[u64]>::to_vec)
+        shard.index.tree(id)?.children(node).map(<[u64]>::to_vec)
     }
 
     /// The keys of one Merkle leaf with their fingerprints, and whether each has been only
@@ -686,24 +630,26 @@ impl Store {
         grace: Duration,
     ) -> Vec<(Bytes, u64, bool)> {
         let shard = self.shard(seg.end);
-        let Some(tree) = shard.tree(id) else {
+        let Some(tree) = shard.index.tree(id) else {
             return Vec::new();
         };
         let Some(hashes) = leaf_hashes(tree.leaf_range(leaf)) else {
             return Vec::new();
         };
         shard
+            .engine
             .entries
             .range(hashes)
             .map(|(_, entry)| {
                 let key = entry.key();
                 let expired = shard
+                    .index
                     .tombstones
                     .get(key)
                     .is_some_and(|since| since.elapsed() >= grace);
                 (
                     Bytes::copy_from_slice(key),
-                    entry.fingerprint(&shard.packer),
+                    entry.fingerprint(&shard.engine.packer),
                     expired,
                 )
             })
@@ -721,6 +667,7 @@ impl Store {
         let shard = self.shard(seg.end);
         let from = after.map_or(seg.start.wrapping_add(1), |(hash, _)| *hash);
         shard
+            .engine
             .entries
             .range(from..)
             .skip_while(|(hash, entry)| {
@@ -730,7 +677,7 @@ impl Store {
             .take(max)
             .map(|(hash, entry)| {
                 let key = Bytes::copy_from_slice(entry.key());
-                ((hash, key), entry.versions(&shard.packer))
+                ((hash, key), entry.versions(&shard.engine.packer))
             })
             .collect()
     }
@@ -744,14 +691,14 @@ impl Store {
         let start = self.gc_cursor.fetch_add(1, Ordering::Relaxed);
         for i in 0..SHARDS {
             let shard = lock(&self.shards[(start + i) % SHARDS]);
-            for (key, since) in &shard.tombstones {
+            for (key, since) in &shard.index.tombstones {
                 if out.len() >= max {
                     return out;
                 }
                 if since.elapsed() >= grace {
                     let key = key.as_bytes();
-                    if let Some(entry) = shard.entries.get(key_hash(key), key) {
-                        let fp = entry.fingerprint(&shard.packer);
+                    if let Some(entry) = shard.engine.entries.get(key_hash(key), key) {
+                        let fp = entry.fingerprint(&shard.engine.packer);
                         out.push((Bytes::copy_from_slice(key), fp));
                     }
                 }
@@ -765,9 +712,9 @@ impl Store {
         let mut stats = StoreStats::default();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            stats.keys += shard.entries.len() as u64;
-            stats.tombstones += shard.tombstones.len() as u64;
-            stats.bytes += shard.bytes;
+            stats.keys += shard.engine.entries.len() as u64;
+            stats.tombstones += shard.index.tombstones.len() as u64;
+            stats.bytes += shard.index.bytes;
         }
         stats
     }
@@ -782,337 +729,14 @@ fn leaf_hashes((start, end): (u64, u64)) -> Option<std::ops::RangeInclusive<u64>
     (start != end && lower <= end).then_some(lower..=end)
 }
 
-/// Every key's versions in a shard, by hash and then key.
-///
-/// The B-tree is keyed by the bare hash: keys are compared only once the hash matched,
-/// through the entry. Keys whose 64-bit hashes are equal (vanishingly rare, but nothing
-/// prevents it) share one slot ([`Other::Collided`]).
-#[derive(Default)]
-struct Entries {
-    map: BTreeMap<u64, Entry>,
-    /// Keys held (more than `map.len()` when hashes collide).
-    len: usize,
-}
-
-impl Entries {
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn get(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
-        self.map
-            .get(&hash)?
-            .members()
-            .iter()
-            .find(|e| e.key() == key)
-    }
-
-    fn get_mut(&mut self, hash: u64, key: &[u8]) -> Option<&mut Entry> {
-        self.map
-            .get_mut(&hash)?
-            .members_mut()
-            .iter_mut()
-            .find(|e| e.key() == key)
-    }
-
-    /// Adds the entry of a key not held yet.
-    fn insert(&mut self, hash: u64, entry: Entry) {
-        self.len += 1;
-        let slot = match self.map.entry(hash) {
-            btree_map::Entry::Vacant(v) => {
-                v.insert(entry);
-                return;
-            }
-            btree_map::Entry::Occupied(o) => o.into_mut(),
-        };
-        let mut members = match std::mem::replace(slot, Entry::Packed(Box::default())) {
-            Entry::Other(other) => match *other {
-                Other::Collided(members) => members,
-                single => vec![Entry::Other(Box::new(single))],
-            },
-            single => vec![single],
-        };
-        let at = members.partition_point(|e| e.key() < entry.key());
-        members.insert(at, entry);
-        *slot = Entry::Other(Box::new(Other::Collided(members)));
-    }
-
-    fn remove(&mut self, hash: u64, key: &[u8]) -> Option<Entry> {
-        let btree_map::Entry::Occupied(mut slot) = self.map.entry(hash) else {
-            return None;
-        };
-        let members = slot.get().members();
-        let i = members.iter().position(|e| e.key() == key)?;
-        self.len -= 1;
-        if members.len() == 1 {
-            return Some(slot.remove());
-        }
-        let Entry::Other(other) = slot.get_mut() else {
-            unreachable!("several members are a collided slot");
-        };
-        let Other::Collided(members) = &mut **other else {
-            unreachable!("several members are a collided slot");
-        };
-        let removed = members.remove(i);
-        if members.len() == 1
-            && let Some(last) = members.pop()
-        {
-            slot.insert(last);
-        }
-        Some(removed)
-    }
-
-    /// The entries whose hashes are in `hashes`, in `(hash, key)` order.
-    fn range(&self, hashes: impl RangeBounds<u64>) -> impl Iterator<Item = (u64, &Entry)> {
-        self.map
-            .range(hashes)
-            .flat_map(|(hash, slot)| slot.members().iter().map(move |e| (*hash, e)))
-    }
-}
-
-/// One key and its versions, or (only as a slot of [`Entries`]) several keys with equal
-/// hashes. 16 bytes, so that a B-tree slot is 24.
-enum Entry {
-    /// One version, packed with its key (see [`Packer`]).
-    Packed(Box<[u8]>),
-    /// Anything else.
-    Other(Box<Other>),
-}
-
-enum Other {
-    /// Siblings, or a value over [`PACKED_VALUE_MAX`]: the key and its versions as they are.
-    Versions {
-        key: Box<[u8]>,
-        versions: VersionSet,
-    },
-    /// Keys with equal hashes, in key order; none of them `Collided`.
-    Collided(Vec<Entry>),
-}
-
-impl Entry {
-    /// The entry of `key` holding `set`: packed if it can be.
-    fn new(key: &[u8], set: Cow<'_, VersionSet>, packer: &mut Packer) -> Entry {
-        match packer.pack(key, &set) {
-            Some(packed) => Entry::Packed(packed),
-            None => Entry::Other(Box::new(Other::Versions {
-                key: key.into(),
-                versions: set.into_owned(),
-            })),
-        }
-    }
-
-    /// The keys in this slot: itself, or the colliding ones.
-    fn members(&self) -> &[Entry] {
-        match self {
-            Entry::Other(other) if matches!(**other, Other::Collided(_)) => match &**other {
-                Other::Collided(members) => members,
-                Other::Versions { .. } => unreachable!("matched as collided"),
-            },
-            single => std::slice::from_ref(single),
-        }
-    }
-
-    fn members_mut(&mut self) -> &mut [Entry] {
-        let collided = matches!(self, Entry::Other(other) if matches!(**other, Other::Collided(_)));
-        if !collided {
-            return std::slice::from_mut(self);
-        }
-        match self {
-            Entry::Other(other) => match &mut **other {
-                Other::Collided(members) => members,
-                Other::Versions { .. } => unreachable!("matched as collided"),
-            },
-            Entry::Packed(_) => unreachable!("matched as collided"),
-        }
-    }
-
-    fn key(&self) -> &[u8] {
-        match self {
-            Entry::Packed(packed) => View::key(packed),
-            Entry::Other(other) => match &**other {
-                Other::Versions { key, .. } => key,
-                Other::Collided(_) => unreachable!("a collided slot is never one key"),
-            },
-        }
-    }
-
-    /// The entry's versions as a set of their own.
-    fn versions(&self, packer: &Packer) -> VersionSet {
-        match self {
-            Entry::Packed(packed) => packer.unpack(packed),
-            Entry::Other(other) => match &**other {
-                Other::Versions { versions, .. } => versions.clone(),
-                Other::Collided(_) => unreachable!("a collided slot is never one key"),
-            },
-        }
-    }
-
-    fn summary(&self, packer: &Packer) -> Summary {
-        match self {
-            Entry::Packed(packed) => {
-                let v = View::parse(packed);
-                Summary {
-                    fp: v.fingerprint(packer),
-                    deleted: v.value.is_none(),
-                    bytes: (v.key.len() + v.value.map_or(0, <[u8]>::len)) as u64,
-                    expires: v.value.and(v.expires),
-                }
-            }
-            Entry::Other(other) => match &**other {
-                Other::Versions { key, versions } => Summary::of(key, versions),
-                Other::Collided(_) => unreachable!("a collided slot is never one key"),
-            },
-        }
-    }
-
-    /// [`VersionSet::fingerprint`].
-    fn fingerprint(&self, packer: &Packer) -> u64 {
-        match self {
-            Entry::Packed(packed) => View::parse(packed).fingerprint(packer),
-            Entry::Other(other) => match &**other {
-                Other::Versions { key, versions } => versions.fingerprint(key),
-                Other::Collided(_) => unreachable!("a collided slot is never one key"),
-            },
-        }
-    }
-
-    /// [`VersionSet::live_until`].
-    fn live_until(&self) -> u64 {
-        match self {
-            Entry::Packed(packed) => {
-                let v = View::parse(packed);
-                v.value.map_or(0, |_| v.expires.unwrap_or(u64::MAX))
-            }
-            Entry::Other(other) => match &**other {
-                Other::Versions { versions, .. } => versions.live_until(),
-                Other::Collided(_) => unreachable!("a collided slot is never one key"),
-            },
-        }
-    }
-
-    /// [`VersionSet::merge`] of `incoming` into this entry of `key`: the summary afterwards
-    /// if anything changed.
-    fn merge(
-        &mut self,
-        key: &[u8],
-        incoming: Cow<'_, VersionSet>,
-        packer: &mut Packer,
-    ) -> Option<Summary> {
-        let packed = match self {
-            Entry::Packed(packed) => packed,
-            Entry::Other(other) => {
-                let Other::Versions { versions, .. } = &mut **other else {
-                    unreachable!("a collided slot is never one key");
-                };
-                if !versions.merge(&incoming) {
-                    return None;
-                }
-                let new = Summary::of(key, versions);
-                if let Some(packed) = packer.pack(key, versions) {
-                    *self = Entry::Packed(packed);
-                }
-                return Some(new);
-            }
-        };
-        // A replica mostly receives one version that it already holds, or that supersedes
-        // or is superseded by the one it holds. Decided here on the packed form by the
-        // algebra's rule (`v` is superseded by `w` iff `w`'s history holds `v`'s dot and the
-        // dots differ), without unpacking; siblings take the general merge.
-        if let [theirs] = incoming.versions() {
-            let ours = View::parse(packed);
-            if ours.is_dot(packer, &theirs.dot) {
-                return None;
-            }
-            let ours_seen = theirs
-                .history
-                .contains_counter(packer.actor(ours.actor), ours.counter);
-            let theirs_seen = ours.history_contains(packer, &theirs.dot);
-            match (ours_seen, theirs_seen) {
-                (false, true) => return None,
-                (true, false) => {
-                    let new = Summary::of(key, &incoming);
-                    *self = Entry::new(key, incoming, packer);
-                    return Some(new);
-                }
-                // Concurrent, or (only with forged histories) each superseding the other.
-                _ => {}
-            }
-        }
-        let mut set = packer.unpack(packed);
-        if !set.merge(&incoming) {
-            return None;
-        }
-        let new = Summary::of(key, &set);
-        *self = Entry::new(key, Cow::Owned(set), packer);
-        Some(new)
-    }
-}
-
-/// A key as the secondary indexes hold it: inline up to [`INLINE_KEY`] bytes. Ordered,
-/// compared and hashed as its bytes, so the indexes can be searched with a `&[u8]`.
-#[derive(Clone)]
-enum Key {
-    Inline(u8, [u8; INLINE_KEY]),
-    Heap(Box<[u8]>),
-}
-
-impl Key {
-    fn new(key: &[u8]) -> Key {
-        if key.len() <= INLINE_KEY {
-            let mut bytes = [0; INLINE_KEY];
-            bytes[..key.len()].copy_from_slice(key);
-            Key::Inline(key.len() as u8, bytes)
-        } else {
-            Key::Heap(key.into())
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline(len, bytes) => &bytes[..*len as usize],
-            Key::Heap(bytes) => bytes,
-        }
-    }
-}
-
-impl Borrow<[u8]> for Key {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Key) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for Key {}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, other: &Key) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Key {
-    fn cmp(&self, other: &Key) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
-    }
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // As `[u8]` hashes, which `Borrow<[u8]>` requires.
-        self.as_bytes().hash(state);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::packed::Packer;
     use std::sync::Arc;
 
+    use super::entries::Entries;
     use super::*;
+
     use crate::ring::{NodeId, Ring};
 
     fn actor(node: &str) -> Actor {
@@ -1552,7 +1176,7 @@ mod tests {
                 let got = store.get(&key);
                 assert_eq!(got.clone().unwrap_or_default(), want);
                 let shard = store.shard(key_hash(&key));
-                if let Some(entry) = shard.entries.get(key_hash(&key), &key) {
+                if let Some(entry) = shard.engine.entries.get(key_hash(&key), &key) {
                     let packable = want.len() == 1
                         && want.versions()[0]
                             .value
@@ -1605,7 +1229,7 @@ mod tests {
         assert!(
             entries
                 .get(7, b"z")
-                .is_some_and(|e| matches!(e, Entry::Other(_)))
+                .is_some_and(|e| matches!(e, Entry::Versions(_)))
         );
         assert!(entries.get(7, b"a").is_none() && entries.get(8, b"z").is_none());
         let m = entries.get_mut(7, b"m").expect("held");
@@ -1639,7 +1263,7 @@ mod tests {
         let packed = |s: &Store| {
             let shard = s.shard(key_hash(&key));
             matches!(
-                shard.entries.get(key_hash(&key), &key),
+                shard.engine.entries.get(key_hash(&key), &key),
                 Some(Entry::Packed(_))
             )
         };
