@@ -119,8 +119,20 @@ impl Clock {
     }
 }
 
+/// `ms` since the Unix epoch in RFC 3339 (`2026-11-21T10:00:00.000Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_is_utc_with_millis() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_763_700_000_123), "2025-11-21T04:40:00.123Z");
+    }
+
     use super::*;
 
     #[test]

@@ -15,7 +15,7 @@ pub const CONTEXT_HEADER: &str = "x-ringkv-context";
 /// Header carrying a value's expiry (RFC 3339) on reads.
 pub const EXPIRES_HEADER: &str = "x-ringkv-expires-at";
 
-/// Header carrying the version of the ring clients route by ([`View::routing_version`]) on
+/// Header carrying the version of the ring clients route by ([`crate::membership::View::routing_version`]) on
 /// every answer: a client that routes by key fetches `GET /cluster/ring` again when it
 /// changes.
 pub const RING_HEADER: &str = "x-ringkv-ring";

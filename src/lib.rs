@@ -44,7 +44,7 @@
 //! | [`rpc`] | persistent multiplexed TCP connections between nodes; handshake, timeouts |
 //! | [`coordinator`] | turns a client request into quorum calls; forwarding; read repair |
 //! | [`hinted`] | delivers hints when their home replica is back |
-//! | [`antientropy`] | Merkle exchanges, ownership handoff, tombstone GC |
+//! | [`antientropy`] | the background round: Merkle exchanges (`sync`), ownership handoff (`handoff`), tombstone GC (`gc`), and the start-up catch-up (`catchup`) |
 //! | [`api`] | the HTTP API (hyper 1): the route table, then the handlers (`api/kv.rs`, `api/cluster.rs`) |
 //! | [`http`] | the HTTP protocol both the server and [`client`] speak: headers, the one place status codes are chosen, the error body |
 //! | [`metrics`] | `GET /metrics` in the Prometheus / OpenMetrics text format |
@@ -54,7 +54,8 @@
 //! | [`readiness`] | the named conditions of `GET /ready` (pure) |
 //! | [`clock`] | the wall clock a node judges expiry by (skewable per node in tests); elapsed time goes through tokio |
 //! | [`ttl`] | expiry by the node's clock, and the sweep that frees expired values |
-//! | [`watch`] | watchers, who watches what across the ring, and the event fan-out |
+//! | [`heap`] | handing freed memory back to the OS (`malloc_trim`) |
+//! | [`watch`] | watchers, who watches what across the ring, and the event fan-out; `watch/ws.rs` streams them to WebSockets |
 //! | [`secret`] | the cluster secret (`--cluster-secret-file`): loading it (mode 600), and the keys derived from it |
 //! | [`rpc::auth`] | RPC handshake proofs of the secret, and a tag on every frame |
 //! | [`client::ring`] | key-aware routing for clients: the ring from `GET /cluster/ring`, each key's serving homes |
@@ -70,9 +71,11 @@
 //! [`metrics`] on [`node`]; [`server`] on everything. No module imports one that imports it
 //! back.
 //!
-//! Around the node: [`client::Client`] (an async client of the HTTP API), [`cli`] (the
-//! `get`/`put`/`del`/`ls`/`watch`/`members`/`replicas`/`leave` verbs of the binary) and
-//! [`bench`](mod@bench) (the `ringkv bench` load generator, and `--watch` for watch latency).
+//! Around the node: [`client::Client`] (an async client of the HTTP API; how a call reaches a
+//! node and its retry policy are `client/transport.rs`, watches `client/watch.rs`), [`cli`]
+//! (the `get`/`put`/`del`/`ls`/`watch`/`members`/`replicas`/`leave` verbs of the binary) and
+//! [`bench`](mod@bench) (the `ringkv bench` load generator, whose lean HTTP client is
+//! `bench/conn.rs`, and `--watch` for watch latency).
 //! `GET /` on any node is a status page ([`api`]), fed by `GET /cluster/status`.
 //!
 //! ### The parts in brief
@@ -222,7 +225,7 @@
 //! - A forwarded call that times out resets its connection: a request the peer has not
 //!   received is discarded rather than delivered late, when a cut link heals.
 //! - Once a node's store has shrunk by 16 MiB and settled (a TTL sweep and tombstone purge,
-//!   a handoff), it returns the free heap to the OS ([`ttl::release_free_memory`]).
+//!   a handoff), it returns the free heap to the OS ([`heap::release_free_memory`]).
 //!
 //! ## Guarantees
 //!
@@ -340,8 +343,9 @@
 //!   engine.
 //!
 //! `.ci/run` is what CI runs: `cargo fmt --check`, `cargo clippy --all-targets -- -D
-//! warnings`, `cargo bench --no-run`, `cargo test`, then the chaos test. It installs Chromium
-//! (`apt-get install chromium`) when it is missing and makes the status-page test run. It does
+//! warnings` (which checks the benches too), `cargo test`, the ignored tests with their tools
+//! (it installs Chromium and python3), the upgrade test against the previous release (built as
+//! the chaos test's static binary is, sharing its dependencies), then the chaos test. It does
 //! not install Docker: the CI machine is expected to have an engine.
 //!
 //! Benchmarks: `cargo bench --bench quorum` starts five nodes in one process (gossip in
@@ -421,6 +425,7 @@ pub mod config;
 pub mod coordinator;
 pub mod durable;
 pub mod error;
+pub mod heap;
 pub mod hinted;
 pub mod hints;
 pub mod http;

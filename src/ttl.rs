@@ -20,13 +20,12 @@
 //!
 //! **Giving memory back.** Once a node's store has shrunk by 16 MiB (`TRIM_AFTER_FREED`) or
 //! more and stopped shrinking, the sweep asks glibc to return the free heap to the OS
-//! ([`release_free_memory`], `malloc_trim`). Measured on `ringkv dev --tombstone-grace-secs 10`
+//! ([`crate::heap::release_free_memory`], `malloc_trim`). Measured on `ringkv dev --tombstone-grace-secs 10`
 //! (on the development machine, a 2-core VM): 100,000 keys written with `ttl=15` (300,000
 //! copies) took RSS from 28 MB to 157 MB, and back to 59 MB within 50 s of their expiry, once
 //! their tombstones were purged. Without the trim a process keeps its peak RSS.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +37,7 @@ use crate::watch::{Event, Op, Watches};
 const SWEEP_BATCH: usize = 4096;
 
 /// How much the store must have shrunk since the last trim before the allocator is asked to
-/// give free memory back to the OS ([`release_free_memory`]): trimming walks the whole heap,
+/// give free memory back to the OS ([`crate::heap::release_free_memory`]): trimming walks the whole heap,
 /// so it is worth it only after a large drop.
 const TRIM_AFTER_FREED: u64 = 16 * 1024 * 1024;
 
@@ -49,12 +48,6 @@ const TRIM_WHEN_STEADY_TICKS: u32 = 20;
 /// Rough memory of one stored key beyond its key and value bytes (versions, index entries),
 /// for estimating how much a drop in keys freed.
 const BOOKKEEPING_PER_KEY: u64 = 300;
-
-/// `ms` since the Unix epoch in RFC 3339 (`2026-11-21T10:00:00.000Z`).
-pub fn rfc3339(ms: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
 
 /// Sweeps expired values every `interval` until `shutdown`, and hands memory back to the OS
 /// once the store shrank by [`TRIM_AFTER_FREED`] and stopped shrinking (after a sweep, a
@@ -90,20 +83,10 @@ pub(crate) async fn run(replica: Arc<Replica>, watches: Arc<Watches>, shutdown: 
         {
             tracing::debug!(id = %system.id, shrunk = peak - size, "store shrank: trimming the heap");
             peak = size;
-            system.tracker.spawn_blocking(release_free_memory);
+            system
+                .tracker
+                .spawn_blocking(crate::heap::release_free_memory);
         }
-    }
-}
-
-/// Asks glibc's allocator to return its free pages to the OS (`malloc_trim`). Without it, a
-/// process keeps its peak RSS after a sweep or purge freed much memory (it reuses it, but
-/// other processes cannot).
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers and has no preconditions: it only walks the
-    // allocator's own free lists, under the allocator's locks.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -144,12 +127,4 @@ pub fn sweep_expired(replica: &Replica, watches: &Arc<Watches>) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_is_utc_with_millis() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_763_700_000_123), "2025-11-21T04:40:00.123Z");
-    }
-}
+mod tests {}

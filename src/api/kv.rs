@@ -17,11 +17,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tracing::debug;
 
+use crate::clock::rfc3339;
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_TTL_SECS};
 use crate::coordinator::Write;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::ttl::rfc3339;
 use crate::version::{Context, Meta, VersionSet};
 
 use super::body::*;

@@ -60,36 +60,33 @@
 //! ```
 
 pub mod ring;
+mod transport;
+mod watch;
+
+pub use watch::Watch;
 
 use std::fmt;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, IF_MATCH};
-use hyper::{Method, Request, StatusCode};
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, IF_MATCH};
+use hyper::{Method, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::debug;
 
 use crate::config::DEFAULT_LIST_LIMIT;
 use crate::error::{Error, Result};
-use crate::http::{CONTEXT_HEADER, EXPIRES_HEADER};
+use crate::http::CONTEXT_HEADER;
 
 /// The node a client talks to when given none: node 1 of `ringkv dev`.
 pub const DEFAULT_NODE: &str = "http://127.0.0.1:8001";
@@ -629,11 +626,6 @@ pub(crate) fn normalize_url(url: &str) -> Result<String> {
     Ok(format!("{scheme}://{authority}"))
 }
 
-/// The byte stream under a watch: TCP, or TLS over TCP.
-trait WatchStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> WatchStream for T {}
-type WatchIo = Box<dyn WatchStream>;
-
 /// A client of a ringkv ring. Cheap to clone; clones share connections.
 ///
 /// This example starts a one-node ring in the process and talks to it:
@@ -1073,20 +1065,11 @@ impl Client {
     /// # }
     /// ```
     ///
-    /// [`Watch`] is also a [`Stream`], for `futures` combinators.
+    /// [`Watch`] is also a [`futures_util::Stream`], for `futures` combinators.
     pub async fn watch(&self, prefix: impl AsRef<[u8]>) -> Result<Watch> {
         let query = format!("/watch?prefix={}", escape_key(prefix.as_ref()));
         let nodes = &self.inner.nodes;
-        let n = nodes.len();
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
-        let rotation = (0..n).map(|k| (start + k) % n);
-        let is_down = |i: usize| nodes[i].down_until_ms.load(Ordering::Relaxed) > now;
-        let order: Vec<usize> = rotation
-            .clone()
-            .filter(|&i| !is_down(i))
-            .chain(rotation.filter(|&i| is_down(i)))
-            .collect();
+        let order = self.node_order();
         let mut last_err = None;
         // A watch has no side effect: any node that cannot open it is skipped.
         for i in order {
@@ -1118,70 +1101,6 @@ impl Client {
             }
         }
         Err(last_err.unwrap_or_else(|| Error::Unreachable("no node to watch through".into())))
-    }
-
-    /// Connects to `base` (within the connect timeout) and does the WebSocket handshake of
-    /// `path` (within the request timeout).
-    async fn open_watch(
-        &self,
-        base: &str,
-        path: &str,
-    ) -> std::result::Result<WebSocketStream<WatchIo>, Failure> {
-        let (tls, authority) = match base.strip_prefix("https://") {
-            Some(a) => (true, a),
-            None => (false, base.strip_prefix("http://").unwrap_or(base)),
-        };
-        let url = format!("{}://{authority}{path}", if tls { "wss" } else { "ws" });
-        let mut request = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| Failure::NotSent(Error::invalid(format!("bad watch URL {url}: {e}"))))?;
-        if let Some(auth) = &self.inner.authorization {
-            request
-                .headers_mut()
-                .insert(hyper::header::AUTHORIZATION, auth.clone());
-        }
-        let unreachable = |e: &dyn fmt::Display| Error::Unreachable(format!("{base}: {e}"));
-        let stream =
-            tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(authority))
-                .await
-                .map_err(|_| Failure::NotSent(unreachable(&"connect timed out")))?
-                .map_err(|e| Failure::NotSent(unreachable(&e)))?;
-        let _ = stream.set_nodelay(true);
-        let stream: WatchIo = if tls {
-            let host = crate::tls::host_of(authority);
-            let opened = tokio::time::timeout(
-                self.inner.connect_timeout,
-                crate::tls::connect(&self.inner.tls, host, stream),
-            )
-            .await
-            .map_err(|_| Failure::NotSent(unreachable(&"TLS handshake timed out")))?
-            .map_err(|e| Failure::NotSent(unreachable(&e)))?;
-            Box::new(opened)
-        } else {
-            Box::new(stream)
-        };
-        let handshake = tokio_tungstenite::client_async(request, stream);
-        match tokio::time::timeout(self.inner.timeout, handshake).await {
-            Err(_) => Err(Failure::Sent(Error::Timeout)),
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(tungstenite::Error::Http(resp))) => {
-                let header = |name: HeaderName| {
-                    resp.headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
-                let ans = Answer {
-                    status: resp.status(),
-                    allow: header(ALLOW),
-                    body: Bytes::from(resp.body().clone().unwrap_or_default()),
-                    ..Answer::default()
-                };
-                Err(Failure::Sent(error_from_answer(&ans, path, 0)))
-            }
-            Ok(Err(e)) => Err(Failure::Sent(ws_error(&url, e))),
-        }
     }
 
     /// Waits until every node of this client answers `GET /ready` with 200, polling every
@@ -1371,372 +1290,6 @@ impl Client {
             Err(error_from_answer(&ans, &path, size))
         }
     }
-
-    fn now_ms(&self) -> u64 {
-        self.inner.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Sends `call` to the nodes in round-robin order until one answers something other than
-    /// a retryable failure. Any answer, 503 included once the retries are spent, is returned
-    /// for the caller to interpret.
-    async fn call(&self, call: &Call<'_>) -> Result<Answer> {
-        if let Some(key) = call.key {
-            let write = call.method != Method::GET;
-            if let Some(base) = Box::pin(self.route(key, write)).await {
-                match self.send_to(&base, call).await {
-                    // A 503 may be a routing mistake (a view older than the node's): retried
-                    // through the given nodes if the request may be sent again.
-                    Ok(ans) if ans.status != StatusCode::SERVICE_UNAVAILABLE || !call.retryable => {
-                        return Ok(ans);
-                    }
-                    Ok(_) => {}
-                    Err(Failure::NotSent(err)) => {
-                        debug!(node = %base, %err, "routed node unreachable; trying the given nodes");
-                        self.inner.routes.stale.store(true, Ordering::Relaxed);
-                    }
-                    Err(Failure::Sent(err)) if !call.retryable => return Err(err),
-                    Err(Failure::Sent(_)) => {}
-                }
-            }
-        }
-        let nodes = &self.inner.nodes;
-        let n = nodes.len();
-        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
-        // Nodes believed up first, in round-robin order, then the ones that recently refused
-        // a connection: the marks are guesses, so with every node marked the request still
-        // goes out.
-        let rotation = (0..n).map(|k| (start + k) % n);
-        let is_down = |i: usize| nodes[i].down_until_ms.load(Ordering::Relaxed) > now;
-        let order: Vec<usize> = rotation
-            .clone()
-            .filter(|&i| !is_down(i))
-            .chain(rotation.filter(|&i| is_down(i)))
-            .collect();
-        let mut retries_left = if call.retryable {
-            self.inner.read_retries
-        } else {
-            0
-        };
-        let mut retried = 0u32;
-        // Every node may refuse once, and each retry is one more attempt.
-        let attempts = n + retries_left;
-        let mut refused = 0;
-        // A 503 kept in case the retries run out: the quorum counts are the best answer then.
-        let mut unavailable: Option<Answer> = None;
-        let mut last_err: Option<Error> = None;
-        for attempt in 0..attempts {
-            let i = order[attempt % n];
-            match self.send_once(i, call).await {
-                Ok(ans) if ans.status == StatusCode::SERVICE_UNAVAILABLE && retries_left > 0 => {
-                    debug!(node = %nodes[i].base, path = call.path, "503, retrying on the next node");
-                    unavailable = Some(ans);
-                }
-                Ok(ans) => return Ok(ans),
-                Err(Failure::NotSent(err)) => {
-                    debug!(node = %nodes[i].base, %err, "node unreachable, trying the next one");
-                    let until = self.now_ms() + DOWN_COOLDOWN.as_millis() as u64;
-                    nodes[i].down_until_ms.store(until, Ordering::Relaxed);
-                    last_err = Some(err);
-                    refused += 1;
-                    if refused >= n {
-                        break;
-                    }
-                    continue;
-                }
-                Err(Failure::Sent(err)) => {
-                    if retries_left == 0 {
-                        return Err(err);
-                    }
-                    debug!(node = %nodes[i].base, %err, "request failed after sending, retrying");
-                    last_err = Some(err);
-                }
-            }
-            retries_left -= 1;
-            retried += 1;
-            tokio::time::sleep(RETRY_BACKOFF * retried).await;
-        }
-        match (unavailable, last_err) {
-            (Some(ans), _) => Ok(ans),
-            (None, Some(err)) => Err(err),
-            (None, None) => Err(Error::Unreachable("no node to send to".into())),
-        }
-    }
-
-    async fn send_once(&self, i: usize, call: &Call<'_>) -> std::result::Result<Answer, Failure> {
-        let node = &self.inner.nodes[i];
-        let ans = self.send_to(&node.base, call).await?;
-        node.down_until_ms.store(0, Ordering::Relaxed);
-        Ok(ans)
-    }
-
-    /// One attempt at `base` (`http://host:port`).
-    async fn send_to(&self, base: &str, call: &Call<'_>) -> std::result::Result<Answer, Failure> {
-        let url = format!("{base}{}", call.path);
-        let mut req = Request::builder().method(call.method.clone()).uri(&url);
-        if let Some(ctx) = call.context {
-            req = req.header(CONTEXT_HEADER, ctx.as_str());
-        }
-        for (name, value) in &call.headers {
-            req = req.header(name, value);
-        }
-        if let Some(auth) = &self.inner.authorization {
-            req = req.header(hyper::header::AUTHORIZATION, auth.clone());
-        }
-        let req = req
-            .body(Full::new(call.body.clone()))
-            .map_err(|e| Failure::NotSent(Error::invalid(format!("bad request {url}: {e}"))))?;
-        let exchange = async {
-            let resp = self.inner.http.request(req).await.map_err(|e| {
-                let why = causes(&e);
-                if e.is_connect() {
-                    Failure::NotSent(Error::Unreachable(format!("{base}: {why}")))
-                } else if url.starts_with("http://") && why.contains("invalid HTTP version") {
-                    // A TLS port answers a plain request with a TLS alert, which is no HTTP:
-                    // nothing was served.
-                    Failure::NotSent(Error::invalid(format!(
-                        "{base} serves HTTPS: use https:// and --ca-cert"
-                    )))
-                } else {
-                    Failure::Sent(Error::Interrupted(format!("{url}: {why}")))
-                }
-            })?;
-            let (parts, body) = resp.into_parts();
-            let body = Limited::new(body, MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| Failure::Sent(Error::Interrupted(format!("{url}: answer: {e}"))))?
-                .to_bytes();
-            let header = |name| {
-                parts
-                    .headers
-                    .get(name)
-                    .and_then(|v: &HeaderValue| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            Ok(Answer {
-                status: parts.status,
-                context: header(CONTEXT_HEADER).and_then(|s| s.parse().ok()),
-                allow: header(ALLOW.as_str()),
-                content_type: header(CONTENT_TYPE.as_str()),
-                expires_at: header(EXPIRES_HEADER),
-                ring: header(crate::http::RING_HEADER),
-                body,
-            })
-        };
-        let ans = tokio::time::timeout(self.inner.timeout, exchange)
-            .await
-            .map_err(|_| Failure::Sent(Error::Timeout))??;
-        self.note_ring_version(ans.ring.as_deref());
-        Ok(ans)
-    }
-
-    /// Marks the routes stale if an answer names another ring version.
-    fn note_ring_version(&self, version: Option<&str>) {
-        let routes = &self.inner.routes;
-        let (Some(version), true) = (version, routes.on) else {
-            return;
-        };
-        let current = routes.current.read().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_none_or(|r| r.version != version) {
-            routes.stale.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// The node a keyed request should go to first, if the client routes and knows the ring:
-    /// a write to the key's first serving home (its coordinator), a read to its serving homes
-    /// in turn.
-    async fn route(&self, key: &[u8], write: bool) -> Option<String> {
-        let routes = &self.inner.routes;
-        if !routes.on {
-            return None;
-        }
-        if routes.stale.load(Ordering::Relaxed)
-            && let Ok(_fetching) = routes.fetching.try_lock()
-        {
-            routes.stale.store(false, Ordering::Relaxed);
-            self.fetch_routes().await;
-        }
-        let current = routes
-            .current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
-        let homes = current.homes(key);
-        let pick = match (write, homes.len()) {
-            (_, 0) => return None,
-            (true, _) => 0,
-            (false, n) => routes.turn.fetch_add(1, Ordering::Relaxed) % n,
-        };
-        Some(format!("{}://{}", self.inner.scheme, homes[pick]))
-    }
-
-    /// The ring as a key-aware client routes by it (`GET /cluster/ring`).
-    pub async fn ring(&self) -> Result<crate::client::ring::Routes> {
-        let body = self.get_json("/cluster/ring").await?;
-        crate::client::ring::Routes::from_json(&body)
-    }
-
-    /// Fetches `GET /cluster/ring` through the given nodes; on failure routing waits for the
-    /// next version change (answers keep coming from the given nodes meanwhile).
-    async fn fetch_routes(&self) {
-        let call = Call {
-            method: Method::GET,
-            path: "/cluster/ring",
-            body: Bytes::new(),
-            context: None,
-            headers: Vec::new(),
-            retryable: true,
-            key: None,
-        };
-        let fetched = match self.call(&call).await {
-            Ok(ans) if ans.status == StatusCode::OK => {
-                crate::client::ring::Routes::from_json(&ans.body)
-            }
-            Ok(ans) => Err(Error::Protocol(format!("/cluster/ring: {}", ans.status))),
-            Err(err) => Err(err),
-        };
-        match fetched {
-            Ok(routes) => {
-                *self
-                    .inner
-                    .routes
-                    .current
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(routes));
-            }
-            Err(err) => debug!(%err, "key-aware routing: no ring; sending to the given nodes"),
-        }
-    }
-}
-
-/// The changes under a watched prefix, from [`Client::watch`]: one [`WatchEvent`] per
-/// change, until the connection closes. Dropping it closes the WebSocket and ends the watch.
-pub struct Watch {
-    ws: WebSocketStream<WatchIo>,
-    /// The node watched through, `http://host:port`.
-    node: String,
-    /// The connection closed; nothing more will come.
-    done: bool,
-}
-
-impl fmt::Debug for Watch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Watch")
-            .field("node", &self.node)
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-impl Watch {
-    /// The next change: `None` once the connection closed, an error if it broke or a
-    /// message could not be understood (the stream goes on after a bad message).
-    pub async fn recv(&mut self) -> Option<Result<WatchEvent>> {
-        self.next().await
-    }
-
-    /// The next message exactly as the server sent it (its JSON text), not decoded: for
-    /// tools that pass the events on.
-    pub async fn recv_raw(&mut self) -> Option<Result<String>> {
-        std::future::poll_fn(|cx| self.poll_text(cx)).await
-    }
-
-    /// The node this watch is connected to.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
-    /// Closes the WebSocket cleanly.
-    pub async fn close(mut self) -> Result<()> {
-        match self.ws.close(None).await {
-            Ok(())
-            | Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                Ok(())
-            }
-            Err(e) => Err(ws_error(&self.node, e)),
-        }
-    }
-
-    /// The next text message; control frames are handled by the library, and a binary
-    /// message (the server sends none) is skipped.
-    fn poll_text(&mut self, cx: &mut TaskContext<'_>) -> Poll<Option<Result<String>>> {
-        while !self.done {
-            match ready!(self.ws.poll_next_unpin(cx)) {
-                Some(Ok(Message::Text(text))) => return Poll::Ready(Some(Ok(text.to_string()))),
-                Some(Ok(Message::Close(_))) | None => self.done = true,
-                Some(Ok(_)) => {}
-                Some(Err(
-                    tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                )) => self.done = true,
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(ws_error(&self.node, e))));
-                }
-            }
-        }
-        Poll::Ready(None)
-    }
-}
-
-impl Stream for Watch {
-    type Item = Result<WatchEvent>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        this.poll_text(cx)
-            .map(|msg| msg.map(|text| text.and_then(|t| decode_event(&t))))
-    }
-}
-
-/// A WebSocket failure as a ringkv error: a connection that broke is [`Error::Interrupted`].
-fn ws_error(what: &str, err: tungstenite::Error) -> Error {
-    match err {
-        tungstenite::Error::Io(e) => Error::Interrupted(format!("{what}: {e}")),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            Error::Interrupted(format!("{what}: connection closed"))
-        }
-        e => Error::Protocol(format!("{what}: {e}")),
-    }
-}
-
-/// Decodes one watch message: `{"op", "key", "value" (base64, puts only), "context"}` or
-/// `{"op": "lagged", "missed"}`.
-fn decode_event(text: &str) -> Result<WatchEvent> {
-    #[derive(Deserialize)]
-    struct Wire {
-        op: String,
-        key: Option<String>,
-        value: Option<String>,
-        context: Option<String>,
-        missed: Option<u64>,
-    }
-    let bad = |e: &dyn fmt::Display| Error::Protocol(format!("bad watch message {text:?}: {e}"));
-    let w: Wire = serde_json::from_str(text).map_err(|e| bad(&e))?;
-    if w.op == "lagged" {
-        let missed = w.missed.ok_or_else(|| bad(&"no missed count"))?;
-        return Ok(WatchEvent::Lagged { missed });
-    }
-    let key = w.key.ok_or_else(|| bad(&"no key"))?;
-    let context: Context = w
-        .context
-        .ok_or_else(|| bad(&"no context"))?
-        .parse()
-        .map_err(|e: Error| bad(&e))?;
-    match w.op.as_str() {
-        "put" => {
-            let value = w.value.ok_or_else(|| bad(&"a put without a value"))?;
-            let value = B64.decode(value).map_err(|e| bad(&e))?;
-            Ok(WatchEvent::Put {
-                key,
-                value: Bytes::from(value),
-                context,
-            })
-        }
-        "delete" => Ok(WatchEvent::Delete { key, context }),
-        "expire" => Ok(WatchEvent::Expire { key, context }),
-        op => Err(bad(&format!("unknown op {op:?}"))),
-    }
 }
 
 /// An RFC 3339 time from the server (`x-ringkv-expires-at`, `expires_at`).
@@ -1829,6 +1382,7 @@ fn error_from_answer(ans: &Answer, path: &str, sent_bytes: u64) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use super::watch::decode_event;
     use super::*;
     use serde_json::json;
 

@@ -20,8 +20,8 @@
 //!
 //! ## Records
 //!
-//! A record is a key's *state* after a change ([`Record::Key`]: its whole version set; an empty
-//! set means the key is gone), or a hint's ([`Record::Hint`]). Replaying sets each key to its
+//! A record is a key's *state* after a change ([`crate::store::Record::Key`]: its whole version set; an empty
+//! set means the key is gone), or a hint's ([`crate::store::Record::Hint`]). Replaying sets each key to its
 //! logged state, in order. State rather than operations, because the snapshot is taken while
 //! writes go on (shard by shard, never cloning the store): a key in the snapshot may already
 //! include changes that the log after it records again, and setting a state twice is

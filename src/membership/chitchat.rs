@@ -377,7 +377,7 @@ impl Socket for Counted {
 /// chitchat decodes datagrams inside its UDP socket, where ringkv cannot reach (the envelope
 /// codec is private to the crate); it drops a bad one and logs a `invalid-chitchat-payload`
 /// warning. This tracing layer counts those events, so the count exists even when the log
-/// level hides them. The socket's `recv` runs inside [`counting`], which names the node the
+/// level hides them. The socket's `recv` runs inside `counting`, which names the node the
 /// event belongs to (a task-local), so nodes that share a process keep their own counts.
 ///
 /// With a gossip key, a datagram reaches chitchat's decoder only once its MAC is checked:

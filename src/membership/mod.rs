@@ -291,7 +291,7 @@ pub struct View {
     /// than itself): until then its view may be a partition of one.
     pub heard_seed: bool,
     /// Seeds whose gossip reached this node but failed authentication lately, while no seed
-    /// was heard: the cluster secrets differ ([`crate::seal::RefusedSources`]).
+    /// was heard: the cluster secrets differ ([`sealed_udp::RefusedSources`]).
     pub refused_seeds: Vec<SocketAddr>,
     /// [`View::routing_version`], computed once per view: every HTTP answer carries it.
     pub(crate) routing_version: std::sync::OnceLock<Arc<str>>,

@@ -31,11 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -47,6 +44,10 @@ use crate::ring::NodeId;
 use crate::rpc::{Request, Response};
 use crate::stats::Stats;
 use crate::system::System;
+
+mod ws;
+
+pub use ws::{lagged_json, show_key, stream};
 
 // Events and announcements cross the wire: they are defined with the protocol, and their
 // client-facing and gossiped forms are here.
@@ -65,36 +66,6 @@ pub const FANOUT_IDLE: Duration = Duration::from_secs(30);
 
 /// Most events sent to a peer in one RPC.
 const FANOUT_BATCH: usize = 256;
-
-impl Event {
-    /// The WebSocket message: `{"op", "key", "value" (base64, puts only), "context"}`, with
-    /// the key in base64url if `base64_key`.
-    pub fn to_json(&self, base64_key: bool) -> String {
-        let mut msg = json!({
-            "op": self.op,
-            "key": show_key(&self.key, base64_key),
-            "context": self.context,
-        });
-        if let Some(v) = &self.value {
-            msg["value"] = json!(B64.encode(v));
-        }
-        msg.to_string()
-    }
-}
-
-/// A key as shown to clients: text (invalid UTF-8 replaced), or base64url for binary keys.
-pub fn show_key(key: &[u8], base64: bool) -> String {
-    if base64 {
-        URL_SAFE_NO_PAD.encode(key)
-    } else {
-        String::from_utf8_lossy(key).into_owned()
-    }
-}
-
-/// The message a watcher gets in place of the `missed` events that did not fit its buffer.
-pub fn lagged_json(missed: u64) -> String {
-    json!({"op": "lagged", "missed": missed}).to_string()
-}
 
 /// This node's watchers.
 #[derive(Default)]
@@ -541,51 +512,13 @@ impl Watches {
     }
 }
 
-/// Streams a subscription's events to a WebSocket until either side closes or the node
-/// shuts down. A `lagged` message stands in for the events that overflowed the buffer.
-pub async fn stream<S>(
-    mut ws: tokio_tungstenite::WebSocketStream<S>,
-    mut sub: Subscription,
-    base64_keys: bool,
-    shutdown: tokio_util::sync::CancellationToken,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                let _ = ws.close(None).await;
-                return;
-            }
-            ev = sub.events.recv() => {
-                let Some(ev) = ev else { return };
-                let missed = sub.take_missed();
-                if missed > 0 && ws.send(Message::text(lagged_json(missed))).await.is_err() {
-                    return;
-                }
-                if ws.send(Message::text(ev.to_json(base64_keys))).await.is_err() {
-                    return;
-                }
-            }
-            msg = ws.next() => match msg {
-                // Pings are answered by the library; anything else from the client is
-                // ignored, until it closes.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                Some(Ok(_)) => {}
-            },
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::membership::Member;
     use crate::net::mem::MemNet;
     use crate::rpc::testing::{Recorder, start_server, wait_until};
+    use serde_json::json;
 
     fn event(key: &str) -> Event {
         Event {

@@ -41,9 +41,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,21 +49,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{DEFAULT_NODE, normalize_url};
 use crate::error::{Error, Result};
+
+mod conn;
+mod watch;
+
+use conn::{Conn, Router, Target, key_path};
+pub use watch::{WatchSummary, watch_latency};
 
 /// Connections when `--connections` is not given: enough to keep a 2-core ring busy without
 /// queueing most of the latency in the ring's accept loop.
@@ -168,205 +167,6 @@ pub struct BenchArgs {
     /// response to its event's arrival.
     #[arg(long)]
     pub watch: bool,
-}
-
-/// What `ringkv bench --watch` measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct WatchSummary {
-    pub writes: u64,
-    /// Events received for those writes.
-    pub events: u64,
-    /// Writes whose event never came (within 2 s after the last write).
-    pub missed: u64,
-    /// Events that arrived before the PUT's response did (counted as 0 µs).
-    pub before_response: u64,
-    pub writer_nodes: Vec<String>,
-    pub watcher_node: String,
-    /// From each PUT's response to its event's arrival.
-    pub latency_us: Latency,
-}
-
-impl fmt::Display for WatchSummary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.latency_us;
-        writeln!(
-            f,
-            "watch latency: {} writes through {}, watched on {}",
-            self.writes,
-            self.writer_nodes.join(", "),
-            self.watcher_node
-        )?;
-        writeln!(
-            f,
-            "  events {}  missed {}  before the response {}",
-            self.events, self.missed, self.before_response
-        )?;
-        writeln!(
-            f,
-            "  PUT response -> event (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-            l.p50 as f64 / 1000.0,
-            l.p90 as f64 / 1000.0,
-            l.p99 as f64 / 1000.0,
-            l.max as f64 / 1000.0
-        )
-    }
-}
-
-/// Runs `ringkv bench --watch` (see [`BenchArgs::watch`]).
-pub async fn watch_latency(args: &BenchArgs) -> Result<WatchSummary> {
-    use futures_util::StreamExt;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    let nodes: Vec<String> = args
-        .nodes
-        .iter()
-        .filter(|u| !u.trim().is_empty())
-        .map(|u| normalize_url(u))
-        .collect::<Result<_>>()?;
-    let Some(watcher_node) = nodes.last().cloned() else {
-        return Err(Error::invalid("give at least one --node"));
-    };
-    let writers: Vec<String> = if nodes.len() > 1 {
-        nodes[..nodes.len() - 1].to_vec()
-    } else {
-        nodes.clone()
-    };
-    let rate = args.rate.unwrap_or(200.0);
-    if !(rate.is_finite() && rate > 0.0) {
-        return Err(Error::invalid("--rate must be a positive number"));
-    }
-    let writes = args.ops.unwrap_or(2000);
-    let run = rand::rng().random::<u32>();
-    let prefix = format!("watchbench-{run:08x}/");
-
-    let url = format!(
-        "{}/watch?prefix={prefix}",
-        watcher_node.replacen("http://", "ws://", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .map_err(|e| Error::Unreachable(format!("websocket to {watcher_node}: {e}")))?;
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let reader = {
-        let arrivals = arrivals.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                let at = Instant::now();
-                let tokio_tungstenite::tungstenite::Message::Text(text) = msg else {
-                    continue;
-                };
-                if let Ok(ev) = serde_json::from_str::<serde_json::Value>(&text)
-                    && ev["op"] == "put"
-                    && let Some(key) = ev["key"].as_str()
-                {
-                    arrivals
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(key.to_string(), at);
-                }
-            }
-        })
-    };
-    let mut conns = Vec::new();
-    for base in &writers {
-        conns.push(Conn::open(Target::resolve(base, &args.token).await?).await?);
-    }
-    let value = Bytes::from(vec![b'w'; args.value_size]);
-    let mut responses: Vec<(String, Instant)> = Vec::with_capacity(writes as usize);
-    let start = Instant::now();
-    for i in 0..writes {
-        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
-        let key = format!("{prefix}{i:08}");
-        let conn = &mut conns[i as usize % writers.len()];
-        match conn
-            .send(Method::PUT, &format!("/kv/{key}"), value.clone())
-            .await
-        {
-            Ok(StatusCode::NO_CONTENT) => responses.push((key, Instant::now())),
-            Ok(status) => return Err(Error::invalid(format!("PUT answered {status}"))),
-            Err(failure) => return Err(Error::Unreachable(failure.kind().to_string())),
-        }
-    }
-    // Give the last events time to arrive, then stop listening.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let got = crate::lock(&arrivals).len();
-        if got >= responses.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    reader.abort();
-    let arrivals = crate::lock(&arrivals).clone();
-    let mut h = Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3)
-        .map_err(|e| Error::invalid(format!("histogram: {e:?}")))?;
-    let (mut events, mut before) = (0, 0);
-    for (key, responded) in &responses {
-        if let Some(arrived) = arrivals.get(key) {
-            events += 1;
-            if arrived < responded {
-                before += 1;
-            }
-            let us = arrived.saturating_duration_since(*responded).as_micros() as u64;
-            h.saturating_record(us.max(1));
-        }
-    }
-    Ok(WatchSummary {
-        writes,
-        events,
-        missed: writes - events,
-        before_response: before,
-        writer_nodes: writers,
-        watcher_node,
-        latency_us: Latency::of(&h),
-    })
-}
-
-/// One node to connect to.
-struct Target {
-    addr: SocketAddr,
-    host: HeaderValue,
-    /// For an `https://` node: the TLS settings and the name its certificate must carry.
-    tls: Option<(Arc<rustls::ClientConfig>, String)>,
-    /// `Bearer TOKEN`, with `--token`.
-    authorization: Option<HeaderValue>,
-}
-
-impl Target {
-    /// The address and `host` header of a normalized `http://host:port` URL.
-    async fn resolve(base: &str, auth: &crate::cli::AuthArgs) -> Result<Arc<Target>> {
-        let token = auth.api_token.as_deref();
-        let (https, authority) = match base.strip_prefix("https://") {
-            Some(a) => (true, a),
-            None => (false, base.trim_start_matches("http://")),
-        };
-        let tls = if https {
-            let ca = auth.ca_cert.as_deref().ok_or_else(|| {
-                Error::invalid(
-                    "https:// nodes need the CA certificate that signed theirs: --ca-cert PEM",
-                )
-            })?;
-            let config = crate::tls::client_config(Some(ca))?;
-            Some((config, crate::tls::host_of(authority).to_string()))
-        } else {
-            None
-        };
-        let addr = tokio::net::lookup_host(authority)
-            .await
-            .map_err(|e| Error::invalid(format!("cannot resolve {authority}: {e}")))?
-            .next()
-            .ok_or_else(|| Error::invalid(format!("{authority} resolves to no address")))?;
-        let host = HeaderValue::from_str(authority)
-            .map_err(|_| Error::invalid(format!("bad host {authority:?}")))?;
-        let authorization = token.map(crate::client::bearer).transpose()?;
-        Ok(Arc::new(Target {
-            addr,
-            host,
-            tls,
-            authorization,
-        }))
-    }
 }
 
 /// Latency percentiles of one kind of operation, in microseconds.
@@ -502,166 +302,6 @@ impl Tally {
     }
 }
 
-/// Why a request failed without an HTTP answer.
-enum Failure {
-    Connect,
-    Broken,
-    Timeout,
-}
-
-impl Failure {
-    fn kind(&self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Broken => "broken",
-            Failure::Timeout => "timeout",
-        }
-    }
-}
-
-/// An HTTP/1.1 handshake over `io`; the connection is driven by its own task, which ends
-/// when the sender is dropped.
-async fn handshake<I>(io: I) -> std::result::Result<SendRequest<Full<Bytes>>, Failure>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|_| Failure::Connect)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-/// A task's connections to every serving ring node, for `--route`.
-struct Router {
-    routes: Arc<crate::client::ring::Routes>,
-    conns: std::collections::HashMap<String, Conn>,
-}
-
-impl Router {
-    async fn open(
-        routes: &Arc<crate::client::ring::Routes>,
-        scheme: &str,
-        auth: &crate::cli::AuthArgs,
-    ) -> Result<Router> {
-        let mut conns = std::collections::HashMap::new();
-        for addr in routes.serving() {
-            let target = Target::resolve(&format!("{scheme}://{addr}"), auth).await?;
-            conns.insert(addr.to_string(), Conn::open(target).await?);
-        }
-        Ok(Router {
-            routes: routes.clone(),
-            conns,
-        })
-    }
-
-    /// The connection to `key`'s coordinator (a write) or one of its homes (a read).
-    fn conn_for(
-        &mut self,
-        key: &[u8],
-        read: bool,
-        rng: &mut Xoshiro256PlusPlus,
-    ) -> Option<&mut Conn> {
-        let homes = self.routes.homes(key);
-        let pick = match (read, homes.len()) {
-            (_, 0) => return None,
-            (false, _) => 0,
-            (true, n) => rng.random_range(0..n),
-        };
-        let addr = homes[pick].to_string();
-        self.conns.get_mut(&addr)
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection, reopened after a failure.
-struct Conn {
-    target: Arc<Target>,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
-
-impl Conn {
-    async fn open(target: Arc<Target>) -> Result<Conn> {
-        let mut conn = Conn {
-            target,
-            sender: None,
-        };
-        conn.connect()
-            .await
-            .map_err(|_| Error::Unreachable(format!("cannot connect to {}", conn.target.addr)))?;
-        Ok(conn)
-    }
-
-    async fn connect(&mut self) -> std::result::Result<(), Failure> {
-        let stream = TcpStream::connect(self.target.addr)
-            .await
-            .map_err(|_| Failure::Connect)?;
-        let _ = stream.set_nodelay(true);
-        let sender = match &self.target.tls {
-            None => handshake(stream).await?,
-            Some((config, host)) => {
-                let tls = crate::tls::connect(config, host, stream)
-                    .await
-                    .map_err(|_| Failure::Connect)?;
-                handshake(tls).await?
-            }
-        };
-        self.sender = Some(sender);
-        Ok(())
-    }
-
-    /// Sends one request and drains the answer. Returns its status.
-    async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Bytes,
-    ) -> std::result::Result<StatusCode, Failure> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            self.sender = None;
-            if let Err(f) = self.connect().await {
-                tokio::time::sleep(RECONNECT_BACKOFF).await;
-                return Err(f);
-            }
-        }
-        let Some(sender) = self.sender.as_mut() else {
-            return Err(Failure::Connect);
-        };
-        let uri = Uri::try_from(path).map_err(|_| Failure::Broken)?;
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        req.headers_mut().insert(HOST, self.target.host.clone());
-        if let Some(auth) = &self.target.authorization {
-            req.headers_mut().insert(AUTHORIZATION, auth.clone());
-        }
-        let exchange = async {
-            sender.ready().await.map_err(|_| Failure::Broken)?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|_| Failure::Broken)?;
-            let status = resp.status();
-            // Drained frame by frame: the value is not needed, only the connection's reuse.
-            let mut body = resp.into_body();
-            while let Some(frame) = body.frame().await {
-                frame.map_err(|_| Failure::Broken)?;
-            }
-            Ok(status)
-        };
-        let res = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(res) => res,
-            Err(_) => Err(Failure::Timeout),
-        };
-        if res.is_err() {
-            // The connection's state is unknown (an answer may still come): start afresh.
-            self.sender = None;
-        }
-        res
-    }
-}
-
 /// Picks keys.
 enum KeyPicker {
     Uniform(u64),
@@ -699,12 +339,6 @@ struct Plan {
     live: Live,
     /// The next operation's index; in open loop it fixes the operation's scheduled time.
     next_op: AtomicU64,
-}
-
-/// `/kv/key00000042` plus `query`, into `buf`.
-fn key_path(buf: &mut String, key: u64, query: &str) {
-    buf.clear();
-    let _ = write!(buf, "/kv/key{key:08}{query}");
 }
 
 /// Runs the benchmark and returns its summary. Progress goes to stderr once a second.
