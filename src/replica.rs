@@ -3,7 +3,7 @@
 //!
 //! Every copy a peer sends counts toward its quorum only once it is logged, so with a data
 //! dir the answers wait for the log ([`Replica::sync`], `--fsync`). A node that is stopping
-//! refuses replica reads ([`Replica::refuse_reads_if_stopping`]) but keeps taking writes
+//! refuses replica reads (`Replica::refuse_reads_if_stopping`) but keeps taking writes
 //! until it exits.
 
 use std::sync::Arc;

@@ -58,7 +58,7 @@ pub const KEY_STATUS: &str = "status";
 /// Node-state key holding the prefixes the node's watchers follow
 /// ([`crate::rpc::Announcement`]).
 pub const KEY_WATCH: &str = "watch";
-/// Node-state key holding the members this node sees down ([`roster`]): how a dead node
+/// Node-state key holding the members this node sees down (`membership/roster.rs`): how a dead node
 /// keeps its place in the ring after chitchat forgot its generation.
 pub const KEY_DOWN: &str = "down";
 /// Node-state key holding the node's zone (`--zone`); [`crate::ring::DEFAULT_ZONE`] if absent.
@@ -182,7 +182,7 @@ pub(crate) const VIEW_REFRESH: Duration = Duration::from_secs(1);
 /// (its `dead_node_grace_period`; digests stop listing it after half of this). Short, so
 /// that the generations a restarting node leaves behind leave every digest within seconds
 /// and a node restarted a thousand times costs gossip no more than one restarted once. The
-/// ring's memory of down nodes is [`roster`], per node id, for [`GossipConfig::dead_node_grace`].
+/// ring's memory of down nodes is the roster (`membership/roster.rs`), per node id, for [`GossipConfig::dead_node_grace`].
 /// Long enough that a node that is merely slow, or briefly cut off, is rarely forgotten; when
 /// it is, its next heartbeat recreates it.
 pub const FORGET_DEAD_GENERATION: Duration = Duration::from_secs(10);
@@ -197,7 +197,7 @@ pub struct GossipConfig {
     /// Assumed heartbeat interval before enough samples exist. Short, so that a node killed
     /// right after it joined is still detected within about two seconds.
     pub initial_interval: Duration,
-    /// How long a dead node keeps its place in the ring ([`roster`]) unless a newer
+    /// How long a dead node keeps its place in the ring (the roster, `membership/roster.rs`) unless a newer
     /// generation of it starts; then the ring rebuilds without it.
     pub dead_node_grace: Duration,
 }
