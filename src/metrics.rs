@@ -106,8 +106,8 @@ impl Collector for NodeCollector {
         let metrics = self.counters.metrics();
         for m in &metrics {
             match m.kind {
-                Kind::Counter => counters.push((m.name, &m.help, m.value)),
-                Kind::Gauge => gauges_of_stats.push((m.name, &*m.help, m.value)),
+                Kind::Counter => counters.push((m.name, m.help, m.value)),
+                Kind::Gauge => gauges_of_stats.push((m.name, m.help, m.value)),
             }
         }
         if let Some([records, bytes, fsyncs, errors, snapshots, corrupt]) = self.wal {

@@ -50,10 +50,10 @@ macro_rules! counters {
             pub fn metrics(&self) -> Vec<Metric> {
                 let mut out = Vec::new();
                 $( if let Some(name) = $metric {
-                    out.push(Metric { name, help: help(&[$($doc),+]), kind: Kind::Counter, value: self.$field });
+                    out.push(Metric { name, help: concat!($($doc),+).trim_start(), kind: Kind::Counter, value: self.$field });
                 } )*
                 $( if let Some(name) = $gmetric {
-                    out.push(Metric { name, help: help(&[$($gdoc),+]), kind: Kind::$gkind, value: self.$gfield });
+                    out.push(Metric { name, help: concat!($($gdoc),+).trim_start(), kind: Kind::$gkind, value: self.$gfield });
                 } )*
                 out
             }
@@ -72,14 +72,10 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metric {
     pub name: &'static str,
-    pub help: String,
+    /// Its doc comment's lines, joined (each starts with a space).
+    pub help: &'static str,
     pub kind: Kind,
     pub value: u64,
-}
-
-/// A doc comment's lines as one line of help text.
-fn help(lines: &[&str]) -> String {
-    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
 }
 
 counters! {
