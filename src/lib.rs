@@ -313,8 +313,11 @@
 //!   chitchat's in-memory transport and RPC over loopback TCP on port 0. They can kill,
 //!   restart (empty, new generation), partition (both ways or one way), add and decommission
 //!   nodes. `tests/convergence.rs` covers hinted handoff, anti-entropy, joins, leaves and
-//!   tombstone GC. `tests/fault.rs` is the seeded randomized fault test:
+//!   tombstone GC. `tests/fault.rs` is the seeded randomized fault test on the real stack
+//!   (chitchat, TCP, time, two threads), with the faults the simulator does not play (two
+//!   nodes killed at once, a kill with a partition), judged by the simulator's checker:
 //!   `RINGKV_FAULT_SEEDS=1,2,3` picks seeds, `RINGKV_SOAK_SECS=600` runs a longer soak.
+//!   Every test speaks HTTP through one raw client, `tests/common/http.rs`.
 //! - `tests/simulation.rs` is the deterministic simulator (`tests/sim`): a five-node ring
 //!   and three HTTP clients on one thread under turmoil's simulated TCP, UDP and time, with
 //!   seeded faults (kill, then restart empty or from a simulated disk behind the

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Http, Reply, TestCluster};
 use futures_util::Stream;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{Full, StreamBody};
 use hyper::body::{Body, Frame};
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
@@ -96,14 +96,7 @@ async fn send_raw_header(
         .await
         .expect("answer within 10 s")
         .expect("request succeeds");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    Reply::read(resp).await.expect("whole answer")
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
@@ -146,15 +139,9 @@ async fn put_streaming(url: &str, chunks: Vec<Bytes>, finish: bool) -> Reply {
         .expect("answer within 10 s")
         .expect("request task")
         .expect("request succeeds");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let reply = Reply::read(resp).await.expect("whole answer");
     drop(keep_open);
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    reply
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

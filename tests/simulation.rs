@@ -8,6 +8,7 @@
 //!
 //! A failing seed prints its report and that command.
 
+mod common;
 mod sim;
 
 use std::time::Instant;
@@ -148,7 +149,7 @@ fn a_seed_replays_its_run_message_for_message() {
 fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
     use bytes::Bytes;
     use ringkv::version::{Actor, VersionSet};
-    use sim::check::{State, check};
+    use sim::check::{Ending, State, check};
     use sim::workload::{History, Outcome, Write};
     use std::time::Duration;
 
@@ -166,15 +167,18 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
         w: 2,
         ttl: false,
     };
+    let nodes = Default::default();
     let judge = |h: &History, state: &State| {
         check(
             h,
-            state,
-            state,
-            &Default::default(),
-            0,
-            &[0; sim::NODES],
-            false,
+            &Ending {
+                by_key: state,
+                after_gc: state,
+                nodes: &nodes,
+                now_ms: 0,
+                skews: &[0; sim::NODES],
+                at_risk: &|_| false,
+            },
         )
     };
 
@@ -215,6 +219,31 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
     );
     let gone: State = [("k".to_string(), tomb)].into();
     assert_eq!(judge(&h, &gone), Vec::<String>::new());
+
+    // Siblings are only concurrent writes: c5-1's client had read c4-1, so the two never
+    // show side by side, and a value never shows twice.
+    let mut set = VersionSet::new();
+    let v1 = set.write(&n1, None, Some(Bytes::from("c4-1")));
+    let v2 = set.write(&n1, Some(&v1), Some(Bytes::from("c5-1")));
+    let v3 = set.write(&n1, None, Some(Bytes::from("c6-1")));
+    let mut h = History::default();
+    h.writes.push(write("c4-1", None, v1.encode(), false));
+    let mut covering = write("c5-1", Some(v1.encode()), v2.encode(), false);
+    covering.covers = vec!["c4-1".to_string()];
+    h.writes.push(covering);
+    h.writes.push(write("c6-1", None, v3.encode(), false));
+    let state: State = [("k".to_string(), set)].into();
+    h.reads
+        .push(("k".to_string(), vec!["c5-1".into(), "c6-1".into()]));
+    assert_eq!(judge(&h, &state), Vec::<String>::new());
+    h.reads
+        .push(("k".to_string(), vec!["c4-1".into(), "c5-1".into()]));
+    h.reads
+        .push(("k".to_string(), vec!["c6-1".into(), "c6-1".into()]));
+    let violations = judge(&h, &state);
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(violations[0].contains("showed c5-1 beside c4-1, which c5-1's context covered"));
+    assert!(violations[1].contains("showed one value twice"));
 
     // A value nobody wrote: a phantom.
     let mut forged = VersionSet::new();

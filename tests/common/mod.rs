@@ -1,4 +1,4 @@
-//! Test support: in-process clusters and a small HTTP client.
+//! Test support: in-process clusters, and the tests' one raw HTTP client ([`http`]).
 //!
 //! A [`TestCluster`] runs several ringkv nodes in the test's own runtime. Gossip runs over
 //! chitchat's in-memory `ChannelTransport` (one per cluster, so parallel tests never share
@@ -7,20 +7,19 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod net;
 pub mod process;
 pub mod rolling;
 
+// Not every test names both.
+#[allow(unused_imports)]
+pub use http::{Http, Reply};
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chitchat::transport::ChannelTransport;
-use http_body_util::{BodyExt, Full};
-use hyper::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use ringkv::membership::GossipConfig;
 use ringkv::{Config, GossipTransport, NodeHandle};
 
@@ -284,137 +283,6 @@ impl TestCluster {
         for i in 0..self.nodes.len() {
             self.kill(i).await;
         }
-    }
-}
-
-/// An HTTP answer.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Reply {
-    /// The `x-ringkv-context` header, if any.
-    pub fn context(&self) -> Option<String> {
-        self.headers
-            .get("x-ringkv-context")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    }
-
-    /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
-    }
-
-    /// The sibling values of a 300 (or JSON 200) answer, decoded and sorted.
-    pub fn siblings(&self) -> Vec<Vec<u8>> {
-        use base64::Engine;
-        let mut out: Vec<Vec<u8>> = self.json()["siblings"]
-            .as_array()
-            .expect("siblings array")
-            .iter()
-            .map(|s| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(s.as_str().expect("string"))
-                    .expect("base64")
-            })
-            .collect();
-        out.sort();
-        out
-    }
-}
-
-/// A keep-alive HTTP/1 client.
-#[derive(Clone)]
-pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http::new()
-    }
-}
-
-impl Http {
-    pub fn new() -> Http {
-        Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
-
-    /// Sends one request; `headers` are (name, value) pairs. Panics if it fails.
-    pub async fn send(
-        &self,
-        method: Method,
-        url: &str,
-        body: impl Into<Bytes>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
-        self.try_send(method, url, body, headers)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Sends one request; a failure to get an answer is an `Err` saying why.
-    pub async fn try_send(
-        &self,
-        method: Method,
-        url: &str,
-        body: impl Into<Bytes>,
-        headers: &[(&str, &str)],
-    ) -> Result<Reply, String> {
-        let mut req = Request::builder().method(method).uri(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(body.into())).expect("valid request");
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
-            .await
-            .map_err(|_| format!("request to {url} timed out"))?
-            .map_err(|e| format!("request to {url} failed: {e}"))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("answer from {url}: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    pub async fn try_get(&self, url: &str) -> Result<Reply, String> {
-        self.try_send(Method::GET, url, Bytes::new(), &[]).await
-    }
-
-    pub async fn try_put(&self, url: &str, body: impl Into<Bytes>) -> Result<Reply, String> {
-        self.try_send(Method::PUT, url, body, &[]).await
-    }
-
-    pub async fn get(&self, url: &str) -> Reply {
-        self.send(Method::GET, url, Bytes::new(), &[]).await
-    }
-
-    pub async fn put(&self, url: &str, body: impl Into<Bytes>) -> Reply {
-        self.send(Method::PUT, url, body, &[]).await
-    }
-
-    pub async fn put_ctx(&self, url: &str, body: impl Into<Bytes>, ctx: &str) -> Reply {
-        self.send(Method::PUT, url, body, &[("x-ringkv-context", ctx)])
-            .await
-    }
-
-    pub async fn delete(&self, url: &str) -> Reply {
-        self.send(Method::DELETE, url, Bytes::new(), &[]).await
     }
 }
 

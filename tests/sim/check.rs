@@ -1,9 +1,10 @@
-//! The checker: the history against the final state of the healed, quiet ring.
+//! The checker: the history against the final state of the healed, quiet ring. It judges
+//! the simulator's runs and `tests/fault.rs`'s runs on the real stack alike.
 //!
 //! - **Convergence**: every key's home replicas hold identical versions (equal
 //!   fingerprints, so equal Merkle leaves and roots), and no node holds a hint.
 //! - **No phantom values**: every value read, listed or left is one a client wrote.
-//! - **No lost acknowledged write**, judged by dots as `tests/fault.rs` does: a 2xx write
+//! - **No lost acknowledged write**, judged by dots: a 2xx write
 //!   returns its new version's context, whose counters past those of the context sent name
 //!   the write's dot. A version is superseded exactly when a later version's history holds
 //!   its dot, and histories are causally closed, so an acknowledged write is kept iff a final
@@ -27,8 +28,8 @@ use bytes::Bytes;
 use ringkv::Node;
 use ringkv::version::{Context, Dot, VersionSet};
 
+use super::MAX_SKEW_MS;
 use super::workload::{History, Outcome, TTL_SECS, Write};
-use super::{MAX_SKEW_MS, Nodes};
 
 /// `vs` without the versions expired by any node's clock at `now_ms`.
 fn unexpired(vs: &VersionSet, now_ms: u64) -> VersionSet {
@@ -107,17 +108,35 @@ pub fn converged(nodes: &BTreeMap<String, Arc<Node>>, now_ms: u64) -> Result<(),
     Ok(())
 }
 
+/// What the history is judged against: the healed, quiet ring.
+pub struct Ending<'a> {
+    /// Each key's versions once the homes converged ([`final_state`]).
+    pub by_key: &'a State,
+    /// The same after tombstone GC ran (`by_key` again where it did not run).
+    pub after_gc: &'a State,
+    pub nodes: &'a BTreeMap<String, Arc<Node>>,
+    /// The time of the end, ms since the Unix epoch.
+    pub now_ms: u64,
+    /// Each node's clock skew, ms, in the order of `nodes`.
+    pub skews: &'a [i64],
+    /// Whether an acknowledged write may have died with killed nodes: every node that held
+    /// it (memory only) was killed after it started. Such a write is not judged lost, nor its
+    /// delete resurrected. The simulator kills at most one node, so there it is exactly the
+    /// writes acknowledged by W = 1 of a run that killed one; `tests/fault.rs` kills up to two
+    /// and counts the kills and snapshots.
+    pub at_risk: &'a dyn Fn(&Write) -> bool,
+}
+
 /// Everything the history and the final state break.
-pub fn check(
-    history: &History,
-    by_key: &State,
-    after_gc: &State,
-    nodes: &Nodes,
-    now_ms: u64,
-    skews: &[i64],
-    killed: bool,
-) -> Vec<String> {
-    let nodes = nodes.borrow();
+pub fn check(history: &History, end: &Ending) -> Vec<String> {
+    let Ending {
+        by_key,
+        after_gc,
+        nodes,
+        now_ms,
+        skews,
+        at_risk,
+    } = *end;
     let mut out = history.anomalies.clone();
     let written: BTreeSet<&str> = history.writes.iter().map(|w| w.id.as_str()).collect();
     let final_values = |key: &str| -> Vec<String> {
@@ -165,7 +184,7 @@ pub fn check(
         .iter()
         .filter(|w| w.acked() && !w.delete && !w.ttl)
     {
-        if killed && w.w == 1 {
+        if at_risk(w) {
             continue;
         }
         let dots = candidate_dots(w);
@@ -204,7 +223,7 @@ pub fn check(
                 w.completed.unwrap_or_default(),
                 dots.iter().map(show_dot).collect::<Vec<_>>().join(" "),
                 final_values(&w.key),
-                by_node(&nodes, &w.key)
+                by_node(nodes, &w.key)
             ));
         }
     }
@@ -212,8 +231,8 @@ pub fn check(
     // Resurrection: a live final version whose dot an acknowledged delete's history holds
     // came back after that delete (whose tombstone superseded it) reached its replicas.
     for d in history.writes.iter().filter(|d| d.delete && d.acked()) {
-        if killed && d.w == 1 {
-            continue; // its only copy may have died with a killed node
+        if at_risk(d) {
+            continue; // every copy may have died with killed nodes
         }
         let Some(deleted) = d.returned.as_deref().and_then(|c| Context::decode(c).ok()) else {
             continue;
@@ -340,7 +359,7 @@ fn by_node(nodes: &BTreeMap<String, Arc<Node>>, key: &str) -> String {
 
 /// The dots `w`'s version may have: each actor the returned context counts further than the
 /// sent one did. The coordinator minted one of them; usually there is exactly one.
-fn candidate_dots(w: &Write) -> Vec<Dot> {
+pub fn candidate_dots(w: &Write) -> Vec<Dot> {
     let Some(returned) = w.returned.as_deref().and_then(|c| Context::decode(c).ok()) else {
         return Vec::new();
     };

@@ -282,14 +282,18 @@ pub fn run(seed: u64, verbose: bool) -> Report {
             violations.push(format!("{name}'s ring has {zones} zones, not {want}"));
         }
     }
+    // A run kills at most one node: only a write whose one copy it held can die with it.
+    let lost_with_kill = killed && !durable;
     violations.extend(check::check(
         &history,
-        &before_gc,
-        &after_gc,
-        &nodes,
-        now_ms,
-        &skews,
-        killed && !durable,
+        &check::Ending {
+            by_key: &before_gc,
+            after_gc: &after_gc,
+            nodes: &nodes.borrow(),
+            now_ms,
+            skews: &skews,
+            at_risk: &|w| lost_with_kill && w.w == 1,
+        },
     ));
     let (trace, messages) = trace::finish();
     Report {

@@ -12,16 +12,14 @@ use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use super::{NODES, START, WORK, http_addr, node_name, trace};
+use crate::common::http::{self, Reply};
 
 /// Hot keys every client writes.
 pub const KEYS: usize = 6;
@@ -86,20 +84,14 @@ pub struct History {
 
 type Shared = Rc<RefCell<History>>;
 
-/// An HTTP answer: status, context header, body.
-struct Answer {
-    status: StatusCode,
-    context: Option<String>,
-    body: Bytes,
-}
-
+/// One request to `node`, on a connection of its own, bounded by [`REQUEST_TIMEOUT`].
 async fn request(
     node: usize,
     method: Method,
     path: &str,
     context: Option<&str>,
     body: Bytes,
-) -> Result<Answer, String> {
+) -> Result<Reply, String> {
     let exchange = async {
         let stream = super::net::SimStream::connect(http_addr(node))
             .await
@@ -108,36 +100,16 @@ async fn request(
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         tokio::task::spawn_local(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", node_name(node))
-            .header("accept", "application/json");
+        let host = node_name(node);
+        let mut headers = vec![("host", host.as_str()), ("accept", "application/json")];
         if let Some(ctx) = context {
-            req = req.header(ringkv::http::CONTEXT_HEADER, ctx);
+            headers.push((ringkv::http::CONTEXT_HEADER, ctx));
         }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let resp = sender
-            .send_request(req)
+            .send_request(http::request(method, path, body, &headers))
             .await
             .map_err(|e| format!("request: {e}"))?;
-        let status = resp.status();
-        let context = resp
-            .headers()
-            .get(ringkv::http::CONTEXT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Answer {
-            status,
-            context,
-            body,
-        })
+        Reply::read(resp).await
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
         Ok(res) => res,
@@ -167,31 +139,18 @@ async fn read(
     .ok()?;
     let mut h = history.borrow_mut();
     match answer.status {
-        StatusCode::NOT_FOUND => Some((Vec::new(), answer.context)),
+        StatusCode::NOT_FOUND => Some((Vec::new(), answer.context())),
         StatusCode::OK | StatusCode::MULTIPLE_CHOICES => {
-            let Ok(json) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+            let Some(values) = answer.values() else {
                 h.anomalies
-                    .push(format!("GET {key}: a body that is not JSON"));
+                    .push(format!("GET {key}: a body that is not a GET's JSON"));
                 return None;
             };
-            let values: Vec<String> = json["siblings"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str())
-                        .filter_map(|v| B64.decode(v).ok())
-                        .map(|v| String::from_utf8_lossy(&v).into_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
             for v in &values {
                 h.observed.insert(v.clone());
             }
             h.reads.push((key.to_string(), values.clone()));
-            let ctx = answer
-                .context
-                .or_else(|| json["context"].as_str().map(str::to_string));
-            Some((values, ctx))
+            Some((values, answer.context()))
         }
         s if s.is_client_error() => {
             h.anomalies.push(format!("GET {key}: {s}"));
@@ -256,11 +215,11 @@ async fn write(
             "{id} {key} via n{} -> {outcome:?} sent [{}] got [{}]",
             node + 1,
             show(&context),
-            show(&res.as_ref().ok().and_then(|a| a.context.clone()))
+            show(&res.as_ref().ok().and_then(Reply::context))
         ),
     );
     let returned = match &res {
-        Ok(a) if a.status.is_success() => a.context.clone(),
+        Ok(a) if a.status.is_success() => a.context(),
         _ => None,
     };
     history.borrow_mut().writes.push(Write {
