@@ -72,7 +72,8 @@
 //! back.
 //!
 //! Around the node: [`client::Client`] (an async client of the HTTP API; how a call reaches a
-//! node and its retry policy are `client/transport.rs`, watches `client/watch.rs`), [`cli`]
+//! node and its retry policy are `client/transport.rs`, its settings `client/builder.rs`, what it
+//! hands out `client/types.rs`, watches `client/watch.rs`), [`cli`]
 //! (the `get`/`put`/`del`/`ls`/`watch`/`members`/`replicas`/`leave` verbs of the binary) and
 //! [`bench`](mod@bench) (the `ringkv bench` load generator, whose lean HTTP client is
 //! `bench/conn.rs`, and `--watch` for watch latency).
