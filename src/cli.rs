@@ -584,7 +584,8 @@ async fn members(args: MembersArgs) -> Result<u8> {
         print_json(&json!(membership))?;
         return Ok(EXIT_OK);
     }
-    let rows: Vec<[String; 8]> = membership
+    let mib = |b: u64| format!("{}", b >> 20);
+    let rows: Vec<[String; 9]> = membership
         .members
         .iter()
         .map(|m| {
@@ -597,6 +598,16 @@ async fn members(args: MembersArgs) -> Result<u8> {
                 m.generation.to_string(),
                 m.version.clone().unwrap_or_else(|| "<0.2.0".into()),
                 m.protocol.clone().unwrap_or_else(|| "5".into()),
+                match m.memory {
+                    None => "-".into(),
+                    Some(u) if u.limit == 0 => format!("{} MiB/none", mib(u.used)),
+                    Some(u) => format!(
+                        "{}/{} MiB ({}%)",
+                        mib(u.used),
+                        mib(u.limit),
+                        u.used * 100 / u.limit
+                    ),
+                },
             ]
         })
         .collect();
@@ -609,9 +620,10 @@ async fn members(args: MembersArgs) -> Result<u8> {
         "GENERATION",
         "VERSION",
         "PROTOCOL",
+        "MEMORY",
     ]
     .map(String::from);
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());

@@ -28,9 +28,11 @@
 //! until a gate opens, each build writes only formats the previous release reads, which is
 //! what makes rolling one node back safe.
 //!
-//! This build (0.2.0) changes no wire or disk format since 0.1.0 beyond the hello's range and
-//! new gossip keys (these three and the zone), which the previous release skips. Its one gated
-//! behaviour is zone placement ([`FEATURE_ZONES`]).
+//! This build (0.2.0) changes no disk format since 0.1.0. On the wire: the hello's range, new
+//! gossip keys (these three, the zone and the memory use), which the previous release skips,
+//! and protocol 6, whose answers may carry [`crate::Error::MemoryFull`]; a connection at
+//! protocol 5 gets [`crate::Error::Rejected`] in its place ([`crate::rpc::answer_for`]). Its
+//! one gated behaviour is zone placement ([`FEATURE_ZONES`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -49,7 +51,7 @@ pub const PROTOCOL_MIN: u32 = 5;
 /// The newest RPC protocol version this build speaks. A change to any message that the
 /// previous version's decoder would not read the same way gets a new version here, and the
 /// encoder keeps the old form for connections that negotiated the old version.
-pub const PROTOCOL_MAX: u32 = 5;
+pub const PROTOCOL_MAX: u32 = 6;
 
 /// Gossip key: the build version ([`VERSION`]).
 pub const KEY_BUILD: &str = "build";

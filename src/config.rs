@@ -76,6 +76,10 @@ pub struct Config {
     pub write_quorum: usize,
     /// Largest value accepted, in bytes.
     pub max_value_bytes: usize,
+    /// Most bytes this node may hold (`--max-memory`, [`crate::memory`]); 0: no limit.
+    pub max_memory: u64,
+    /// Where the node reads how much memory it holds: the allocator, unless a test sets it.
+    pub memory_gauge: crate::memory::Gauge,
     /// Virtual nodes per node on the ring.
     pub vnodes: usize,
     /// This node's failure domain (`--zone`): a key's homes spread over zones
@@ -196,6 +200,8 @@ impl Config {
             read_quorum: DEFAULT_READ_QUORUM,
             write_quorum: DEFAULT_WRITE_QUORUM,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_memory: 0,
+            memory_gauge: crate::memory::Gauge::default(),
             vnodes: DEFAULT_VNODES,
             zone: crate::ring::DEFAULT_ZONE.to_string(),
             rpc_timeout: DEFAULT_RPC_TIMEOUT,

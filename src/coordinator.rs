@@ -59,6 +59,7 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::membership::View;
+use crate::memory::Need;
 use crate::quorum::{QuorumStatus, QuorumTracker, WriteTracker};
 use crate::replica::Replica;
 use crate::ring::{NodeId, Target, sloppy_targets};
@@ -267,6 +268,13 @@ impl Coordinator {
             condition,
             ..
         } = write;
+        // A node over its memory limit mints no new value (a delete's tombstone frees one).
+        let need = if value.is_some() {
+            Need::Values
+        } else {
+            Need::Tombstones
+        };
+        self.system.memory.admit(0, need)?;
         // Only this node mints this actor's counters: a context claiming one it never minted
         // is forged or corrupt, and would push every later counter out of range.
         let claims_unminted =
@@ -311,7 +319,9 @@ impl Coordinator {
         let homes_total = dests.iter().filter(|d| d.is_home()).count();
         let mut acks =
             WriteTracker::new(homes_total, dests.len() - homes_total, quorum.w, quorum.pw);
-        let mut calls: FuturesUnordered<BoxFuture<'static, (bool, bool)>> = FuturesUnordered::new();
+        // Each call answers (is a home, acknowledged, refused for memory).
+        let mut calls: FuturesUnordered<BoxFuture<'static, (bool, bool, Option<Error>)>> =
+            FuturesUnordered::new();
         for dest in dests {
             let addr = match dest.place {
                 // The coordinator is always a home replica, and has stored the write. With a
@@ -328,7 +338,7 @@ impl Coordinator {
                         if let Err(err) = &res {
                             warn!(%err, "a write was not acknowledged here: it could not be logged");
                         }
-                        (true, res.is_ok())
+                        (true, res.is_ok(), None)
                     }));
                     continue;
                 }
@@ -342,11 +352,11 @@ impl Coordinator {
                 hint_for: dest.hint_for.map(|h| h.to_string()),
             };
             calls.push(Box::pin(async move {
-                let ok = matches!(
-                    node.system.pool.call(addr, req).await,
-                    Ok(Response::Replicated)
-                );
-                (is_home, ok)
+                match node.system.pool.call(addr, req).await {
+                    Ok(Response::Replicated) => (is_home, true, None),
+                    Err(err) if crate::memory::is_refusal(&err) => (is_home, false, Some(err)),
+                    _ => (is_home, false, None),
+                }
             }));
         }
         // One task drives every replica call, so each target gets the write even after the
@@ -361,11 +371,13 @@ impl Coordinator {
                     }
                 }));
         }
+        let mut memory_refusals: Vec<Error> = Vec::new();
         while !acks.is_done() {
-            let Some((is_home, ok)) = ack_rx.recv().await else {
+            let Some((is_home, ok, refusal)) = ack_rx.recv().await else {
                 break;
             };
             acks.reply(is_home, ok);
+            memory_refusals.extend(refusal);
         }
         if acks.status() == QuorumStatus::Met {
             stages.record(Stage::Replicate, applied);
@@ -389,6 +401,19 @@ impl Coordinator {
         // A coordinator that cannot log says so: that is what an operator must fix.
         if let Some(why) = self.replica.store.log().and_then(|log| log.error()) {
             return Err(Error::Storage(why));
+        }
+        // Replicas that refused for memory made the difference: say so (507), so the client
+        // knows to free memory or add nodes rather than wait for a node to come back.
+        let full = memory_refusals.len();
+        if full > 0 && acks.acknowledged() + full >= quorum.w {
+            let (used, limit) = memory_refusals
+                .iter()
+                .find_map(|e| match e {
+                    Error::MemoryFull { used, limit } => Some((*used, *limit)),
+                    _ => None,
+                })
+                .unwrap_or((0, 0));
+            return Err(Error::MemoryFull { used, limit });
         }
         Err(if acks.missed_w() {
             Error::Unavailable {

@@ -56,6 +56,10 @@ pub enum Error {
     /// The node's write-ahead log could not be written (a full disk): it acknowledges no
     /// write until it can log again.
     Storage(String),
+    /// The node holds as much memory as `--max-memory` allows: it refuses new values until
+    /// memory is freed ([`crate::memory`]). `used` and `limit` are bytes. Crosses RPC only on
+    /// protocol 6 and later; an older peer is sent [`Error::Rejected`] instead.
+    MemoryFull { used: u64, limit: u64 },
     /// An I/O error on this node (a file, a socket, gossip that could not bind). Kept whole
     /// locally; only its text crosses the wire.
     #[serde(with = "io_as_text")]
@@ -100,6 +104,7 @@ impl Error {
             Error::Protocol(_) => "protocol",
             Error::Shutdown => "shutdown",
             Error::Storage(_) => "storage",
+            Error::MemoryFull { .. } => "memory_full",
             Error::Io(_) => "io",
             Error::Internal(_) => "internal",
         }
@@ -135,6 +140,11 @@ impl fmt::Display for Error {
             Error::Protocol(msg) => write!(f, "protocol error: {msg}"),
             Error::Shutdown => write!(f, "node is shutting down"),
             Error::Storage(msg) => write!(f, "storage: {msg}"),
+            Error::MemoryFull { used, limit } => write!(
+                f,
+                "memory full: this node uses {used} of its {limit} bytes (--max-memory); \
+                 retry later, delete keys, or add nodes"
+            ),
             Error::Io(err) => write!(f, "I/O error: {}", Chain(err.as_ref())),
             Error::Internal(err) => write!(f, "internal error: {}", Chain(err.as_ref())),
         }
@@ -270,6 +280,10 @@ mod tests {
             Error::Protocol("bad frame".into()),
             Error::Shutdown,
             Error::Storage("no space left".into()),
+            Error::MemoryFull {
+                used: 2_000,
+                limit: 1_000,
+            },
             Error::Io(Arc::new(std::io::Error::other("disk"))),
             Error::internal(std::fmt::Error),
         ]

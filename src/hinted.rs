@@ -91,6 +91,10 @@ pub async fn deliver(replica: &Replica) {
                     break;
                 }
                 Err(err) => {
+                    if crate::memory::is_refusal(&err) {
+                        // The home is full: the hints wait here until it has room.
+                        Stats::incr(&replica.system.stats.copies_paused_memory);
+                    }
                     debug!(%target, %err, "hint delivery failed; will retry");
                     break;
                 }

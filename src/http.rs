@@ -41,6 +41,7 @@ pub fn status_of(err: &Error) -> StatusCode {
         | Error::Unreachable(_)
         | Error::Shutdown
         | Error::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::MemoryFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
         Error::Protocol(_) => StatusCode::BAD_GATEWAY,
         Error::Io(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -58,6 +59,10 @@ pub fn error_body(err: &Error) -> serde_json::Value {
         }
         Error::ValueTooLarge { limit, .. } => body["limit"] = json!(limit),
         Error::PreconditionFailed { context } => body["context"] = json!(context),
+        Error::MemoryFull { used, limit } => {
+            body["used"] = json!(used);
+            body["limit"] = json!(limit);
+        }
         _ => {}
     }
     body
@@ -119,6 +124,10 @@ pub fn error_from_answer(ans: &ErrorAnswer<'_>, path: &str, sent_bytes: u64) -> 
             "protocol" => Error::Protocol(text("protocol error: ")),
             "shutdown" => Error::Shutdown,
             "storage" => Error::Storage(text("storage: ")),
+            "memory_full" => Error::MemoryFull {
+                used: count("used").unwrap_or(0),
+                limit: count("limit").unwrap_or(0),
+            },
             "io" => Error::Io(Arc::new(std::io::Error::other(text("I/O error: ")))),
             "internal" => Error::internal(text("internal error: ")),
             _ => return None,

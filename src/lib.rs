@@ -422,6 +422,11 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
+/// jemalloc, whose statistics the memory ceiling reads ([`memory`], [`heap`]).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod clock;
 pub mod codec;
 pub mod compat;
@@ -435,6 +440,7 @@ pub mod hints;
 pub mod http;
 pub mod lifecycle;
 pub mod membership;
+pub mod memory;
 pub mod merkle;
 pub mod metrics;
 pub mod net;

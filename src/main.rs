@@ -213,6 +213,12 @@ struct Tuning {
     /// slowloris or idle client is then dropped).
     #[arg(long, env = "RINGKV_HTTP_HEADER_TIMEOUT_SECS", default_value_t = ringkv::config::DEFAULT_HTTP_HEADER_TIMEOUT.as_secs())]
     http_header_timeout_secs: u64,
+    /// Most memory this node may hold: bytes, or with a KiB, MiB or GiB suffix; 0 is no
+    /// limit. Over it, writes are refused with 507 and reads go on. Default: 75% of what the
+    /// process may use (its cgroup's memory limit, else the machine's RAM); `dev` divides
+    /// that among its nodes.
+    #[arg(long, env = "RINGKV_MAX_MEMORY", value_name = "SIZE", value_parser = ringkv::memory::parse_size)]
+    max_memory: Option<u64>,
     /// Seconds a client has to send a request's body (else 408).
     #[arg(long, env = "RINGKV_HTTP_BODY_TIMEOUT_SECS", default_value_t = ringkv::config::DEFAULT_HTTP_BODY_TIMEOUT.as_secs())]
     http_body_timeout_secs: u64,
@@ -271,6 +277,29 @@ impl Tuning {
         cfg.max_http_connections = self.max_http_connections;
         cfg.http_header_timeout = Duration::from_secs(self.http_header_timeout_secs);
         cfg.http_body_timeout = Duration::from_secs(self.http_body_timeout_secs);
+    }
+
+    /// Sets `cfg`'s memory limit for one of `nodes` nodes sharing this process: the flag as
+    /// given, else its part of the default ([`ringkv::memory::default_limit`]).
+    fn apply_memory(&self, cfg: &mut Config, nodes: usize) {
+        cfg.memory_gauge = ringkv::memory::Gauge::allocator(nodes);
+        let measurable = ringkv::heap::allocated().is_some();
+        cfg.max_memory = match self.max_memory {
+            Some(0) => {
+                tracing::warn!(
+                    "--max-memory 0: no memory limit; a full node is killed by the kernel, losing what it held in memory"
+                );
+                0
+            }
+            Some(_) | None if !measurable => {
+                tracing::warn!(
+                    "built without jemalloc: memory cannot be measured, so --max-memory is not enforced"
+                );
+                0
+            }
+            Some(limit) => limit,
+            None => ringkv::memory::default_limit().map_or(0, |l| l / nodes.max(1) as u64),
+        };
     }
 }
 
@@ -414,6 +443,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     cfg.api_tokens = args.api_tokens;
     cfg.tls = args.tls_cert.zip(args.tls_key);
     args.tuning.apply(&mut cfg);
+    args.tuning.apply_memory(&mut cfg, 1);
     cfg.validate()?;
     if cfg.cluster_secret.is_none() {
         tracing::warn!(
@@ -607,6 +637,7 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
             cfg.zone = args.zones[i as usize % args.zones.len()].clone();
         }
         tuning.apply(&mut cfg);
+        tuning.apply_memory(&mut cfg, usize::from(args.nodes));
         cfg.validate()?;
         configs.push(cfg);
     }

@@ -86,6 +86,8 @@ struct NodeCollector {
     /// The write-ahead log's counters, with a data dir: records, bytes written, fsyncs, write
     /// errors, snapshots, damaged files set aside.
     wal: Option<[u64; 6]>,
+    /// Bytes this node holds, and its `--max-memory` (0: none).
+    memory: [u64; 2],
 }
 
 impl Collector for NodeCollector {
@@ -145,7 +147,17 @@ impl Collector for NodeCollector {
                 counter.metric_type(),
             )?)?;
         }
-        let gauges: [(&str, &str, u64); 7] = [
+        let gauges: [(&str, &str, u64); 9] = [
+            (
+                "memory_used_bytes",
+                "Bytes this node holds, as the allocator counts them (live allocations)",
+                self.memory[0],
+            ),
+            (
+                "memory_limit_bytes",
+                "This node's --max-memory in bytes (0: no limit)",
+                self.memory[1],
+            ),
             ("keys", "Keys stored on this node", self.store.keys),
             (
                 "tombstones",
@@ -183,6 +195,18 @@ impl Collector for NodeCollector {
                 gauge.metric_type(),
             )?)?;
         }
+        // Refused writes, by why: only memory so far (its label leaves room for others).
+        let refused = ConstCounter::new(self.counters.writes_refused_memory);
+        refused.encode(
+            encoder
+                .encode_descriptor(
+                    "ringkv_writes_refused",
+                    "Writes refused (507) and copies refused, by reason: memory is --max-memory",
+                    None,
+                    refused.metric_type(),
+                )?
+                .encode_family(&[("reason", "memory")])?,
+        )?;
         // Which build runs here, as a constant 1 with labels: a rolling upgrade shows as the
         // count of nodes per version.
         let info = ConstGauge::new(1i64);
@@ -209,7 +233,9 @@ impl Collector for NodeCollector {
 pub fn render(node: &Node, http: &HttpMetrics) -> Result<String, std::fmt::Error> {
     let view = node.system().view();
     let alive = view.members.keys().filter(|id| view.is_alive(id)).count() as u64;
+    let memory = node.system().memory();
     let collector = NodeCollector {
+        memory: [memory.used(), memory.limit()],
         counters: node.stats().snapshot(),
         store: node.store().stats(),
         hints_pending: node.replica().hints_pending() as u64,

@@ -298,6 +298,7 @@ mod tests {
                     watch: None,
                     build: Default::default(),
                     zone: crate::membership::zone_of(None),
+                    memory: None,
                 },
             );
         }

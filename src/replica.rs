@@ -17,6 +17,7 @@ use tracing::warn;
 use crate::error::{Error, Result};
 use crate::hints::HintStore;
 use crate::lock;
+use crate::memory::Need;
 use crate::ring::NodeId;
 use crate::rpc::{ANSWER_BUDGET, Response};
 use crate::stats::Stats;
@@ -150,6 +151,7 @@ impl Replica {
         hint_for: Option<String>,
     ) -> Result<Response> {
         let started = std::time::Instant::now();
+        self.system.memory.admit(0, Need::of(&versions))?;
         match hint_for {
             Some(home) if *home != *self.system.id => {
                 self.store_hint(NodeId::from(home), key, &versions)?;
@@ -170,6 +172,8 @@ impl Replica {
         &self,
         items: Vec<(Bytes, VersionSet)>,
     ) -> Result<Response> {
+        let need = Need::of_all(items.iter().map(|(_, vs)| vs));
+        self.system.memory.admit(0, need)?;
         for (key, versions) in items {
             self.store.merge_owned(&key, versions);
         }

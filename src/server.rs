@@ -232,6 +232,11 @@ impl NodeHandle {
             shutdown.clone(),
         ));
         tracker.spawn(watches.clone().run_watch_announcer());
+        tracker.spawn(crate::memory::gossip(
+            system.memory.clone(),
+            membership.self_keys(),
+            shutdown.clone(),
+        ));
         let http_stop = crate::api::Stop {
             drain: CancellationToken::new(),
             kill: shutdown.clone(),
@@ -254,6 +259,7 @@ impl NodeHandle {
             http = %http_addr,
             rpc = %rpc_addr,
             gossip = %membership.gossip_addr(),
+            max_memory = %crate::memory::describe(system.memory.limit()),
             "ringkv node listening"
         );
         Ok(NodeHandle {

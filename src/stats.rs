@@ -128,6 +128,12 @@ counters! {
         ttl_values_expired => Some("ttl_values_expired"),
         /// Value bytes freed by the TTL sweep.
         ttl_bytes_freed => Some("ttl_bytes_freed"),
+        /// Writes refused because this node was over `--max-memory`: client writes and copies
+        /// peers sent (`/metrics`: `ringkv_writes_refused_total{reason="memory"}`).
+        writes_refused_memory => None::<&'static str>,
+        /// Background copies (hint delivery, handoff, anti-entropy) paused because their
+        /// target, or this node, was over its memory limit; they retry next round.
+        copies_paused_memory => Some("copies_paused_for_memory"),
     }
     gossip {
         /// Gossip datagrams chitchat could not decode ([`crate::membership::garbage`]).

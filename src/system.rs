@@ -41,6 +41,8 @@ pub struct System {
     /// The next generated request id's number (`<node>-<n>`); per node, not per process,
     /// so a simulation run does not depend on the runs before it.
     pub(crate) request_ids: std::sync::atomic::AtomicU64,
+    /// This node's memory limit and its use against it (`--max-memory`).
+    pub(crate) memory: Arc<crate::memory::Meter>,
 }
 
 impl System {
@@ -54,8 +56,14 @@ impl System {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> System {
+        let memory = Arc::new(crate::memory::Meter::new(
+            config.max_memory,
+            config.memory_gauge.clone(),
+            stats.counters.writes_refused_memory.clone(),
+        ));
         System {
             id: actor.node.clone(),
+            memory,
             config,
             actor,
             pool,
@@ -65,6 +73,11 @@ impl System {
             view_rx,
             request_ids: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// This node's memory limit and its use against it.
+    pub fn memory(&self) -> &crate::memory::Meter {
+        &self.memory
     }
 
     /// The current membership view.

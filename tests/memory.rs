@@ -7,8 +7,9 @@
 //! the RPC layer does). Then every key is read once ([`Store::get`]), since a read must not
 //! make a key costlier to keep.
 //!
-//! Heap growth is measured two ways: bytes in use according to glibc (`mallinfo2`, chunk
-//! sizes including malloc's own headers and rounding), and the process's resident set
+//! Heap growth is measured two ways: bytes in use according to the allocator (jemalloc's
+//! `stats.allocated`, size classes included; glibc's `mallinfo2` in a build without the
+//! `jemalloc` feature, malloc's headers and rounding included), and the process's resident set
 //! (`/proc/self/statm`), which also counts free heap the allocator keeps. The Merkle trees are
 //! built before the first measurement: their size depends on the ring, not on the keys.
 //!
@@ -75,25 +76,24 @@ fn usage() -> Usage {
     }
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Bytes in use according to the allocator: jemalloc's `stats.allocated` (the process's
+/// allocator, and what `--max-memory` measures), else glibc's `mallinfo2`.
 fn heap_in_use() -> u64 {
+    if let Some(bytes) = ringkv::heap::allocated() {
+        return bytes;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallinfo2 only reads the allocator's statistics.
     let info = unsafe { libc::mallinfo2() };
-    (info.uordblks + info.hblkhd) as u64
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn heap_in_use() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    return (info.uordblks + info.hblkhd) as u64;
+    #[allow(unreachable_code)]
     0
 }
 
 /// Gives free heap back to the OS, so the next RSS reading starts from what is in use.
 fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    ringkv::heap::release_free_memory();
 }
 
 /// A store as a node holds it: with the Merkle trees of its ring.

@@ -1,4 +1,5 @@
-//! Every client sees its 413, whatever the way it uploads a value over `--max-value-bytes`.
+//! Every client sees its 413, whatever the way it uploads a value over `--max-value-bytes`,
+//! and its 507 when the node is over `--max-memory`.
 //!
 //! The clients here are raw TCP sockets that behave like Python's urllib or a shell script:
 //! they write the whole request, body included, before reading a byte of the answer. A node
@@ -9,10 +10,13 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{Http, TestCluster};
 use hyper::StatusCode;
+use ringkv::memory::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -45,6 +49,27 @@ async fn node() -> TestCluster {
     .await
 }
 
+/// `--max-memory` of the full node in this file.
+const MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// What the full node "uses": just over its limit.
+const FULL: u64 = MEMORY_LIMIT + 1;
+
+/// One node like [`node`], over its memory limit: its gauge reads `used`, which a test may
+/// change.
+async fn full_node(used: Arc<AtomicU64>) -> TestCluster {
+    TestCluster::start_with(1, move |c| {
+        c.max_value_bytes = LIMIT;
+        c.replicas = 1;
+        c.read_quorum = 1;
+        c.write_quorum = 1;
+        c.max_memory = MEMORY_LIMIT;
+        let used = used.clone();
+        c.memory_gauge = Gauge::from_source(Arc::new(move || Some(used.load(Ordering::Relaxed))));
+    })
+    .await
+}
+
 /// An answer read off a raw socket.
 #[derive(Debug)]
 struct RawReply {
@@ -67,9 +92,29 @@ impl RawReply {
     /// Asserts a 413 with a JSON `error` string and the limit, on a closing connection.
     #[track_caller]
     fn assert_413(&self, what: &str) {
+        let body = self.assert_refused("413", what);
+        assert_eq!(body["limit"], LIMIT, "{what}: {body}");
+    }
+
+    /// Asserts a 507 `memory_full` with the node's use and limit, on a closing connection.
+    #[track_caller]
+    fn assert_507(&self, what: &str) {
+        let body = self.assert_refused("507", what);
+        assert_eq!(body["kind"], "memory_full", "{what}: {body}");
+        assert_eq!(body["limit"], MEMORY_LIMIT, "{what}: {body}");
         assert!(
-            self.status_line.starts_with("HTTP/1.1 413 "),
-            "{what}: not a 413: {}",
+            body["used"].as_u64().is_some_and(|u| u > 0),
+            "{what}: {body}"
+        );
+    }
+
+    /// Asserts a `status` answer with a JSON `error` string on a closing connection, and
+    /// returns its body.
+    #[track_caller]
+    fn assert_refused(&self, status: &str, what: &str) -> serde_json::Value {
+        assert!(
+            self.status_line.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: not a {status}: {}",
             self.raw_head
         );
         assert_eq!(
@@ -81,7 +126,7 @@ impl RawReply {
         assert_eq!(
             self.header("connection"),
             Some("close"),
-            "{what}: a 413 closes the connection: {}",
+            "{what}: a refusal closes the connection: {}",
             self.raw_head
         );
         let body: serde_json::Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
@@ -94,7 +139,7 @@ impl RawReply {
             body["error"].as_str().is_some_and(|s| !s.is_empty()),
             "{what}: no string \"error\" field: {body}"
         );
-        assert_eq!(body["limit"], LIMIT, "{what}: {body}");
+        body
     }
 }
 
@@ -189,7 +234,16 @@ fn chunked(value: &[u8]) -> Vec<u8> {
 
 /// Runs `ROUNDS` uploads and asserts every one was answered 413; the failure message lists
 /// what each failed round saw instead.
-async fn assert_every_round_413<F, Fut>(what: &str, mut round: F)
+async fn assert_every_round_413<F, Fut>(what: &str, round: F)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<RawReply>>,
+{
+    assert_every_round(what, RawReply::assert_413, round).await
+}
+
+/// Runs `ROUNDS` uploads and checks every answer with `check`.
+async fn assert_every_round<F, Fut>(what: &str, check: fn(&RawReply, &str), mut round: F)
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<RawReply>>,
@@ -197,13 +251,13 @@ where
     let mut failures = Vec::new();
     for i in 0..ROUNDS {
         match round(i).await {
-            Ok(reply) => reply.assert_413(&format!("{what}, round {i}")),
+            Ok(reply) => check(&reply, &format!("{what}, round {i}")),
             Err(err) => failures.push(format!("round {i}: {:?}: {err}", err.kind())),
         }
     }
     assert!(
         failures.is_empty(),
-        "{what}: {} of {ROUNDS} uploads saw no 413: {failures:#?}",
+        "{what}: {} of {ROUNDS} uploads saw no answer: {failures:#?}",
         failures.len()
     );
 }
@@ -294,5 +348,140 @@ async fn a_client_that_stops_sending_mid_body_still_gets_its_413() {
         .unwrap_or_else(|e| panic!("{:?}: {e}", e.kind()));
     reply.assert_413("stalled mid-body");
     assert_still_serves(&c, "stalled").await;
+    c.shutdown().await;
+}
+
+/// Every way of uploading gets the 507 of a node over its memory limit, before the body is
+/// stored: Content-Length, chunked, `Expect: 100-continue` (without sending the body), and a
+/// client that stalls mid-body. Reads, deletes and `/ready` go on, and once memory is freed
+/// the same PUT is taken with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upload_to_a_full_node_gets_507_and_reads_and_deletes_go_on() {
+    let used = Arc::new(AtomicU64::new(0));
+    let c = full_node(used.clone()).await;
+    let http = Http::new();
+    let url = |k: &str| format!("{}/kv/{k}", c.url(0));
+    assert_eq!(
+        http.put(&url("kept"), "v").await.status,
+        StatusCode::NO_CONTENT
+    );
+    used.store(FULL, Ordering::Relaxed);
+
+    let addr = c.node(0).http_addr();
+    let value = vec![b'm'; 4096];
+    assert_every_round("507, Content-Length", RawReply::assert_507, |i| {
+        let head = put_head(addr, &format!("m-cl-{i}"), "Content-Length: 4096\r\n");
+        let value = &value;
+        async move { exchange(addr, &head, value).await }
+    })
+    .await;
+    let body = chunked(&value);
+    assert_every_round("507, chunked", RawReply::assert_507, |i| {
+        let head = put_head(addr, &format!("m-te-{i}"), "Transfer-Encoding: chunked\r\n");
+        let body = &body;
+        async move { exchange(addr, &head, body).await }
+    })
+    .await;
+    let head = put_head(
+        addr,
+        "m-expect",
+        "Content-Length: 4096\r\nExpect: 100-continue\r\n",
+    );
+    let reply = exchange(addr, &head, &[]).await.expect("an answer");
+    assert!(!reply.status_line.contains(" 100 "), "{}", reply.raw_head);
+    reply.assert_507("Expect: 100-continue");
+    let head = put_head(addr, "m-stalled", "Content-Length: 4096\r\n");
+    exchange(addr, &head, &value[..1000])
+        .await
+        .expect("an answer")
+        .assert_507("stalled mid-body");
+
+    // Reads, deletes (within their reserve) and readiness go on.
+    let got = http.get(&url("kept")).await;
+    assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"v"[..]));
+    assert_eq!(http.get(&url("m-cl-0")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        http.delete(&url("kept")).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let ready = http.get(&format!("{}/ready", c.url(0))).await;
+    assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
+
+    // Counted and visible.
+    let metrics = http.get(&format!("{}/metrics", c.url(0))).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert_eq!(
+        common::metric(&text, "ringkv_memory_limit_bytes"),
+        MEMORY_LIMIT
+    );
+    assert!(common::metric(&text, "ringkv_memory_used_bytes") >= FULL);
+    let refused = common::metric(&text, "ringkv_writes_refused_total{reason=\"memory\"}");
+    assert!(refused >= 2 * ROUNDS as u64 + 2, "{refused}: {text}");
+
+    // Freed memory admits writes again.
+    used.store(MEMORY_LIMIT / 2, Ordering::Relaxed);
+    assert_eq!(
+        http.put(&url("again"), "v").await.status,
+        StatusCode::NO_CONTENT
+    );
+    c.shutdown().await;
+}
+
+/// A body is refused from its `Content-Length` when it would take the node over its limit,
+/// and concurrent uploads count together: while one admitted body is still arriving, a second
+/// that fits alone but not beside it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_reserved_by_length_and_concurrent_uploads_count_together() {
+    let used = Arc::new(AtomicU64::new(MEMORY_LIMIT - 600 * 1024));
+    let c = full_node(used.clone()).await;
+    let addr = c.node(0).http_addr();
+    // 700 KiB would cross the limit: refused from the head.
+    let head = put_head(addr, "big", &format!("Content-Length: {}\r\n", 700 * 1024));
+    exchange(addr, &head, &vec![b'b'; 700 * 1024])
+        .await
+        .expect("an answer")
+        .assert_507("over the limit by its length");
+    // 400 KiB fits; start it, and hold back its last byte.
+    let first_len = 400 * 1024;
+    let socket = TcpSocket::new_v4().expect("socket");
+    let mut first = socket.connect(addr).await.expect("connect");
+    let head = put_head(addr, "first", &format!("Content-Length: {first_len}\r\n"));
+    first.write_all(&head).await.expect("head");
+    first
+        .write_all(&vec![b'f'; first_len - 1])
+        .await
+        .expect("most of the body");
+    // The node counts it as used while it arrives.
+    let http = Http::new();
+    common::wait_until(
+        Duration::from_secs(10),
+        "the first body is reserved",
+        || {
+            let http = http.clone();
+            let url = format!("{}/admin/stats", c.url(0));
+            async move {
+                let stats = http.get(&url).await.json();
+                stats["memory"]["used"].as_u64().unwrap_or(0)
+                    >= MEMORY_LIMIT - 600 * 1024 + first_len as u64
+            }
+        },
+    )
+    .await;
+    // A second 400 KiB fits alone, but not beside the first.
+    let head = put_head(addr, "second", &format!("Content-Length: {first_len}\r\n"));
+    exchange(addr, &head, &vec![b's'; first_len])
+        .await
+        .expect("an answer")
+        .assert_507("beside a body still arriving");
+    // The first completes and is stored.
+    first.write_all(b"f").await.expect("last byte");
+    let reply = read_reply(&mut first).await.expect("an answer");
+    assert!(
+        reply.status_line.starts_with("HTTP/1.1 204 "),
+        "{}",
+        reply.raw_head
+    );
+    let got = http.get(&format!("{}/kv/first", c.url(0))).await;
+    assert_eq!(got.body.len(), first_len);
     c.shutdown().await;
 }

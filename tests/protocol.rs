@@ -178,6 +178,8 @@ fn variant(m: &Message) -> String {
             | E::Storage(_)
             | E::Io(_)
             | E::Internal(_) => err.kind(),
+            // Protocol 6 only: not in the previous release's fixture.
+            E::MemoryFull { .. } => "memory_full (protocol 6)",
         },
     };
     let side = match m {
@@ -186,4 +188,32 @@ fn variant(m: &Message) -> String {
         Message::Response { body: Err(_), .. } => "error",
     };
     format!("{side}:{name}")
+}
+
+/// `MemoryFull` is new in protocol 6: a connection at 5 (the previous release) gets the
+/// `Rejected` it already reads, and counts it as a refused copy.
+#[test]
+fn memory_full_reaches_the_previous_release_as_a_rejected_copy() {
+    use ringkv::rpc::answer_for;
+    let full = || Err(ringkv::Error::MemoryFull { used: 9, limit: 8 });
+    let old = Message::Response {
+        id: 1,
+        body: answer_for(5, full()),
+    };
+    assert_eq!(variant(&old), "error:rejected");
+    // It is a message the previous release decodes: one of the variants of its fixture.
+    let frame = encode(&old);
+    let back: Message = codec::decode_payload(&frame).expect("decodes");
+    match back {
+        Message::Response {
+            body: Err(ringkv::Error::Rejected(msg)),
+            ..
+        } => assert!(msg.starts_with("memory full"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    let new = Message::Response {
+        id: 1,
+        body: answer_for(6, full()),
+    };
+    assert_eq!(variant(&new), "error:memory_full (protocol 6)");
 }

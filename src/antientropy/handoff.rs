@@ -53,9 +53,18 @@ pub(super) async fn handoff_orphans(ae: &Arc<AntiEntropy>, segs: &Segments, pace
                 let req = Request::ReplicateMany {
                     items: items.clone(),
                 };
-                if !matches!(call(ae, *addr, req, pacer).await, Ok(Response::Replicated)) {
-                    all_acked = false;
-                    break;
+                match call(ae, *addr, req, pacer).await {
+                    Ok(Response::Replicated) => {}
+                    other => {
+                        if let Err(err) = &other
+                            && crate::memory::is_refusal(err)
+                        {
+                            // The new owner is full: the keys stay here until it has room.
+                            Stats::incr(&ae.system.stats.copies_paused_memory);
+                        }
+                        all_acked = false;
+                        break;
+                    }
                 }
             }
             if !all_acked {

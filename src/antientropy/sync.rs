@@ -208,7 +208,14 @@ pub(super) async fn send_batch(
     pacer: &mut Pacer,
 ) -> Result<()> {
     let n = items.len() as u64;
-    match call(ae, addr, Request::ReplicateMany { items }, pacer).await? {
+    let answer = call(ae, addr, Request::ReplicateMany { items }, pacer).await;
+    if let Err(err) = &answer
+        && crate::memory::is_refusal(err)
+    {
+        // The peer is full: it takes these again next round, once it has room.
+        Stats::incr(&ae.system.stats.copies_paused_memory);
+    }
+    match answer? {
         Response::Replicated => {
             Stats::add(&ae.system.stats.ae_keys_repaired, n);
             Ok(())
@@ -226,6 +233,12 @@ pub(super) async fn pull_keys(
 ) -> Result<()> {
     let mut rest: &[Bytes] = &keys;
     while !rest.is_empty() {
+        // What is pulled is merged here: wait for the next round while this node is full.
+        if ae.system.memory.is_full() {
+            Stats::incr(&ae.system.stats.copies_paused_memory);
+            debug!("anti-entropy pull paused: this node is over its memory limit");
+            return Ok(());
+        }
         let req = Request::ReadMany {
             keys: rest.to_vec(),
         };

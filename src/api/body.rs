@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::version::{Condition, Context};
 
 use crate::http::CONTEXT_HEADER;
+use crate::memory::{Meter, Need};
 
 /// Values smaller than this are copied out of hyper's read buffer before they are stored, so a
 /// 100-byte value does not pin the whole multi-kilobyte buffer it arrived in.
@@ -132,10 +133,14 @@ pub(super) fn condition(req: &Request<Incoming>) -> Result<Condition> {
 /// Reads a request body of at most `limit` bytes with at most one copy: a body that arrives
 /// in one piece is kept as it is (copied only when small, so that it does not pin hyper's
 /// larger read buffer), and pieces are gathered into one buffer sized from `content-length`.
+///
+/// A body without a length is checked against the memory limit as it arrives (`meter`): one
+/// that would take the node over it is refused (507) while streaming, and the rest drained.
 pub(super) async fn read_body(
     mut body: Incoming,
     declared: Option<u64>,
     limit: usize,
+    meter: Option<&Meter>,
 ) -> Result<Bytes> {
     let too_large = |size: u64| Error::ValueTooLarge {
         size,
@@ -156,6 +161,14 @@ pub(super) async fn read_body(
             drop((first, gathered, data));
             let size = drain(&mut body, seen, limit).await.unwrap_or(seen);
             return Err(too_large(size));
+        }
+        if let Some(meter) = meter
+            && let Err(full) = meter.admit(data.len() as u64, Need::Values)
+        {
+            let seen = (so_far + data.len()) as u64;
+            drop((first, gathered, data));
+            drain(&mut body, seen, limit).await;
+            return Err(full);
         }
         if first.is_none() && gathered.is_empty() {
             first = Some(data);

@@ -109,6 +109,7 @@ pub(super) fn member_json(
         "version": m.build.version.as_deref(),
         "protocol": m.build.protocols.encode(),
         "features": &m.build.features,
+        "memory": m.memory.map(|u| json!({"used": u.used, "limit": u.limit})),
     })
 }
 
@@ -194,6 +195,10 @@ pub(super) fn stats(node: &Node) -> Response<Body> {
             "id": &**node.system.id(),
             "store": node.store().stats(),
             "hints_pending": node.replica.hints_pending(),
+            "memory": {
+                "used": node.system.memory.used(),
+                "limit": node.system.memory.limit(),
+            },
             "counters": node.stats().snapshot(),
         }),
     )

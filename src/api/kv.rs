@@ -153,27 +153,24 @@ pub(super) async fn put(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(size) = declared
-        && size > limit as u64
-    {
-        let too_large = Error::ValueTooLarge {
+    // Refused from the headers, before any of the body is read: a value over the size
+    // limit (413), or one this node has no memory for (507). The body is reserved by its
+    // length until the write is stored, so concurrent uploads count together.
+    let admitted = match declared {
+        Some(size) if size > limit as u64 => Err(Error::ValueTooLarge {
             size,
             limit: limit as u64,
-        };
-        // A client that sent `Expect: 100-continue` waits for hyper's `100 Continue`, which
-        // hyper only sends when the body is first polled: answering without touching the body
-        // refuses the upload before it starts. A body larger than the drain bound could not
-        // be drained anyway, so reading any of it would only waste bandwidth.
-        if expects_continue(&req) || size > drain_bound(limit) {
-            return Err(too_large);
-        }
-        // Everything else is drained first (see `drain`), so the answer is not lost to a reset.
-        let mut body = req.into_body();
-        drain(&mut body, 0, limit).await;
-        return Err(too_large);
-    }
+        }),
+        _ => node.system.memory.reserve(declared.unwrap_or(0)),
+    };
+    let _reservation = match admitted {
+        Ok(reservation) => reservation,
+        Err(err) => return Err(refuse_unread(req, declared, limit, err).await),
+    };
     let body_timeout = node.system.config.http_body_timeout;
-    let value = tokio::time::timeout(body_timeout, read_body(req.into_body(), declared, limit))
+    let meter = (declared.is_none()).then(|| node.system.memory());
+    let read = read_body(req.into_body(), declared, limit, meter);
+    let value = tokio::time::timeout(body_timeout, read)
         .await
         .map_err(|_| Error::RequestTimeout)??;
     let write = Write {
@@ -191,6 +188,27 @@ pub(super) async fn put(
     };
     let new_ctx = node.coordinator.write(write).await?;
     Ok(written(&new_ctx))
+}
+
+/// Refuses a PUT whose body was not read, with `err`, so that every client sees the answer.
+///
+/// A client that sent `Expect: 100-continue` waits for hyper's `100 Continue`, which hyper
+/// only sends when the body is first polled: answering without touching the body refuses the
+/// upload before it starts. A body larger than the drain bound could not be drained anyway,
+/// so reading any of it would only waste bandwidth. Everything else is drained first (see
+/// `drain`), so the answer is not lost to a reset.
+async fn refuse_unread(
+    req: Request<Incoming>,
+    declared: Option<u64>,
+    limit: usize,
+    err: Error,
+) -> Error {
+    if expects_continue(&req) || declared.is_some_and(|size| size > drain_bound(limit)) {
+        return err;
+    }
+    let mut body = req.into_body();
+    drain(&mut body, 0, limit).await;
+    err
 }
 
 pub(super) async fn delete(

@@ -407,7 +407,7 @@ fn error_response(err: &Error) -> Response<Body> {
     // Part of a rejected body may still be unread (refused on `Expect: 100-continue`, or past
     // the drain bounds), and then the connection cannot carry another request: say so, so the
     // client does not send one into a closing socket.
-    if let Error::ValueTooLarge { .. } | Error::RequestTimeout = err {
+    if let Error::ValueTooLarge { .. } | Error::RequestTimeout | Error::MemoryFull { .. } = err {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }

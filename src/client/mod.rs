@@ -68,8 +68,8 @@ mod watch;
 pub(crate) use builder::normalize_url;
 pub use builder::{ClientBuilder, bearer};
 pub use types::{
-    Context, Member, Membership, Page, PutOptions, Read, ReadOptions, Replica, WatchEvent,
-    WriteOptions,
+    Context, Member, Membership, MemoryUse, Page, PutOptions, Read, ReadOptions, Replica,
+    WatchEvent, WriteOptions,
 };
 pub use watch::Watch;
 

@@ -335,6 +335,17 @@ pub struct Member {
     /// The feature gates its build supports.
     #[serde(default)]
     pub features: Vec<String>,
+    /// Its memory use and `--max-memory` (absent until it gossiped them, and from nodes
+    /// before 0.2.0).
+    #[serde(default)]
+    pub memory: Option<MemoryUse>,
+}
+
+/// A member's memory use and limit in bytes (`limit` 0: none), rounded to MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub used: u64,
+    pub limit: u64,
 }
 
 /// One home replica of a key, as `GET /cluster/replicas/{key}` names it.

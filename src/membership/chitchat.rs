@@ -23,9 +23,9 @@ use tracing::{info, warn};
 
 use super::sealed_udp::{RefusedSources, SealedUdp};
 use super::{
-    FORGET_DEAD_GENERATION, GossipCounters, KEY_DOWN, KEY_HTTP, KEY_RPC, KEY_STATUS, KEY_WATCH,
-    KEY_ZONE, Member, Membership, MembershipConfig, OwnKeys, Status, VIEW_REFRESH, View, own_keys,
-    refused_seeds_reason, roster, zone_of,
+    FORGET_DEAD_GENERATION, GossipCounters, KEY_DOWN, KEY_HTTP, KEY_MEMORY, KEY_RPC, KEY_STATUS,
+    KEY_WATCH, KEY_ZONE, Member, Membership, MembershipConfig, MemoryUse, OwnKeys, Status,
+    VIEW_REFRESH, View, own_keys, refused_seeds_reason, roster, zone_of,
 };
 use crate::error::{Error, Result};
 use crate::ring::NodeId;
@@ -223,6 +223,7 @@ impl ViewTask {
                         .map(Arc::new),
                     build: Arc::new(crate::compat::Build::from_keys(|k| state.get(k))),
                     zone: zone_of(state.get(KEY_ZONE)),
+                    memory: MemoryUse::decode(state.get(KEY_MEMORY)),
                 },
             );
         }

@@ -63,6 +63,33 @@ pub const KEY_WATCH: &str = "watch";
 pub const KEY_DOWN: &str = "down";
 /// Node-state key holding the node's zone (`--zone`); [`crate::ring::DEFAULT_ZONE`] if absent.
 pub const KEY_ZONE: &str = "zone";
+/// Node-state key holding the node's memory use and limit ([`MemoryUse`]), refreshed every
+/// [`crate::memory::GOSSIP_INTERVAL`]; absent from the previous release, which skips it.
+pub const KEY_MEMORY: &str = "memory";
+
+/// A member's memory use and `--max-memory` in bytes (0: no limit), as it gossips them
+/// (`used,limit`, rounded to MiB so that gossip carries a change only now and then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub used: u64,
+    pub limit: u64,
+}
+
+impl MemoryUse {
+    /// The gossiped form, `used,limit`.
+    pub fn encode(&self) -> String {
+        format!("{},{}", self.used, self.limit)
+    }
+
+    /// Reads the gossiped form; `None` if absent or malformed.
+    pub fn decode(value: Option<&str>) -> Option<MemoryUse> {
+        let (used, limit) = value?.split_once(',')?;
+        Some(MemoryUse {
+            used: used.trim().parse().ok()?,
+            limit: limit.trim().parse().ok()?,
+        })
+    }
+}
 /// What a node says of itself, under [`KEY_STATUS`].
 ///
 /// A node moves `joining → alive → stopping` (or `leaving`), never back: see
@@ -272,6 +299,9 @@ pub struct Member {
     pub build: Arc<crate::compat::Build>,
     /// Its zone (`--zone`), [`crate::ring::DEFAULT_ZONE`] if it names none.
     pub zone: crate::ring::Zone,
+    /// Its memory use and limit, as last gossiped (`None` before it said, or from a
+    /// previous release).
+    pub memory: Option<MemoryUse>,
 }
 
 /// The zone a member gossips under [`KEY_ZONE`], or the default one.
@@ -593,6 +623,7 @@ mod feature_tests {
                 features: features.iter().map(|f| Arc::from(*f)).collect(),
             }),
             zone: zone_of(None),
+            memory: None,
         }
     }
 

@@ -176,6 +176,7 @@ impl Merge<'_> {
                         watch: None,
                         build,
                         zone,
+                        memory: None,
                     },
                 );
             }
@@ -274,6 +275,7 @@ mod tests {
             watch: None,
             build: Default::default(),
             zone: crate::membership::zone_of(None),
+            memory: None,
         }
     }
 

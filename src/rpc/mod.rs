@@ -54,8 +54,21 @@ pub use types::{
 /// 4: `Coordinate` carries the client's [`Write`] itself. 5: the hello carries the nonces
 /// and proofs of the cluster secret ([`auth`]); the previous release, 0.1.0, speaks only 5.
 /// From 0.2.0 the hello also carries the range a node speaks, and each connection uses the
-/// highest version both ends speak ([`Hello::negotiate`]).
+/// highest version both ends speak ([`Hello::negotiate`]). 6: an answer may be
+/// [`Error::MemoryFull`] ([`answer_for`]).
 pub const PROTOCOL_VERSION: u32 = crate::compat::PROTOCOL_MAX;
+
+/// An answer as a connection at `protocol` can carry it: before protocol 6 there is no
+/// [`Error::MemoryFull`] (the previous release's decoder would refuse the whole frame), so it
+/// goes as the [`Error::Rejected`] an older coordinator already counts as a refused copy.
+pub fn answer_for(protocol: u32, body: Result<Response>) -> Result<Response> {
+    match body {
+        Err(err @ Error::MemoryFull { .. }) if protocol < 6 => {
+            Err(Error::Rejected(err.to_string()))
+        }
+        other => other,
+    }
+}
 
 /// The first frame each side sends on a new connection.
 ///

@@ -188,6 +188,7 @@ async fn connection<S: Service>(stream: BoxStream, ctx: &Arc<ServerContext<S>>) 
                     }
                     None => service.call(body).await,
                 };
+                let body = super::answer_for(protocol, body);
                 // The connection may be gone; the peer then times out, nothing to do here.
                 let _ = resp_tx.send(Message::Response { id, body }).await;
             };

@@ -687,6 +687,7 @@ mod tests {
             watch: watch.map(|a| Arc::new(a.clone())),
             build: Default::default(),
             zone: crate::membership::zone_of(None),
+            memory: None,
         }
     }
 

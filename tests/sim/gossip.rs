@@ -229,6 +229,9 @@ impl State {
                     zone: ringkv::membership::zone_of(
                         keys.get(ringkv::membership::KEY_ZONE).map(String::as_str),
                     ),
+                    memory: ringkv::membership::MemoryUse::decode(
+                        keys.get(ringkv::membership::KEY_MEMORY).map(String::as_str),
+                    ),
                 },
             );
         }
