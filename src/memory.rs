@@ -360,20 +360,19 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok((n * scale as f64) as u64)
 }
 
-/// The default limit: [`DEFAULT_PERCENT`] of what the process may use: its cgroup's memory
-/// limit where one is set (v2 `memory.max`, or v1 `memory.limit_in_bytes`), else the
-/// machine's RAM. `None` if neither can be read.
+/// The default limit: [`DEFAULT_PERCENT`] of what the process may use: the smallest memory
+/// limit of its cgroup and the cgroup's ancestors (cgroup v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), else the machine's RAM. `None` if neither can be read.
 pub fn default_limit() -> Option<u64> {
-    let read = |path: &str| std::fs::read_to_string(path).ok();
-    let cgroup = read("/sys/fs/cgroup/memory.max")
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).ok();
+    let cgroups = read("/proc/self/cgroup".as_ref()).unwrap_or_default();
+    let cgroup = limit_files(&cgroups)
+        .iter()
+        .filter_map(|f| read(f).as_deref().and_then(cgroup_limit))
+        .min();
+    let ram = read("/proc/meminfo".as_ref())
         .as_deref()
-        .and_then(cgroup_limit)
-        .or_else(|| {
-            read("/sys/fs/cgroup/memory/memory.limit_in_bytes")
-                .as_deref()
-                .and_then(cgroup_limit)
-        });
-    let ram = read("/proc/meminfo").as_deref().and_then(mem_total);
+        .and_then(mem_total);
     let may_use = match (cgroup, ram) {
         (Some(c), Some(r)) => c.min(r),
         (c, r) => c.or(r)?,
@@ -385,6 +384,35 @@ pub fn default_limit() -> Option<u64> {
 /// allocator's spare pages, stacks and the binary, which the limit (on live heap bytes) does
 /// not count but the kernel does.
 pub const DEFAULT_PERCENT: u64 = 75;
+
+/// The memory limit files that bind a process whose `/proc/self/cgroup` reads `cgroups`: its
+/// own cgroup's and every ancestor's, for the v1 memory controller (`N:memory:/path`,
+/// mounted at `/sys/fs/cgroup/memory`) or the v2 hierarchy (`0::/path`, at `/sys/fs/cgroup`).
+fn limit_files(cgroups: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (root, file) = if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else {
+            continue;
+        };
+        let mut dir = std::path::PathBuf::from(root).join(path.trim_start_matches('/'));
+        loop {
+            out.push(dir.join(file));
+            if dir == std::path::Path::new(root) || !dir.pop() {
+                break;
+            }
+        }
+    }
+    out
+}
 
 /// A cgroup memory limit file's value: bytes, or `max` (none). cgroup v1 writes "no limit"
 /// as a huge number, which the machine's RAM then undercuts.
@@ -484,5 +512,35 @@ mod tests {
         assert!(parse_size("-1GiB").is_err());
         assert_eq!(describe(0), "none");
         assert_eq!(describe(200 << 20), "200.0 MiB (209715200 bytes)");
+    }
+
+    #[test]
+    fn the_limits_that_bind_are_the_cgroups_and_its_ancestors() {
+        let v1 = "9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n";
+        let files: Vec<String> = limit_files(v1)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "/sys/fs/cgroup/memory/process_api/abc/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/process_api/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory.max",
+            ]
+        );
+        let v2: Vec<String> = limit_files("0::/ringkv/n1\n")
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            v2,
+            [
+                "/sys/fs/cgroup/ringkv/n1/memory.max",
+                "/sys/fs/cgroup/ringkv/memory.max",
+                "/sys/fs/cgroup/memory.max",
+            ]
+        );
     }
 }
