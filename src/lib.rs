@@ -54,7 +54,8 @@
 //! | [`readiness`] | the named conditions of `GET /ready` (pure) |
 //! | [`clock`] | the wall clock a node judges expiry by (skewable per node in tests); elapsed time goes through tokio |
 //! | [`ttl`] | expiry by the node's clock, and the sweep that frees expired values |
-//! | [`heap`] | handing freed memory back to the OS (`malloc_trim`) |
+//! | [`heap`] | the allocator's count of live bytes (jemalloc), and handing freed memory back to the OS |
+//! | [`memory`] | the memory ceiling (`--max-memory`): the node's use against its limit, what it refuses |
 //! | [`watch`] | watchers, who watches what across the ring, and the event fan-out; `watch/ws.rs` streams them to WebSockets |
 //! | [`secret`] | the cluster secret (`--cluster-secret-file`): loading it (mode 600), and the keys derived from it |
 //! | [`rpc::auth`] | RPC handshake proofs of the secret, and a tag on every frame |
@@ -227,6 +228,14 @@
 //!   received is discarded rather than delivered late, when a cut link heals.
 //! - Once a node's store has shrunk by 16 MiB and settled (a TTL sweep and tombstone purge,
 //!   a handoff), it returns the free heap to the OS ([`heap::release_free_memory`]).
+//! - A memory ceiling ([`memory`], `--max-memory`, by default 75% of the cgroup's limit or
+//!   the RAM): the allocator (jemalloc) counts the node's live bytes; over the limit a node
+//!   refuses new values with 507 `memory_full` (a PUT from its `Content-Length`, before its
+//!   body is read; a copy a peer sends; a write its replicas refused), keeps serving reads
+//!   and takes tombstones within a 2% reserve. Hints, handoff and anti-entropy pause for a
+//!   full node and resume once it has room. Each node gossips its use and limit
+//!   ([`membership::KEY_MEMORY`]). `tests/memory_cgroup.rs` fills a ring in 200 MiB cgroups:
+//!   refusals, no kill, no loss.
 //!
 //! ## Guarantees
 //!
@@ -298,6 +307,12 @@
 //! - Expiry is wall-clock time: nodes with skewed clocks disagree about when a value
 //!   expires by the skew.
 //! - Conditional writes (`if_absent`, `if-match`) are best-effort under partitions.
+//! - The memory limit is on the allocator's live bytes, read at most 10 ms late
+//!   ([`memory::REFRESH`]); RSS is larger by the allocator's spare pages, stacks and the
+//!   binary, which is why the default leaves a quarter of the cgroup free. A write may be
+//!   refused by one replica and taken by others (it then counts as a refused copy, like a
+//!   dead replica's); a full ring answers 507 until memory is freed: ringkv refuses, it
+//!   never evicts. Nodes sharing one process (`ringkv dev`) share one count, split evenly.
 //! - Memory: a key with one version and a value of at most 4 KiB costs about 120 bytes per
 //!   replica beyond its key and value (one packed allocation, a 16-byte handle in the
 //!   hash-ordered map, a 24-byte slot in the key-order index; `tests/memory.rs` measures it).
