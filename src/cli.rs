@@ -136,6 +136,10 @@ pub struct GetArgs {
     /// Replies to wait for (1..N); the node's default otherwise.
     #[arg(long)]
     pub r: Option<usize>,
+    /// Replies that must come from home replicas (0..r): with --pr equal to r after a write at
+    /// --pw equal to w, and r + w > N, the read sees that write.
+    #[arg(long)]
+    pub pr: Option<usize>,
     /// Print `{"key", "context", "siblings": [base64…], "content_types", "expires_at"}`.
     #[arg(long)]
     pub json: bool,
@@ -317,7 +321,13 @@ pub async fn run(verb: Verb) -> u8 {
 async fn get(args: GetArgs) -> Result<u8> {
     let client = args.target.client()?;
     let read = client
-        .get_with(&args.key, &ReadOptions { r: args.r })
+        .get_with(
+            &args.key,
+            &ReadOptions {
+                r: args.r,
+                pr: args.pr,
+            },
+        )
         .await?;
     if let Some(path) = &args.output {
         return get_to_file(&args.key, &read, path);

@@ -60,7 +60,7 @@ use tracing::{debug, warn};
 use crate::error::{Error, Result};
 use crate::membership::View;
 use crate::memory::Need;
-use crate::quorum::{QuorumStatus, QuorumTracker, WriteTracker};
+use crate::quorum::{QuorumStatus, ReadTracker, WriteTracker};
 use crate::replica::Replica;
 use crate::ring::{NodeId, Target, sloppy_targets};
 use crate::rpc::{Request, Response, WriteQuorum};
@@ -431,8 +431,24 @@ impl Coordinator {
     /// Reads `key` from `r` replicas (default R) and returns their merged versions (empty if
     /// none has the key). Stale home replicas are repaired in the background.
     pub async fn get(self: &Arc<Self>, key: Bytes, r: Option<usize>) -> Result<VersionSet> {
+        self.read(key, r, 0).await
+    }
+
+    /// As [`Coordinator::get`], needing `pr` of the `r` replies from home replicas (Riak's
+    /// primary read quorum, [`crate::quorum::ReadTracker`]): 503 if fewer homes answer.
+    pub async fn read(
+        self: &Arc<Self>,
+        key: Bytes,
+        r: Option<usize>,
+        pr: usize,
+    ) -> Result<VersionSet> {
         let r = r.unwrap_or(self.system.config.read_quorum);
         self.system.check_quorum(r, "r")?;
+        if pr > r {
+            return Err(Error::InvalidInput(format!(
+                "pr must be between 0 and r ({r})"
+            )));
+        }
         Stats::incr(&self.system.stats.reads_coordinated);
         let view = self.system.view();
         // Live homes first; fallbacks only to make up for missing homes, since a fallback
@@ -464,9 +480,10 @@ impl Coordinator {
                 .into_iter()
                 .filter(|d| d.is_home() && !asked.contains(&d.place)),
         );
+        let home_count = homes.iter().filter(|d| d.is_home()).count();
         let mut candidates = homes.into_iter();
         let total = candidates.len();
-        let mut quorum = QuorumTracker::new(total, r);
+        let mut quorum = ReadTracker::new(home_count, total - home_count, r, pr);
         let mut replies: Vec<(Dest, VersionSet)> = Vec::with_capacity(total);
         let mut merged = VersionSet::new();
         // Remote reads are driven right here, not spawned: a read has no effect to finish
@@ -475,15 +492,15 @@ impl Coordinator {
         let mut calls = FuturesUnordered::new();
         let ask = |dest: Dest,
                    calls: &mut FuturesUnordered<_>,
-                   quorum: &mut QuorumTracker,
+                   quorum: &mut ReadTracker,
                    merged: &mut VersionSet,
                    replies: &mut Vec<(Dest, VersionSet)>| {
             match dest.place {
                 Place::Local => {
                     let vs = self.replica.local_read(&key);
                     merged.merge(&vs);
+                    quorum.reply(dest.is_home(), true);
                     replies.push((dest, vs));
-                    quorum.success();
                 }
                 Place::Remote(addr) => {
                     let node = self.clone();
@@ -515,11 +532,11 @@ impl Coordinator {
                 reply = calls.next() => match reply {
                     Some((dest, Some(vs))) => {
                         merged.merge(&vs);
+                        quorum.reply(dest.is_home(), true);
                         replies.push((dest, vs));
-                        quorum.success();
                     }
-                    Some((_, None)) => {
-                        quorum.failure();
+                    Some((dest, None)) => {
+                        quorum.reply(dest.is_home(), false);
                         if let Some(dest) = candidates.next() {
                             ask(dest, &mut calls, &mut quorum, &mut merged, &mut replies);
                         }
@@ -540,9 +557,16 @@ impl Coordinator {
         self.system.stats.stages.record(Stage::ReadQuorum, started);
         if quorum.status() != QuorumStatus::Met {
             Stats::incr(&self.system.stats.quorum_failures);
-            return Err(Error::Unavailable {
-                replied: quorum.successes(),
-                required: r,
+            return Err(if quorum.met_r() {
+                Error::Unavailable {
+                    replied: quorum.home_replies(),
+                    required: pr,
+                }
+            } else {
+                Error::Unavailable {
+                    replied: quorum.successes(),
+                    required: r,
+                }
             });
         }
         if calls.is_empty() && !needs_repair(&key, &merged, &replies) {

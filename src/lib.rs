@@ -245,6 +245,12 @@
 //! - A read with R + W > N sees every write acknowledged before it started, as long as the
 //!   replicas that acknowledged it are alive or, with a data dir, restart from it (in-memory
 //!   data dies with its process).
+//! - Primary quorums (Riak's `pr` and `pw`): a read at `pr = r` after a write acknowledged
+//!   at `pw = w`, with r + w > N, returns that write or a successor of it (the r homes that
+//!   answer and the w homes that acknowledged share one). Default reads are sloppy: while a
+//!   home is down, a fallback asked in its place answers with what it holds (often nothing)
+//!   and counts toward R, so such a read can miss a write the homes hold; `pr` turns that
+//!   into a 503 ([`quorum::ReadTracker`]).
 //! - Concurrent writes are never silently dropped: they become siblings.
 //! - With at least N zones, a whole zone down leaves every key N − 1 of its homes
 //!   (`tests/zones.rs`: six nodes in three zones, one zone killed, every key read at r=2 and

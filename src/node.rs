@@ -23,7 +23,9 @@
 //!   decode it), so `PROTOCOL_MAX` goes up and callers send it only on connections that
 //!   negotiated that version ([`crate::rpc::client::Pool::protocol`]);
 //! - its handler (`serve_*`) in the part that owns it, and one line in the dispatch below;
-//! - `tests/protocol.rs`, whose exhaustive match fails to compile until the variant is named.
+//! - `tests/protocol.rs`, whose exhaustive match fails to compile until the variant is named;
+//! - a new [`crate::Error`] variant in answers goes through [`crate::rpc::answer_for`], which
+//!   turns it into one an older connection reads (`MemoryFull` → `Rejected` before protocol 6).
 //!
 //! Adding an HTTP route touches `api/routes.rs` (one arm: path, label, methods, roles, query
 //! parameters), one arm in `api::dispatch`, and its handler in `api/kv.rs` or `api/cluster.rs`.

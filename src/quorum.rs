@@ -202,6 +202,77 @@ impl WriteTracker {
     }
 }
 
+/// Counts the replies of one read: R of them, and `pr` of those from home replicas (Riak's
+/// primary read quorum).
+///
+/// A read asks live homes first and fallbacks only in place of missing homes; a fallback that
+/// holds no hint for the key answers "nothing", and by default that counts toward R (a sloppy
+/// read). With `pr`, only home replies count toward it, so a read at `pr = r` after a write
+/// acknowledged at `pw = w`, with r + w > N, meets that write on some home.
+#[derive(Debug, Clone)]
+pub struct ReadTracker {
+    all: QuorumTracker,
+    homes: QuorumTracker,
+}
+
+impl ReadTracker {
+    /// A read that may ask `homes` home replicas and `others` fallbacks, needing `r` replies
+    /// of which `pr` from homes.
+    pub fn new(homes: usize, others: usize, r: usize, pr: usize) -> ReadTracker {
+        ReadTracker {
+            all: QuorumTracker::new(homes + others, r),
+            homes: QuorumTracker::new(homes, pr),
+        }
+    }
+
+    /// Records one replica's reply (`ok`: it answered with its versions).
+    pub fn reply(&mut self, is_home: bool, ok: bool) -> QuorumStatus {
+        let trackers = [Some(&mut self.all), is_home.then_some(&mut self.homes)];
+        for q in trackers.into_iter().flatten() {
+            if ok {
+                q.success();
+            } else {
+                q.failure();
+            }
+        }
+        self.status()
+    }
+
+    /// Met once R replies came, `pr` of them from homes; failed once either cannot happen.
+    pub fn status(&self) -> QuorumStatus {
+        match (self.all.status(), self.homes.status()) {
+            (QuorumStatus::Met, QuorumStatus::Met) => QuorumStatus::Met,
+            (QuorumStatus::Failed, _) | (_, QuorumStatus::Failed) => QuorumStatus::Failed,
+            _ => QuorumStatus::Pending,
+        }
+    }
+
+    /// Whether the read can stop waiting: met, or failed and either a replica failed or none
+    /// is left to answer (so that the error says how many replied).
+    pub fn is_done(&self) -> bool {
+        match self.status() {
+            QuorumStatus::Met => true,
+            QuorumStatus::Failed => self.all.failures() > 0 || self.all.outstanding() == 0,
+            QuorumStatus::Pending => false,
+        }
+    }
+
+    /// Replies so far.
+    pub fn successes(&self) -> usize {
+        self.all.successes()
+    }
+
+    /// Replies so far from home replicas.
+    pub fn home_replies(&self) -> usize {
+        self.homes.successes()
+    }
+
+    /// Whether R replies came (whatever `pr` says).
+    pub fn met_r(&self) -> bool {
+        self.all.status() == QuorumStatus::Met
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::QuorumStatus::*;
@@ -422,5 +493,38 @@ mod tests {
                 settled = Some(status);
             }
         }
+    }
+
+    #[test]
+    fn a_read_at_pr_counts_only_home_replies() {
+        // Two homes asked (one dead), one fallback: R = 2 is met by the fallback's reply,
+        // pr = 2 is not.
+        let mut sloppy = ReadTracker::new(2, 1, 2, 0);
+        sloppy.reply(true, true);
+        sloppy.reply(false, true);
+        assert_eq!(sloppy.status(), QuorumStatus::Met);
+        let mut strict = ReadTracker::new(2, 1, 2, 2);
+        strict.reply(true, true);
+        strict.reply(false, true);
+        assert_eq!(strict.status(), QuorumStatus::Pending, "R met, pr not yet");
+        assert!(strict.met_r() && !strict.is_done());
+        strict.reply(true, false);
+        assert_eq!(strict.status(), QuorumStatus::Failed);
+        assert!(strict.is_done());
+        assert_eq!((strict.successes(), strict.home_replies()), (2, 1));
+        // The second home answers instead: met.
+        let mut strict = ReadTracker::new(2, 1, 2, 2);
+        strict.reply(true, true);
+        strict.reply(true, true);
+        assert_eq!(strict.status(), QuorumStatus::Met);
+        // More homes required than can be asked: failed from the start, but it waits for
+        // the replies so that the error can count them.
+        let mut hopeless = ReadTracker::new(1, 2, 2, 2);
+        assert_eq!(hopeless.status(), QuorumStatus::Failed);
+        assert!(!hopeless.is_done());
+        hopeless.reply(true, true);
+        hopeless.reply(false, true);
+        hopeless.reply(false, true);
+        assert!(hopeless.is_done());
     }
 }

@@ -193,10 +193,12 @@ async fn siblings_context_and_put_resolved() {
     assert_eq!(seen.len(), 2);
     for i in 0..3 {
         let one = Client::new([c.url(i)]).expect("client");
-        let read = one
-            .get_with("color", &ReadOptions { r: Some(3) })
-            .await
-            .expect("get");
+        // Every home answers, so a primary read quorum of all three is met too.
+        let strict = ReadOptions {
+            r: Some(3),
+            pr: Some(3),
+        };
+        let read = one.get_with("color", &strict).await.expect("get");
         assert_eq!(
             read.value(),
             Some(&Bytes::from("blue+red")),
@@ -342,7 +344,13 @@ async fn a_real_quorum_failure_is_retried_on_other_nodes() {
 
     let before: u64 = reads(&c).iter().sum();
     let err = client
-        .get_with(key, &ReadOptions { r: Some(3) })
+        .get_with(
+            key,
+            &ReadOptions {
+                r: Some(3),
+                ..Default::default()
+            },
+        )
         .await
         .expect_err("r=3 cannot be met");
     assert!(
@@ -362,7 +370,13 @@ async fn a_real_quorum_failure_is_retried_on_other_nodes() {
     assert!(body["replied"].as_u64().is_some_and(|n| n < 3), "{body}");
     // r=2 still works, on whichever node the rotation picks.
     let read = client
-        .get_with(key, &ReadOptions { r: Some(2) })
+        .get_with(
+            key,
+            &ReadOptions {
+                r: Some(2),
+                ..Default::default()
+            },
+        )
         .await
         .expect("r=2");
     assert_eq!(read.value(), Some(&Bytes::from("v")));
@@ -522,7 +536,10 @@ async fn content_types_and_conditional_writes() {
     let stale = PutOptions::new().if_match(v1.clone());
     let current = precondition_context(client.put_opts("cas", "lost", &stale).await);
     assert_eq!(current, v2);
-    let strict = ReadOptions { r: Some(3) };
+    let strict = ReadOptions {
+        r: Some(3),
+        ..Default::default()
+    };
     assert_eq!(
         client.get_with("cas", &strict).await.expect("get").value(),
         Some(&Bytes::from("2"))

@@ -572,3 +572,58 @@ async fn a_read_replaces_an_unreachable_replica_with_the_next_home() {
     assert!((1..=2).contains(&replied), "replied {replied}");
     c.shutdown().await;
 }
+
+/// `?pr=` (Riak's primary read quorum) counts only home replicas' replies: with a home down,
+/// a read at r = 2 is met by a fallback's "nothing" (a sloppy read), but `pr = 2` answers 503;
+/// `pr` over r, and so over N, is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_at_pr_counts_only_home_replicas() {
+    // N = 2 on three nodes: each key has two homes and one fallback.
+    let mut c = TestCluster::start_with(3, |cfg| {
+        cfg.replicas = 2;
+        cfg.read_quorum = 2;
+        cfg.write_quorum = 2;
+    })
+    .await;
+    let http = Http::new();
+    let key = (0..)
+        .map(|i| format!("pr-{i}"))
+        .find(|k| c.replicas(k.as_bytes())[0] == 0)
+        .expect("a key led by n1");
+    let url = format!("{}/kv/{key}", c.url(0));
+    // Written at pw = w = 2, read at pr = r = 2: both homes answer, the read sees it.
+    let put = http.put(&format!("{url}?pw=2"), "v").await;
+    assert_eq!(put.status, StatusCode::NO_CONTENT, "{put:?}");
+    let got = http.get(&format!("{url}?r=2&pr=2")).await;
+    assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"v"[..]));
+
+    // Out of range.
+    for bad in ["?pr=3", "?r=1&pr=2", "?r=2&pr=x"] {
+        let got = http.get(&format!("{url}{bad}")).await;
+        assert_eq!(got.status, StatusCode::BAD_REQUEST, "{bad}: {got:?}");
+        assert_eq!(got.json()["kind"], "invalid_input", "{bad}");
+    }
+
+    // The other home down: the fallback's reply makes r = 2, not pr = 2.
+    let other = c.replicas(key.as_bytes())[1];
+    c.kill(other).await;
+    wait_until(Duration::from_secs(20), "the home is seen down", || {
+        let view = c.node(0).view();
+        let id = c.id(other);
+        async move { !view.is_alive(&id) }
+    })
+    .await;
+    let sloppy = http.get(&format!("{url}?r=2")).await;
+    assert_eq!(sloppy.status, StatusCode::OK, "{sloppy:?}");
+    let strict = http.get(&format!("{url}?r=2&pr=2")).await;
+    assert_eq!(strict.status, StatusCode::SERVICE_UNAVAILABLE, "{strict:?}");
+    let body = strict.json();
+    assert_eq!(
+        (body["replied"].as_u64(), body["required"].as_u64()),
+        (Some(1), Some(2)),
+        "{body}"
+    );
+    let one = http.get(&format!("{url}?r=2&pr=1")).await;
+    assert_eq!(one.status, StatusCode::OK, "{one:?}");
+    c.shutdown().await;
+}

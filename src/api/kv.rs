@@ -34,12 +34,13 @@ pub(super) async fn get(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>> {
     let r = quorum_param(req, "r")?;
+    let pr = quorum_param(req, "pr")?.unwrap_or(0);
     let wants_json = req
         .headers()
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/json"));
-    let versions = node.coordinator.get(key, r).await?;
+    let versions = node.coordinator.read(key, r, pr).await?;
     Ok(read_response(
         &versions,
         wants_json,

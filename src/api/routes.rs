@@ -129,7 +129,7 @@ const ADMIN: Option<Role> = Some(Role::Admin);
 const OPEN: Option<Role> = None;
 
 /// The query parameters of each key method and of the listing and watches.
-pub const GET_PARAMS: &[&str] = &["r"];
+pub const GET_PARAMS: &[&str] = &["r", "pr"];
 pub const PUT_PARAMS: &[&str] = &["w", "pw", "ttl", "if_absent"];
 pub const DELETE_PARAMS: &[&str] = &["w", "pw", "if_absent"];
 pub const LIST_PARAMS: &[&str] = &["prefix", "limit", "after", "r", "encoding"];

@@ -148,6 +148,10 @@ pub struct BenchArgs {
     /// Read quorum sent with every GET (?r=); the node's default otherwise.
     #[arg(long)]
     pub r: Option<usize>,
+    /// Primary read quorum sent with every GET (?pr=): replies that must come from home
+    /// replicas (0..r).
+    #[arg(long)]
+    pub pr: Option<usize>,
     /// Write quorum sent with every PUT (?w=); the node's default otherwise.
     #[arg(long)]
     pub w: Option<usize>,
@@ -371,8 +375,18 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
     let value: Vec<u8> = (0..args.value_size)
         .map(|_| b'a' + rng.random_range(0..26u8))
         .collect();
-    let query =
-        |name: &str, v: Option<usize>| v.map(|v| format!("?{name}={v}")).unwrap_or_default();
+    // `?r=2&pr=2`: each parameter given, joined.
+    let query = |params: &[(&str, Option<usize>)]| {
+        let given: Vec<String> = params
+            .iter()
+            .filter_map(|(name, v)| v.map(|v| format!("{name}={v}")))
+            .collect();
+        if given.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", given.join("&"))
+        }
+    };
     let routes = if args.route {
         let mut client = crate::client::Client::builder(&nodes).routing(false);
         if let Some(t) = &args.token.api_token {
@@ -394,8 +408,8 @@ pub async fn run(args: &BenchArgs) -> Result<Summary> {
         value: Bytes::from(value),
         picker: KeyPicker::new(args)?,
         reads: args.reads,
-        get_query: query("r", args.r),
-        put_query: query("w", args.w),
+        get_query: query(&[("r", args.r), ("pr", args.pr)]),
+        put_query: query(&[("w", args.w)]),
         rate: args.rate,
         ops: args.ops,
         live: Live::default(),
@@ -799,6 +813,7 @@ mod tests {
             zipf_exponent: DEFAULT_ZIPF_EXPONENT,
             value_size: 1,
             r: None,
+            pr: None,
             w: None,
             rate: None,
             prefill: false,

@@ -312,11 +312,16 @@ impl Client {
         self.get_with(key, &ReadOptions::default()).await
     }
 
-    /// Reads a key with options (`r`).
+    /// Reads a key with options (`r`, `pr`).
     pub async fn get_with(&self, key: impl AsRef<[u8]>, opts: &ReadOptions) -> Result<Read> {
         let mut path = kv_path(key.as_ref());
-        if let Some(r) = opts.r {
-            path.push_str(&format!("?r={r}"));
+        let params: Vec<String> = [("r", opts.r), ("pr", opts.pr)]
+            .iter()
+            .filter_map(|(name, v)| v.map(|v| format!("{name}={v}")))
+            .collect();
+        if !params.is_empty() {
+            path.push('?');
+            path.push_str(&params.join("&"));
         }
         let call = Call {
             method: Method::GET,

@@ -136,6 +136,10 @@ impl Read {
 pub struct ReadOptions {
     /// Replies to wait for (`?r=`), 1..N; the node's default when `None`.
     pub r: Option<usize>,
+    /// Replies that must come from home replicas (`?pr=`, 0..r; Riak's primary read quorum):
+    /// with `pr = r` after a write acknowledged at `pw = w`, and r + w > N, the read returns
+    /// that write or a successor. `None`: 0, a sloppy read.
+    pub pr: Option<usize>,
 }
 
 /// Per-call options of a write or delete.
