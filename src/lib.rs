@@ -353,7 +353,8 @@
 //!   message is hashed, and a test runs seeds twice and compares. A checker judges each
 //!   history against the healed ring: no lost acknowledged write, no phantom, no resurrected
 //!   delete, siblings only of concurrent writes, converged replicas, drained hints, expired
-//!   TTLs. `cargo test` runs 500 seeds (about 25 s on 2 cores); `RINGKV_SIM_SEEDS=N` runs
+//!   TTLs; and while it ran, that every read at `pr = r` after a write acknowledged at
+//!   `pw = w` (r + w > N) returned it or a successor. `cargo test` runs 500 seeds (about 25 s on 2 cores); `RINGKV_SIM_SEEDS=N` runs
 //!   more, and a failing seed prints the one command that replays it with a full trace.
 //!   What this asks of the product: every `select!` is `biased;`, hints, anti-entropy
 //!   batches, tombstone GC and failed calls iterate in a fixed order, request ids are per

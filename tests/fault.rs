@@ -312,6 +312,7 @@ async fn client(plan: ClientPlan) {
                 covers,
                 w: WRITE_QUORUM,
                 ttl: false,
+                strict: false,
             });
         }
         tokio::time::sleep(Duration::from_millis(think)).await;
@@ -539,6 +540,7 @@ async fn run_seed(seed: u64, run: Duration) -> Result<String, String> {
         )
     };
     let at_risk = |w: &Write| faults.at_risk(w, &homes[&w.key]);
+    let kills: Vec<Duration> = faults.kills.iter().map(|k| k.at).collect();
     let mut violations = check::check(
         &history,
         &Ending {
@@ -548,6 +550,7 @@ async fn run_seed(seed: u64, run: Duration) -> Result<String, String> {
             now_ms: unix_ms(),
             skews: &[0; NODES],
             at_risk: &at_risk,
+            kills: &kills,
         },
     );
     let converged_line = match &converged {
@@ -716,6 +719,7 @@ fn a_write_is_at_risk_only_when_every_copy_may_have_died() {
         covers: Vec::new(),
         w: 2,
         ttl: false,
+        strict: false,
     };
     let homes = [0, 1, 2];
     let ms = Duration::from_millis;

@@ -166,6 +166,7 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
         covers: Vec::new(),
         w: 2,
         ttl: false,
+        strict: false,
     };
     let nodes = Default::default();
     let judge = |h: &History, state: &State| {
@@ -178,6 +179,7 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
                 now_ms: 0,
                 skews: &[0; sim::NODES],
                 at_risk: &|_| false,
+                kills: &[],
             },
         )
     };
@@ -244,6 +246,38 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
     assert_eq!(violations.len(), 2, "{violations:?}");
     assert!(violations[0].contains("showed c5-1 beside c4-1, which c5-1's context covered"));
     assert!(violations[1].contains("showed one value twice"));
+
+    // Fresh strict reads: a read at pr = r = 2 after a write acknowledged at pw = w = 2 must
+    // return it or a successor; reading nothing is a stale read.
+    let mut set = VersionSet::new();
+    let strict_write = set.write(&n1, None, Some(Bytes::from("c7-1")));
+    let mut h = History {
+        read_quorum: Some(2),
+        ..Default::default()
+    };
+    let mut w = write("c7-1", None, strict_write.encode(), false);
+    w.strict = true;
+    h.writes.push(w);
+    let state: State = [("k".to_string(), set)].into();
+    let read = |context: Option<String>, values: Vec<String>| sim::workload::StrictRead {
+        key: "k".into(),
+        node: 1,
+        client: 1,
+        invoked: Duration::from_millis(30),
+        completed: Duration::from_millis(31),
+        values,
+        context,
+    };
+    h.strict_reads
+        .push(read(Some(strict_write.encode()), vec!["c7-1".into()]));
+    assert_eq!(judge(&h, &state), Vec::<String>::new());
+    h.strict_reads.push(read(None, Vec::new()));
+    let violations = judge(&h, &state);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(
+        violations[0].starts_with("stale read: a GET of k"),
+        "{violations:?}"
+    );
 
     // A value nobody wrote: a phantom.
     let mut forged = VersionSet::new();

@@ -30,7 +30,7 @@
 //! | `--keys` | 10000 | key space: `key00000000`, `key00000001`, … |
 //! | `--dist` | `uniform` | `uniform` or `zipf` (`--zipf-exponent`, 0.99) |
 //! | `--value-size` | 100 | bytes per PUT |
-//! | `--r`, `--w` | node's | quorums sent with each GET / PUT |
+//! | `--r`, `--pr`, `--w` | node's, 0, node's | quorums sent with each GET / PUT (`--pr`: replies from homes) |
 //! | `--rate OPS` | none | open loop at this many operations per second |
 //! | `--prefill` | off | write every key once before measuring, so GETs find values |
 //! | `--json` | off | the summary as JSON (`ops`, `ops_per_sec`, `errors.by_kind`, `latency_us.{all,get,put}.{p50,p90,p99,p999,max}`, …) |

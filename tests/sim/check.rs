@@ -18,6 +18,11 @@
 //!   history holds, after the tombstones' grace ran out and GC purged them.
 //! - **Bounded siblings**: siblings are only concurrent writes: no value shows (in a read
 //!   or the final state) beside one whose write's context covered it, and none shows twice.
+//! - **Fresh strict reads**: a read at `pr = r` invoked after a write acknowledged at
+//!   `pw = w` (r + w > N) completed returns that write or a successor (its context holds the
+//!   write's dot), unless a kill or a delete of the key came between them. Every third
+//!   operation of the workload is strict. Sloppy reads and writes are not judged this way
+//!   (a fallback's acknowledgement or empty reply may stand in for a home's).
 //! - **Expired stays expired**: no TTL value is live at any replica, by its own (skewed)
 //!   clock, once its expiry plus the largest skew has passed.
 
@@ -125,6 +130,9 @@ pub struct Ending<'a> {
     /// writes acknowledged by W = 1 of a run that killed one; `tests/fault.rs` kills up to two
     /// and counts the kills and snapshots.
     pub at_risk: &'a dyn Fn(&Write) -> bool,
+    /// When nodes were killed (their memory lost): a strict read is not judged against a
+    /// strict write when a kill came between them.
+    pub kills: &'a [std::time::Duration],
 }
 
 /// Everything the history and the final state break.
@@ -136,6 +144,7 @@ pub fn check(history: &History, end: &Ending) -> Vec<String> {
         now_ms,
         skews,
         at_risk,
+        kills,
     } = *end;
     let mut out = history.anomalies.clone();
     let written: BTreeSet<&str> = history.writes.iter().map(|w| w.id.as_str()).collect();
@@ -290,6 +299,57 @@ pub fn check(history: &History, end: &Ending) -> Vec<String> {
             if let Some(b) = values.iter().find(|b| *b != a && covers(history, wa, b)) {
                 out.push(format!(
                     "{key} showed {a} beside {b}, which {a}'s context covered: {values:?}"
+                ));
+            }
+        }
+    }
+
+    // Fresh reads: a read at `pr = r` invoked after a write acknowledged at `pw = w`, with
+    // r + w > N, completed returns that write or a successor: its context holds one of the
+    // write's dots. Not judged across a kill (a home restarted empty is a home again), nor
+    // once a delete of the key may have been applied (GC may purge its tombstone, and with
+    // it the evidence).
+    let r = history.read_quorum.unwrap_or(0);
+    for read in &history.strict_reads {
+        let seen = read
+            .context
+            .as_deref()
+            .and_then(|c| Context::decode(c).ok())
+            .unwrap_or_default();
+        let deleted_before = |until: std::time::Duration| {
+            history.writes.iter().any(|d| {
+                d.delete && d.key == read.key && d.outcome != Outcome::Failed && d.invoked < until
+            })
+        };
+        for w in history.writes.iter().filter(|w| {
+            w.strict
+                && w.acked()
+                && !w.delete
+                && !w.ttl
+                && w.key == read.key
+                && r + w.w > ringkv::config::DEFAULT_REPLICAS
+                && w.completed.is_some_and(|c| c < read.invoked)
+        }) {
+            let spans_kill = kills
+                .iter()
+                .any(|k| *k >= w.invoked && *k <= read.completed);
+            if spans_kill || deleted_before(read.completed) {
+                continue;
+            }
+            let dots = candidate_dots(w);
+            if !dots.iter().any(|d| seen.contains(d)) {
+                out.push(format!(
+                    "stale read: a GET of {} at pr=r={r} via n{} (client c{}, {:?} to {:?}) \
+                     returned {:?} after {} was acknowledged at pw=w={} at {:?}",
+                    read.key,
+                    read.node + 1,
+                    read.client + 1,
+                    read.invoked,
+                    read.completed,
+                    read.values,
+                    w.id,
+                    w.w,
+                    w.completed.unwrap_or_default(),
                 ));
             }
         }

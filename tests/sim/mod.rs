@@ -180,7 +180,10 @@ pub fn run(seed: u64, verbose: bool) -> Report {
             }
         });
     }
-    let history = Rc::new(RefCell::new(workload::History::default()));
+    let history = Rc::new(RefCell::new(workload::History {
+        read_quorum: Some(quorum.0),
+        ..Default::default()
+    }));
     for c in 0..CLIENTS {
         let client_seed: u64 = rng.random();
         let history = history.clone();
@@ -190,6 +193,11 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         });
     }
     let schedule = workload::faults(&mut rng, zoned);
+    let kills: Vec<Duration> = schedule
+        .iter()
+        .filter(|f| f.kills())
+        .map(|f| f.at)
+        .collect();
     let faults: Vec<String> = schedule.iter().map(|f| f.describe()).collect();
     let mut converged_after = None;
     let mut tombstones = (0, 0);
@@ -293,6 +301,7 @@ pub fn run(seed: u64, verbose: bool) -> Report {
             now_ms,
             skews: &skews,
             at_risk: &|w| lost_with_kill && w.w == 1,
+            kills: &kills,
         },
     ));
     let (trace, messages) = trace::finish();

@@ -59,6 +59,8 @@ pub struct Write {
     pub covers: Vec<String>,
     pub w: usize,
     pub ttl: bool,
+    /// Sent with `pw = w`: every acknowledgement from a home.
+    pub strict: bool,
 }
 
 impl Write {
@@ -80,6 +82,23 @@ pub struct History {
     pub ops: usize,
     /// Answers no client should ever get (a 400 to a well-formed request, a bad body).
     pub anomalies: Vec<String>,
+    /// Reads sent with `pr = r` (every reply from a home) that got an answer.
+    pub strict_reads: Vec<StrictRead>,
+    /// The `r` every read of the run was sent with.
+    pub read_quorum: Option<usize>,
+}
+
+/// A read at `pr = r` and what it returned.
+#[derive(Debug, Clone)]
+pub struct StrictRead {
+    pub key: String,
+    pub node: usize,
+    pub client: usize,
+    pub invoked: Duration,
+    pub completed: Duration,
+    pub values: Vec<String>,
+    /// The context of what it returned (absent for a 404 without a tombstone).
+    pub context: Option<String>,
 }
 
 type Shared = Rc<RefCell<History>>;
@@ -121,25 +140,49 @@ fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
 }
 
-/// Reads `key` through `node`: the values seen, and the context to write back with.
+/// Reads `key` through `node`: the values seen, and the context to write back with. A
+/// `strict` read asks for `pr = r` and is recorded with its times.
 async fn read(
     history: &Shared,
-    node: usize,
+    (node, client): (usize, usize),
     key: &str,
     r: usize,
+    strict: bool,
 ) -> Option<(Vec<String>, Option<String>)> {
+    let invoked = now();
+    let pr = if strict {
+        format!("&pr={r}")
+    } else {
+        String::new()
+    };
     let answer = request(
         node,
         Method::GET,
-        &format!("/kv/{key}?r={r}"),
+        &format!("/kv/{key}?r={r}{pr}"),
         None,
         Bytes::new(),
     )
     .await
     .ok()?;
     let mut h = history.borrow_mut();
+    let record = |h: &mut History, values: &[String], context: Option<String>| {
+        if strict {
+            h.strict_reads.push(StrictRead {
+                key: key.to_string(),
+                node,
+                client,
+                invoked,
+                completed: now(),
+                values: values.to_vec(),
+                context,
+            });
+        }
+    };
     match answer.status {
-        StatusCode::NOT_FOUND => Some((Vec::new(), answer.context())),
+        StatusCode::NOT_FOUND => {
+            record(&mut h, &[], answer.context());
+            Some((Vec::new(), answer.context()))
+        }
         StatusCode::OK | StatusCode::MULTIPLE_CHOICES => {
             let Some(values) = answer.values() else {
                 h.anomalies
@@ -150,6 +193,7 @@ async fn read(
                 h.observed.insert(v.clone());
             }
             h.reads.push((key.to_string(), values.clone()));
+            record(&mut h, &values, answer.context());
             Some((values, answer.context()))
         }
         s if s.is_client_error() => {
@@ -173,9 +217,13 @@ async fn write(
     w: usize,
     ttl: bool,
     delete: bool,
+    strict: bool,
 ) {
     let invoked = now();
     let mut path = format!("/kv/{key}?w={w}");
+    if strict {
+        path.push_str(&format!("&pw={w}"));
+    }
     if ttl {
         path.push_str(&format!("&ttl={TTL_SECS}"));
     }
@@ -234,6 +282,7 @@ async fn write(
         covers,
         w,
         ttl,
+        strict,
     });
 }
 
@@ -248,6 +297,10 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
         let node = rng.random_range(0..NODES);
         let key = format!("k{}", rng.random_range(0..KEYS));
         history.borrow_mut().ops += 1;
+        // Every third operation is strict: a write at `pw = w`, a read at `pr = r` (the
+        // checker's fresh-read rule). Decided by the sequence, so no random draw moves.
+        let strict = seq.is_multiple_of(3);
+        let me = (node, c);
         match rng.random_range(0..100) {
             0..30 => {
                 write(
@@ -261,19 +314,36 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
                     w,
                     false,
                     false,
+                    strict,
                 )
                 .await
             }
             30..65 => {
-                if let Some((seen, ctx)) = read(&history, node, &key, r).await {
+                if let Some((seen, ctx)) = read(&history, me, &key, r, strict).await {
                     let writer = rng.random_range(0..NODES);
-                    write(&history, writer, c, id, &key, ctx, seen, w, false, false).await;
+                    write(
+                        &history, writer, c, id, &key, ctx, seen, w, false, false, strict,
+                    )
+                    .await;
                 }
             }
             65..72 => {
-                if let Some((seen, Some(ctx))) = read(&history, node, &key, r).await {
+                if let Some((seen, Some(ctx))) = read(&history, me, &key, r, strict).await {
                     let id = format!("{id}-del");
-                    write(&history, node, c, id, &key, Some(ctx), seen, 3, false, true).await;
+                    write(
+                        &history,
+                        node,
+                        c,
+                        id,
+                        &key,
+                        Some(ctx),
+                        seen,
+                        3,
+                        false,
+                        true,
+                        strict,
+                    )
+                    .await;
                 }
             }
             72..80 => {
@@ -289,11 +359,12 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
                     w,
                     true,
                     false,
+                    false,
                 )
                 .await;
             }
             80..95 => {
-                read(&history, node, &key, r).await;
+                read(&history, me, &key, r, strict).await;
             }
             _ => {
                 if let Ok(a) = request(node, Method::GET, "/kv?prefix=", None, Bytes::new()).await
