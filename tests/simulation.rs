@@ -167,6 +167,7 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
         w: 2,
         ttl: false,
         strict: false,
+        at_ack: None,
     };
     let nodes = Default::default();
     let judge = |h: &History, state: &State| {
@@ -180,6 +181,7 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
                 skews: &[0; sim::NODES],
                 at_risk: &|_| false,
                 kills: &[],
+                faults: &[],
             },
         )
     };
@@ -257,6 +259,12 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
     };
     let mut w = write("c7-1", None, strict_write.encode(), false);
     w.strict = true;
+    w.at_ack = Some(sim::workload::AtAck {
+        coordinator: "n1".into(),
+        homes: vec!["n1".into(), "n2".into(), "n3".into()],
+        homes_up: 3,
+        homes_holding: 2,
+    });
     h.writes.push(w);
     let state: State = [("k".to_string(), set)].into();
     let read = |context: Option<String>, values: Vec<String>| sim::workload::StrictRead {
@@ -267,6 +275,7 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
         completed: Duration::from_millis(31),
         values,
         context,
+        homes: vec!["n1".into(), "n2".into(), "n3".into()],
     };
     h.strict_reads
         .push(read(Some(strict_write.encode()), vec!["c7-1".into()]));

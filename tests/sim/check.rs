@@ -20,9 +20,12 @@
 //!   or the final state) beside one whose write's context covered it, and none shows twice.
 //! - **Fresh strict reads**: a read at `pr = r` invoked after a write acknowledged at
 //!   `pw = w` (r + w > N) completed returns that write or a successor (its context holds the
-//!   write's dot), unless a kill or a delete of the key came between them. Every third
+//!   write's dot), unless a kill or a delete of the key came between them or the key's
+//!   homes moved (a placement change is a documented caveat). Every third
 //!   operation of the workload is strict. Sloppy reads and writes are not judged this way
 //!   (a fallback's acknowledgement or empty reply may stand in for a home's).
+//! - **Homes first**: a write acknowledged while its coordinator saw W of the key's homes
+//!   up is held by W homes at that moment, judged for writes no fault touched.
 //! - **Expired stays expired**: no TTL value is live at any replica, by its own (skewed)
 //!   clock, once its expiry plus the largest skew has passed.
 
@@ -133,6 +136,10 @@ pub struct Ending<'a> {
     /// When nodes were killed (their memory lost): a strict read is not judged against a
     /// strict write when a kill came between them.
     pub kills: &'a [std::time::Duration],
+    /// Each fault's span and the nodes it touched ([`super::workload::fault_spans`]): the
+    /// homes-first rule judges a write only if no fault touched its coordinator or a home of
+    /// its key while it ran.
+    pub faults: &'a [super::workload::FaultSpan],
 }
 
 /// Everything the history and the final state break.
@@ -145,6 +152,7 @@ pub fn check(history: &History, end: &Ending) -> Vec<String> {
         skews,
         at_risk,
         kills,
+        faults,
     } = *end;
     let mut out = history.anomalies.clone();
     let written: BTreeSet<&str> = history.writes.iter().map(|w| w.id.as_str()).collect();
@@ -304,6 +312,36 @@ pub fn check(history: &History, end: &Ending) -> Vec<String> {
         }
     }
 
+    // Homes first (`quorum::WriteTracker`): while its coordinator saw at least W of the key's
+    // homes up, a write is acknowledged only once W homes hold it; a fallback's
+    // acknowledgement stands in for a home only when the homes cannot make W. Else a read of
+    // R homes right after it can miss it (R + W > N): the stale read CI once caught. Judged
+    // for writes that no fault touched (their coordinator and homes): then no home fails to
+    // answer, and only a view lagging behind a repair can make a coordinator send to a
+    // fallback.
+    let index = |name: &str| name[1..].parse::<usize>().ok().map(|i| i - 1);
+    for w in history.writes.iter().filter(|w| w.acked()) {
+        let (Some(a), Some(done)) = (&w.at_ack, w.completed) else {
+            continue;
+        };
+        let involved: Vec<usize> = std::iter::once(&a.coordinator)
+            .chain(&a.homes)
+            .filter_map(|n| index(n))
+            .collect();
+        let quiet = faults.iter().all(|(from, to, touched)| {
+            done < *from
+                || to.is_some_and(|to| w.invoked > to)
+                || !touched.iter().any(|t| involved.contains(t))
+        });
+        if quiet && a.homes_up >= w.w && a.homes_holding < w.w {
+            out.push(format!(
+                "{} on {} was acknowledged at W={} at {done:?} while {} of its homes held it, \
+                 though its coordinator {} saw {} homes up",
+                w.id, w.key, w.w, a.homes_holding, a.coordinator, a.homes_up
+            ));
+        }
+    }
+
     // Fresh reads: a read at `pr = r` invoked after a write acknowledged at `pw = w`, with
     // r + w > N, completed returns that write or a successor: its context holds one of the
     // write's dots. Not judged across a kill (a home restarted empty is a home again), nor
@@ -322,7 +360,11 @@ pub fn check(history: &History, end: &Ending) -> Vec<String> {
             })
         };
         for w in history.writes.iter().filter(|w| {
-            w.strict
+            // Judged only when the reader's ring places the key where the writer's did: a
+            // placement change (the zones gate opening or closing) moves keys by handoff,
+            // and until then new homes may not have them (a documented caveat).
+            w.at_ack.as_ref().is_some_and(|a| a.homes == read.homes)
+                && w.strict
                 && w.acked()
                 && !w.delete
                 && !w.ttl

@@ -187,8 +187,9 @@ pub fn run(seed: u64, verbose: bool) -> Report {
     for c in 0..CLIENTS {
         let client_seed: u64 = rng.random();
         let history = history.clone();
+        let nodes = nodes.clone();
         sim.client(format!("c{}", c + 1), async move {
-            workload::client(c, client_seed, quorum, history).await;
+            workload::client(c, client_seed, quorum, history, nodes).await;
             Ok(())
         });
     }
@@ -198,6 +199,7 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         .filter(|f| f.kills())
         .map(|f| f.at)
         .collect();
+    let fault_spans = workload::fault_spans(&schedule);
     let faults: Vec<String> = schedule.iter().map(|f| f.describe()).collect();
     let mut converged_after = None;
     let mut tombstones = (0, 0);
@@ -212,6 +214,11 @@ pub fn run(seed: u64, verbose: bool) -> Report {
         while let Some(f) = pending.first().filter(|f| f.at <= now) {
             killed |= f.kills();
             f.apply(&mut sim, &mut cut);
+            // A dead node's handle is no node: it comes back into the map when its host
+            // starts again, so that what clients inspect mid-run is always a running node.
+            if let workload::Kind::Crash(i) = f.kind {
+                nodes.borrow_mut().remove(&node_name(i));
+            }
             pending.remove(0);
         }
         // Faults play until the clients are done (each finishes the request it has in
@@ -302,6 +309,7 @@ pub fn run(seed: u64, verbose: bool) -> Report {
             skews: &skews,
             at_risk: &|w| lost_with_kill && w.w == 1,
             kills: &kills,
+            faults: &fault_spans,
         },
     ));
     let (trace, messages) = trace::finish();

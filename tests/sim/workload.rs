@@ -8,7 +8,7 @@
 //! outcome: it may have been applied.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{NODES, START, WORK, http_addr, node_name, trace};
+use super::{NODES, Nodes, START, WORK, http_addr, node_name, trace};
 use crate::common::http::{self, Reply};
 
 /// Hot keys every client writes.
@@ -61,6 +61,20 @@ pub struct Write {
     pub ttl: bool,
     /// Sent with `pw = w`: every acknowledgement from a home.
     pub strict: bool,
+    /// What the ring held when the 2xx arrived (acknowledged writes only).
+    pub at_ack: Option<AtAck>,
+}
+
+/// The key's homes when a write was acknowledged, as its coordinator saw them: how many it
+/// saw up when the write started and when it was acknowledged, and how many held the write
+/// (or a successor) in their stores at that moment.
+#[derive(Debug, Clone)]
+pub struct AtAck {
+    pub coordinator: String,
+    /// The key's homes by the coordinator's ring.
+    pub homes: Vec<String>,
+    pub homes_up: usize,
+    pub homes_holding: usize,
 }
 
 impl Write {
@@ -99,6 +113,8 @@ pub struct StrictRead {
     pub values: Vec<String>,
     /// The context of what it returned (absent for a 404 without a tombstone).
     pub context: Option<String>,
+    /// The key's homes by the ring of the node asked, as the answer came.
+    pub homes: Vec<String>,
 }
 
 type Shared = Rc<RefCell<History>>;
@@ -144,7 +160,7 @@ fn now() -> Duration {
 /// `strict` read asks for `pr = r` and is recorded with its times.
 async fn read(
     history: &Shared,
-    (node, client): (usize, usize),
+    (node, client, nodes): (usize, usize, &Nodes),
     key: &str,
     r: usize,
     strict: bool,
@@ -165,6 +181,10 @@ async fn read(
     .await
     .ok()?;
     let mut h = history.borrow_mut();
+    let homes = homes_up(nodes, key)
+        .remove(&node_name(node))
+        .map(|(homes, _)| homes)
+        .unwrap_or_default();
     let record = |h: &mut History, values: &[String], context: Option<String>| {
         if strict {
             h.strict_reads.push(StrictRead {
@@ -175,6 +195,7 @@ async fn read(
                 completed: now(),
                 values: values.to_vec(),
                 context,
+                homes: homes.clone(),
             });
         }
     };
@@ -218,8 +239,12 @@ async fn write(
     ttl: bool,
     delete: bool,
     strict: bool,
+    nodes: &Nodes,
 ) {
     let invoked = now();
+    // Each node's count of the key's homes it sees up, as the write starts: the coordinator
+    // (known from the answer) picked its destinations from about this view.
+    let up_at_start = homes_up(nodes, key);
     let mut path = format!("/kv/{key}?w={w}");
     if strict {
         path.push_str(&format!("&pw={w}"));
@@ -270,7 +295,7 @@ async fn write(
         Ok(a) if a.status.is_success() => a.context(),
         _ => None,
     };
-    history.borrow_mut().writes.push(Write {
+    let mut write = Write {
         id,
         key: key.to_string(),
         invoked,
@@ -283,11 +308,86 @@ async fn write(
         w,
         ttl,
         strict,
-    });
+        at_ack: None,
+    };
+    if write.acked() {
+        write.at_ack = at_ack(nodes, &write, &up_at_start);
+    }
+    history.borrow_mut().writes.push(write);
 }
 
+/// Per node: `key`'s homes by its ring, and how many of them it sees up.
+type HomesSeen = std::collections::BTreeMap<String, (Vec<String>, usize)>;
+
+/// What each running node sees of `key`'s homes.
+fn homes_up(nodes: &Nodes, key: &str) -> HomesSeen {
+    nodes
+        .borrow()
+        .iter()
+        .map(|(name, node)| {
+            let view = node.system().view();
+            let homes = view.ring.preference_list(key.as_bytes(), N);
+            let up = homes.iter().filter(|h| view.is_up(h)).count();
+            let names = homes.iter().map(|h| h.to_string()).collect();
+            (name.clone(), (names, up))
+        })
+        .collect()
+}
+
+/// What the ring held as `w` was acknowledged (see [`AtAck`]); `None` if its coordinator is
+/// not one node (several candidate dots) or is gone.
+fn at_ack(nodes: &Nodes, w: &Write, up_at_start: &HomesSeen) -> Option<AtAck> {
+    let [dot]: [ringkv::version::Dot; 1] = super::check::candidate_dots(w).try_into().ok()?;
+    let coordinator = dot.actor.node.to_string();
+    let nodes = nodes.borrow();
+    // The process that minted the write, still running, and every home running: else a
+    // store read here is a dead process's, and proves nothing.
+    let node = nodes.get(&coordinator)?;
+    if node.system().actor().generation != dot.actor.generation {
+        return None;
+    }
+    let view = node.system().view();
+    let homes = view.ring.preference_list(w.key.as_bytes(), N);
+    if homes.iter().any(|h| !nodes.contains_key(&**h)) {
+        return None;
+    }
+    // The homes it sent to are those of its ring when the write started: if placement moved
+    // meanwhile (the zones gate opening), the count below would be of other nodes.
+    let (homes_at_start, up_at_start) = up_at_start.get(&coordinator)?;
+    if homes
+        .iter()
+        .map(|h| h.to_string())
+        .ne(homes_at_start.iter().cloned())
+    {
+        return None;
+    }
+    let up_now = homes.iter().filter(|h| view.is_up(h)).count();
+    let homes_holding = homes
+        .iter()
+        .filter(|h| {
+            nodes
+                .get(&***h)
+                .and_then(|n| n.store().get(&Bytes::from(w.key.clone())))
+                .is_some_and(|vs| {
+                    vs.versions()
+                        .iter()
+                        .any(|v| v.dot == dot || v.history.contains(&dot))
+                })
+        })
+        .count();
+    Some(AtAck {
+        homes_up: up_now.min(*up_at_start),
+        coordinator,
+        homes: homes_at_start.clone(),
+        homes_holding,
+    })
+}
+
+/// Replicas per key (the default N).
+const N: usize = ringkv::config::DEFAULT_REPLICAS;
+
 /// One client: random operations on random nodes from [`START`] for [`WORK`].
-pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared) {
+pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared, nodes: Nodes) {
     let mut rng = SmallRng::seed_from_u64(seed);
     tokio::time::sleep(START).await;
     let mut seq = 0u64;
@@ -300,7 +400,7 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
         // Every third operation is strict: a write at `pw = w`, a read at `pr = r` (the
         // checker's fresh-read rule). Decided by the sequence, so no random draw moves.
         let strict = seq.is_multiple_of(3);
-        let me = (node, c);
+        let me = (node, c, &nodes);
         match rng.random_range(0..100) {
             0..30 => {
                 write(
@@ -315,6 +415,7 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
                     false,
                     false,
                     strict,
+                    &nodes,
                 )
                 .await
             }
@@ -322,7 +423,7 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
                 if let Some((seen, ctx)) = read(&history, me, &key, r, strict).await {
                     let writer = rng.random_range(0..NODES);
                     write(
-                        &history, writer, c, id, &key, ctx, seen, w, false, false, strict,
+                        &history, writer, c, id, &key, ctx, seen, w, false, false, strict, &nodes,
                     )
                     .await;
                 }
@@ -342,6 +443,7 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
                         false,
                         true,
                         strict,
+                        &nodes,
                     )
                     .await;
                 }
@@ -360,6 +462,7 @@ pub async fn client(c: usize, seed: u64, (r, w): (usize, usize), history: Shared
                     true,
                     false,
                     false,
+                    &nodes,
                 )
                 .await;
             }
@@ -413,6 +516,43 @@ pub enum Kind {
     /// Make a node's links flaky: each message may break the link for a while.
     Lossy(usize, f64),
     Lossless(usize),
+}
+
+/// Each fault's span (from its start to its own repair, `None` if it lasts to the end) and
+/// the nodes it touches: a crashed, slow or lossy node, both ends of a one-way cut, the
+/// minority side of a partition. A flapping partition repairs one cut twice.
+pub type FaultSpan = (Duration, Option<Duration>, Vec<usize>);
+
+/// The spans of a run's faults ([`FaultSpan`]).
+pub fn fault_spans(schedule: &[Fault]) -> Vec<FaultSpan> {
+    let mut spans = Vec::new();
+    let mut open: BTreeMap<String, (Duration, Vec<usize>)> = BTreeMap::new();
+    let mut by_time: Vec<&Fault> = schedule.iter().collect();
+    by_time.sort_by_key(|f| f.at);
+    for f in by_time {
+        let (name, begins, touched) = match &f.kind {
+            Kind::Crash(i) => (format!("crash {i}"), true, vec![*i]),
+            Kind::Restart(i) => (format!("crash {i}"), false, vec![]),
+            Kind::Partition(a, b) => (format!("cut {a:?} {b:?}"), true, a.clone()),
+            Kind::Repair(a, b) => (format!("cut {a:?} {b:?}"), false, vec![]),
+            Kind::OneWay(a, b) => (format!("one way {a} {b}"), true, vec![*a, *b]),
+            Kind::RepairOneWay(a, b) => (format!("one way {a} {b}"), false, vec![]),
+            Kind::Slow(i, _) => (format!("slow {i}"), true, vec![*i]),
+            Kind::Fast(i) => (format!("slow {i}"), false, vec![]),
+            Kind::Lossy(i, _) => (format!("lossy {i}"), true, vec![*i]),
+            Kind::Lossless(i) => (format!("lossy {i}"), false, vec![]),
+        };
+        if begins {
+            open.entry(name).or_insert((f.at, touched));
+        } else if let Some((from, touched)) = open.remove(&name) {
+            spans.push((from, Some(f.at), touched));
+        }
+    }
+    spans.extend(
+        open.into_values()
+            .map(|(from, touched)| (from, None, touched)),
+    );
+    spans
 }
 
 impl Fault {
