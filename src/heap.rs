@@ -23,22 +23,6 @@ pub fn allocated() -> Option<u64> {
     }
 }
 
-/// Bytes of memory the allocator keeps resident (jemalloc's `stats.resident`: live
-/// allocations, its metadata and the dirty pages it has not returned yet); `None` without
-/// jemalloc.
-pub fn resident() -> Option<u64> {
-    #[cfg(feature = "jemalloc")]
-    {
-        use tikv_jemalloc_ctl::{epoch, stats};
-        epoch::advance().ok()?;
-        stats::resident::read().ok().map(|b| b as u64)
-    }
-    #[cfg(not(feature = "jemalloc"))]
-    {
-        None
-    }
-}
-
 /// Returns the allocator's free pages to the OS: jemalloc purges every arena's dirty pages
 /// (`arena.<all>.purge`), glibc trims (`malloc_trim`). Without it a process keeps its peak RSS
 /// after a sweep or purge freed much memory (it reuses it, but other processes cannot).

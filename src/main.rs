@@ -279,12 +279,12 @@ impl Tuning {
         cfg.http_body_timeout = Duration::from_secs(self.http_body_timeout_secs);
     }
 
-    /// Sets `cfg`'s memory limit for one of `nodes` nodes sharing this process: the flag as
-    /// given, else its part of the default ([`ringkv::memory::default_limit`]).
-    fn apply_memory(&self, cfg: &mut Config, nodes: usize) {
-        cfg.memory_gauge = ringkv::memory::Gauge::allocator(nodes);
+    /// The memory limit of each of `nodes` nodes sharing this process: the flag as given,
+    /// else its part of the default ([`ringkv::memory::default_limit`]). Warns once when
+    /// there is none.
+    fn memory_limit(&self, nodes: usize) -> u64 {
         let measurable = ringkv::heap::allocated().is_some();
-        cfg.max_memory = match self.max_memory {
+        match self.max_memory {
             Some(0) => {
                 tracing::warn!(
                     "--max-memory 0: no memory limit; a full node is killed by the kernel, losing what it held in memory"
@@ -299,8 +299,14 @@ impl Tuning {
             }
             Some(limit) => limit,
             None => ringkv::memory::default_limit().map_or(0, |l| l / nodes.max(1) as u64),
-        };
+        }
     }
+}
+
+/// Gives `cfg` its memory limit, read from the allocator's count shared by `nodes` nodes.
+fn set_memory(cfg: &mut Config, limit: u64, nodes: usize) {
+    cfg.max_memory = limit;
+    cfg.memory_gauge = ringkv::memory::Gauge::allocator(nodes);
 }
 
 fn main() -> ExitCode {
@@ -443,7 +449,7 @@ async fn serve(args: ServeArgs) -> ringkv::Result<()> {
     cfg.api_tokens = args.api_tokens;
     cfg.tls = args.tls_cert.zip(args.tls_key);
     args.tuning.apply(&mut cfg);
-    args.tuning.apply_memory(&mut cfg, 1);
+    set_memory(&mut cfg, args.tuning.memory_limit(1), 1);
     cfg.validate()?;
     if cfg.cluster_secret.is_none() {
         tracing::warn!(
@@ -620,6 +626,7 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
             ("W (--write-quorum)", &mut tuning.write_quorum),
         ],
     );
+    let memory_limit = tuning.memory_limit(usize::from(args.nodes));
     let mut configs = Vec::new();
     for i in 0..args.nodes {
         let mut cfg = Config::new(
@@ -637,7 +644,7 @@ async fn dev(args: DevArgs) -> ringkv::Result<()> {
             cfg.zone = args.zones[i as usize % args.zones.len()].clone();
         }
         tuning.apply(&mut cfg);
-        tuning.apply_memory(&mut cfg, usize::from(args.nodes));
+        set_memory(&mut cfg, memory_limit, usize::from(args.nodes));
         cfg.validate()?;
         configs.push(cfg);
     }

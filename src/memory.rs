@@ -270,12 +270,14 @@ impl Meter {
 
     /// Admits a request body of `len` bytes and keeps it counted until the returned guard is
     /// dropped (once the write is stored or refused), so concurrent uploads count together.
-    pub fn reserve(self: &Arc<Self>, len: u64) -> Result<Reservation> {
+    pub fn reserve(&self, len: u64) -> Result<Reservation<'_>> {
         self.admit(len, Need::Values)?;
-        self.reserved.fetch_add(len, Ordering::Relaxed);
+        if self.limit > 0 {
+            self.reserved.fetch_add(len, Ordering::Relaxed);
+        }
         Ok(Reservation {
-            meter: self.clone(),
-            len,
+            meter: self,
+            len: if self.limit > 0 { len } else { 0 },
         })
     }
 
@@ -287,7 +289,11 @@ impl Meter {
     /// Logs each crossing of [`WARN_PERCENT`], up and down.
     fn note_level(&self, used: u64) {
         let high = used.saturating_mul(100) >= self.limit.saturating_mul(WARN_PERCENT);
-        if self.high.swap(high, Ordering::Relaxed) != high {
+        // Every admitted write passes here: read first, and write the shared flag only on a
+        // crossing.
+        if self.high.load(Ordering::Relaxed) != high
+            && self.high.swap(high, Ordering::Relaxed) != high
+        {
             if high {
                 warn!(
                     used,
@@ -305,13 +311,13 @@ impl Meter {
     }
 }
 
-/// Bytes of a request body counted against the limit until dropped.
-pub struct Reservation {
-    meter: Arc<Meter>,
+/// Bytes of a request body counted against the limit until dropped (none without a limit).
+pub struct Reservation<'a> {
+    meter: &'a Meter,
     len: u64,
 }
 
-impl Drop for Reservation {
+impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.meter.reserved.fetch_sub(self.len, Ordering::Relaxed);
     }

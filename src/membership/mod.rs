@@ -90,6 +90,7 @@ impl MemoryUse {
         })
     }
 }
+
 /// What a node says of itself, under [`KEY_STATUS`].
 ///
 /// A node moves `joining → alive → stopping` (or `leaving`), never back: see
