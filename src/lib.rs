@@ -441,6 +441,7 @@
 pub mod access;
 pub mod antientropy;
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -73,6 +73,7 @@ pub(super) fn ring(node: &Node) -> Response<Body> {
             "vnodes": view.ring.vnodes(),
             "hash": "xxh3_64",
             "nodes": nodes,
+            "cluster_id": node.system.config.cluster_id,
         }),
     )
 }

@@ -24,6 +24,8 @@
 //! | GET | `/cluster/ring` | the ring for key-aware clients: version, N, vnodes, nodes with HTTP address, serving, tokens |
 //! | GET | `/cluster/replicas/{key}` | the key's N home nodes in preference order, each with its zone: `{"key", "replicas": [{"id", "zone"}]}` |
 //! | GET | `/admin/local/{key}` | what this node stores for the key, no coordination |
+//! | GET | `/admin/backup?start=&end=` | this node's copies of one ring segment, paged (`after_hash`, `after_key`), `?prefix=`: MessagePack ([`crate::backup`]) |
+//! | POST | `/admin/restore` | merge a MessagePack batch of keys and versions into their home replicas; `{"keys": n}` |
 //! | POST | `/cluster/leave` | decommission this node: hand its data over, then exit |
 //! | GET | `/admin/stats` | this node's counters |
 //! | GET, DELETE | `/admin/stages` | where requests' time goes, by stage: count and percentiles in µs since the last DELETE ([`crate::timings`]) |
@@ -60,6 +62,7 @@ use crate::timings::Stage;
 
 /// The status page, embedded in the binary.
 mod body;
+mod bulk;
 mod cluster;
 mod kv;
 pub mod routes;
@@ -371,6 +374,8 @@ async fn dispatch(
         Route::List => kv::list(node, &req).await,
         Route::Watch => kv::watch(node, req).await,
         Route::Local(raw) => Ok(kv::local_versions(&node, &body::parse_key(raw)?)),
+        Route::Backup => bulk::segment(&node, &req),
+        Route::Restore => bulk::restore(&node, req).await,
         Route::StatusPage => Ok(html_response(STATUS_PAGE)),
         Route::ClusterStatus => Ok(cluster::status(&node).await),
         Route::Members => Ok(cluster::members(&node)),

@@ -39,6 +39,10 @@ pub enum Route<'a> {
     Stages,
     /// `/admin/local/{key}`.
     Local(&'a str),
+    /// `/admin/backup`: this node's copies of one ring segment.
+    Backup,
+    /// `/admin/restore`: merge a batch of keys into their homes.
+    Restore,
     /// `/metrics`.
     Metrics,
     /// `/health`.
@@ -134,6 +138,7 @@ pub const PUT_PARAMS: &[&str] = &["w", "pw", "ttl", "if_absent"];
 pub const DELETE_PARAMS: &[&str] = &["w", "pw", "if_absent"];
 pub const LIST_PARAMS: &[&str] = &["prefix", "limit", "after", "r", "encoding"];
 pub const WATCH_PARAMS: &[&str] = &["prefix", "encoding"];
+pub const BACKUP_PARAMS: &[&str] = &["start", "end", "after_hash", "after_key", "prefix"];
 
 const fn spec(label: &'static str, allow: &'static [Allow]) -> Spec {
     Spec {
@@ -191,6 +196,20 @@ impl<'a> Route<'a> {
                 spec("cluster_leave", const { &[allow(Verb::Post, ADMIN)] }),
             ),
             "/admin/stats" => (Route::Stats, spec("admin_stats", GET_ADMIN)),
+            "/admin/backup" => (
+                Route::Backup,
+                spec(
+                    "admin_backup",
+                    const { &[allow_params(Verb::Get, ADMIN, BACKUP_PARAMS)] },
+                ),
+            ),
+            "/admin/restore" => (
+                Route::Restore,
+                spec(
+                    "admin_restore",
+                    const { &[allow_params(Verb::Post, ADMIN, &[])] },
+                ),
+            ),
             "/admin/stages" => (
                 Route::Stages,
                 spec(
@@ -276,6 +295,9 @@ mod tests {
             ("GET", "/admin/stages", Some(Role::Admin)),
             ("DELETE", "/admin/stages", Some(Role::Admin)),
             ("GET", "/admin/local/k", Some(Role::Admin)),
+            ("GET", "/admin/backup", Some(Role::Admin)),
+            ("POST", "/admin/restore", Some(Role::Admin)),
+            ("GET", "/admin/restore", Some(Role::Admin)),
             ("POST", "/kv/a", Some(Role::Admin)),
             ("PUT", "/kv", Some(Role::Admin)),
             ("GET", "/no/such/route", Some(Role::Admin)),
@@ -305,6 +327,8 @@ mod tests {
             ("/admin/stats", Route::Stats, "admin_stats"),
             ("/admin/stages", Route::Stages, "admin_stages"),
             ("/admin/local/k", Route::Local("k"), "admin_local"),
+            ("/admin/backup", Route::Backup, "admin_backup"),
+            ("/admin/restore", Route::Restore, "admin_restore"),
             ("/metrics", Route::Metrics, "metrics"),
             ("/health", Route::Health, "health"),
             ("/ready", Route::Ready, "ready"),

@@ -60,6 +60,7 @@
 //! ```
 
 mod builder;
+mod bulk;
 pub mod ring;
 mod transport;
 mod types;
@@ -67,6 +68,7 @@ mod watch;
 
 pub(crate) use builder::normalize_url;
 pub use builder::{ClientBuilder, bearer};
+pub(crate) use bulk::is_denied;
 pub use types::{
     Context, Member, Membership, MemoryUse, Page, PutOptions, Read, ReadOptions, Replica,
     WatchEvent, WriteOptions,

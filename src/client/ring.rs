@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::ring::{NodeId, Ring, Zone};
+use crate::ring::{NodeId, Ring, Segment, Zone};
 
 /// The ring as a client routes by it.
 #[derive(Debug)]
@@ -28,6 +28,8 @@ pub struct Routes {
     ring: Ring,
     /// HTTP address (`host:port`) of each serving ring node.
     serving: HashMap<NodeId, String>,
+    /// The ring's `--cluster-id`; empty from nodes before 0.2.0, which do not say.
+    pub cluster_id: String,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +39,8 @@ struct WireRing {
     vnodes: usize,
     hash: String,
     nodes: Vec<WireNode>,
+    #[serde(default)]
+    cluster_id: String,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +91,7 @@ impl Routes {
             .filter_map(|n| Some((NodeId::from(n.id.as_str()), n.http?)))
             .collect();
         Ok(Routes {
+            cluster_id: wire.cluster_id,
             version: wire.version,
             replicas: wire.replicas,
             ring,
@@ -97,6 +102,33 @@ impl Routes {
     /// The HTTP addresses of every serving ring node.
     pub fn serving(&self) -> impl Iterator<Item = &str> {
         self.serving.values().map(String::as_str)
+    }
+
+    /// N.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// Every ring node, serving or not.
+    pub fn nodes(&self) -> &[NodeId] {
+        self.ring.nodes()
+    }
+
+    /// The ring cut into segments as the nodes cut it ([`Ring::segments`]), each with the
+    /// HTTP addresses of its serving home replicas (none if no home serves).
+    pub fn segments(&self) -> Vec<(Segment, Vec<String>)> {
+        self.ring
+            .segments(self.replicas)
+            .into_iter()
+            .map(|seg| {
+                let homes = seg
+                    .homes
+                    .iter()
+                    .filter_map(|id| self.serving.get(id).cloned())
+                    .collect();
+                (seg, homes)
+            })
+            .collect()
     }
 
     /// The HTTP addresses of `key`'s serving home replicas, in preference order: the first
