@@ -231,7 +231,7 @@ async fn a_live_ring_restores_into_another_shape_with_siblings_and_contexts() {
         let want = if is_deleted(i) {
             0
         } else if is_sibling(i) {
-            2 + usize::from(i % 2 == 0)
+            2 + usize::from(i.is_multiple_of(2))
         } else {
             1
         };
