@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use crate::error::Error;
 
+/// The content type of `GET /admin/backup`'s answer and `POST /admin/restore`'s body
+/// ([`crate::backup`]).
+pub const MSGPACK: &str = "application/msgpack";
+
 /// Header carrying an opaque causal context, in both directions.
 pub const CONTEXT_HEADER: &str = "x-ringkv-context";
 

@@ -75,7 +75,9 @@
 //! Around the node: [`client::Client`] (an async client of the HTTP API; how a call reaches a
 //! node and its retry policy are `client/transport.rs`, its settings `client/builder.rs`, what it
 //! hands out `client/types.rs`, watches `client/watch.rs`), [`cli`]
-//! (the `get`/`put`/`del`/`ls`/`watch`/`members`/`replicas`/`leave` verbs of the binary) and
+//! (the `get`/`put`/`del`/`ls`/`watch`/`members`/`replicas`/`leave`/`backup`/`restore` verbs
+//! of the binary), [`backup`] (copying a live ring to a checksummed file and loading it into
+//! any ring, keeping siblings and causality; the file format is in its docs) and
 //! [`bench`](mod@bench) (the `ringkv bench` load generator, whose lean HTTP client is
 //! `bench/conn.rs`, and `--watch` for watch latency).
 //! `GET /` on any node is a status page ([`api`]), fed by `GET /cluster/status`.
@@ -236,6 +238,12 @@
 //!   full node and resume once it has room. Each node gossips its use and limit
 //!   ([`membership::KEY_MEMORY`]). `tests/memory_cgroup.rs` fills a ring in 200 MiB cgroups:
 //!   refusals, no kill, no loss.
+//! - Backup and restore ([`backup`]): `ringkv backup` reads each ring segment from its
+//!   serving homes (`GET /admin/backup`, admin role) and merges them as a read of every
+//!   reachable home does; `ringkv restore` verifies the whole file, then merges batches into
+//!   the target ring's homes (`POST /admin/restore`, over the `ReplicateMany` RPC every
+//!   build speaks). Versions keep their dots, so a restore is idempotent, merges by causality
+//!   into a live ring, and old contexts still resolve siblings.
 //!
 //! ## Guarantees
 //!
@@ -313,6 +321,13 @@
 //! - Expiry is wall-clock time: nodes with skewed clocks disagree about when a value
 //!   expires by the skew.
 //! - Conditional writes (`if_absent`, `if-match`) are best-effort under partitions.
+//! - A backup is fuzzy: each segment is as it was when read, not one instant of the ring. A
+//!   write held only as a hint (all its homes down) is missed until handoff delivers it, and
+//!   a ring that changes shape during a backup may be read from homes that have not yet
+//!   received a moved key. A restore needs W homes of every key up (it retries a batch, then
+//!   fails); it keeps the backed-up versions' writer names, so contexts grow by those actors.
+//!   A restore of an old file brings back keys deleted since, once their tombstones are
+//!   purged (before that, the tombstone wins).
 //! - The memory limit is on the allocator's live bytes, read at most 10 ms late
 //!   ([`memory::REFRESH`]); RSS is larger by the allocator's spare pages, stacks and the
 //!   binary, which is why the default leaves a quarter of the cgroup free. A write may be

@@ -21,7 +21,7 @@ use ringkv::client::{Context, PutOptions, Read, WriteOptions};
 use ringkv::version::{Actor, Meta, VersionSet};
 
 use common::TempDir;
-use common::process::{ProcessCluster, ProcessNode, ringkv};
+use common::process::{ALONE, ProcessCluster, ProcessNode, ringkv};
 
 /// Keys written before the backup.
 const KEYS: u32 = 100_000;
@@ -435,18 +435,7 @@ fn small_file(path: &Path, expired: bool) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_truncated_and_newer_files_are_refused_before_any_write() {
     let dir = TempDir::new("backup-format");
-    let target = ring(
-        1,
-        &[
-            "--replicas",
-            "1",
-            "--read-quorum",
-            "1",
-            "--write-quorum",
-            "1",
-        ],
-    )
-    .await;
+    let target = ring(1, &ALONE).await;
     let url = target.nodes[0].url();
     let c = client(&target);
     let good = dir.join("good.rkv");
@@ -536,4 +525,31 @@ async fn damaged_truncated_and_newer_files_are_refused_before_any_write() {
         .get(&format!("{url}/admin/backup?start=5&end=1"))
         .await;
     assert_eq!(resp.status, hyper::StatusCode::BAD_REQUEST);
+}
+
+/// A segment whose only home is down fails the backup, naming its range, and leaves no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_without_a_live_home_fails_the_backup_by_name() {
+    let dir = TempDir::new("backup-down");
+    let mut c = ring(2, &ALONE).await;
+    let cl = client(&c);
+    for i in 0..50 {
+        cl.put(format!("k{i}"), "v").await.expect("put");
+    }
+    c.nodes[1].kill();
+    let file = dir.join("down.rkv");
+    let out = cli(&[
+        "backup",
+        file.to_str().unwrap(),
+        "--node",
+        &c.nodes[0].url(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no home replica answered") && err.contains("hashes ("),
+        "{err}"
+    );
+    assert!(!file.exists(), "a failed backup leaves no file");
+    assert!(!dir.join("down.rkv.partial").exists());
 }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use common::process::{Guard, ProcessNode, log_path, serve_command};
+use common::process::{ALONE, Guard, ProcessNode, log_path, serve_command};
 use common::{Http, TempDir, TestCluster, wait_until};
 use futures_util::StreamExt;
 use hyper::StatusCode;
@@ -642,16 +642,6 @@ async fn five_processes_killed_at_once_come_back_with_every_acknowledged_write()
 // ---------------------------------------------------------------------------------------
 // 3. The directory lock.
 // ---------------------------------------------------------------------------------------
-
-/// One node that is a whole ring: N = R = W = 1.
-const ALONE: [&str; 6] = [
-    "--replicas",
-    "1",
-    "--read-quorum",
-    "1",
-    "--write-quorum",
-    "1",
-];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_a_locked_data_dir_exits_2_and_the_first_keeps_serving() {

@@ -169,6 +169,13 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
         strict: false,
         at_ack: None,
     };
+    // A write acknowledged by two homes of three, all up.
+    let quiet_ack = || sim::workload::AtAck {
+        coordinator: "n1".into(),
+        homes: vec!["n1".into(), "n2".into(), "n3".into()],
+        homes_up: 3,
+        homes_holding: 2,
+    };
     let nodes = Default::default();
     let judge = |h: &History, state: &State| {
         check(
@@ -259,12 +266,7 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
     };
     let mut w = write("c7-1", None, strict_write.encode(), false);
     w.strict = true;
-    w.at_ack = Some(sim::workload::AtAck {
-        coordinator: "n1".into(),
-        homes: vec!["n1".into(), "n2".into(), "n3".into()],
-        homes_up: 3,
-        homes_holding: 2,
-    });
+    w.at_ack = Some(quiet_ack());
     h.writes.push(w);
     let state: State = [("k".to_string(), set)].into();
     let read = |context: Option<String>, values: Vec<String>| sim::workload::StrictRead {
@@ -285,6 +287,38 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert!(
         violations[0].starts_with("stale read: a GET of k"),
+        "{violations:?}"
+    );
+
+    // Monotonic reads: c8-1 (strict) superseded c8-0; a client read c8-1, and its next read
+    // must not bring c8-0 back, even beside c8-1.
+    let mut set = VersionSet::new();
+    let old = set.write(&n1, None, Some(Bytes::from("c8-0")));
+    let new = set.write(&n1, Some(&old), Some(Bytes::from("c8-1")));
+    let mut h = History {
+        read_quorum: Some(2),
+        ..Default::default()
+    };
+    h.writes.push(write("c8-0", None, old.encode(), false));
+    let mut w = write("c8-1", Some(old.encode()), new.encode(), false);
+    w.strict = true;
+    w.at_ack = Some(quiet_ack());
+    h.writes.push(w);
+    let state: State = [("k".to_string(), set)].into();
+    let mut first = read(Some(new.encode()), vec!["c8-1".into()]);
+    let mut next = read(Some(new.encode()), vec!["c8-1".into()]);
+    first.invoked = Duration::from_millis(30);
+    next.invoked = Duration::from_millis(40);
+    next.completed = Duration::from_millis(41);
+    h.strict_reads.push(first.clone());
+    h.strict_reads.push(next.clone());
+    assert_eq!(judge(&h, &state), Vec::<String>::new());
+    next.values = vec!["c8-0".into(), "c8-1".into()];
+    h.strict_reads = vec![first, next];
+    let violations = judge(&h, &state);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(
+        violations[0].starts_with("non-monotonic read: client c2 read k"),
         "{violations:?}"
     );
 

@@ -11,8 +11,9 @@ use hyper::{Request, Response, StatusCode};
 
 use super::body::{query_bytes, query_param, read_body};
 use super::{Body, json_response};
-use crate::backup::{self, MSGPACK};
+use crate::backup;
 use crate::error::{Error, Result};
+use crate::http::MSGPACK;
 use crate::node::Node;
 use crate::version::VersionSet;
 

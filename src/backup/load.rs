@@ -186,17 +186,20 @@ async fn send(
             }
             Err(err) => err,
         };
-        let again = matches!(
-            err,
-            Error::Unavailable { .. }
-                | Error::Unreachable(_)
-                | Error::Timeout
-                | Error::Interrupted(_)
-        );
+        // A node of a build before backups answers 404: the given nodes may be newer.
+        let older_build = matches!(err, Error::NotFound(_)) && node.is_some();
+        let again = older_build
+            || matches!(
+                err,
+                Error::Unavailable { .. }
+                    | Error::Unreachable(_)
+                    | Error::Timeout
+                    | Error::Interrupted(_)
+            );
         if !again || is_denied(&err) || attempt >= ATTEMPTS {
             return Err(err);
         }
-        if matches!(err, Error::Unreachable(_)) {
+        if older_build || matches!(err, Error::Unreachable(_)) {
             node = None;
         }
         tokio::time::sleep(BACKOFF * attempt).await;

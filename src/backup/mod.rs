@@ -93,6 +93,3 @@ pub struct Loaded {
     /// Keys merged into W or more of their homes.
     pub keys: u64,
 }
-
-/// The content type of `GET /admin/backup`'s answer and `POST /admin/restore`'s body.
-pub const MSGPACK: &str = "application/msgpack";

@@ -29,10 +29,7 @@ impl Client {
             path,
             body,
             context: None,
-            headers: vec![(
-                CONTENT_TYPE,
-                HeaderValue::from_static(crate::backup::MSGPACK),
-            )],
+            headers: vec![(CONTENT_TYPE, HeaderValue::from_static(crate::http::MSGPACK))],
             retryable: false,
             key: None,
         };

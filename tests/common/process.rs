@@ -50,6 +50,16 @@ pub const PORT_ZERO: [&str; 6] = [
     "127.0.0.1:0",
 ];
 
+/// N = R = W = 1: one node is a whole ring, and each key has one home.
+pub const ALONE: [&str; 6] = [
+    "--replicas",
+    "1",
+    "--read-quorum",
+    "1",
+    "--write-quorum",
+    "1",
+];
+
 /// A `ringkv` command with no `RINGKV_*` variable inherited from the test's environment.
 pub fn ringkv() -> Command {
     ringkv_at(BIN)

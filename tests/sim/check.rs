@@ -397,6 +397,78 @@ pub fn check(history: &History, end: &Ending) -> Vec<String> {
         }
     }
 
+    // Monotonic reads: a client's next strict read of a key never returns a version its
+    // previous one had superseded (the previous read's context holds its dot, and it did not
+    // return it). Judged where ringkv promises it: when every value the previous read
+    // returned was acknowledged at `pw = w` (r + w > N) before the next read started, with
+    // the same homes, no kill and no delete of the key between them. Then the next read
+    // returns each of those values or a successor (the fresh-read rule), and a successor's
+    // history holds whatever they superseded, so a merge that keeps a superseded version
+    // beside it is the bug this finds.
+    let strict_write = |id: &str| {
+        history.writes.iter().find(|w| {
+            w.id == id
+                && w.strict
+                && w.acked()
+                && !w.delete
+                && r + w.w > ringkv::config::DEFAULT_REPLICAS
+        })
+    };
+    for (i, a) in history.strict_reads.iter().enumerate() {
+        let Some(b) = history.strict_reads[i + 1..]
+            .iter()
+            .find(|b| b.client == a.client && b.key == a.key)
+        else {
+            continue;
+        };
+        let Some(seen) = a.context.as_deref().and_then(|c| Context::decode(c).ok()) else {
+            continue;
+        };
+        let vouched = !a.values.is_empty()
+            && a.homes == b.homes
+            && a.values.iter().all(|v| {
+                strict_write(v).is_some_and(|w| {
+                    w.completed.is_some_and(|c| c < b.invoked)
+                        && w.at_ack.as_ref().is_some_and(|at| at.homes == a.homes)
+                })
+            });
+        let disturbed = kills.iter().any(|k| *k >= a.invoked && *k <= b.completed)
+            || history.writes.iter().any(|d| {
+                d.delete
+                    && d.key == a.key
+                    && d.outcome != Outcome::Failed
+                    && d.invoked < b.completed
+            });
+        if !vouched || disturbed {
+            continue;
+        }
+        for v in b.values.iter().filter(|v| !a.values.contains(v)) {
+            let Some(wv) = history.writes.iter().find(|w| w.id == *v) else {
+                continue;
+            };
+            // Every candidate dot: a blind write's candidates include the dots of what it
+            // superseded, and only one of them is its own.
+            let dots = candidate_dots(wv);
+            if !dots.is_empty() && dots.iter().all(|d| seen.contains(d)) {
+                out.push(format!(
+                    "non-monotonic read: client c{} read {} at pr=r={r} via n{} ({:?} to \
+                     {:?}) and got {:?}, then via n{} ({:?} to {:?}) got {:?}: {v} came back \
+                     after the first read's versions superseded it",
+                    a.client + 1,
+                    a.key,
+                    a.node + 1,
+                    a.invoked,
+                    a.completed,
+                    a.values,
+                    b.node + 1,
+                    b.invoked,
+                    b.completed,
+                    b.values,
+                ));
+            }
+        }
+    }
+
     // Expiry.
     let expired_by = now_ms.saturating_sub(TTL_SECS * 1000 + 2 * MAX_SKEW_MS as u64);
     for w in history.writes.iter().filter(|w| w.ttl) {
