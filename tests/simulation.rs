@@ -174,6 +174,7 @@ fn the_checker_flags_lost_writes_resurrections_and_phantoms() {
         coordinator: "n1".into(),
         homes: vec!["n1".into(), "n2".into(), "n3".into()],
         homes_up: 3,
+        up: vec!["n1".into(), "n2".into(), "n3".into()],
         homes_holding: 2,
     };
     let nodes = Default::default();

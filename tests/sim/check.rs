@@ -316,21 +316,26 @@ pub fn check(history: &History, end: &Ending) -> Vec<String> {
     // homes up, a write is acknowledged only once W homes hold it; a fallback's
     // acknowledgement stands in for a home only when the homes cannot make W. Else a read of
     // R homes right after it can miss it (R + W > N): the stale read CI once caught. Judged
-    // for writes that no fault touched (their coordinator and homes): then no home fails to
-    // answer, and only a view lagging behind a repair can make a coordinator send to a
-    // fallback.
+    // for writes that no fault touched while they ran, counting the coordinator and the homes
+    // it saw up (those it sent the write to and waited for): then none of them fails to
+    // answer. A home it saw down may be the fault's own (a crash, a cut): that is when the
+    // coordinator sends to a fallback, and the fallback must not stand in for a live home.
     let index = |name: &str| name[1..].parse::<usize>().ok().map(|i| i - 1);
+    // A fault's aftermath outlasts it: a link cut and healed leaves connections to re-open,
+    // and a call on one may fail (then a fallback's acknowledgement counts, rightly) for up
+    // to an RPC timeout (2 s) after the heal.
+    const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
     for w in history.writes.iter().filter(|w| w.acked()) {
         let (Some(a), Some(done)) = (&w.at_ack, w.completed) else {
             continue;
         };
         let involved: Vec<usize> = std::iter::once(&a.coordinator)
-            .chain(&a.homes)
+            .chain(&a.up)
             .filter_map(|n| index(n))
             .collect();
         let quiet = faults.iter().all(|(from, to, touched)| {
             done < *from
-                || to.is_some_and(|to| w.invoked > to)
+                || to.is_some_and(|to| w.invoked > to + SETTLE)
                 || !touched.iter().any(|t| involved.contains(t))
         });
         if quiet && a.homes_up >= w.w && a.homes_holding < w.w {

@@ -53,16 +53,16 @@ EOF
     echo "$name: SURVIVED $RINGKV_SIM_SEEDS seeds ($(( $(date +%s) - start )) s)"
     [ "$must" = 1 ] && failed=1
   else
-    first=$(grep -o 'seed [0-9]* failed' <<<"$out" | head -1)
+    first=$(grep -m1 -o 'seed [0-9]* failed' <<<"$out" || true)
     if [ -z "$first" ]; then
       echo "$out" | tail -20 >&2
       echo "$name: the build or the test broke, not a seed" >&2
       failed=1
       continue
     fi
-    count=$(grep -o '^[0-9]* of [0-9]* seeds failed' <<<"$out" | head -1)
+    count=$(grep -m1 -o '^[0-9]* of [0-9]* seeds failed' <<<"$out" || true)
     echo "$name: CAUGHT: $count; first: $first ($(( $(date +%s) - start )) s)"
-    grep -A1 "$first" <<<"$out" | sed -n 2p | cut -c1-400
+    grep -m1 -A1 "$first" <<<"$out" | sed -n 2p | cut -c1-400
   fi
 done
 exit $failed

@@ -74,6 +74,9 @@ pub struct AtAck {
     /// The key's homes by the coordinator's ring.
     pub homes: Vec<String>,
     pub homes_up: usize,
+    /// The homes it saw up both when the write started and when it was acknowledged: those it
+    /// sent the write to, and waited for.
+    pub up: Vec<String>,
     pub homes_holding: usize,
 }
 
@@ -316,8 +319,8 @@ async fn write(
     history.borrow_mut().writes.push(write);
 }
 
-/// Per node: `key`'s homes by its ring, and how many of them it sees up.
-type HomesSeen = std::collections::BTreeMap<String, (Vec<String>, usize)>;
+/// Per node: `key`'s homes by its ring, and those of them it sees up.
+type HomesSeen = std::collections::BTreeMap<String, (Vec<String>, Vec<String>)>;
 
 /// What each running node sees of `key`'s homes.
 fn homes_up(nodes: &Nodes, key: &str) -> HomesSeen {
@@ -327,7 +330,11 @@ fn homes_up(nodes: &Nodes, key: &str) -> HomesSeen {
         .map(|(name, node)| {
             let view = node.system().view();
             let homes = view.ring.preference_list(key.as_bytes(), N);
-            let up = homes.iter().filter(|h| view.is_up(h)).count();
+            let up = homes
+                .iter()
+                .filter(|h| view.is_up(h))
+                .map(|h| h.to_string())
+                .collect();
             let names = homes.iter().map(|h| h.to_string()).collect();
             (name.clone(), (names, up))
         })
@@ -361,7 +368,11 @@ fn at_ack(nodes: &Nodes, w: &Write, up_at_start: &HomesSeen) -> Option<AtAck> {
     {
         return None;
     }
-    let up_now = homes.iter().filter(|h| view.is_up(h)).count();
+    let up: Vec<String> = up_at_start
+        .iter()
+        .filter(|h| view.is_up(h.as_str()))
+        .cloned()
+        .collect();
     let homes_holding = homes
         .iter()
         .filter(|h| {
@@ -376,7 +387,8 @@ fn at_ack(nodes: &Nodes, w: &Write, up_at_start: &HomesSeen) -> Option<AtAck> {
         })
         .count();
     Some(AtAck {
-        homes_up: up_now.min(*up_at_start),
+        homes_up: up.len(),
+        up,
         coordinator,
         homes: homes_at_start.clone(),
         homes_holding,
