@@ -195,6 +195,20 @@ async fn read_all(c: &Client) -> Vec<Seen> {
         .await
 }
 
+/// A key's live values, sorted.
+async fn sorted_values(c: &Client, key: &[u8]) -> Vec<Vec<u8>> {
+    let mut values: Vec<Vec<u8>> = c
+        .get(key)
+        .await
+        .expect("get")
+        .values()
+        .iter()
+        .map(|v| v.to_vec())
+        .collect();
+    values.sort();
+    values
+}
+
 fn cli(args: &[&str]) -> Output {
     let out = ringkv().args(args).output().expect("run ringkv");
     eprintln!(
@@ -356,18 +370,9 @@ async fn a_live_ring_restores_into_another_shape_with_siblings_and_contexts() {
         dst.put_opts(&k, Bytes::from_static(b"resolved"), &opts)
             .await
             .expect("put with the old context");
-        let mut values: Vec<Vec<u8>> = dst
-            .get(&k)
-            .await
-            .unwrap()
-            .values()
-            .iter()
-            .map(|v| v.to_vec())
-            .collect();
-        values.sort();
         assert_eq!(
-            values,
-            vec![b"resolved".to_vec(), b"third".to_vec()],
+            sorted_values(&dst, &k).await,
+            [&b"resolved"[..], b"third"],
             "key {i}"
         );
     }
@@ -379,18 +384,9 @@ async fn a_live_ring_restores_into_another_shape_with_siblings_and_contexts() {
             .success()
     );
     for (i, _) in &thirds {
-        let mut values: Vec<Vec<u8>> = dst
-            .get(key(*i))
-            .await
-            .unwrap()
-            .values()
-            .iter()
-            .map(|v| v.to_vec())
-            .collect();
-        values.sort();
         assert_eq!(
-            values,
-            vec![b"resolved".to_vec(), b"third".to_vec()],
+            sorted_values(&dst, &key(*i)).await,
+            [&b"resolved"[..], b"third"],
             "key {i}"
         );
     }

@@ -43,7 +43,7 @@ pub struct Header {
 }
 
 /// Every frame after the header: the records, then one trailer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 enum Frame {
     /// One key with every version the backup found (siblings, expired versions kept for
     /// their history).
@@ -51,6 +51,20 @@ enum Frame {
     /// The last frame: how many records came before it, and the CRC32 of their frames'
     /// bytes (length, CRC and payload each), in order.
     End { records: u64, checksum: u32 },
+}
+
+/// [`Frame`] as it is written, from borrows: serde names neither enum, so both encode the same
+/// variant names and fields, and a record is written without copying its versions.
+#[derive(Serialize)]
+enum FrameOut<'a> {
+    Key {
+        key: &'a Bytes,
+        versions: &'a VersionSet,
+    },
+    End {
+        records: u64,
+        checksum: u32,
+    },
 }
 
 /// What a whole file holds, as its trailer vouches.
@@ -92,13 +106,7 @@ impl<W: Write> Writer<W> {
     /// Appends one key.
     pub fn record(&mut self, key: &Bytes, versions: &VersionSet) -> Result<()> {
         self.buf.clear();
-        codec::encode(
-            &Frame::Key {
-                key: key.clone(),
-                versions: versions.clone(),
-            },
-            &mut self.buf,
-        )?;
+        codec::encode(&FrameOut::Key { key, versions }, &mut self.buf)?;
         self.checksum.update(&self.buf);
         self.out.write_all(&self.buf)?;
         self.totals.records += 1;
@@ -114,7 +122,7 @@ impl<W: Write> Writer<W> {
     /// Writes the trailer and flushes; returns the output and the file's totals.
     pub fn finish(mut self) -> Result<(W, Totals)> {
         self.buf.clear();
-        let end = Frame::End {
+        let end = FrameOut::End {
             records: self.totals.records,
             checksum: self.checksum.clone().finalize(),
         };

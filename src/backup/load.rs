@@ -12,8 +12,8 @@ use hyper::Method;
 use super::Loaded;
 use super::format::{Damage, Header, Reader};
 use super::progress::Progress;
-use super::save::now_ms;
-use crate::client::{Client, is_denied};
+use crate::client::Client;
+use crate::clock::system_ms;
 use crate::error::{Error, Result};
 use crate::version::VersionSet;
 
@@ -68,7 +68,7 @@ pub struct RestoreSummary {
 pub fn verify(input: impl Read) -> std::result::Result<RestoreSummary, Damage> {
     let started = Instant::now();
     let (mut reader, header) = Reader::open(input)?;
-    let now = now_ms();
+    let now = system_ms();
     let mut expired = 0;
     while let Some((_, versions)) = reader.next_record()? {
         if versions.live(now).next().is_none() {
@@ -100,7 +100,7 @@ pub async fn restore(
     let routes = client.ring().await?;
     let (mut reader, header) = Reader::open(input)?;
     let mut progress = Progress::new("restore", opts.progress, opts.expected);
-    let now = now_ms();
+    let now = system_ms();
     let (mut records, mut expired, mut written) = (0u64, 0u64, 0u64);
     let mut pending: HashMap<Option<String>, Batch> = HashMap::new();
     let mut inflight = FuturesUnordered::new();
@@ -196,7 +196,7 @@ async fn send(
                     | Error::Timeout
                     | Error::Interrupted(_)
             );
-        if !again || is_denied(&err) || attempt >= ATTEMPTS {
+        if !again || attempt >= ATTEMPTS {
             return Err(err);
         }
         if older_build || matches!(err, Error::Unreachable(_)) {

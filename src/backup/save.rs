@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -13,6 +13,7 @@ use super::SegmentPage;
 use super::format::{Header, Writer};
 use super::progress::Progress;
 use crate::client::{Client, is_denied};
+use crate::clock::system_ms;
 use crate::error::{Error, Result};
 use crate::ring::Segment;
 use crate::version::VersionSet;
@@ -56,7 +57,7 @@ pub async fn backup<W: Write>(
     let header = Header {
         cluster_id: routes.cluster_id.clone(),
         replicas: routes.replicas(),
-        created_ms: now_ms(),
+        created_ms: system_ms(),
         ringkv: crate::compat::VERSION.to_string(),
         nodes: routes.nodes().iter().map(|n| n.to_string()).collect(),
         prefix: opts.prefix.clone(),
@@ -88,7 +89,6 @@ pub async fn backup<W: Write>(
             Err(Fetch::NoHome(range)) => failed.push(range),
         }
     }
-    drop(fetches);
     if !failed.is_empty() {
         let shown: Vec<&str> = failed.iter().take(5).map(String::as_str).collect();
         return Err(Error::Unreachable(format!(
@@ -153,7 +153,7 @@ async fn fetch_segment(
             why.join(", ")
         )));
     }
-    let now = now_ms();
+    let now = system_ms();
     Ok(merged
         .into_iter()
         .filter(|(_, vs)| vs.live(now).next().is_some())
@@ -218,10 +218,4 @@ async fn expected_keys(client: &Client, replicas: usize) -> Option<u64> {
         .filter_map(|m| m["stats"]["keys"].as_u64())
         .sum();
     Some(copies / replicas.max(1) as u64)
-}
-
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -133,15 +133,8 @@ pub(super) async fn restore(args: RestoreArgs) -> Result<u8> {
         progress: !args.quiet,
         expected,
     };
-    let summary = match backup::restore(&client, open()?, &opts).await {
-        Ok(summary) => summary,
-        // A damaged header: nothing was written.
-        Err(Error::InvalidInput(why)) if why.starts_with("bad backup file") => {
-            eprintln!("ringkv: {}: {why}", args.file);
-            return Ok(EXIT_USAGE);
-        }
-        Err(err) => return Err(err),
-    };
+    // A damaged header is an error before anything is written (exit 2, as usage).
+    let summary = backup::restore(&client, open()?, &opts).await?;
     if let Some(damage) = &summary.damage {
         return Ok(damaged(&args.file, damage, Some(&summary)));
     }
